@@ -1,0 +1,29 @@
+# Two entry points, both self-contained on a fresh machine:
+#   make run   - set up .venv and run the main job on its embedded default
+#   make test  - set up .venv and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU build is on local disk here; an unpinned torch is a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0 triton==3.7.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) scripts/bench_scan.py --preset small
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) scripts/bench_scan.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,17 @@
+"""Parallel-scan kernels shared by every model in rlts.
+
+Each op comes as a Triton kernel (GPU, forward and backward), a PyTorch path (CPU), an
+`autograd.Function` choosing between them by device, a naive `*_ref` loop (tests only) and a
+one-token step function. `kernels` knows nothing of models.
+"""
+from kernels.linear_scan import linear_scan, linear_scan_ref, linear_scan_step
+from kernels.softmax_scan import softmax_scan, softmax_scan_ref, softmax_scan_step
+from kernels.selective_scan import selective_scan, selective_scan_ref, selective_state_update
+from kernels.ssd_scan import ssd_scan, ssd_scan_ref, ssd_state_update
+
+__all__ = [
+    "linear_scan", "linear_scan_ref", "linear_scan_step",
+    "softmax_scan", "softmax_scan_ref", "softmax_scan_step",
+    "selective_scan", "selective_scan_ref", "selective_state_update",
+    "ssd_scan", "ssd_scan_ref", "ssd_state_update",
+]
