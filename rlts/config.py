@@ -1,0 +1,205 @@
+"""Experiment configs: one dataclass per model or run, YAML defaults with named overlays,
+and `--key value` command-line overrides.
+
+A YAML config file maps overlay names to partial configs, DreamerV3-style:
+
+    defaults:            # always applied first
+      lr: 3.0e-4
+      model: {d_model: 256, n_layers: 4}
+    debug:               # applied with --config debug
+      model: {d_model: 32}
+
+`parse_config(RunConfig, argv, yaml_path=...)` builds the dataclass from its own defaults,
+then the file's `defaults`, then each overlay named by `--config a,b` in order, then every
+`--key value` (nested fields as `--model.d_model 64`). Unknown keys and badly typed values
+stop with a ValueError that names the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict:
+    """Dataclass (nested) -> plain dict of YAML-friendly values."""
+    return dataclasses.asdict(cfg)
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of overlay names, got {type(data).__name__}")
+    return data
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert a YAML or command-line value to the field's declared type."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ValueError(f"config key `{key}` may not be empty (expected {getattr(tp, '__name__', tp)})")
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        inner = args[0] if args else str
+        items = value if isinstance(value, (list, tuple)) else [value]
+        out = [_coerce(key, v, inner) for v in items]
+        return tuple(out) if origin is tuple else out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"config key `{key}` expects true/false, got {value!r}")
+    if tp is int:
+        bad = ValueError(f"config key `{key}` expects an integer, got {value!r}")
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)  # exact for long integer strings
+            except ValueError:
+                pass
+        try:
+            f = float(value)  # accepts "1e5" and 3.0
+        except (TypeError, ValueError):
+            raise bad from None
+        if not f.is_integer():
+            raise bad
+        return int(f)
+    if tp in (float, str):
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config key `{key}` expects {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def _unknown(key: str, known: Sequence[str]) -> ValueError:
+    near = difflib.get_close_matches(key, list(known), n=3)
+    hint = f"; did you mean {', '.join(near)}?" if near else f"; known keys: {', '.join(sorted(known))}"
+    return ValueError(f"unknown config key `{key}`{hint}")
+
+
+def apply_dict(cfg: T, updates: dict, prefix: str = "") -> T:
+    """Return a copy of dataclass `cfg` with (nested) `updates` applied."""
+    types_ = _field_types(type(cfg))
+    changes = {}
+    for name, value in updates.items():
+        key = prefix + name
+        if name not in types_:
+            raise _unknown(key, [prefix + k for k in types_])
+        current = getattr(cfg, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key `{key}` is a section; give it a mapping, got {value!r}")
+            changes[name] = apply_dict(current, value, prefix=key + ".")
+        else:
+            changes[name] = _coerce(key, value, types_[name])
+    return dataclasses.replace(cfg, **changes)
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: dict = {}
+    node = out
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(argv: Sequence[str]) -> tuple[list[str], dict]:
+    """Split `--config a,b --x.y 1 --z 2 3` into overlay names and a nested override dict.
+
+    A key followed by several values gives a list (for list/tuple fields); a key with no
+    value is `true` (for flags).
+    """
+    overlays: list[str] = []
+    updates: dict = {}
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        tok = argv[i]
+        if not tok.startswith("--") or len(tok) == 2:
+            raise ValueError(f"expected `--key value`, got {tok!r}")
+        key, _, inline = tok[2:].partition("=")
+        key = key.replace("-", "_")
+        values = [inline] if inline else []
+        i += 1
+        while not inline and i < len(argv) and not (argv[i].startswith("--") and len(argv[i]) > 2):
+            values.append(argv[i])
+            i += 1
+        value: Any = values[0] if len(values) == 1 else (values or "true")
+        if key == "config":
+            overlays += [n for v in (values or []) for n in v.split(",") if n]
+        else:
+            updates = _merge(updates, _nest(key, value))
+    return overlays, updates
+
+
+def parse_config(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    *,
+    yaml_path: str | Path | None = None,
+    overlays: Sequence[str] = (),
+) -> T:
+    """Build `cls` from its defaults, the YAML file's `defaults` and overlays, then argv."""
+    cfg = cls()
+    names, updates = parse_overrides(argv or [])
+    names = list(overlays) + names
+    if yaml_path is not None:
+        data = load_yaml(yaml_path)
+        if "defaults" in data:
+            cfg = apply_dict(cfg, data["defaults"] or {})
+        for name in names:
+            if name not in data:
+                avail = ", ".join(k for k in data if k != "defaults") or "none"
+                raise ValueError(f"unknown config overlay `{name}` in {yaml_path}; available: {avail}")
+            cfg = apply_dict(cfg, data[name] or {})
+    elif names:
+        raise ValueError(f"--config {','.join(names)} given but this command has no config file")
+    return apply_dict(cfg, updates)

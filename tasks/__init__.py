@@ -1,0 +1,1 @@
+"""Task runners: wire data, models and training loops; home of the `rlts` command."""
