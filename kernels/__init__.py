@@ -3,11 +3,17 @@
 Each op comes as a Triton kernel (GPU, forward and backward), a PyTorch path (CPU), an
 `autograd.Function` choosing between them by device, a naive `*_ref` loop (tests only) and a
 one-token step function. `kernels` knows nothing of models.
+
+    module              op               step                     used by
+    kernels.linear      linear_scan      linear_scan_step         gated recurrences
+    kernels.softmax     softmax_scan     softmax_scan_step        Aaren
+    kernels.selective   selective_scan   selective_state_update   Mamba-1
+    kernels.ssd         ssd_scan         ssd_state_update         Mamba-2
 """
-from kernels.linear_scan import linear_scan, linear_scan_ref, linear_scan_step
-from kernels.softmax_scan import softmax_scan, softmax_scan_ref, softmax_scan_step
-from kernels.selective_scan import selective_scan, selective_scan_ref, selective_state_update
-from kernels.ssd_scan import ssd_scan, ssd_scan_ref, ssd_state_update
+from kernels.linear import linear_scan, linear_scan_ref, linear_scan_step
+from kernels.selective import selective_scan, selective_scan_ref, selective_state_update
+from kernels.softmax import softmax_scan, softmax_scan_ref, softmax_scan_step
+from kernels.ssd import ssd_scan, ssd_scan_ref, ssd_state_update
 
 __all__ = [
     "linear_scan", "linear_scan_ref", "linear_scan_step",

@@ -35,7 +35,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"triton    {triton_version}{' (interpreter mode)' if interpret_mode() else ''}")
     print(f"cuda      {torch.cuda.get_device_name(0) if cuda else 'not available'}")
     backend = "Triton" if cuda and triton_available() else "PyTorch CPU path"
-    print(f"scans     {', '.join(kernels.__all__[::3])} -> {backend}")
+    print(f"scans     linear_scan, softmax_scan, selective_scan, ssd_scan -> {backend}")
     return 0
 
 
