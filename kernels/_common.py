@@ -60,6 +60,11 @@ def check_same(op: str, tensors: dict, *, dtype: bool = True) -> None:
             fail(op, f"`{k}` has dtype {v.dtype} but `{k0}` has dtype {v0.dtype}; use one dtype")
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of every scan: float64 stays float64; fp32, bf16 and fp16 run in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401

@@ -30,7 +30,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from kernels._common import BACKENDS, check_same, check_tensor, fail, use_triton
+from kernels._common import BACKENDS, check_same, check_tensor, compute_dtype, fail, use_triton
 
 _OP = "linear_scan"
 
@@ -39,10 +39,6 @@ _SEQ_MAX = 32
 
 
 # --------------------------------------------------------------------------- PyTorch path
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 # Cost model of the CPU scan, in torch calls: a chunked level costs 2T calls (two passes)
 # plus about _LEVEL_CALLS of bookkeeping plus r = L mod T plain steps, then the carries
 # recurse on L // T. On 2 cores a strided addcmul costs ~5 us up to ~1e5 elements, so call
@@ -186,7 +182,7 @@ def _run_forward(a, b, h0, reverse, triton):
         from kernels._linear_triton import linear_scan_fwd_triton
 
         return linear_scan_fwd_triton(a, b, h0, reverse)
-    cd = _compute_dtype(b.dtype)
+    cd = compute_dtype(b.dtype)
     h = _scan_torch(a.to(cd), b.to(cd), None if h0 is None else h0.to(cd), reverse)
     return h.to(b.dtype)
 
@@ -196,7 +192,7 @@ def _run_backward(a, h, h0, dh, dlast, reverse, need_da, triton):
         from kernels._linear_triton import linear_scan_bwd_triton
 
         return linear_scan_bwd_triton(a, h, h0, dh, dlast, reverse, need_da)
-    cd = _compute_dtype(dh.dtype)
+    cd = compute_dtype(dh.dtype)
     up = lambda x: None if x is None else x.to(cd)  # noqa: E731
     return _backward_torch(up(a), up(h), up(h0), up(dh), up(dlast), reverse, need_da)
 
@@ -292,7 +288,7 @@ def linear_scan_step(
     check_same(op, {"b_t": b_t, "a_t": a_t, "h": h})
     if h is None:
         return b_t.clone()
-    cd = _compute_dtype(b_t.dtype)
+    cd = compute_dtype(b_t.dtype)
     return torch.addcmul(b_t.to(cd), a_t.to(cd), h.to(cd)).to(b_t.dtype)
 
 

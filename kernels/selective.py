@@ -41,7 +41,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from kernels._common import BACKENDS, check_same, check_tensor, fail, use_triton
+from kernels._common import BACKENDS, check_same, check_tensor, compute_dtype, fail, use_triton
 from kernels.linear import linear_scan
 
 try:  # Triton is optional: without it the PyTorch path serves every device.
@@ -56,10 +56,6 @@ _STEP_OP = "selective_state_update"
 # but at least _CHUNK_MIN steps per chunk so that per-chunk overhead and saved states stay small.
 _CHUNK_ELEMS = 1 << 20
 _CHUNK_MIN = 16
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------- input checks
@@ -159,7 +155,7 @@ def _group_reduce(w, x, G):
 class _SelectiveScanTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B4, C4, D, z, delta_bias, softplus: bool):
-        cd = _compute_dtype(u.dtype)
+        cd = compute_dtype(u.dtype)
         batch, dim, L = u.shape
         G, N = B4.shape[1], A.shape[1]
         ut, dt, _, Ac, Bt, Ct, Dc, zt = _prepare(u, delta, A, B4, C4, D, z, delta_bias, softplus, cd)
@@ -186,7 +182,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlast):
         u, delta, A, B4, C4, D, z, delta_bias, starts, pre = ctx.saved_tensors
-        cd = _compute_dtype(u.dtype)
+        cd = compute_dtype(u.dtype)
         batch, dim, L = u.shape
         G, N = B4.shape[1], A.shape[1]
         ut, dt, dt_pre, Ac, Bt, Ct, Dc, zt = _prepare(u, delta, A, B4, C4, D, z, delta_bias,
@@ -251,7 +247,7 @@ def _grads(ctx, u, delta, A, B4, C4, D, z, delta_bias, du, ddelta, dA, dB, dC, d
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B4, C4, D, z, delta_bias, softplus: bool):
-        cd = _compute_dtype(u.dtype)
+        cd = compute_dtype(u.dtype)
         out, last, states, block_l = _tri.selective_scan_fwd(u, delta, A, B4, C4, D, z, delta_bias,
                                                              softplus, cd)
         ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, states)
@@ -262,7 +258,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlast):
         u, delta, A, B4, C4, D, z, delta_bias, states = ctx.saved_tensors
-        cd = _compute_dtype(u.dtype)
+        cd = compute_dtype(u.dtype)
         if dlast is not None:
             dlast = dlast.to(cd).contiguous()
         grads = _tri.selective_scan_bwd(u, delta, A, B4, C4, D, z, delta_bias, ctx.softplus, states,
@@ -318,7 +314,7 @@ def selective_scan_ref(
     """Naive loop over L (tests only). Same contract as `selective_scan`, computed in float32
     (float64 when u is float64) and differentiable through plain autograd."""
     B4, C4 = _check_scan("selective_scan_ref", u, delta, A, B, C, D, z, delta_bias)
-    cd = _compute_dtype(u.dtype)
+    cd = compute_dtype(u.dtype)
     batch, dim, L = u.shape
     G = B4.shape[1]
     u_, dt = u.to(cd), delta.to(cd)

@@ -42,16 +42,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from kernels._common import BACKENDS, check_same, check_tensor, fail, use_triton
+from kernels._common import BACKENDS, check_same, check_tensor, compute_dtype, fail, use_triton
 from kernels.linear import _scan_torch
 
 _OP = "softmax_scan"
 
 State = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # m (B, H), u (B, H), w (B, H, E)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 # --------------------------------------------------------------------------- PyTorch path
@@ -111,7 +107,7 @@ def _state_grads(m0, u0, w0, m_first, G0, Hh0):
 class _SoftmaxScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, v, m0, u0, w0, triton: bool):
-        cd = _compute_dtype(v.dtype)
+        cd = compute_dtype(v.dtype)
         if triton:
             from kernels._softmax_triton import softmax_scan_fwd_triton
 
@@ -131,7 +127,7 @@ class _SoftmaxScanFn(torch.autograd.Function):
     def backward(ctx, do, _dm_last, du_last, dw_last):
         s, v, o, m, u, m0, u0, w0 = ctx.saved_tensors
         need_state = m0 is not None and any(ctx.needs_input_grad[2:5])
-        cd = _compute_dtype(v.dtype)
+        cd = compute_dtype(v.dtype)
         if ctx.triton:
             from kernels._softmax_triton import softmax_scan_bwd_triton
 
@@ -197,7 +193,7 @@ def softmax_scan(
     m0, u0, w0 = _check(_OP, s, v, state)
     triton = use_triton(_OP, v, backend)
     if m0 is not None:
-        cd = _compute_dtype(v.dtype)
+        cd = compute_dtype(v.dtype)
         m0, u0, w0 = m0.to(cd).contiguous(), u0.to(cd).contiguous(), w0.to(cd).contiguous()
     o, m, u, w = _SoftmaxScanFn.apply(s.contiguous(), v.contiguous(), m0, u0, w0, triton)
     return (o, (m, u, w)) if return_state else o
@@ -220,7 +216,7 @@ def softmax_scan_step(
     check_same(op, {"s_t": s_t, "v_t": v_t})
     m, u, w = _check_state(op, state, B, H, v_t.shape[2])
     check_same(op, {"s_t": s_t, "state[0] (m)": m}, dtype=False)
-    out_dtype, cd = v_t.dtype, _compute_dtype(v_t.dtype)
+    out_dtype, cd = v_t.dtype, compute_dtype(v_t.dtype)
     s_t, v_t = s_t.to(cd), v_t.to(cd)
     # m is a constant stabiliser, as in the scan: detached, but beta = e^{s_t - m} (= 1 in value
     # for the first token) keeps the dependence on s_t.

@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from kernels._common import check_same, check_tensor, fail, use_triton
+from kernels._common import check_same, check_tensor, compute_dtype, fail, use_triton
 
 __all__ = ["ssd_scan", "ssd_scan_ref", "ssd_state_update"]
 
@@ -41,11 +41,6 @@ __all__ = ["ssd_scan", "ssd_scan_ref", "ssd_state_update"]
 # --------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """fp64 stays fp64; everything else (fp32 / bf16 / fp16) is computed in fp32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _check_params(op, h, p, A, D, dt_bias):
@@ -128,7 +123,7 @@ def ssd_scan_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=No
 
     Computes in fp32, or in fp64 when x is fp64. Same shapes as `ssd_scan` (no chunk_size).
     """
-    cdt = _compute_dtype(x)
+    cdt = compute_dtype(x.dtype)
     b, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     xs, Bs, Cs = x.to(cdt), B.to(cdt), C.to(cdt)
@@ -182,7 +177,7 @@ def _ssd_chunked_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states
     (x, dt * x and products with it), C B^T per group and the chunk starts: ~7 * B * H * L
     * max(Q, P) values in all, e.g. 58 MiB for B=1, L=4096, H=8, P=64, N=16, Q=64 in fp32.
     """
-    cdt = _compute_dtype(x)
+    cdt = compute_dtype(x.dtype)
     b, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     k = h // g                                    # heads per group
@@ -307,7 +302,7 @@ def ssd_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_sof
 
         return tri.ssd_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
-    cdt = _compute_dtype(x)
+    cdt = compute_dtype(x.dtype)
     b, h, p = x.shape
     g = B.shape[1]
     xf = x.to(cdt)
