@@ -126,13 +126,14 @@ class _SoftmaxScanFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, _dm_last, du_last, dw_last):
         s, v, o, m, u, m0, u0, w0 = ctx.saved_tensors
+        do, du_last, dw_last = do.contiguous(), du_last.contiguous(), dw_last.contiguous()
         need_state = m0 is not None and any(ctx.needs_input_grad[2:5])
         cd = compute_dtype(v.dtype)
         if ctx.triton:
             from kernels._softmax_triton import softmax_scan_bwd_triton
 
-            ds, dv, grads0 = softmax_scan_bwd_triton(s, v, o, m, u, do.contiguous(), dw_last.contiguous(),
-                                                     du_last.contiguous(), m0, u0, w0, need_state)
+            ds, dv, grads0 = softmax_scan_bwd_triton(s, v, o, m, u, do, dw_last,
+                                                     du_last, m0, u0, w0, need_state)
         else:
             up = lambda x: None if x is None else x.to(cd)  # noqa: E731
             ds, dv, grads0 = _backward_torch(up(s), up(v), up(o), m, u, up(do), up(dw_last), up(du_last),
