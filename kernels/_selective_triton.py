@@ -12,11 +12,13 @@ composition of affine maps x -> a x + b ("apply 1, then 2"):
 
     (a1, b1), (a2, b2) -> (a1 * a2, a2 * b1 + b2)
 
-The forward writes the state at the start of every L-block (batch, dim, nblocks, N); the
+The carried h starts from the initial state (zeros if none is given). The forward writes
+the state at the start of every L-block (batch, dim, nblocks, N); the
 backward walks the blocks from the end, recomputes h inside the block from that state, and
 runs the adjoint recurrence dh_t = gy_t C_t + exp(delta_{t+1} A) dh_{t+1} as a reverse scan
 with the same combine (Triton's reverse scan feeds the later elements in as the first
-argument, so "apply 1, then 2" still holds).
+argument, so "apply 1, then 2" still holds). After block 0, dh is the adjoint of h_0, and
+the initial state's gradient is exp(delta_0 A) dh_0.
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def _load_delta(delta_ptr, bias, offs_l, offs_d, mask, s_l, s_d,
 
 @triton.jit
 def _selective_scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
     out_ptr, states_ptr, last_ptr,
     L, N, dpg, n_lblocks,
     s_u_b, s_u_d, s_u_l,
@@ -68,7 +70,9 @@ def _selective_scan_fwd_kernel(
     s_D, s_bias,
     s_z_b, s_z_d, s_z_l,
     s_o_b, s_o_d, s_o_l,
+    s_i_b, s_i_d, s_i_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_INIT: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CDT: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)  # 64-bit offsets for large (batch, dim, L)
@@ -102,7 +106,11 @@ def _selective_scan_fwd_kernel(
     # states: (batch, dim, n_lblocks, N) contiguous; last: (batch, dim, N) contiguous
     st_ptrs = states_ptr + pid_b * dim * n_lblocks * N + offs_d[:, None] * n_lblocks * N + offs_n[None, :]
 
-    h = tl.zeros((BLOCK_D, BLOCK_N), CDT)                    # (BLOCK_D, N) carried state
+    if HAS_INIT:                                             # (BLOCK_D, N) carried state
+        h = tl.load(init_ptr + pid_b * s_i_b + offs_d[:, None] * s_i_d + offs_n[None, :] * s_i_n,
+                    mask=mask_dn, other=0.0).to(CDT)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), CDT)
     for lb in range(0, n_lblocks):
         tl.store(st_ptrs + lb * N, h, mask=mask_dn)
         offs_l = lb * BLOCK_L + offs_t
@@ -134,7 +142,7 @@ def _selective_scan_fwd_kernel(
 def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     states_ptr, dout_ptr, dlast_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr,
     L, N, dpg, n_lblocks, n_dblocks,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
@@ -145,12 +153,13 @@ def _selective_scan_bwd_kernel(
     s_z_b, s_z_d, s_z_l,
     s_g_b, s_g_d, s_g_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr,
+    HAS_DLAST: tl.constexpr, HAS_INIT: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CDT: tl.constexpr,
 ):
     """Gradients for one (batch, group, channel block). Outputs, all contiguous:
     du, ddelta, dz (batch, dim, L); per-program partial sums dA (batch, dim, N),
-    dB, dC (batch, G, n_dblocks, N, L), dD, dbias (batch, dim) - summed by the caller."""
+    dB, dC (batch, G, n_dblocks, N, L), dD, dbias (batch, dim) - summed by the caller;
+    dinit (batch, dim, N) if HAS_INIT."""
     pid_b = tl.program_id(0).to(tl.int64)  # 64-bit offsets for large (batch, dim, L)
     pid_g = tl.program_id(1)
     pid_d = tl.program_id(2)
@@ -259,6 +268,13 @@ def _selective_scan_bwd_kernel(
     tl.store(dA_ptr + pid_b * dim * N + offs_d[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
     tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
     tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
+    if HAS_INIT:
+        # h_0 = exp(delta_0 A) h_init + ...: d h_init = exp(delta_0 A) dh_0 (dh is dh_0 here)
+        dt0, _ = _load_delta(delta_ptr, bias, offs_t, offs_d, (offs_t == 0)[:, None] & mask_d[None, :],
+                             s_dt_l, s_dt_d, HAS_BIAS, SOFTPLUS, CDT)
+        dt0 = tl.sum(dt0, axis=0)                                   # (BLOCK_D,): row 0 only
+        dinit = tl.exp(dt0[:, None] * A) * dh
+        tl.store(dinit_ptr + pid_b * dim * N + offs_d[:, None] * N + offs_n[None, :], dinit, mask=mask_dn)
 
 
 def _blocks(L: int, dpg: int, N: int):
@@ -276,8 +292,10 @@ def _strides(t, n):
     return t.stride() if t is not None else (0,) * n
 
 
-def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute_dtype):
-    """u, delta, z (batch, dim, L); A (dim, N); B, C (batch, G, N, L); D, delta_bias (dim,).
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                       compute_dtype):
+    """u, delta, z (batch, dim, L); A (dim, N); B, C (batch, G, N, L); D, delta_bias (dim,);
+    initial_state (batch, dim, N) or None.
 
     Returns out (batch, dim, L) in u's dtype, last state (batch, dim, N) and the block-start
     states (batch, dim, n_lblocks, N), both in compute_dtype, plus BLOCK_L."""
@@ -293,12 +311,14 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, comp
     _selective_scan_fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u,
+        initial_state if initial_state is not None else u,
         out, states, last,
         L, N, dpg, n_lblocks,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
         _strides(D, 1)[0], _strides(delta_bias, 1)[0], *_strides(z, 3), *out.stride(),
+        *_strides(initial_state, 3),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus),
+        SOFTPLUS=bool(delta_softplus), HAS_INIT=initial_state is not None,
         BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=block_n, CDT=_tl_dtype(compute_dtype),
         num_warps=4,
     )
@@ -306,9 +326,9 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, comp
 
 
 def selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, states, block_l,
-                       dout, dlast, compute_dtype):
-    """Returns du, ddelta, dA, dB (batch, G, N, L), dC, dD, dz, ddelta_bias (None where absent),
-    in compute_dtype; the caller casts to the input dtypes."""
+                       dout, dlast, has_init, compute_dtype):
+    """Returns du, ddelta, dA, dB (batch, G, N, L), dC, dD, dz, ddelta_bias, dinitial_state
+    (None where absent), in compute_dtype; the caller casts to the input dtypes."""
     batch, dim, L = u.shape
     G, N = B.shape[1], A.shape[1]
     dpg = dim // G
@@ -324,23 +344,25 @@ def selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, stat
     dC = torch.empty(batch, G, n_dblocks, N, L, **kw)
     dD = torch.empty(batch, dim, **kw)
     dbias = torch.empty(batch, dim, **kw)
+    dinit = torch.empty(batch, dim, N, **kw) if has_init else None
     grid = (batch, G, n_dblocks)
     _selective_scan_bwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u,
         states, dout, dlast if dlast is not None else states,
         du, ddelta, dz if dz is not None else du, dA, dB, dC, dD, dbias,
+        dinit if dinit is not None else dA,
         L, N, dpg, n_lblocks, n_dblocks,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
         _strides(D, 1)[0], _strides(delta_bias, 1)[0], *_strides(z, 3), *dout.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
+        SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None, HAS_INIT=has_init,
         BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=block_n, CDT=_tl_dtype(compute_dtype),
         num_warps=4,
     )
     return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2),
             dD.sum(0) if D is not None else None, dz,
-            dbias.sum(0) if delta_bias is not None else None)
+            dbias.sum(0) if delta_bias is not None else None, dinit)
 
 
 # --------------------------------------------------------------------------- one-token step

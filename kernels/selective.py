@@ -1,14 +1,14 @@
 """Mamba-1 selective scan (S6), with mamba-ssm's `selective_scan_fn` semantics.
 
     selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, backend=None)
+                   return_last_state=False, initial_state=None, backend=None)
     selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False, backend=None)      one token, state updated in place
     selective_scan_ref(...)                                       naive loop, tests only
 
 Per channel d and state index n, with delta <- softplus(delta + delta_bias) (each optional):
 
-    x_t[d, n] = exp(delta_t[d] A[d, n]) x_{t-1}[d, n] + delta_t[d] B_t[g(d), n] u_t[d]
+    x_t[d, n] = exp(delta_t[d] A[d, n]) x_{t-1}[d, n] + delta_t[d] B_t[g(d), n] u_t[d]    (x_{-1} = initial_state or 0)
     y_t[d]    = sum_n C_t[g(d), n] x_t[d, n]
     out_t[d]  = (y_t[d] + D[d] u_t[d]) * silu(z_t[d])
 
@@ -33,6 +33,7 @@ Gradients (both backends), with q_t = dh_t * exp(delta_t A) x_{t-1} = dh_t * (x_
     ddelta_t = sum_n q_t A + u_t sum_n dh_t B_t
     du_t     = gy_t D + delta_t sum_n dh_t B_t
     dB_t     = sum_{d in group} dh_t delta_t u_t,   dC_t = sum_{d in group} gy_t x_t
+    dx_{-1}  = exp(delta_0 A) dh_0                            (d initial_state)
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ _CHUNK_MIN = 16
 
 
 # --------------------------------------------------------------------------- input checks
-def _check_scan(op, u, delta, A, B, C, D, z, delta_bias):
+def _check_scan(op, u, delta, A, B, C, D, z, delta_bias, initial_state=None):
     """Validate and return (B4, C4): B and C as (batch, G, N, L) views."""
     check_tensor(op, "u", u, (None, None, None), "(batch, dim, L)")
     batch, dim, L = u.shape
@@ -89,11 +90,13 @@ def _check_scan(op, u, delta, A, B, C, D, z, delta_bias):
         check_tensor(op, "z", z, (batch, dim, L), "(batch, dim, L)")
     if delta_bias is not None:
         check_tensor(op, "delta_bias", delta_bias, (dim,), "(dim,)")
+    if initial_state is not None:
+        check_tensor(op, "initial_state", initial_state, (batch, dim, N), "(batch, dim, N)")
     # Activations share a dtype; B and C share one; parameters (A, D, delta_bias) may differ.
     check_same(op, {"u": u, "delta": delta, "z": z})
     check_same(op, {"B": B, "C": C})
     check_same(op, {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
-                    "delta_bias": delta_bias}, dtype=False)
+                    "delta_bias": delta_bias, "initial_state": initial_state}, dtype=False)
     return groups["B"], groups["C"]
 
 
@@ -154,13 +157,14 @@ def _group_reduce(w, x, G):
 
 class _SelectiveScanTorch(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B4, C4, D, z, delta_bias, softplus: bool):
+    def forward(ctx, u, delta, A, B4, C4, D, z, delta_bias, init, softplus: bool):
         cd = compute_dtype(u.dtype)
         batch, dim, L = u.shape
         G, N = B4.shape[1], A.shape[1]
         ut, dt, _, Ac, Bt, Ct, Dc, zt = _prepare(u, delta, A, B4, C4, D, z, delta_bias, softplus, cd)
         y = torch.empty(batch, L, dim, dtype=cd, device=u.device)   # (batch, L, dim)
-        h = torch.zeros(batch, dim * N, dtype=cd, device=u.device)  # carried state, flattened
+        h = (torch.zeros(batch, dim * N, dtype=cd, device=u.device) if init is None  # carried
+             else init.to(cd).reshape(batch, dim * N).clone())                    # state, flat
         starts = []                                                  # chunk-start states
         for l0, l1 in _chunks(L, batch * dim * N):
             starts.append(h)
@@ -173,7 +177,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
         out = y if zt is None else y * F.silu(zt)                    # * silu(z)
         out = out.transpose(1, 2).to(u.dtype).contiguous()           # (batch, dim, L)
         # With z, the backward needs y + D u (batch, L, dim): kept rather than recomputed.
-        ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, torch.stack(starts),
+        ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, init, torch.stack(starts),
                               y if zt is not None else None)
         ctx.softplus = softplus
         return out, h.view(batch, dim, N)
@@ -181,7 +185,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlast):
-        u, delta, A, B4, C4, D, z, delta_bias, starts, pre = ctx.saved_tensors
+        u, delta, A, B4, C4, D, z, delta_bias, init, starts, pre = ctx.saved_tensors
         cd = compute_dtype(u.dtype)
         batch, dim, L = u.shape
         G, N = B4.shape[1], A.shape[1]
@@ -231,14 +235,19 @@ class _SelectiveScanTorch(torch.autograd.Function):
         if ctx.softplus:
             ddt = ddt * torch.sigmoid(dt_pre)
         dbias = ddt.sum((0, 1)) if delta_bias is not None else None
-        return _grads(ctx, u, delta, A, B4, C4, D, z, delta_bias,
+        # after chunk 0, carry = exp(delta_0 A) dh_0: the adjoint of the initial state
+        dinit = carry.view(batch, dim, N) if init is not None else None
+        return _grads(ctx, u, delta, A, B4, C4, D, z, delta_bias, init,
                       du.transpose(1, 2), ddt.transpose(1, 2), dAc, dBt.permute(0, 2, 3, 1),
-                      dCt.permute(0, 2, 3, 1), dD, None if dz is None else dz.transpose(1, 2), dbias)
+                      dCt.permute(0, 2, 3, 1), dD, None if dz is None else dz.transpose(1, 2), dbias,
+                      dinit)
 
 
-def _grads(ctx, u, delta, A, B4, C4, D, z, delta_bias, du, ddelta, dA, dB, dC, dD, dz, dbias):
+def _grads(ctx, u, delta, A, B4, C4, D, z, delta_bias, init,
+           du, ddelta, dA, dB, dC, dD, dz, dbias, dinit):
     """Cast gradients to their inputs' dtypes, None where not needed. dB, dC: (batch, G, N, L)."""
-    pairs = [(du, u), (ddelta, delta), (dA, A), (dB, B4), (dC, C4), (dD, D), (dz, z), (dbias, delta_bias)]
+    pairs = [(du, u), (ddelta, delta), (dA, A), (dB, B4), (dC, C4), (dD, D), (dz, z), (dbias, delta_bias),
+             (dinit, init)]
     need = ctx.needs_input_grad
     return tuple(None if (g is None or not need[i]) else g.to(x.dtype)
                  for i, (g, x) in enumerate(pairs)) + (None,)
@@ -246,24 +255,24 @@ def _grads(ctx, u, delta, A, B4, C4, D, z, delta_bias, du, ddelta, dA, dB, dC, d
 
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B4, C4, D, z, delta_bias, softplus: bool):
+    def forward(ctx, u, delta, A, B4, C4, D, z, delta_bias, init, softplus: bool):
         cd = compute_dtype(u.dtype)
         out, last, states, block_l = _tri.selective_scan_fwd(u, delta, A, B4, C4, D, z, delta_bias,
-                                                             softplus, cd)
-        ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, states)
+                                                             init, softplus, cd)
+        ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, init, states)
         ctx.softplus, ctx.block_l = softplus, block_l
         return out, last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlast):
-        u, delta, A, B4, C4, D, z, delta_bias, states = ctx.saved_tensors
+        u, delta, A, B4, C4, D, z, delta_bias, init, states = ctx.saved_tensors
         cd = compute_dtype(u.dtype)
         if dlast is not None:
             dlast = dlast.to(cd).contiguous()
         grads = _tri.selective_scan_bwd(u, delta, A, B4, C4, D, z, delta_bias, ctx.softplus, states,
-                                        ctx.block_l, dout, dlast, cd)
-        return _grads(ctx, u, delta, A, B4, C4, D, z, delta_bias, *grads)
+                                        ctx.block_l, dout, dlast, init is not None, cd)
+        return _grads(ctx, u, delta, A, B4, C4, D, z, delta_bias, init, *grads)
 
 
 # --------------------------------------------------------------------------- public API
@@ -278,9 +287,10 @@ def selective_scan(
     delta_bias: Optional[torch.Tensor] = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    initial_state: Optional[torch.Tensor] = None,
     backend: Optional[str] = None,
 ):
-    """Mamba-1 selective scan, as mamba-ssm's `selective_scan_fn`.
+    """Mamba-1 selective scan, as mamba-ssm's `selective_scan_fn` (plus an initial state).
 
     Args:
         u, delta: (batch, dim, L) input and step size.
@@ -290,30 +300,33 @@ def selective_scan(
         D: (dim,) skip connection. z: (batch, dim, L) gate, out *= silu(z).
         delta_bias: (dim,) added to delta; delta_softplus: then apply softplus to delta.
         return_last_state: also return the state after step L-1.
+        initial_state: (batch, dim, N) state before step 0 (default zeros), e.g. the last
+            state of the previous piece of the sequence; differentiable.
         backend: "auto" (CUDA -> Triton, CPU -> PyTorch), "torch" or "triton".
 
     Returns:
         out (batch, dim, L) in u's dtype, and if return_last_state the last state
         (batch, dim, N) in float32 (float64 for float64 u). Differentiable with respect to
-        every tensor input, the last state included.
+        every tensor input (initial_state included), and through the last state.
     """
-    B4, C4 = _check_scan(_OP, u, delta, A, B, C, D, z, delta_bias)
+    B4, C4 = _check_scan(_OP, u, delta, A, B, C, D, z, delta_bias, initial_state)
     tri = use_triton(_OP, u, backend)
     if tri and _tri is None:  # triton is installed but our kernels failed to import
         if backend == "triton":
             fail(_OP, "backend='triton' was asked for but kernels/_selective_triton.py failed to import")
         tri = False
     fn = _SelectiveScanTriton if tri else _SelectiveScanTorch
-    out, last = fn.apply(u, delta, A, B4, C4, D, z, delta_bias, bool(delta_softplus))
+    out, last = fn.apply(u, delta, A, B4, C4, D, z, delta_bias, initial_state, bool(delta_softplus))
     return (out, last) if return_last_state else out
 
 
 def selective_scan_ref(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+    initial_state=None,
 ):
     """Naive loop over L (tests only). Same contract as `selective_scan`, computed in float32
     (float64 when u is float64) and differentiable through plain autograd."""
-    B4, C4 = _check_scan("selective_scan_ref", u, delta, A, B, C, D, z, delta_bias)
+    B4, C4 = _check_scan("selective_scan_ref", u, delta, A, B, C, D, z, delta_bias, initial_state)
     cd = compute_dtype(u.dtype)
     batch, dim, L = u.shape
     G = B4.shape[1]
@@ -325,7 +338,8 @@ def selective_scan_ref(
     Bd = B4.to(cd).repeat_interleave(dim // G, dim=1)            # (batch, dim, N, L)
     Cd = C4.to(cd).repeat_interleave(dim // G, dim=1)
     A_ = A.to(cd)
-    x = torch.zeros(batch, dim, A.shape[1], dtype=cd, device=u.device)  # (batch, dim, N)
+    x = (torch.zeros(batch, dim, A.shape[1], dtype=cd, device=u.device) if initial_state is None
+         else initial_state.to(cd))                                  # (batch, dim, N)
     ys = []
     # unbind (not indexing) so that autograd's backward does not rebuild full tensors per step
     for dt_t, u_t, B_t, C_t in zip(dt.unbind(-1), u_.unbind(-1), Bd.unbind(-1), Cd.unbind(-1)):

@@ -126,6 +126,81 @@ def test_strided_and_expanded_inputs(backend):
     assert_matches_ref(x, True, backend)
 
 
+# --------------------------------------------------------------------------- initial state
+INIT_CASES = [  # (backend, L, G, softplus)
+    ("torch", 1, None, True),
+    ("torch", 40, 2, True),
+    ("torch", 9, None, False),
+    ("triton", 1, None, True),
+    ("triton", 21, 2, True),   # two L-blocks, masked channel block (3 channels per group)
+]
+
+
+@pytest.mark.parametrize("backend,L,G,softplus", INIT_CASES)
+def test_initial_state_matches_ref(backend, L, G, softplus):
+    """out, last state and every gradient (d initial_state included) against the float64 ref."""
+    dim = 6 if G else 4
+    x = make_inputs(dim=dim, N=4, L=L, G=G)
+    x["initial_state"] = torch.randn(2, dim, 4, dtype=torch.float64)
+    assert_matches_ref(x, softplus, backend)
+    # the initial state matters: a different one changes the output
+    out0 = selective_scan(**{**x, "initial_state": None}, delta_softplus=softplus, backend=backend)
+    assert not torch.allclose(out0, selective_scan(**x, delta_softplus=softplus, backend=backend))
+
+
+def _piece(x, l0, l1):
+    return {k: v[..., l0:l1] if k in ("u", "delta", "z", "B", "C") and v is not None else v
+            for k, v in x.items()}
+
+
+@pytest.mark.parametrize("backend,L,cut", [("torch", 30, 11), ("torch", 5, 1), ("triton", 23, 17)])
+def test_initial_state_chains_pieces(backend, L, cut):
+    """Two pieces chained through return_last_state / initial_state equal one scan over the
+    whole: outputs, last state, and the gradients of a loss on both (through the chained
+    state) equal those of the float64 ref run on the whole sequence, d initial_state included."""
+    x = make_inputs(dim=6, N=3, L=L, G=2)
+    x["initial_state"] = torch.randn(2, 6, 3, dtype=torch.float64)
+    lx = leaves(x)
+    p1, p2 = _piece(lx, 0, cut), _piece(lx, cut, L)
+    out1, mid = selective_scan(**p1, delta_softplus=True, return_last_state=True, backend=backend)
+    out2, last = selective_scan(**{**p2, "initial_state": mid}, delta_softplus=True,
+                                return_last_state=True, backend=backend)
+    out = torch.cat([out1, out2], dim=-1)
+
+    rx = leaves(x)
+    r_out, r_last = selective_scan_ref(**rx, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(out, r_out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, r_last, rtol=1e-10, atol=1e-10)
+
+    w_out, w_last = torch.randn_like(r_out), torch.randn_like(r_last)
+    g = torch.autograd.grad((out * w_out).sum() + (last * w_last).sum(), list(lx.values()))
+    r_g = torch.autograd.grad((r_out * w_out).sum() + (r_last * w_last).sum(), list(rx.values()))
+    for k, a, b in zip(lx, g, r_g):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9, msg=f"d{k}")
+
+
+def test_initial_state_chunk_boundaries(monkeypatch):
+    """CPU path with several L-chunks: d initial_state is the adjoint carried out of chunk 0."""
+    monkeypatch.setattr(ss, "_CHUNK_MIN", 1)
+    monkeypatch.setattr(ss, "_CHUNK_ELEMS", 2 * 8 * 4 * 7)  # 7 steps per chunk: 50 = 7*7 + 1
+    x = make_inputs(dim=8, L=50, G=2)
+    x["initial_state"] = torch.randn(2, 8, 4, dtype=torch.float64)
+    assert len(ss._chunks(50, 2 * 8 * 4)) == 8
+    assert_matches_ref(x, True, "torch")
+
+
+def test_initial_state_low_precision_dtypes():
+    """float32 initial state next to bf16 activations: its gradient comes back in float32."""
+    x = make_inputs(dim=4, L=9, dtype=torch.bfloat16, param_dtype=torch.float32)
+    x["initial_state"] = torch.randn(2, 4, 4)
+    lx = leaves(x)
+    out, last = selective_scan(**lx, return_last_state=True)
+    (out.float().sum() + last.sum()).backward()
+    assert lx["initial_state"].grad.dtype == torch.float32
+    ref_x = {k: None if v is None else v.double() for k, v in x.items()}
+    assert_matches_ref(x, False, "torch", tol=2e-2, ref_x=ref_x)
+
+
 # --------------------------------------------------------------------------- low precision
 @pytest.mark.parametrize("backend,L", [("torch", 127), ("triton", 37)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
@@ -273,6 +348,10 @@ BAD_SCAN = [
     ({"D": torch.zeros(3, dtype=torch.float64)}, r"`D` must have shape \(dim,\)"),
     ({"z": torch.zeros(2, 4, 4, dtype=torch.float64)}, r"`z` must have shape \(batch, dim, L\)"),
     ({"delta_bias": torch.zeros(4, 1, dtype=torch.float64)}, r"`delta_bias` must have shape \(dim,\)"),
+    ({"initial_state": torch.zeros(2, 4, 4, dtype=torch.float64)},
+     r"`initial_state` must have shape \(batch, dim, N\) = \(2, 4, 3\)"),
+    ({"initial_state": torch.zeros(4, 3, dtype=torch.float64)}, r"`initial_state` must have shape \(batch, dim, N\)"),
+    ({"initial_state": torch.zeros(2, 4, 3, device="meta")}, r"`initial_state` is on meta"),
     ({"delta": torch.zeros(2, 4, 5, dtype=torch.float32)}, r"`delta` has dtype torch.float32"),
     ({"C": torch.zeros(2, 3, 5, dtype=torch.float32)}, r"`C` has dtype torch.float32"),
     ({"D": torch.zeros(4, device="meta")}, r"`D` is on meta"),

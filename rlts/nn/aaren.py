@@ -1,0 +1,127 @@
+"""Aaren: "Attention as an RNN" (Feng et al. 2024), and a pre-norm block built on it.
+
+Each head attends with one *learned* query q_h (a parameter, not a function of the input)
+to keys and values projected from the input, causally:
+
+    s_t = k_t . q_h / sqrt(head_dim)                      scores      (B, H, L)
+    o_t = sum_{i<=t} e^{s_i} v_i / sum_{i<=t} e^{s_i}     many-to-many outputs (B, H, L, head_dim)
+
+Because the query is fixed, o_t is a running softmax-weighted mean: a parallel scan over the
+sequence for training (`kernels.softmax_scan`, Triton on CUDA, PyTorch on CPU) and an O(1)
+recurrence per token for inference (`kernels.softmax_scan_step`). The state is the scan's
+(m, u, w): m (B, H) the running max of the scores, u (B, H) = sum e^{s_i - m} and
+w (B, H, head_dim) = sum e^{s_i - m} v_i, so o = w / u. It is float32 for fp16/bf16 inputs
+(the kernels accumulate in float32) and float64 for float64 inputs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from kernels._common import compute_dtype
+from kernels.softmax import softmax_scan, softmax_scan_step
+from rlts.nn.base import MLP, SequenceLayer, check_input, register_backbone
+
+AarenState = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # m (B, H), u (B, H), w (B, H, head_dim)
+
+
+class Aaren(SequenceLayer):
+    """Multi-head Aaren attention: learned queries, causal softmax via a prefix scan.
+
+    Options:
+        n_heads: number of heads H, each with its own learned query (default 4).
+        head_dim: width of each head's keys and values (default d_model // n_heads).
+        bias: biases in the key/value and output projections (default False).
+
+    The queries q (H, head_dim) are initialised N(0, 1): with keys of unit-order entries the
+    scores k . q / sqrt(head_dim) then have unit-order spread, as in ordinary attention, so
+    each head starts with its own (mild) preference over tokens rather than a plain mean.
+    """
+
+    def __init__(self, d_model: int, n_heads: int = 4, head_dim: Optional[int] = None, bias: bool = False):
+        super().__init__()
+        head_dim = head_dim or (d_model // n_heads if n_heads >= 1 else 0)
+        if n_heads < 1 or head_dim < 1:
+            raise ValueError(f"Aaren needs n_heads >= 1 and head_dim >= 1, got n_heads={n_heads}, "
+                             f"head_dim={head_dim} (d_model={d_model})")
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, head_dim
+        self.scale = 1.0 / math.sqrt(head_dim)
+        self.query = nn.Parameter(torch.randn(n_heads, head_dim))  # (H, Dh)
+        self.kv_proj = nn.Linear(d_model, 2 * n_heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor, state: Optional[AarenState] = None) -> Tuple[torch.Tensor, AarenState]:
+        check_input("Aaren", x, self.d_model)
+        B, L, _ = x.shape
+        H, Dh = self.n_heads, self.head_dim
+        k, v = self.kv_proj(x).view(B, L, 2, H, Dh).unbind(2)  # (B, L, H, Dh) each
+        s = torch.einsum("blhd,hd->bhl", k, self.query) * self.scale  # (B, H, L)
+        s = s.to(v.dtype)  # the scan takes one dtype (under autocast the fp32 query may promote s)
+        o, state = softmax_scan(s, v.transpose(1, 2), state, return_state=True)  # (B, H, L, Dh)
+        y = self.out_proj(o.transpose(1, 2).reshape(B, L, H * Dh))  # (B, L, D)
+        return y, state
+
+    def step(self, x_t: torch.Tensor, state: Optional[AarenState] = None) -> Tuple[torch.Tensor, AarenState]:
+        check_input("Aaren.step", x_t, self.d_model, rank=2)
+        B = x_t.shape[0]
+        H, Dh = self.n_heads, self.head_dim
+        k, v = self.kv_proj(x_t).view(B, 2, H, Dh).unbind(1)  # (B, H, Dh) each
+        s = ((k * self.query).sum(-1) * self.scale).to(v.dtype)  # (B, H)
+        o, state = softmax_scan_step(s, v, state)  # (B, H, Dh)
+        return self.out_proj(o.reshape(B, H * Dh)), state  # (B, D)
+
+    def init_state(self, batch_size: int, device: Optional[torch.device] = None,
+                   dtype: Optional[torch.dtype] = None) -> AarenState:
+        """The empty state (m = -inf, u = 0, w = 0), in the scan's accumulation dtype."""
+        dt = compute_dtype(dtype or torch.get_default_dtype())
+        B, H = batch_size, self.n_heads
+        m = torch.full((B, H), -float("inf"), device=device, dtype=dt)
+        u = torch.zeros(B, H, device=device, dtype=dt)
+        w = torch.zeros(B, H, self.head_dim, device=device, dtype=dt)
+        return m, u, w
+
+
+@register_backbone("aaren")
+class AarenBlock(SequenceLayer):
+    """Pre-norm Transformer-style block with Aaren in place of self-attention:
+
+        x = x + dropout(Aaren(RMSNorm(x)));   x = x + MLP(RMSNorm(x))
+
+    Options:
+        n_heads: Aaren heads (default 4); each block has its own learned queries.
+        head_dim: Aaren head width (default d_model // n_heads).
+        mlp_ratio: MLP hidden width / d_model (default 4); GELU.
+        dropout: dropout on both residual branches (default 0.0; training mode only).
+        bias: biases in every Linear of the block (default False).
+
+    The state is the Aaren state (m, u, w), see `Aaren`.
+    """
+
+    def __init__(self, d_model: int, n_heads: int = 4, head_dim: Optional[int] = None, mlp_ratio: float = 4,
+                 dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        self.d_model = d_model
+        self.norm1 = nn.RMSNorm(d_model)
+        self.attn = Aaren(d_model, n_heads=n_heads, head_dim=head_dim, bias=bias)
+        self.drop = nn.Dropout(dropout)
+        self.norm2 = nn.RMSNorm(d_model)
+        self.mlp = MLP(d_model, mlp_ratio, dropout, bias)
+
+    def forward(self, x: torch.Tensor, state: Optional[AarenState] = None) -> Tuple[torch.Tensor, AarenState]:
+        check_input("AarenBlock", x, self.d_model)
+        a, state = self.attn(self.norm1(x), state)  # (B, L, D)
+        x = x + self.drop(a)
+        return x + self.mlp(self.norm2(x)), state
+
+    def step(self, x_t: torch.Tensor, state: Optional[AarenState] = None) -> Tuple[torch.Tensor, AarenState]:
+        check_input("AarenBlock.step", x_t, self.d_model, rank=2)
+        a, state = self.attn.step(self.norm1(x_t), state)  # (B, D)
+        x_t = x_t + self.drop(a)
+        return x_t + self.mlp(self.norm2(x_t)), state
+
+    def init_state(self, batch_size: int, device: Optional[torch.device] = None,
+                   dtype: Optional[torch.dtype] = None) -> AarenState:
+        return self.attn.init_state(batch_size, device, dtype)
