@@ -40,7 +40,8 @@ PRESETS = {
 # backbone options used throughout (kept small enough for CPU runs)
 OPTIONS = {"aaren": dict(n_heads=4), "transformer": dict(n_heads=4), "mamba": dict(d_state=16),
            "mamba2": dict(d_state=16, headdim=32, chunk_size=64), "gru": {}}
-WIDTHS = range(32, 1025, 32)  # candidate d_model (multiples of 32: heads and Mamba-2 headdim divide them)
+WIDTHS = range(32, 1025, 16)  # candidate d_model: multiples of 16 suit every backbone (4 heads of even
+# width; Mamba-2 d_inner = 2 d_model divisible by headdim 32)
 
 
 def state_bytes(state) -> int:

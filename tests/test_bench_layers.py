@@ -44,5 +44,5 @@ def test_width_for_matches_parameter_target():
     for bb in ("aaren", "transformer"):
         d = bench.width_for(bb, 200_000)
         n = bench.count_parameters(bench.build(bb, d))
-        others = [bench.count_parameters(bench.build(bb, w)) for w in (d - 32, d + 32) if w >= 32]
+        others = [bench.count_parameters(bench.build(bb, w)) for w in (d - 16, d + 16) if w >= 32]
         assert all(abs(n - 200_000) <= abs(o - 200_000) for o in others)

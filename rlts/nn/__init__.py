@@ -11,11 +11,11 @@ Backbones by name for `SequenceModel(backbone=...)`:
 from rlts.nn.base import BACKBONES, MLP, SequenceLayer, register_backbone
 from rlts.nn.model import SequenceModel, count_parameters
 from rlts.nn.aaren import Aaren, AarenBlock  # noqa: E402  (importing registers the backbones)
-from rlts.nn.baselines import CausalTransformerBlock, GRUBlock
+from rlts.nn.baselines import GRU, CausalTransformer, CausalTransformerBlock, GRUBlock
 from rlts.nn.mamba import Mamba, MambaBlock
 from rlts.nn.mamba2 import Mamba2, Mamba2Block
 
 __all__ = [
     "BACKBONES", "MLP", "SequenceLayer", "SequenceModel", "count_parameters", "register_backbone",
-    "Aaren", "AarenBlock", "CausalTransformerBlock", "GRUBlock", "Mamba", "MambaBlock", "Mamba2", "Mamba2Block",
+    "Aaren", "AarenBlock", "CausalTransformer", "CausalTransformerBlock", "GRU", "GRUBlock", "Mamba", "MambaBlock", "Mamba2", "Mamba2Block",
 ]

@@ -171,3 +171,8 @@ class GRUBlock(SequenceLayer):
     def init_state(self, batch_size: int, device: Optional[torch.device] = None,
                    dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         return torch.zeros(batch_size, self.d_model, device=device, dtype=dtype)
+
+
+# The names used in the docs and issues for the baseline layers.
+CausalTransformer = CausalTransformerBlock
+GRU = GRUBlock
