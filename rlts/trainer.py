@@ -1,0 +1,201 @@
+"""The one supervised training loop of rlts (forecasting, classification, event models).
+
+    trainer = Trainer(model, loss_fn, TrainConfig(epochs=20), run_dir="runs/x")
+    summary = trainer.fit(train_set, val_set)     # early stopping on the validation loss
+    metrics = trainer.evaluate(test_set)          # mean of loss_fn's metrics over a dataset
+
+`loss_fn(model, batch) -> (loss, metrics)` owns everything task-specific: it unpacks the
+batch, runs the model and returns a scalar loss and a dict of per-batch metric values (means
+over the batch; `evaluate` weights them by batch size).
+
+What the loop guarantees:
+- resume: a checkpoint (`run_dir/last.pt`, written atomically) after every epoch holds the
+  model, optimiser, epoch, early-stopping state, best weights and RNG states; running `fit`
+  again with the same run_dir continues from it, and the result equals an uninterrupted run
+  (shuffles are seeded per epoch, so a kill mid-epoch repeats that epoch exactly);
+- early stopping with `patience`, and the best validation weights restored at the end;
+- TensorBoard scalars (`train/loss`, `val/loss`, `val/<metric>`) and a tqdm bar;
+- `torchrun --nproc_per_node N ...`: DistributedDataParallel (gloo on CPU, nccl on GPU), each
+  process taking 1/N of every global batch of `batch_size * N`; only rank 0 logs and writes.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from rlts.checkpoint import Checkpointer
+from rlts.runtime import seed_everything, select_device
+from rlts.tracking import RunLogger
+
+LossFn = Callable[[nn.Module, object], Tuple[torch.Tensor, Dict[str, float]]]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the supervised loop."""
+
+    epochs: int = 10
+    """Most passes over the training set."""
+    batch_size: int = 32
+    """Examples per step and per process (the global batch is batch_size * world size)."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Largest gradient norm; 0 turns clipping off."""
+    patience: int = 3
+    """Epochs without a better validation loss before stopping; 0 turns early stopping off."""
+    seed: int = 0
+    """Seeds the initial RNG state and every epoch's shuffle."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+
+def _dist_info() -> Tuple[int, int]:
+    """(rank, world size), initialising the process group under torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig = TrainConfig(),
+                 run_dir: str | Path = "runs/train", collate_fn: Optional[Callable] = None):
+        self.cfg, self.loss_fn, self.collate_fn = cfg, loss_fn, collate_fn
+        self.rank, self.world = _dist_info()
+        if self.world > 1 and torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            self.device = torch.device(f"cuda:{local}")
+        else:
+            self.device = select_device(cfg.device)
+        self.model = model.to(self.device)
+        self.net = nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.run_dir = Path(run_dir)
+        self.ckpt = Checkpointer(self.run_dir / "checkpoints")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _loader(self, data: Dataset, shuffle: bool, epoch: int = 0) -> DataLoader:
+        # The same sampler with one or N processes: with N, each process takes every N-th
+        # example of the one shuffled order, so N processes see the same global batches.
+        sampler = DistributedSampler(data, num_replicas=self.world, rank=self.rank, shuffle=shuffle,
+                                     seed=self.cfg.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self.collate_fn)
+
+    def _state(self, epoch: int, best: float, bad_epochs: int, best_weights: dict) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "epoch": epoch,
+                "best": best, "bad_epochs": bad_epochs, "best_model": best_weights}
+
+    def fit(self, train: Dataset, val: Optional[Dataset] = None) -> Dict[str, float]:
+        cfg = self.cfg
+        if len(train) == 0:
+            raise ValueError("Trainer.fit: the training set is empty")
+        seed_everything(cfg.seed)
+        start, best, bad, best_weights = 0, math.inf, 0, None
+        state = self.ckpt.load_latest(map_location=self.device)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+            start, best, bad, best_weights = state["epoch"], state["best"], state["bad_epochs"], state["best_model"]
+        steps_per_epoch = len(self._loader(train, True))
+        step = start * steps_per_epoch
+        logger = RunLogger(self.run_dir, total=cfg.epochs * steps_per_epoch, initial=step, desc="train",
+                           progress=cfg.progress and self.is_main) if self.is_main else None
+        stopped = cfg.patience > 0 and bad >= cfg.patience
+        done = start  # epochs completed
+        try:
+            for epoch in range(start, cfg.epochs):
+                if stopped:
+                    break
+                self.net.train()
+                for batch in self._loader(train, True, epoch):
+                    loss, _ = self.loss_fn(self.net, self._to_device(batch))
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"training loss became {loss.item()} at step {step} "
+                                                 f"(epoch {epoch}); lower the learning rate or check the data")
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    self.opt.step()
+                    step += 1
+                    if logger:
+                        logger.scalars(step, {"train/loss": loss.item()}, show=["train/loss"])
+                        logger.advance()
+                if val is not None:
+                    metrics = self.evaluate(val)
+                    if logger:
+                        logger.scalars(step, {f"val/{k}": v for k, v in metrics.items()})
+                    if metrics["loss"] < best:
+                        best, bad = metrics["loss"], 0
+                        best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    else:
+                        bad += 1
+                    stopped = cfg.patience > 0 and bad >= cfg.patience
+                done = epoch + 1
+                if self.is_main:
+                    self.ckpt.save(done, self._state(done, best, bad, best_weights))
+        finally:
+            if logger:
+                logger.close()
+        if best_weights is not None:
+            self.model.load_state_dict(best_weights)
+        return {"epochs": done, "best_val_loss": best, "early_stopped": bool(stopped)}
+
+    def _to_device(self, batch):
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self._to_device(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        return batch
+
+    @torch.no_grad()
+    def evaluate(self, data: Dataset) -> Dict[str, float]:
+        """Example-weighted means of the loss and of loss_fn's metrics over `data` (all processes)."""
+        self.net.eval()
+        sums: Dict[str, float] = {}
+        n = 0
+        for batch in self._loader(data, False):
+            batch = self._to_device(batch)
+            loss, metrics = self.loss_fn(self.model, batch)
+            size = _batch_size(batch)
+            for k, v in {"loss": float(loss), **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * size
+            n += size
+        keys = sorted(sums)
+        if self.world > 1:  # the padded examples of DistributedSampler count twice: negligible, documented
+            t = torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            sums, n = dict(zip(keys, t[:-1].tolist())), t[-1].item()
+        if n == 0:
+            raise ValueError("Trainer.evaluate: the dataset is empty")
+        return {k: sums[k] / n for k in keys}
+
+
+def _batch_size(batch) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, (list, tuple)):
+        return _batch_size(batch[0])
+    if isinstance(batch, dict):
+        return _batch_size(next(iter(batch.values())))
+    raise TypeError(f"cannot tell the batch size of a {type(batch).__name__}")

@@ -1,0 +1,120 @@
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from rlts.checkpoint import load
+from rlts.trainer import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64) + 0.1 * torch.randn(n, 1, generator=g,
+                                                                                             dtype=torch.float64)
+    return TensorDataset(x, y)
+
+
+def mse(model, batch):
+    x, y = batch
+    err = model(x) - y
+    return err.pow(2).mean(), {"mae": err.abs().mean().item()}
+
+
+def _model(dropout=0.0):
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(3, 16), nn.Dropout(dropout), nn.Tanh(), nn.Linear(16, 1)).double()
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_fit_learns_and_reports_metrics(tmp_path):
+    tr = Trainer(_model(), mse, TrainConfig(epochs=30, batch_size=8, lr=3e-2, progress=False), tmp_path)
+    before = tr.evaluate(_data(32, seed=1))
+    out = tr.fit(_data(), _data(32, seed=1))
+    after = tr.evaluate(_data(32, seed=1))
+    assert after["loss"] < 0.2 * before["loss"] and set(after) == {"loss", "mae"}
+    assert out["best_val_loss"] == pytest.approx(after["loss"])  # best weights restored
+    assert (tmp_path / "checkpoints" / "last.pt").exists() and any((tmp_path / "tb").iterdir())
+
+
+def test_early_stopping_stops_after_patience(tmp_path):
+    cfg = TrainConfig(epochs=50, batch_size=8, lr=0.0, patience=2, progress=False)  # nothing improves
+    out = Trainer(_model(), mse, cfg, tmp_path).fit(_data(), _data(32, seed=1))
+    assert out["early_stopped"] and out["epochs"] == 3  # epoch 1 sets the best, 2 and 3 do not improve
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_after_kill_mid_epoch_equals_uninterrupted(tmp_path):
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=1e-2, patience=0, progress=False)
+    whole = Trainer(_model(dropout=0.3), mse, cfg, tmp_path / "a")
+    whole.fit(_data(), _data(16, seed=1))
+
+    calls = {"n": 0}
+
+    def dying(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 10 * 2 + 3:  # 8 train + 2 validation calls an epoch: dies in the 3rd epoch
+            raise _Kill
+        return mse(model, batch)
+
+    with pytest.raises(_Kill):
+        Trainer(_model(dropout=0.3), dying, cfg, tmp_path / "b").fit(_data(), _data(16, seed=1))
+    assert load(tmp_path / "b" / "checkpoints" / "last.pt")["epoch"] == 2
+    torch.manual_seed(99)  # a new process: other RNG state, fresh model
+    resumed = Trainer(_model(dropout=0.3), mse, cfg, tmp_path / "b")
+    resumed.fit(_data(), _data(16, seed=1))
+    assert torch.equal(_params(whole.model), _params(resumed.model))
+
+
+def test_bad_input_and_divergence_are_named(tmp_path):
+    with pytest.raises(ValueError, match="training set is empty"):
+        Trainer(_model(), mse, TrainConfig(progress=False), tmp_path).fit(_data(0))
+
+    def nan_loss(model, batch):
+        return mse(model, batch)[0] * float("nan"), {}
+
+    with pytest.raises(FloatingPointError, match="training loss became nan at step 0"):
+        Trainer(_model(), nan_loss, TrainConfig(progress=False), tmp_path / "n").fit(_data())
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_trainer import _data, _model, mse
+    from rlts.trainer import TrainConfig, Trainer
+    cfg = TrainConfig(epochs=2, batch_size={batch}, lr=1e-2, patience=0, progress=False)
+    Trainer(_model(), mse, cfg, {out!r}).fit(_data(), _data(16, seed=1))
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on loopback")
+def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
+    def run(nproc, batch, out):
+        script = tmp_path / f"ddp_{nproc}.py"
+        script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests"), batch=batch, out=str(out)))
+        env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(29500 + nproc + os.getpid() % 1000), str(script)]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return load(out / "checkpoints" / "last.pt")["model"]
+
+    one = run(1, 8, tmp_path / "one")
+    two = run(2, 4, tmp_path / "two")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-10, atol=1e-12)
+    assert not torch.equal(one["0.weight"], _model()[0].weight.detach())  # training did move the weights
