@@ -1,0 +1,395 @@
+"""Multivariate time series from CSV files: loading, split borders, scaling and windows.
+
+    table = load_csv("ETTh1.csv", target="OT", features="MS")
+    borders = split_borders(len(table), window=96, horizon=96, path=table.path)
+    scaler = StandardScaler().fit(table.values[slice(*borders["train"])])
+    values = torch.from_numpy(scaler.transform(table.values))
+    test = WindowDataset(values, 96, 96, *borders["test"],
+                         input_columns=table.input_columns, target_columns=table.target_columns)
+
+The protocol is the Time-Series-Library one for long-term forecasting: fixed 12/4/4-month
+splits for ETT (ETTh: 8640/2880/2880 rows, ETTm: x4) and 70/10/20 % for other files; the
+validation and test ranges start `window` rows before their split point, so their first
+window's input reaches back into the previous split; the scaler is fitted on the train rows
+only; every stride-1 window inside a range is one example.
+
+Every bad input stops with a ValueError that names the file and the column or value at fault.
+"""
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+FEATURE_MODES = ("M", "S", "MS")
+"""M: all columns in, all out; S: the target in and out; MS: all columns in, the target out."""
+DATE_NAMES = ("date", "time", "timestamp", "datetime")
+"""Column names (case-insensitive) taken for the date column when none is named."""
+PROTOCOLS = ("auto", "ett-hour", "ett-minute", "ratio")
+ETT_HOUR_ROWS = (8640, 2880, 2880)
+"""Train / validation / test rows of the ETTh protocol (12 / 4 / 4 months of 30 days)."""
+STD_FLOOR = 1e-8
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+@dataclass
+class SeriesTable:
+    """The selected columns of a CSV file, in file order."""
+
+    values: np.ndarray
+    """float32, shape (T, C)."""
+    columns: List[str]
+    """Names of the C columns of `values`."""
+    dates: Optional[pd.DatetimeIndex]
+    """One strictly increasing timestamp per row, or None when the file has no date column."""
+    target_index: int
+    """Index in `columns` of the column to predict."""
+    path: Path
+    features: str = "M"
+    """The feature mode the table was loaded with (M, S or MS)."""
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def target(self) -> str:
+        return self.columns[self.target_index]
+
+    @property
+    def input_columns(self) -> List[int]:
+        """Column indices a model reads: all of them (in S mode the table holds only the target)."""
+        return list(range(len(self.columns)))
+
+    @property
+    def target_columns(self) -> List[int]:
+        """Column indices a model predicts: all of them in M mode, the target in S and MS."""
+        return self.input_columns if self.features == "M" else [self.target_index]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _row(i: int) -> str:
+    """Human-readable position of data row i (0-based): row number and file line (header = 1)."""
+    return f"row {i + 1} (line {i + 2})"
+
+
+def _parse_dates(values: pd.Series, name: str, path: Path, strict: bool) -> Optional[pd.DatetimeIndex]:
+    """Timestamps of a column, or None (strict=False) / a ValueError (strict=True) if any fails."""
+    text = values.astype("string")
+    missing = text.isna() | (text.str.strip() == "")
+    if missing.any():
+        if not strict:
+            return None
+        i = int(np.flatnonzero(missing.to_numpy())[0])
+        raise ValueError(f"{path}: date column {name!r} has no value at {_row(i)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # one format inferred from the first value: fast
+            return pd.DatetimeIndex(pd.to_datetime(text, errors="raise"))
+        except (ValueError, TypeError, OverflowError):
+            pass
+        try:  # formats that differ from row to row, parsed one by one
+            parsed = pd.to_datetime(text, format="mixed", errors="coerce")
+        except (ValueError, TypeError, OverflowError):
+            parsed = None
+    if parsed is not None and not parsed.isna().any():
+        return pd.DatetimeIndex(parsed)
+    if not strict:
+        return None
+    i = int(np.flatnonzero(parsed.isna().to_numpy())[0]) if parsed is not None else 0
+    raise ValueError(f"{path}: date column {name!r} holds {text.iloc[i]!r} at {_row(i)}, "
+                     "which does not parse as a date")
+
+
+def _find_date_column(frame: pd.DataFrame, path: Path) -> Tuple[Optional[str], Optional[pd.DatetimeIndex]]:
+    """A non-numeric column named date/time/timestamp/datetime, else the first non-numeric
+    column whose values all parse as dates, else none. Numeric columns are never taken (epoch
+    numbers and plain features cannot be told apart)."""
+    text_columns = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    for c in text_columns:
+        if str(c).strip().lower() in DATE_NAMES:
+            return c, _parse_dates(frame[c], c, path, strict=True)
+    for c in text_columns:
+        dates = _parse_dates(frame[c], c, path, strict=False)
+        if dates is not None:
+            return c, dates
+    return None, None
+
+
+def _numeric(frame: pd.DataFrame, name: str, path: Path) -> np.ndarray:
+    """A column as float64; a ValueError naming the first value that is not a number."""
+    column = frame[name]
+    if pd.api.types.is_numeric_dtype(column):
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+    parsed = pd.to_numeric(column, errors="coerce")
+    bad = parsed.isna() & column.notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{path}: column {name!r} is not numeric: {_row(i)} holds "
+                         f"{column.iloc[i]!r}")
+    return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _fill(data: np.ndarray, dates: Optional[pd.DatetimeIndex]) -> np.ndarray:
+    """Linear interpolation of NaNs in time (by row where there are no dates), then the
+    first/last known value carried to the ends."""
+    frame = pd.DataFrame(data, index=dates)
+    method = "time" if dates is not None else "linear"
+    frame = frame.interpolate(method=method, limit_area="inside").ffill().bfill()
+    return frame.to_numpy(dtype=np.float64)
+
+
+def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: Optional[str] = None,
+             features: str = "M", fill: bool = False) -> SeriesTable:
+    """Read a CSV with a header row into a SeriesTable.
+
+    date_column: named, or detected (see `_find_date_column`); a file without one is allowed.
+    Every other column is a feature and must be numeric. target: the column to predict
+    (default: the last feature column). features: "M" all features in and out, "S" the
+    target only, "MS" all in and the target out. fill: interpolate missing values (linearly
+    in time, the ends carried) instead of stopping on them.
+    """
+    path = Path(path)
+    if features not in FEATURE_MODES:
+        raise ValueError(f"{path}: unknown features mode {features!r}; use one of "
+                         f"{', '.join(FEATURE_MODES)}")
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read as CSV: {e}") from None
+    if len(frame) == 0:
+        raise ValueError(f"{path}: the file has a header ({', '.join(map(str, frame.columns))}) "
+                         "but no data rows")
+    available = ", ".join(map(str, frame.columns))
+
+    if date_column is not None:
+        if date_column not in frame.columns:
+            raise ValueError(f"{path}: no date column {date_column!r}; columns: {available}")
+        dates = _parse_dates(frame[date_column], date_column, path, strict=True)
+    else:
+        date_column, dates = _find_date_column(frame, path)
+    if dates is not None:
+        step = np.diff(dates.asi8)
+        if (step <= 0).any():
+            i = int(np.flatnonzero(step <= 0)[0]) + 1
+            raise ValueError(f"{path}: dates in column {date_column!r} are not increasing: {_row(i)} "
+                             f"({dates[i]}) does not come after {_row(i - 1)} ({dates[i - 1]})")
+
+    candidates = [str(c) for c in frame.columns if c != date_column]
+    if not candidates:
+        raise ValueError(f"{path}: no value columns besides the date column {date_column!r}")
+    if target is None:
+        target = candidates[-1]
+    elif target not in candidates:
+        what = "is the date column" if target == date_column else "does not exist"
+        raise ValueError(f"{path}: target column {target!r} {what}; columns: "
+                         f"{', '.join(candidates)}")
+    columns = [target] if features == "S" else candidates
+
+    data = np.stack([_numeric(frame, c, path) for c in columns], axis=1)
+    bad = ~np.isfinite(data) & ~np.isnan(data)
+    if bad.any():
+        i, j = map(int, np.argwhere(bad)[0])
+        raise ValueError(f"{path}: column {columns[j]!r} holds {data[i, j]} at {_row(i)}")
+    nans = np.isnan(data).sum(axis=0)
+    if nans.any():
+        empty = [c for c, n in zip(columns, nans) if n == len(data)]
+        if empty:
+            raise ValueError(f"{path}: column(s) {', '.join(map(repr, empty))} hold no values")
+        if not fill:
+            counts = ", ".join(f"{c!r}: {n}" for c, n in zip(columns, nans) if n)
+            raise ValueError(f"{path}: missing values (NaN) in columns {counts}; "
+                             "pass fill=True to interpolate them")
+        data = _fill(data, dates)
+    return SeriesTable(values=data.astype(np.float32), columns=columns, dates=dates,
+                       target_index=columns.index(target), path=path, features=features)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def _protocol_for(path: Optional[Union[str, Path]]) -> str:
+    name = Path(path).name if path is not None else ""
+    if fnmatch.fnmatchcase(name, "ETTh*.csv"):
+        return "ett-hour"
+    if fnmatch.fnmatchcase(name, "ETTm*.csv"):
+        return "ett-minute"
+    return "ratio"
+
+
+def split_borders(n_rows: int, window: int, protocol: str = "auto",
+                  path: Optional[Union[str, Path]] = None, *, horizon: int) -> Dict[str, Tuple[int, int]]:
+    """Row ranges [start, end) of the train, val and test splits.
+
+    protocol: "ett-hour" (8640 / 2880 / 2880 rows; rows after the first 14400 unused),
+    "ett-minute" (x4), "ratio" (first 70 % train, last 20 % test, val between; the sizes are
+    truncated as in Time-Series-Library), or "auto" (ett-hour for ETTh*.csv, ett-minute for
+    ETTm*.csv, else ratio; from `path`). The val and test ranges start `window` rows before
+    their split point. Each range must hold at least one window of `window + horizon` rows.
+    """
+    where = f"{path}: " if path is not None else ""
+    if window < 1 or horizon < 1:
+        raise ValueError(f"{where}window ({window}) and horizon ({horizon}) must be at least 1")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"{where}unknown split protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if protocol == "auto":
+        protocol = _protocol_for(path)
+    if protocol == "ratio":
+        n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
+        n_val = n_rows - n_train - n_test
+    else:
+        n_train, n_val, n_test = (r * (4 if protocol == "ett-minute" else 1) for r in ETT_HOUR_ROWS)
+        needed = n_train + n_val + n_test
+        if n_rows < needed:
+            raise ValueError(f"{where}the {protocol} protocol needs {needed} rows "
+                             f"({n_train} / {n_val} / {n_test}), the series has {n_rows}")
+    val_at, test_at = n_train, n_train + n_val
+    borders = {"train": (0, n_train),
+               "val": (val_at - window, test_at),
+               "test": (test_at - window, test_at + n_test)}
+    for name, (start, end) in borders.items():
+        if start < 0 or end - start < window + horizon:
+            raise ValueError(
+                f"{where}the {name} split is too short for one window: it has {end - start} rows "
+                f"[{start}, {end}) of {n_rows} ({protocol} protocol), one window needs "
+                f"window + horizon = {window} + {horizon} = {window + horizon}"
+                + (f" and the split must start {window} rows before row {val_at if name == 'val' else test_at}"
+                   if start < 0 else ""))
+    return borders
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+class StandardScaler:
+    """Per-column standardisation (x - mean) / std with the population std (as scikit-learn),
+    floored at 1e-8. Fit it on the train rows only."""
+
+    def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float64)
+        self.std = None if std is None else np.maximum(np.asarray(std, dtype=np.float64), STD_FLOOR)
+
+    def fit(self, values: ArrayLike) -> "StandardScaler":
+        """Fit on the rows of `values` (T, C), e.g. `table.values[train_start:train_end]`."""
+        data = values.detach().cpu().double().numpy() if torch.is_tensor(values) else np.asarray(values, np.float64)
+        if data.ndim != 2 or data.shape[0] < 1:
+            raise ValueError(f"StandardScaler.fit: expected a (rows, columns) array with rows, got shape {data.shape}")
+        self.mean = data.mean(axis=0)
+        self.std = np.maximum(data.std(axis=0), STD_FLOOR)
+        return self
+
+    def _stats(self, like: ArrayLike, columns: Optional[Sequence[int]]):
+        if self.mean is None:
+            raise ValueError("StandardScaler: not fitted (call fit or from_dict first)")
+        mean, std = self.mean, self.std
+        if columns is not None:
+            mean, std = mean[list(columns)], std[list(columns)]
+        if like.shape[-1] != mean.shape[0]:
+            raise ValueError(f"StandardScaler: the data has {like.shape[-1]} columns, the scaler "
+                             f"{mean.shape[0]}" + (" (pass columns= to select some)" if columns is None else ""))
+        if torch.is_tensor(like):
+            dtype = like.dtype if like.is_floating_point() else torch.float32
+            return (torch.as_tensor(mean, dtype=dtype, device=like.device),
+                    torch.as_tensor(std, dtype=dtype, device=like.device))
+        dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float32
+        return mean.astype(dtype), std.astype(dtype)
+
+    def transform(self, values: ArrayLike, columns: Optional[Sequence[int]] = None) -> ArrayLike:
+        """Standardise (..., C) values (numpy or torch, dtype kept for floats). columns: the
+        scaler columns the last axis holds, e.g. `[table.target_index]` for MS predictions."""
+        values = values if torch.is_tensor(values) else np.asarray(values)
+        mean, std = self._stats(values, columns)
+        return (values - mean) / std
+
+    def inverse_transform(self, values: ArrayLike, columns: Optional[Sequence[int]] = None) -> ArrayLike:
+        """Undo `transform` (same arguments)."""
+        values = values if torch.is_tensor(values) else np.asarray(values)
+        mean, std = self._stats(values, columns)
+        return values * std + mean
+
+    def to_dict(self) -> Dict[str, List[float]]:
+        """Plain lists, loadable by torch.load(weights_only=True)."""
+        if self.mean is None:
+            raise ValueError("StandardScaler: not fitted (call fit first)")
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, state: Dict[str, Sequence[float]]) -> "StandardScaler":
+        return cls(state["mean"], state["std"])
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def _column_view(values: torch.Tensor, columns: Optional[Sequence[int]], what: str) -> torch.Tensor:
+    """values[:, columns]: a view when the columns are evenly spaced and increasing (all of
+    them, one, a range), otherwise one copy of the selected columns, shared by every window."""
+    n = values.shape[1]
+    if columns is None:
+        return values
+    cols = [int(c) for c in columns]
+    if not cols:
+        raise ValueError(f"WindowDataset: {what} selects no columns")
+    bad = [c for c in cols if not -n <= c < n]
+    if bad:
+        raise ValueError(f"WindowDataset: {what} {bad} out of range for {n} columns")
+    cols = [c % n for c in cols]
+    step = cols[1] - cols[0] if len(cols) > 1 else 1
+    if step > 0 and cols == list(range(cols[0], cols[-1] + 1, step)):
+        return values[:, cols[0]:cols[-1] + 1:step]
+    return values[:, cols]
+
+
+class WindowDataset(Dataset):
+    """Every stride-1 window inside rows [start, end) of a (T, C) series.
+
+    Item i is (x, y) with x = values[s : s+window, input_columns] (window, C_in) and
+    y = values[s+window : s+window+horizon, target_columns] (horizon, C_out), s = start + i,
+    both float32 views of one tensor (no copy per item).
+    """
+
+    def __init__(self, values: ArrayLike, window: int, horizon: int, start: int = 0,
+                 end: Optional[int] = None, input_columns: Optional[Sequence[int]] = None,
+                 target_columns: Optional[Sequence[int]] = None):
+        data = torch.as_tensor(values, dtype=torch.float32)  # no copy for float32 input
+        if data.ndim != 2:
+            raise ValueError(f"WindowDataset: values must be (rows, columns), got shape {tuple(data.shape)}")
+        n_rows = data.shape[0]
+        end = n_rows if end is None else end
+        if window < 1 or horizon < 1:
+            raise ValueError(f"WindowDataset: window ({window}) and horizon ({horizon}) must be at least 1")
+        if not 0 <= start <= end <= n_rows:
+            raise ValueError(f"WindowDataset: rows [{start}, {end}) are not inside the series' {n_rows} rows")
+        self.window, self.horizon, self.start, self.end = window, horizon, start, end
+        self.n = end - start - window - horizon + 1
+        if self.n < 1:
+            raise ValueError(f"WindowDataset: rows [{start}, {end}) ({end - start} rows) hold no window of "
+                             f"window + horizon = {window} + {horizon} = {window + horizon} rows")
+        self.values = data
+        self.inputs = _column_view(data, input_columns, "input_columns")
+        self.targets = _column_view(data, target_columns, "target_columns")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        i = int(i)
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(f"WindowDataset: index {i} out of range for {self.n} windows")
+        s = self.start + i
+        return self.inputs[s:s + self.window], self.targets[s + self.window:s + self.window + self.horizon]

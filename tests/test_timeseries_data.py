@@ -1,0 +1,269 @@
+"""rlts.data.timeseries: CSV loading and its errors, TSLib split borders, scaler, windows."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlts.data import StandardScaler, WindowDataset, load_csv, split_borders
+
+ETT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ett"
+needs_ett = pytest.mark.skipif(not (ETT / "ETTh1.csv").is_file(),
+                               reason=f"ETT data not found at {ETT} (../shared beside the checkout)")
+
+
+def write(tmp_path, text, name="data.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def small_csv(tmp_path, rows=10, name="data.csv"):
+    hours = np.datetime64("2020-01-01T00:00") + np.arange(rows) * np.timedelta64(1, "h")
+    lines = ["date,a,b,OT"] + [f"{str(t).replace('T', ' ')},{h},{10 * h},{100 + h}"
+                               for h, t in enumerate(hours)]
+    return write(tmp_path, "\n".join(lines) + "\n", name)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_load_features_modes(tmp_path):
+    path = small_csv(tmp_path)
+    m = load_csv(path)
+    assert m.columns == ["a", "b", "OT"] and m.target == "OT" and m.target_index == 2
+    assert m.values.dtype == np.float32 and m.values.shape == (10, 3)
+    np.testing.assert_array_equal(m.values[3], [3, 30, 103])
+    assert m.dates.name == "date" and str(m.dates[1]) == "2020-01-01 01:00:00"
+    assert m.input_columns == [0, 1, 2] and m.target_columns == [0, 1, 2]
+
+    s = load_csv(path, target="a", features="S")
+    assert s.columns == ["a"] and s.target_index == 0 and s.values.shape == (10, 1)
+    assert s.input_columns == [0] and s.target_columns == [0]
+
+    ms = load_csv(path, target="b", features="MS")
+    assert ms.columns == ["a", "b", "OT"] and ms.target_index == 1
+    assert ms.input_columns == [0, 1, 2] and ms.target_columns == [1]
+
+
+def test_date_detection(tmp_path):
+    by_name = load_csv(write(tmp_path, "x,Timestamp,y\n1,2020-01-01,2\n3,2020-01-02,4\n"))
+    assert by_name.columns == ["x", "y"] and by_name.dates is not None
+    by_value = load_csv(write(tmp_path, "when,y\n2021-03-01,1\n2021-03-02,2\n"))
+    assert by_value.columns == ["y"] and str(by_value.dates[1].date()) == "2021-03-02"
+    none = load_csv(write(tmp_path, "x,y\n1,2\n3,4\n"))
+    assert none.dates is None and none.columns == ["x", "y"] and none.target == "y"
+    named = load_csv(write(tmp_path, "d,y\n20200101,1\n20200102,2\n"), date_column="d")
+    assert named.columns == ["y"] and str(named.dates[1].date()) == "2020-01-02"
+
+
+def test_fill_interpolates_in_time(tmp_path):
+    # Rows at 0, 1, 2, 5 and 6 hours: interpolation is linear in time, not in row number.
+    text = ("date,a,b\n"
+            "2020-01-01 00:00,,1\n"
+            "2020-01-01 01:00,0,\n"
+            "2020-01-01 02:00,,\n"
+            "2020-01-01 05:00,6,9\n"
+            "2020-01-01 06:00,,9\n")
+    table = load_csv(write(tmp_path, text), fill=True)
+    # a: back-filled start, 02:00 is 1/4 of the way from 01:00 (0) to 05:00 (6), forward-filled end
+    # b: 01:00 and 02:00 are 1/5 and 2/5 of the way from 00:00 (1) to 05:00 (9)
+    expected = [[0, 1], [0, 2.6], [1.5, 4.2], [6, 9], [6, 9]]
+    np.testing.assert_allclose(table.values, expected, rtol=1e-6)
+    # without dates: linear in row number
+    by_row = load_csv(write(tmp_path, "a,b\n0,1\nnan,2\n,3\n3,4\n", "rows.csv"), fill=True)
+    np.testing.assert_allclose(by_row.values[:, 0], [0, 1, 2, 3])
+
+
+BAD_INPUTS = [
+    # (file text or None for a missing file, load_csv kwargs, message pattern)
+    (None, {}, r"missing\.csv: file not found"),
+    ("", {}, r"bad\.csv: the file is empty"),
+    ("date,a,b\n", {}, r"bad\.csv: .*no data rows"),
+    ("date,a,b\n2020-01-01,1,2\n", {"target": "c"}, r"bad\.csv: target column 'c' does not exist; columns: a, b"),
+    ("date,a,b\n2020-01-01,1,2\n", {"date_column": "t"}, r"bad\.csv: no date column 't'; columns: date, a, b"),
+    ("date,a,b\n2020-01-01,1,2\n2020-01-02,1,x7\n", {},
+     r"bad\.csv: column 'b' is not numeric: row 2 \(line 3\) holds 'x7'"),
+    ("date,a,b\n2020-01-01,1,\n2020-01-02,,\n2020-01-03,3,4\n", {},
+     r"bad\.csv: missing values \(NaN\) in columns 'a': 1, 'b': 2; pass fill=True"),
+    ("date,a,b\n2020-01-01,1,2\n", {"features": "X"}, r"bad\.csv: unknown features mode 'X'"),
+    ("d,a\n2020-01-01,1\nnot a date,2\n", {"date_column": "d"},
+     r"bad\.csv: date column 'd' holds 'not a date' at row 2 \(line 3\)"),
+    ("date,a\n2020-01-01,1\n2020-01-03,2\n2020-01-02,3\n", {},
+     r"bad\.csv: dates in column 'date' are not increasing: row 3 \(line 4\)"),
+    ("date,a\n2020-01-01,1\n2020-01-01,2\n", {}, r"bad\.csv: dates in column 'date' are not increasing: row 2"),
+    ("date,a\n2020-01-01,1\n2020-01-02,inf\n", {}, r"bad\.csv: column 'a' holds inf at row 2"),
+    ("date,a\n2020-01-01,1\n,2\n", {}, r"bad\.csv: date column 'date' has no value at row 2 \(line 3\)"),
+    ("date,a\n2020-01-01,1\n", {"target": "date"},
+     r"bad\.csv: target column 'date' is the date column; columns: a"),
+]
+
+
+@pytest.mark.parametrize("text,kwargs,pattern", BAD_INPUTS, ids=[p[2][:40] for p in BAD_INPUTS])
+def test_bad_inputs(tmp_path, text, kwargs, pattern):
+    path = tmp_path / "missing.csv" if text is None else write(tmp_path, text, "bad.csv")
+    with pytest.raises(ValueError, match=pattern):
+        load_csv(path, **kwargs)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@pytest.mark.parametrize("name,scale", [("ETTh1.csv", 1), ("ETTm1.csv", 4), ("ETTh2.csv", 1)])
+@pytest.mark.parametrize("window", [96, 336])
+def test_ett_borders_match_tslib(name, scale, window):
+    n_rows = 17420 if scale == 1 else 69680
+    b = split_borders(n_rows, window, path=f"/any/{name}", horizon=96)
+    assert b == {"train": (0, 8640 * scale),
+                 "val": (8640 * scale - window, 11520 * scale),
+                 "test": (11520 * scale - window, 14400 * scale)}
+    assert split_borders(n_rows, window, "ett-hour" if scale == 1 else "ett-minute", horizon=96) == b
+
+
+def test_ratio_borders(tmp_path):
+    # 100 rows: train 70, test 20, val 10; TSLib truncation for 103 rows: 72 / 20 / 11.
+    assert split_borders(100, 5, path=tmp_path / "x.csv", horizon=3) == {
+        "train": (0, 70), "val": (65, 80), "test": (75, 100)}
+    assert split_borders(103, 4, "ratio", horizon=2) == {"train": (0, 72), "val": (68, 83), "test": (79, 103)}
+    # ETT-named files with the ratio protocol asked for explicitly
+    assert split_borders(1000, 10, "ratio", path="ETTh1.csv", horizon=1)["test"] == (790, 1000)
+
+
+def test_split_errors():
+    with pytest.raises(ValueError, match=r"the val split is too short.*has 15 rows.*window \+ horizon = 5 \+ 11 = 16"):
+        split_borders(100, 5, "ratio", horizon=11)
+    with pytest.raises(ValueError, match=r"ETTh1\.csv: the ett-hour protocol needs 14400 rows.*has 1000"):
+        split_borders(1000, 96, path="ETTh1.csv", horizon=96)
+    with pytest.raises(ValueError, match=r"the train split is too short"):
+        split_borders(20, 14, "ratio", horizon=1)
+    with pytest.raises(ValueError, match=r"unknown split protocol 'weekly'"):
+        split_borders(100, 5, "weekly", horizon=1)
+
+
+# ----------------------------------------------------------------------------- scaler
+
+
+def test_scaler_train_rows_only_and_round_trip():
+    rng = np.random.default_rng(0)
+    values = rng.normal(3.0, 2.0, size=(50, 3)).astype(np.float32)
+    values[:, 2] = 7.0  # constant column: std floored, no division by zero
+    train = (0, 30)
+    scaler = StandardScaler().fit(values[slice(*train)])
+    np.testing.assert_allclose(scaler.mean, values[:30].astype(np.float64).mean(0))
+    np.testing.assert_allclose(scaler.std[:2], values[:30, :2].astype(np.float64).std(0))
+    assert scaler.std[2] == 1e-8
+
+    changed = values.copy()
+    changed[30:] += 1000.0
+    other = StandardScaler().fit(changed[slice(*train)])
+    assert other.to_dict() == scaler.to_dict()
+
+    scaled = scaler.transform(values)
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled[:30, :2].mean(0), 0, atol=1e-5)
+    np.testing.assert_array_equal(scaled[:, 2], 0)
+    np.testing.assert_allclose(scaler.inverse_transform(scaled), values, rtol=1e-5, atol=1e-5)
+
+    tensor = torch.from_numpy(values)
+    t_scaled = scaler.transform(tensor)
+    assert torch.is_tensor(t_scaled) and t_scaled.dtype == torch.float32
+    np.testing.assert_allclose(t_scaled.numpy(), scaled, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(scaler.inverse_transform(t_scaled), tensor)
+    # one column of predictions (MS mode), batched (B, horizon, 1)
+    pred = t_scaled[None, :5, 1:2]
+    torch.testing.assert_close(scaler.inverse_transform(pred, columns=[1]), tensor[None, :5, 1:2])
+    with pytest.raises(ValueError, match="1 columns, the scaler 3"):
+        scaler.transform(pred)
+
+
+def test_scaler_state_loads_weights_only(tmp_path):
+    scaler = StandardScaler().fit(np.arange(12, dtype=np.float32).reshape(6, 2))
+    torch.save({"scaler": scaler.to_dict()}, tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)["scaler"]
+    restored = StandardScaler.from_dict(state)
+    x = np.ones((4, 2), np.float32)
+    np.testing.assert_array_equal(restored.transform(x), scaler.transform(x))
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def series(rows=40, cols=3):
+    return torch.arange(rows * cols, dtype=torch.float32).reshape(rows, cols)
+
+
+def test_window_count_and_contents():
+    values = series()
+    ds = WindowDataset(values, window=5, horizon=3, start=4, end=30)
+    assert len(ds) == 30 - 4 - 5 - 3 + 1 == 19
+    x, y = ds[0]
+    assert x.shape == (5, 3) and y.shape == (3, 3) and x.dtype == y.dtype == torch.float32
+    torch.testing.assert_close(x, values[4:9])
+    torch.testing.assert_close(y, values[9:12])
+    x, y = ds[len(ds) - 1]
+    torch.testing.assert_close(x, values[22:27])
+    torch.testing.assert_close(y, values[27:30])  # the last window ends exactly at `end`
+    torch.testing.assert_close(ds[-1][1], y)
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    # zero-copy: the items are views of the one tensor
+    assert x.untyped_storage().data_ptr() == values.untyped_storage().data_ptr()
+    assert sum(1 for _ in ds) == len(ds)
+
+
+def test_window_columns_modes():
+    values = series(cols=4)
+    s = WindowDataset(values[:, 3:4], 4, 2)  # S mode: the table holds only the target
+    assert s[0][0].shape == (4, 1) and s[0][1].shape == (2, 1)
+    ms = WindowDataset(values, 4, 2, input_columns=[0, 1, 2, 3], target_columns=[3])
+    x, y = ms[7]
+    torch.testing.assert_close(x, values[7:11])
+    torch.testing.assert_close(y, values[11:13, 3:4])
+    assert y.untyped_storage().data_ptr() == values.untyped_storage().data_ptr()
+    m = WindowDataset(values.numpy(), 4, 2)
+    torch.testing.assert_close(m[3][1], values[7:9])
+    picked = WindowDataset(values, 4, 2, input_columns=[2, 0], target_columns=[1, 3])
+    x, y = picked[0]
+    torch.testing.assert_close(x, values[0:4][:, [2, 0]])
+    torch.testing.assert_close(y, values[4:6][:, [1, 3]])
+
+
+def test_window_errors():
+    with pytest.raises(ValueError, match=r"rows \[0, 7\) \(7 rows\) hold no window of window \+ horizon = 5 \+ 3 = 8"):
+        WindowDataset(series(), 5, 3, 0, 7)
+    assert len(WindowDataset(series(), 5, 3, 0, 8)) == 1
+    with pytest.raises(ValueError, match="not inside"):
+        WindowDataset(series(), 5, 3, 0, 41)
+    with pytest.raises(ValueError, match="out of range"):
+        WindowDataset(series(), 5, 3, target_columns=[3])
+
+
+def test_pipeline_on_csv(tmp_path):
+    path = small_csv(tmp_path, rows=60)
+    table = load_csv(path, features="MS")
+    b = split_borders(len(table), 6, path=table.path, horizon=2)
+    scaler = StandardScaler().fit(table.values[slice(*b["train"])])
+    values = torch.from_numpy(scaler.transform(table.values))
+    test = WindowDataset(values, 6, 2, *b["test"], table.input_columns, table.target_columns)
+    assert len(test) == b["test"][1] - b["test"][0] - 6 - 2 + 1
+    loader = torch.utils.data.DataLoader(test, batch_size=4)
+    x, y = next(iter(loader))
+    assert x.shape == (4, 6, 3) and y.shape == (4, 2, 1)
+
+
+# ----------------------------------------------------------------------------- ETT (../shared)
+
+
+@needs_ett
+def test_etth1():
+    table = load_csv(ETT / "ETTh1.csv")
+    assert table.values.shape == (17420, 7)
+    assert table.dates.name == "date" and table.target == "OT" and table.target_index == 6
+    assert table.columns == ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+    assert str(table.dates[0]) == "2016-07-01 00:00:00"
+    b = split_borders(len(table), 96, path=table.path, horizon=96)
+    assert b["test"] == (11424, 14400)
+    test = WindowDataset(table.values, 96, 96, *b["test"], target_columns=[table.target_index])
+    assert len(test) == 2880 - 96 + 1 == 2785
+    x, y = test[len(test) - 1]
+    np.testing.assert_array_equal(y[:, 0].numpy(), table.values[14400 - 96:14400, 6])
