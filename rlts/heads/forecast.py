@@ -1,0 +1,421 @@
+"""Forecasting heads: a sequence-model forecaster with RevIN and streaming, and two baselines.
+
+    model = SequenceForecaster(n_channels=7, horizon=96, backbone="mamba2", d_model=64,
+                               headdim=16, d_state=16)
+    y_hat = model(x)                          # x (B, L, C) -> (B, horizon, C_out)
+    loss, metrics = forecast_loss(model, (x, y))   # the Trainer's loss_fn
+
+    stream = model.start_stream(x_window)     # after fitting: read the window once
+    y_hat, stream = model.update(stream, x_new)    # x_new (B, k, C): O(k) work, O(1) memory
+
+Every model here maps a window x (B, L, C) (the `WindowDataset` input, already scaled) to a
+forecast (B, H, C_out): C_out = C ("M" mode), or 1 with `target_index` ("MS" mode: all
+channels in, one out; "S" mode is simply C = 1).
+
+    RevIN               reversible instance normalisation (per window, per channel)
+    SequenceForecaster  RevIN -> embedding -> SequenceModel -> last-step summary -> Linear
+    NaiveForecaster     repeats the last observed value
+    DLinear             moving-average decomposition + two Linear(window, horizon)
+
+Written for rlts; Time-Series-Library's RevIN and DLinear were semantic references only.
+"""
+from __future__ import annotations
+
+from typing import Any, List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlts.nn.model import SequenceModel
+
+CHANNEL_MODES = ("independent", "mixing")
+
+
+def _check_window(name: str, x: Any, n_channels: Optional[int] = None, length: Optional[int] = None,
+                  what: str = "input") -> None:
+    """ValueError naming the expected shape (B, L, C) with the known numbers."""
+    known = [f"{k} = {v}" for k, v in (("L", length), ("C", n_channels)) if v is not None]
+    expect = "(B, L, C)" + (f" with {', '.join(known)}" if known else "")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: {what} must be a tensor of shape {expect}, got {type(x).__name__}")
+    if (x.dim() != 3 or (n_channels is not None and x.shape[2] != n_channels)
+            or (length is not None and x.shape[1] != length) or x.shape[1] < 1):
+        raise ValueError(f"{name}: {what} must have shape {expect} (L >= 1), got {tuple(x.shape)}")
+
+
+def _check_target(target_index: Optional[int], n_channels: int, name: str) -> Optional[int]:
+    if target_index is None:
+        return None
+    if isinstance(target_index, bool) or not isinstance(target_index, int):
+        raise ValueError(f"{name}: target_index must be an int or None, got {target_index!r}")
+    if not -n_channels <= target_index < n_channels:
+        raise ValueError(f"{name}: target_index {target_index} is out of range for {n_channels} channels")
+    return target_index % n_channels
+
+
+# --------------------------------------------------------------------------------------------
+# RevIN
+
+
+class RevINStats(NamedTuple):
+    """Per-window statistics from `RevIN.normalise`: mean and std, each (B, 1, C)."""
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+class RevIN(nn.Module):
+    """Reversible instance normalisation (Kim et al. 2022).
+
+    normalise:    x_n = (x - mean) / std * weight + bias        mean, std over time, per
+                                                                (instance, channel)
+    denormalise:  y   = (y_n - bias) / weight * std + mean       the exact inverse
+
+    std = sqrt(var + eps) with the biased variance, so a constant channel gives x_n = bias
+    rather than a division by zero. The statistics are returned, never stored on the module:
+    the module is stateless between calls (safe for concurrent use, for streams, and for
+    batches where every instance has its own statistics).
+
+    Args:
+        n_channels: C, the number of channels (one affine weight and bias each).
+        affine: learn a per-channel weight (init 1) and bias (init 0) applied after
+            normalising and inverted before denormalising. The inverse divides by the weight
+            exactly (no epsilon), so normalise -> denormalise is the identity; a weight trained
+            to exactly 0 would make the inverse undefined, as it should.
+        eps: added to the variance.
+    """
+
+    def __init__(self, n_channels: int, affine: bool = True, eps: float = 1e-5):
+        super().__init__()
+        if n_channels < 1:
+            raise ValueError(f"RevIN: n_channels must be >= 1, got {n_channels}")
+        self.n_channels, self.affine, self.eps = n_channels, affine, eps
+        if affine:
+            self.weight = nn.Parameter(torch.ones(n_channels))
+            self.bias = nn.Parameter(torch.zeros(n_channels))
+
+    def statistics(self, x: torch.Tensor) -> RevINStats:
+        """Mean and std over time of x (B, L, C), each (B, 1, C)."""
+        _check_window("RevIN", x, self.n_channels)
+        mean = x.mean(dim=1, keepdim=True)
+        var = x.var(dim=1, keepdim=True, unbiased=False)
+        return RevINStats(mean, torch.sqrt(var + self.eps))
+
+    def apply(self, x: torch.Tensor, stats: RevINStats) -> torch.Tensor:
+        """Normalise x (B, L, C) with given statistics (e.g. frozen ones from an earlier window)."""
+        _check_window("RevIN", x, self.n_channels)
+        x = (x - stats.mean) / stats.std
+        return x * self.weight + self.bias if self.affine else x
+
+    def normalise(self, x: torch.Tensor) -> Tuple[torch.Tensor, RevINStats]:
+        """x (B, L, C) -> (x_norm (B, L, C), stats), stats from x itself."""
+        stats = self.statistics(x)
+        return self.apply(x, stats), stats
+
+    def denormalise(self, y: torch.Tensor, stats: RevINStats, channel: Optional[int] = None) -> torch.Tensor:
+        """y (B, H, C) -> y in the input's units. With `channel` (an int), y is (B, H, 1) and
+        holds that channel only (the MS target): its statistics and affine parameters are used."""
+        mean, std = stats
+        weight = self.weight if self.affine else None
+        bias = self.bias if self.affine else None
+        c = self.n_channels
+        if channel is not None:
+            sl = slice(channel, channel + 1)
+            mean, std, c = mean[..., sl], std[..., sl], 1
+            if self.affine:
+                weight, bias = weight[sl], bias[sl]
+        _check_window("RevIN.denormalise", y, c)
+        if self.affine:
+            y = (y - bias) / weight
+        return y * std + mean
+
+
+# --------------------------------------------------------------------------------------------
+# SequenceForecaster
+
+
+class ForecastStream(NamedTuple):
+    """State of a streaming forecast (see `SequenceForecaster.start_stream`).
+
+    stats: RevIN statistics frozen at `start_stream` (None without RevIN).
+    state: the backbone's recurrent state (a list, one entry per layer) after every
+        observation so far; its size is constant for aaren/mamba/mamba2/gru and grows with
+        the observations for the transformer (its KV cache).
+    forecast: (B, H, C_out), the forecast made after the last observation.
+    n_seen: number of time steps read so far (window + updates).
+    """
+    stats: Optional[RevINStats]
+    state: List[Any]
+    forecast: torch.Tensor
+    n_seen: int
+
+
+class SequenceForecaster(nn.Module):
+    """Window -> multi-horizon forecast with a linear-time sequence model.
+
+        x (B, L, C) -> RevIN -> embed -> SequenceModel -> output at the last step -> Linear
+          -> (B, H, C_out) -> RevIN inverse
+
+    Channel modes:
+      "independent" (PatchTST/DLinear-style channel independence): each channel is its own
+          univariate sequence; the B*C sequences (B*C, L, 1) share Linear(1, d_model), the
+          backbone and Linear(d_model, horizon). The only per-channel parameters are RevIN's
+          affine weight and bias. Output channels = input channels (or the target alone).
+      "mixing": Linear(C, d_model) embeds all channels of a time step together, one sequence
+          per window; Linear(d_model, horizon * C_out) reads every output channel off it.
+
+    The backbone is causal, so its output at the last time step summarises the whole window;
+    the head reads the forecast from that one vector (no flattening over L: any window
+    length works, and streaming is possible).
+
+    MS mode (`target_index` set): the output is (B, H, 1), that channel only. In
+    "independent" mode only the target channel's sequence is run (the others cannot
+    influence it, so this equals computing all channels and selecting one, at 1/C of the
+    cost); in "mixing" mode every channel is read and one channel is predicted.
+
+    Streaming (`start_stream`, `update`): see those methods. Streaming forecasts are NOT
+    the same as re-running `forward` on a sliding window: they condition on the whole growing
+    context since `start_stream` and normalise with RevIN statistics frozen at
+    `start_stream`; they equal `forward(concatenated history, stats=frozen stats)`.
+
+    Args:
+        n_channels: C, the input channels of a window.
+        horizon: H, the number of future steps predicted.
+        backbone: a registered backbone name ("aaren", "mamba", "mamba2", "transformer", "gru").
+        d_model: width of the sequence model.
+        n_layers: blocks in the sequence model. With "aaren" use >= 2: a single Aaren block's
+            last-step output sees the window only through a content-weighted mean, which is
+            blind to order (it cannot tell a rising from a falling sine); stacking restores it.
+        channel_mode: "independent" or "mixing", see above.
+        revin: normalise each window by its own mean/std (affine RevIN) and invert on output.
+        out_channels: output channels; default n_channels, 1 with target_index. In
+            "independent" mode it must equal that default. In "mixing" mode other values are
+            allowed only with revin=False (RevIN inverts per input channel).
+        target_index: None, or the input channel to forecast alone (MS mode).
+        dropout: dropout on the embedded inputs and on the summary vector before the output
+            Linear (the head's own).
+        **backbone_options: passed to every block (n_heads, d_state, headdim, chunk_size, ...).
+            A backbone's own dropout (aaren, transformer and gru take one) is spelled
+            `backbone_dropout=p`, since `dropout` is this head's argument.
+    """
+
+    def __init__(self, n_channels: int, horizon: int, backbone: str = "aaren", d_model: int = 64,
+                 n_layers: int = 2, channel_mode: str = "independent", revin: bool = True,
+                 out_channels: Optional[int] = None, target_index: Optional[int] = None,
+                 dropout: float = 0.0, **backbone_options):
+        super().__init__()
+        name = "SequenceForecaster"
+        if n_channels < 1 or horizon < 1:
+            raise ValueError(f"{name}: n_channels ({n_channels}) and horizon ({horizon}) must be >= 1")
+        if channel_mode not in CHANNEL_MODES:
+            raise ValueError(f"{name}: channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}")
+        target_index = _check_target(target_index, n_channels, name)
+        default_out = n_channels if target_index is None else 1
+        out_channels = default_out if out_channels is None else out_channels
+        if out_channels != default_out and (channel_mode == "independent" or revin):
+            raise ValueError(f"{name}: out_channels = {out_channels} needs channel_mode='mixing' and "
+                             f"revin=False (expected {default_out} here)")
+        if out_channels < 1:
+            raise ValueError(f"{name}: out_channels must be >= 1, got {out_channels}")
+        if "backbone_dropout" in backbone_options:
+            backbone_options["dropout"] = backbone_options.pop("backbone_dropout")
+        self.n_channels, self.horizon, self.out_channels = n_channels, horizon, out_channels
+        self.channel_mode, self.target_index = channel_mode, target_index
+        self.revin = RevIN(n_channels) if revin else None
+        self.embed = nn.Linear(1 if channel_mode == "independent" else n_channels, d_model)
+        self.drop = nn.Dropout(dropout)
+        self.backbone = SequenceModel(backbone, d_model=d_model, n_layers=n_layers, **backbone_options)
+        per_seq = horizon if channel_mode == "independent" else horizon * out_channels
+        self.proj = nn.Linear(d_model, per_seq)
+
+    # -- pieces shared by forward and streaming ----------------------------------------------
+
+    def _normalise(self, x: torch.Tensor, stats: Optional[RevINStats]) -> Tuple[torch.Tensor, Optional[RevINStats]]:
+        if self.revin is None:
+            return x, None
+        if stats is None:
+            stats = self.revin.statistics(x)
+        return self.revin.apply(x, stats), stats
+
+    def _sequences(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised x (B, L, C) -> backbone input: (B*C', L, d_model) or (B, L, d_model)."""
+        if self.channel_mode == "independent":
+            if self.target_index is not None:
+                x = x[..., self.target_index:self.target_index + 1]  # (B, L, 1)
+            B, L, C = x.shape
+            x = x.transpose(1, 2).reshape(B * C, L, 1)  # channel c of instance b -> row b*C + c
+        return self.drop(self.embed(x))
+
+    def _read_out(self, summary: torch.Tensor, batch: int, stats: Optional[RevINStats]) -> torch.Tensor:
+        """Backbone output at the last step (B*C' or B, d_model) -> forecast (B, H, C_out)."""
+        y = self.proj(self.drop(summary))
+        if self.channel_mode == "independent":
+            y = y.view(batch, -1, self.horizon).transpose(1, 2)  # (B, H, C')
+        else:
+            y = y.view(batch, self.horizon, self.out_channels)
+        if self.revin is not None:
+            y = self.revin.denormalise(y, stats, channel=self.target_index)
+        return y
+
+    # -- the model -----------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, stats: Optional[RevINStats] = None) -> torch.Tensor:
+        """x (B, L, C) -> forecast (B, H, C_out) of the H steps after x.
+
+        stats: RevIN statistics to use instead of x's own (for streaming equivalence checks
+            and for normalising with frozen statistics); ignored without RevIN.
+        """
+        _check_window("SequenceForecaster", x, self.n_channels)
+        xn, stats = self._normalise(x, stats)
+        h, _ = self.backbone(self._sequences(xn))
+        return self._read_out(h[:, -1], x.shape[0], stats)
+
+    # -- streaming -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def start_stream(self, x_window: torch.Tensor) -> ForecastStream:
+        """Read a window (B, L, C) once and return a stream state whose `.forecast` equals
+        `forward(x_window)`. RevIN statistics are taken from this window and FROZEN: every
+        later observation fed to `update` is normalised with them (call `start_stream` again
+        to refresh them, e.g. after a level shift). Runs without gradients; use eval mode."""
+        _check_window("SequenceForecaster.start_stream", x_window, self.n_channels, what="x_window")
+        xn, stats = self._normalise(x_window, None)
+        h, state = self.backbone(self._sequences(xn))
+        forecast = self._read_out(h[:, -1], x_window.shape[0], stats)
+        return ForecastStream(stats, state, forecast, x_window.shape[1])
+
+    @torch.no_grad()
+    def update(self, stream: ForecastStream, x_new: torch.Tensor) -> Tuple[torch.Tensor, ForecastStream]:
+        """Advance the stream by new observations x_new (B, k, C) -> (forecast (B, H, C_out)
+        of the H steps after x_new, new stream). The backbone continues from its recurrent
+        state (`step` for k = 1, a forward from the state for k > 1; the two agree by the
+        backbone contract), so the window is never re-read: O(k) work and, for recurrent
+        backbones, a state of constant size however long the stream runs.
+
+        The forecast equals `forward(cat([window, all updates so far]), stats=stream.stats)`:
+        a growing context normalised with the statistics frozen at `start_stream`, which is
+        why it differs from `forward` on the latest sliding window of length L."""
+        if not isinstance(stream, ForecastStream):
+            raise ValueError(f"SequenceForecaster.update: stream must come from start_stream, "
+                             f"got {type(stream).__name__}")
+        B = stream.forecast.shape[0]
+        _check_window("SequenceForecaster.update", x_new, self.n_channels, what="x_new")
+        if x_new.shape[0] != B:
+            raise ValueError(f"SequenceForecaster.update: x_new must have shape (B, k, C) with B = {B}, "
+                             f"C = {self.n_channels}, got {tuple(x_new.shape)}")
+        xn, _ = self._normalise(x_new, stream.stats)
+        seq = self._sequences(xn)  # (B', k, d_model)
+        if seq.shape[1] == 1:
+            summary, state = self.backbone.step(seq[:, 0], stream.state)
+        else:
+            h, state = self.backbone(seq, stream.state)
+            summary = h[:, -1]
+        forecast = self._read_out(summary, B, stream.stats)
+        return forecast, ForecastStream(stream.stats, state, forecast, stream.n_seen + x_new.shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Baselines
+
+
+class NaiveForecaster(nn.Module):
+    """Repeats the last observed value: y[:, h] = x[:, -1] for every h (no parameters).
+
+    Args:
+        horizon: H.
+        target_index: None (forecast every channel) or the one channel to forecast (MS).
+    """
+
+    def __init__(self, horizon: int, target_index: Optional[int] = None):
+        super().__init__()
+        if horizon < 1:
+            raise ValueError(f"NaiveForecaster: horizon must be >= 1, got {horizon}")
+        self.horizon, self.target_index = horizon, target_index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_window("NaiveForecaster", x)
+        last = x[:, -1:]  # (B, 1, C)
+        if self.target_index is not None:
+            t = _check_target(self.target_index, x.shape[2], "NaiveForecaster")
+            last = last[..., t:t + 1]
+        return last.expand(-1, self.horizon, -1).clone()
+
+
+def moving_average(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Moving average over time of x (B, L, C), same length, edge-padded as in DLinear: the
+    first value repeated (kernel - 1) // 2 times in front, the last value repeated
+    kernel - 1 - (kernel - 1) // 2 times after (equal for odd kernels), then a mean over each
+    `kernel` consecutive steps. Output t averages padded steps t .. t + kernel - 1."""
+    if kernel < 1:
+        raise ValueError(f"moving_average: kernel must be >= 1, got {kernel}")
+    front, back = (kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2
+    xp = torch.cat([x[:, :1].expand(-1, front, -1), x, x[:, -1:].expand(-1, back, -1)], dim=1)
+    return F.avg_pool1d(xp.transpose(1, 2), kernel_size=kernel, stride=1).transpose(1, 2)
+
+
+class DLinear(nn.Module):
+    """DLinear (Zeng et al. 2023): x = trend + seasonal with trend = moving_average(x, kernel);
+    forecast = Linear_trend(trend) + Linear_seasonal(seasonal), each Linear(window, horizon)
+    mapping a channel's past to its future (over time, not over channels).
+
+    Args:
+        window: L, the input length (fixed: the Linear layers read the whole window).
+        horizon: H.
+        n_channels: C.
+        individual: one pair of Linear layers per channel instead of one shared pair.
+        kernel: moving-average length (default 25, as in DLinear).
+        target_index: None, or the one channel to forecast (MS); only it is computed.
+
+    Weights start at 1 / window (each forecast step begins as the mean of the window's
+    component), biases at 0; the weights are `weight_trend`/`weight_seasonal` of shape
+    (H, L) shared or (C, H, L) individual, with biases (H,) or (C, H).
+    """
+
+    def __init__(self, window: int, horizon: int, n_channels: int, individual: bool = False,
+                 kernel: int = 25, target_index: Optional[int] = None):
+        super().__init__()
+        if min(window, horizon, n_channels, kernel) < 1:
+            raise ValueError(f"DLinear: window ({window}), horizon ({horizon}), n_channels ({n_channels}) and "
+                             f"kernel ({kernel}) must be >= 1")
+        self.window, self.horizon, self.n_channels = window, horizon, n_channels
+        self.individual, self.kernel = individual, kernel
+        self.target_index = _check_target(target_index, n_channels, "DLinear")
+        lead = (n_channels,) if individual else ()
+        self.weight_trend = nn.Parameter(torch.full(lead + (horizon, window), 1.0 / window))
+        self.weight_seasonal = nn.Parameter(torch.full(lead + (horizon, window), 1.0 / window))
+        self.bias_trend = nn.Parameter(torch.zeros(lead + (horizon,)))
+        self.bias_seasonal = nn.Parameter(torch.zeros(lead + (horizon,)))
+
+    def _linear(self, part: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """part (B, L, C') -> (B, H, C'): each channel's L steps mapped to H steps."""
+        if self.individual:
+            if self.target_index is not None:
+                weight = weight[self.target_index:self.target_index + 1]
+                bias = bias[self.target_index:self.target_index + 1]
+            return torch.einsum("blc,chl->bhc", part, weight) + bias.t()
+        return torch.einsum("blc,hl->bhc", part, weight) + bias[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_window("DLinear", x, self.n_channels, self.window)
+        if self.target_index is not None:
+            x = x[..., self.target_index:self.target_index + 1]
+        trend = moving_average(x, self.kernel)
+        seasonal = x - trend
+        return (self._linear(trend, self.weight_trend, self.bias_trend)
+                + self._linear(seasonal, self.weight_seasonal, self.bias_seasonal))
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer glue
+
+
+def forecast_loss(model: nn.Module, batch) -> Tuple[torch.Tensor, dict]:
+    """`Trainer` loss_fn for (x (B, L, C), y (B, H, C_out)) batches: MSE loss, metrics mse/mae
+    (on the scaled values, as Time-Series-Library reports them)."""
+    x, y = batch[0], batch[1]
+    y_hat = model(x)
+    if y_hat.shape != y.shape:
+        raise ValueError(f"forecast_loss: the model's forecast has shape {tuple(y_hat.shape)} but the "
+                         f"target y has shape {tuple(y.shape)} (B, H, C_out)")
+    mse = F.mse_loss(y_hat, y)
+    return mse, {"mse": mse.item(), "mae": (y_hat - y).abs().mean().item()}
