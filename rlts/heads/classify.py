@@ -1,0 +1,184 @@
+"""Time-series classification head: a sequence model with a pooled linear read-out.
+
+    model = SequenceClassifier(n_channels=3, n_classes=5, backbone="mamba", d_model=64)
+    logits = model(x, lengths)              # x (B, L, C), lengths (B,) -> logits (B, n_classes)
+
+    loader = DataLoader(list_of_(x_i, label_i), batch_size=32, collate_fn=collate_unequal)
+    trainer = Trainer(model, classification_loss, cfg, collate_fn=collate_unequal)
+
+Architecture: a per-time-step Linear(C, d_model) embedding, `rlts.nn.SequenceModel` (any
+registered backbone), pooling over time ("last" or "mean"), dropout, Linear(d_model, n_classes).
+The head does not normalise its input: standardise each channel (e.g. with the training set's
+per-channel mean and standard deviation) before calling it.
+
+Unequal lengths are handled by right padding plus `lengths`, never by truncation:
+- the padding positions of `x` are set to 0 before the model, so their content (garbage,
+  NaN, inf) never matters, not even for gradients;
+- "last" reads the output at index lengths[b] - 1 of each sequence; this is exact because every
+  backbone is causal, so the padding after it cannot change it;
+- "mean" averages the outputs over the valid positions 0 .. lengths[b] - 1 only.
+So each sequence of a padded batch gets the logits it would get alone and unpadded.
+
+NaN padding (sktime's convention for unequal-length panels): with `lengths=None`, trailing time
+steps whose channels are all NaN are taken as padding and the lengths are inferred from them
+(`nan_padded_lengths`). A NaN anywhere before that (a missing value inside a series) raises a
+ValueError naming the batch index and time step: impute missing values before the head.
+
+Checking `lengths` (their range) and inferring them from NaNs read values back to the host: on
+a GPU, a synchronisation or two per call; for NaN-free input with lengths=None it is a single
+`isnan(x).any()`.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlts.nn.model import SequenceModel
+
+POOLINGS = ("last", "mean")
+
+
+def _shape(x: Any) -> Any:
+    return tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+
+
+def nan_padded_lengths(x: torch.Tensor) -> torch.Tensor:
+    """Lengths (B,) of a right-NaN-padded batch x (B, L, C): L minus the number of trailing
+    time steps whose channels are all NaN. Raises ValueError for a NaN before that (naming the
+    batch index and time step) and for a sequence that is all NaN."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"nan_padded_lengths: x must have shape (B, L, C), got {_shape(x)}")
+    B, L, _ = x.shape
+    if not x.is_floating_point():
+        return torch.full((B,), L, dtype=torch.long, device=x.device)
+    nan = torch.isnan(x)                                   # (B, L, C)
+    if not bool(nan.any()):                                # the usual case: no padding at all
+        return torch.full((B,), L, dtype=torch.long, device=x.device)
+    step_all = nan.all(dim=-1)                             # (B, L): the whole step is NaN
+    # trailing all-NaN run: reverse cumulative product of the all-NaN flags
+    trailing = step_all.flip(1).long().cumprod(dim=1).flip(1).bool()
+    lengths = L - trailing.sum(dim=1)                      # (B,)
+    bad = nan.any(dim=-1) & ~trailing                      # a NaN inside the valid part
+    if bool(bad.any()):
+        b, t = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"NaN inside a series at batch index {b}, time step {t} (length {int(lengths[b])}): "
+                         "only trailing all-NaN time steps are read as padding; impute missing values first")
+    if bool((lengths == 0).any()):
+        b = int((lengths == 0).nonzero()[0, 0])
+        raise ValueError(f"sequence at batch index {b} is empty (all NaN)")
+    return lengths
+
+
+def check_lengths(lengths: Any, batch: int, max_len: int) -> torch.Tensor:
+    """lengths must be an integer tensor (B,) with 1 <= lengths <= L."""
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be an integer tensor of shape (B,) = ({batch},), "
+                         f"got {lengths.dtype} {tuple(lengths.shape)}")
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > max_len):
+        raise ValueError(f"lengths must lie in [1, L] = [1, {max_len}], got min {int(lengths.min())}, "
+                         f"max {int(lengths.max())}")
+    return lengths.long()
+
+
+class SequenceClassifier(nn.Module):
+    """Classifies (possibly unequal-length) multivariate series: x (B, L, C) -> logits (B, n_classes).
+
+    Args:
+        n_channels: C, the number of input channels (variables) per time step.
+        n_classes: number of classes (logits per sequence).
+        backbone: a registered backbone name ("aaren", "mamba", "mamba2", "transformer", "gru").
+        d_model, n_layers: width and depth of the SequenceModel.
+        pooling: "last" (output at each sequence's last valid step) or "mean" (average over
+            the valid steps).
+        dropout: dropout on the pooled features, before the output layer.
+        **backbone_options: passed to every backbone block (d_state, n_heads, headdim, ...).
+
+    Inputs are cast to the parameters' dtype. Standardising channels is the caller's job.
+    """
+
+    def __init__(self, n_channels: int, n_classes: int, backbone: str = "mamba", d_model: int = 64,
+                 n_layers: int = 2, pooling: str = "last", dropout: float = 0.0, **backbone_options):
+        super().__init__()
+        if n_channels < 1 or n_classes < 1:
+            raise ValueError(f"SequenceClassifier needs n_channels >= 1 and n_classes >= 1, got {n_channels}, {n_classes}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.n_channels, self.n_classes, self.pooling = n_channels, n_classes, pooling
+        self.embed = nn.Linear(n_channels, d_model)
+        self.model = SequenceModel(backbone, d_model=d_model, n_layers=n_layers, **backbone_options)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(d_model, n_classes)
+
+    def _check_x(self, x: Any) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.n_channels or x.shape[1] == 0:
+            raise ValueError(f"SequenceClassifier: x must have shape (B, L, C) with L >= 1 and "
+                             f"C = n_channels = {self.n_channels}, got {_shape(x)}")
+
+    def features(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pooled features (B, d_model), before dropout and the output layer."""
+        self._check_x(x)
+        B, L, _ = x.shape
+        dtype = self.embed.weight.dtype
+        if lengths is None:
+            lengths = nan_padded_lengths(x)
+        else:
+            lengths = check_lengths(lengths, B, L).to(x.device)
+        x = x.to(dtype)
+        valid = torch.arange(L, device=x.device) < lengths[:, None]          # (B, L)
+        x = torch.where(valid[..., None], x, torch.zeros((), dtype=dtype, device=x.device))
+        y, _ = self.model(self.embed(x))                                      # (B, L, d_model)
+        if self.pooling == "last":
+            return y[torch.arange(B, device=y.device), lengths - 1]
+        y = torch.where(valid[..., None], y, torch.zeros((), dtype=y.dtype, device=y.device))
+        return y.sum(dim=1) / lengths[:, None].to(y.dtype)
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, L, C) right-padded (with anything, or with NaN and lengths=None); lengths (B,)
+        integer in [1, L] or None -> logits (B, n_classes)."""
+        return self.out(self.drop(self.features(x, lengths)))
+
+
+def collate_unequal(batch: Sequence[Tuple[Any, Any]]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DataLoader collate_fn: a list of (x (L_i, C), label) -> (x (B, L_max, C) zero-padded on the
+    right, lengths (B,) long, labels (B,)). x may be a tensor or an array; labels are stacked
+    with torch.as_tensor (class indices give a long tensor)."""
+    if len(batch) == 0:
+        raise ValueError("collate_unequal: empty batch")
+    xs: List[torch.Tensor] = []
+    labels = []
+    for i, item in enumerate(batch):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"collate_unequal: item {i} must be a pair (x (L_i, C), label), got {type(item).__name__}")
+        x = torch.as_tensor(item[0])
+        if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] != (xs[0].shape[1] if xs else x.shape[1]):
+            want = "(L_i, C) with L_i >= 1" + (f" and C = {xs[0].shape[1]}" if xs else "")
+            raise ValueError(f"collate_unequal: x of item {i} must have shape {want}, got {tuple(x.shape)}")
+        xs.append(x)
+        labels.append(torch.as_tensor(item[1]))
+    lengths = torch.tensor([x.shape[0] for x in xs], dtype=torch.long)
+    padded = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True, padding_value=0.0)
+    return padded, lengths, torch.stack(labels)
+
+
+def classification_loss(model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """A `loss_fn` for rlts.trainer.Trainer: batch = (x, lengths, labels) from collate_unequal, or
+    (x, labels) for equal-length (or NaN-padded) series. Cross-entropy; metrics loss and accuracy."""
+    if len(batch) == 3:
+        x, lengths, labels = batch
+    elif len(batch) == 2:
+        (x, labels), lengths = batch, None
+    else:
+        raise ValueError(f"classification_loss: batch must be (x, lengths, labels) or (x, labels), got {len(batch)} items")
+    device = next(model.parameters()).device
+    x, labels = x.to(device), labels.to(device).long()
+    logits = model(x, None if lengths is None else lengths.to(device))
+    loss = F.cross_entropy(logits, labels)
+    acc = (logits.argmax(dim=-1) == labels).float().mean()
+    return loss, {"loss": float(loss.detach()), "accuracy": float(acc)}

@@ -1,0 +1,194 @@
+"""rlts.heads.classify: SequenceClassifier, NaN-padding inference, collate_unequal.
+
+The padding test is the important one: every backbone and pooling, float64, a batch of
+unequal-length sequences padded with garbage must give each sequence exactly the logits it
+gets alone and unpadded (fails if padding leaks in, or if sequences are truncated to the
+shortest)."""
+import math
+
+import pytest
+import torch
+
+from rlts.heads.classify import (SequenceClassifier, classification_loss, collate_unequal,
+                                 nan_padded_lengths)
+
+F64 = torch.float64
+BACKBONES = ["aaren", "mamba", "mamba2", "transformer", "gru"]
+OPTIONS = {  # tiny settings that are valid at d_model = 16
+    "aaren": dict(n_heads=2),
+    "mamba": dict(d_state=4),
+    "mamba2": dict(d_state=8, headdim=8, chunk_size=4),  # small chunks: sequences span several
+    "transformer": dict(n_heads=2),
+    "gru": {},
+}
+LENGTHS = [9, 3, 1, 6]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one intra-op thread is faster, and far steadier on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(backbone, pooling="last", n_channels=3, n_classes=4, **kw):
+    model = SequenceClassifier(n_channels, n_classes, backbone=backbone, d_model=16, n_layers=1,
+                               pooling=pooling, **OPTIONS[backbone], **kw)
+    return model.double().eval()
+
+
+def ragged(n_channels=3, lengths=LENGTHS):
+    return [torch.randn(n, n_channels, dtype=F64) for n in lengths]
+
+
+def pad(seqs, fill):
+    L = max(s.shape[0] for s in seqs)
+    x = torch.full((len(seqs), L, seqs[0].shape[1]), float("nan"), dtype=F64) if fill == "nan" else \
+        100.0 * torch.randn(len(seqs), L, seqs[0].shape[1], dtype=F64) + 7.0
+    for i, s in enumerate(seqs):
+        x[i, :s.shape[0]] = s
+    return x
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_padded_batch_equals_each_sequence_alone(backbone, pooling):
+    model = tiny(backbone, pooling)
+    seqs = ragged()
+    x = pad(seqs, "garbage")
+    lengths = torch.tensor(LENGTHS)
+    with torch.no_grad():
+        batched = model(x, lengths)
+        alone = torch.cat([model(s[None]) for s in seqs])
+        # padding really is garbage: without lengths the padded batch gives other logits
+        unmasked = model(x, torch.full((len(seqs),), x.shape[1]))
+    assert batched.shape == (len(seqs), 4) and batched.dtype == F64
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-12)
+    short = [i for i, n in enumerate(LENGTHS) if n < x.shape[1]]
+    assert (unmasked[short] - alone[short]).abs().amax(dim=-1).min() > 1e-6
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_pooling_reads_the_right_positions(pooling):
+    """Independent of the backbone: recompute the pooling from the SequenceModel's outputs."""
+    model = tiny("gru", pooling)
+    seqs = ragged()
+    with torch.no_grad():
+        got = model.features(pad(seqs, "garbage"), torch.tensor(LENGTHS))
+        for i, s in enumerate(seqs):
+            y, _ = model.model(model.embed(s[None]))
+            want = y[0, -1] if pooling == "last" else y[0].mean(dim=0)
+            torch.testing.assert_close(got[i], want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backbone", ["mamba2", "gru"])
+def test_nan_padding_equals_explicit_lengths(backbone):
+    model = tiny(backbone, "mean")
+    seqs = ragged()
+    xn = pad(seqs, "nan")
+    assert nan_padded_lengths(xn).tolist() == LENGTHS
+    with torch.no_grad():
+        inferred = model(xn)
+        explicit = model(pad(seqs, "garbage"), torch.tensor(LENGTHS))
+    assert torch.isfinite(inferred).all()
+    torch.testing.assert_close(inferred, explicit, rtol=0, atol=1e-12)
+
+
+def test_nan_padding_keeps_gradients_finite():
+    model = tiny("mamba", "last").train()
+    loss, metrics = classification_loss(model, (pad(ragged(), "nan"), torch.tensor([0, 1, 2, 3])))
+    loss.backward()
+    assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_nan_inside_a_series_raises_with_index_and_step():
+    model = tiny("gru")
+    x = pad(ragged(), "nan")
+    x[3, 2, 1] = float("nan")  # one channel, inside sequence 3 (length 6)
+    with pytest.raises(ValueError, match=r"batch index 3, time step 2"):
+        model(x)
+    x = pad(ragged(), "nan")
+    x[0, 4, :] = float("nan")  # a whole step, but followed by valid steps
+    with pytest.raises(ValueError, match=r"batch index 0, time step 4"):
+        model(x)
+    x = pad(ragged(), "nan")
+    x[1] = float("nan")
+    with pytest.raises(ValueError, match=r"batch index 1 is empty"):
+        model(x)
+
+
+def test_bad_inputs_raise():
+    model = tiny("gru", n_channels=3)
+    with pytest.raises(ValueError, match=r"\(B, L, C\).*n_channels = 3.*\(2, 5\)"):
+        model(torch.zeros(2, 5, dtype=F64))
+    with pytest.raises(ValueError, match=r"\(B, L, C\).*n_channels = 3.*\(2, 5, 4\)"):
+        model(torch.zeros(2, 5, 4, dtype=F64))
+    with pytest.raises(ValueError, match=r"shape \(B,\) = \(2,\)"):
+        model(torch.zeros(2, 5, 3, dtype=F64), torch.tensor([[5], [5]]))
+    with pytest.raises(ValueError, match=r"integer"):
+        model(torch.zeros(2, 5, 3, dtype=F64), torch.tensor([5.0, 5.0]))
+    with pytest.raises(ValueError, match=r"\[1, 5\]"):
+        model(torch.zeros(2, 5, 3, dtype=F64), torch.tensor([6, 2]))
+    with pytest.raises(ValueError, match=r"\[1, 5\]"):
+        model(torch.zeros(2, 5, 3, dtype=F64), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match=r"pooling"):
+        SequenceClassifier(3, 2, backbone="gru", pooling="max")
+    with pytest.raises(ValueError, match=r"unknown backbone"):
+        SequenceClassifier(3, 2, backbone="lstm")
+
+
+def test_collate_unequal():
+    batch = [(torch.randn(n, 2), c) for n, c in [(5, 0), (2, 1), (7, 1)]]
+    x, lengths, labels = collate_unequal(batch)
+    assert x.shape == (3, 7, 2) and lengths.tolist() == [5, 2, 7]
+    assert labels.tolist() == [0, 1, 1] and labels.dtype == torch.long
+    for i, (s, _) in enumerate(batch):
+        assert torch.equal(x[i, :len(s)], s) and (x[i, len(s):] == 0).all()
+    with pytest.raises(ValueError, match=r"item 1.*\(L_i, C\).*C = 2.*\(4, 3\)"):
+        collate_unequal([(torch.randn(5, 2), 0), (torch.randn(4, 3), 1)])
+    with pytest.raises(ValueError, match=r"item 0.*\(L_i, C\).*\(4,\)"):
+        collate_unequal([(torch.randn(4), 0)])
+
+
+def test_learns_sine_vs_square():
+    """Unequal lengths (12..30 steps), random phase and frequency; d_model 16, CPU, 60 Adam steps."""
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(32):
+        n = int(torch.randint(12, 31, (1,), generator=g))
+        t = torch.arange(n, dtype=torch.float32)
+        w = 0.3 + 0.4 * torch.rand((), generator=g)
+        s = torch.sin(w * t + 6.3 * torch.rand((), generator=g))
+        label = i % 2
+        x = torch.sign(s) if label else s
+        items.append(((x + 0.1 * torch.randn(n, generator=g))[:, None], label))
+    x, lengths, labels = collate_unequal(items)
+    torch.manual_seed(0)
+    model = SequenceClassifier(1, 2, backbone="gru", d_model=16, n_layers=1, pooling="mean")
+    with torch.no_grad():
+        before = (model(x, lengths).argmax(-1) == labels).float().mean().item()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss, metrics = classification_loss(model, (x, lengths, labels))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x, lengths).argmax(-1) == labels).float().mean().item()
+    assert before < 0.8 and acc > 0.9, (before, acc)
+
+
+def test_trainer_with_collate_unequal(tmp_path):
+    """classification_loss and collate_unequal plug into rlts.trainer.Trainer."""
+    from rlts.trainer import TrainConfig, Trainer
+    data = [(torch.randn(n, 2), n % 2) for n in range(3, 15)]
+    model = SequenceClassifier(2, 2, backbone="gru", d_model=16, n_layers=1)
+    cfg = TrainConfig(epochs=2, batch_size=4, patience=0, progress=False, device="cpu")
+    out = Trainer(model, classification_loss, cfg, tmp_path, collate_fn=collate_unequal).fit(data, data)
+    assert out["epochs"] == 2 and math.isfinite(out["best_val_loss"])
+    metrics = Trainer(model, classification_loss, cfg, tmp_path / "eval", collate_fn=collate_unequal).evaluate(data)
+    assert set(metrics) >= {"loss", "accuracy"} and 0.0 <= metrics["accuracy"] <= 1.0
