@@ -18,12 +18,14 @@ Implementations (chosen by `kernels._common.use_triton`):
   * Triton (CUDA, or backend="triton" under TRITON_INTERPRET=1): kernels/_selective_triton.py.
     The forward keeps each program's (BLOCK_D, N) state in registers and saves only the
     state at the start of every BLOCK_L block; the backward recomputes from those.
-  * PyTorch (CPU): L is cut into chunks sized so a (batch, T, dim, N) tensor stays within
-    `_CHUNK_ELEMS`. Per chunk, deltaA = exp(delta A) and deltaB_u are built with one
-    broadcast op each and the dim*N channels are scanned together with
-    `kernels.linear.linear_scan`. The custom backward keeps only the chunk-start states
-    (batch, dim, N) per chunk and recomputes each chunk, walking the chunks from the end; the
-    adjoint recurrence of the state is itself a reverse `linear_scan`.
+  * PyTorch (CPU): u, delta, z, B, C are copied step-major, (L, batch, ...), and L is cut
+    into chunks of T steps, T such that a (T, batch, dim, N) tensor stays within
+    `_CHUNK_ELEMS` (cache-sized). Per chunk, exp(delta A) (as exp2 of delta A log2(e)) and
+    delta u B are written into two reused buffers and the state is scanned with one
+    in-place addcmul per step on a contiguous (batch, G, N, dim/G) block; y = C . x is one
+    bmm, and D, silu(z) are applied per chunk. The custom backward keeps only the chunk-start
+    states, recomputes each chunk walking them from the end, and runs the adjoint recurrence
+    the same way (one addcmul per step).
 Both compute in float32 for fp16/bf16 inputs (float64 stays float64) and return `out` in u's
 dtype; the last state is in that compute dtype.
 
@@ -43,7 +45,6 @@ import torch
 import torch.nn.functional as F
 
 from kernels._common import BACKENDS, check_same, check_tensor, compute_dtype, fail, use_triton
-from kernels.linear import linear_scan
 
 try:  # Triton is optional: without it the PyTorch path serves every device.
     from kernels import _selective_triton as _tri
@@ -101,58 +102,68 @@ def _check_scan(op, u, delta, A, B, C, D, z, delta_bias, initial_state=None):
 
 
 # --------------------------------------------------------------------------- PyTorch path
+_LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)); exp2 is ~1.5x faster on CPU
+
+
 def _chunks(L: int, per_step: int):
     T = min(L, max(_CHUNK_MIN, _CHUNK_ELEMS // max(1, per_step)))
     return [(l0, min(l0 + T, L)) for l0 in range(0, L, T)]
 
 
-def _prepare(u, delta, A, B4, C4, D, z, delta_bias, softplus, cd):
-    """Time-major tensors in the compute dtype: u, delta, z (batch, L, dim); B, C (batch, L, G, N).
-
-    Returns also the pre-softplus delta (for its derivative) and the parameters in cd."""
-    ut = u.transpose(1, 2).to(cd).contiguous()                   # (batch, L, dim)
-    dt = delta.transpose(1, 2).to(cd)                            # (batch, L, dim)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(cd)
-    dt_pre = dt
-    dt = F.softplus(dt) if softplus else dt.contiguous()
-    Bt = B4.permute(0, 3, 1, 2).to(cd).contiguous()              # (batch, L, G, N)
-    Ct = C4.permute(0, 3, 1, 2).to(cd).contiguous()              # (batch, L, G, N)
-    zt = None if z is None else z.transpose(1, 2).to(cd)         # (batch, L, dim)
-    Dc = None if D is None else D.to(cd)
-    return ut, dt, dt_pre, A.to(cd), Bt, Ct, Dc, zt
+# The state of one step is held as (batch, G, N, dim // G) ("state layout"): the channels of a
+# group innermost, so that the contractions over N with C_t, B_t are batched (1, N) @ (N, dim/G)
+# products and the per-channel vectors (delta, u, ...) broadcast along the contiguous last dim.
+def _to_state(x, G):
+    """(..., dim, N) -> (..., G, N, dim // G) contiguous."""
+    *lead, dim, N = x.shape
+    return x.reshape(*lead, G, dim // G, N).transpose(-1, -2).contiguous()
 
 
-def _chunk_terms(ut, dt, A, Bt, l0, l1, G):
-    """deltaA = exp(delta A) and deltaB_u = delta u B for steps [l0, l1): (batch, T, dim, N) each."""
-    batch, _, dim = ut.shape
-    T, N = l1 - l0, A.shape[1]
-    dt_c = dt[:, l0:l1]                                          # (batch, T, dim)
-    dA = ut.new_empty(batch, T, dim, N)
-    torch.mul(dt_c[..., None], A, out=dA).exp_()                 # (batch, T, dim, N)
-    return dA, _group_outer(dt_c * ut[:, l0:l1], Bt[:, l0:l1])
+def _from_state(x):
+    """(..., G, N, dim // G) -> (..., dim, N) contiguous."""
+    *lead, G, N, dg = x.shape
+    return x.transpose(-1, -2).reshape(*lead, G * dg, N)
 
 
-def _group_outer(w, v):
-    """w[b, t, d] * v[b, t, g(d), n] -> contiguous (batch, T, dim, N)."""
-    batch, T, dim = w.shape
-    G, N = v.shape[2], v.shape[3]
-    out = w.new_empty(batch, T, G, dim // G, N)
-    torch.mul(w.reshape(batch, T, G, dim // G, 1), v[:, :, :, None, :], out=out)
-    return out.view(batch, T, dim, N)
+def _fill_chunk(dA, H, dt_c, w_c, B_c, A2):
+    """For the n steps of a chunk: dA[:n] = exp(delta A), H[1:n+1] = delta u B, then the scan in
+    place, H[t+1] = dA[t] H[t] + H[t+1], from H[0] (the chunk-start state), so that H[t+1] = x_t.
+    One torch call per step on one contiguous (batch, G, N, dim/G) block; nothing is allocated.
+    dA, H: (T, batch, G, N, dim/G) and (T + 1, ...) buffers; dt_c, w_c (= delta u) (n, batch, dim);
+    B_c (n, batch, G, N); A2 = A log2(e) in state layout (G, N, dim/G)."""
+    n, batch, G, N = B_c.shape
+    dg = A2.shape[-1]
+    torch.mul(dt_c.view(n, batch, G, 1, dg), A2, out=dA[:n]).exp2_()
+    torch.mul(w_c.view(n, batch, G, 1, dg), B_c[..., None], out=H[1:n + 1])
+    hs, As = H.unbind(0), dA.unbind(0)   # views made once: indexing costs more than the op
+    for t in range(n):
+        torch.addcmul(hs[t + 1], As[t], hs[t], out=hs[t + 1])
 
 
-def _group_contract(x, v, G):
-    """sum_n x[b, t, d, n] v[b, t, g(d), n] -> (batch, T, dim)."""
-    batch, T, dim, N = x.shape
-    return torch.einsum("btgdn,btgn->btgd", x.view(batch, T, G, dim // G, N), v).reshape(batch, T, dim)
+def _contract(v, x, out=None):
+    """sum_n v[k, b, g, n] x[k, b, g, n, j] -> (k, batch, dim) as one bmm. x contiguous."""
+    n, batch, G, N, dg = x.shape
+    r = torch.bmm(v.reshape(n * batch * G, 1, N), x.view(n * batch * G, N, dg),
+                  out=None if out is None else out.view(n * batch * G, 1, dg))
+    return r.view(n, batch, G * dg)
 
 
-def _group_reduce(w, x, G):
-    """sum_{d in g} w[b, t, d] x[b, t, d, n] -> (batch, T, G, N) as one batched matmul."""
-    batch, T, dim, N = x.shape
-    r = w.reshape(batch, T, G, 1, dim // G) @ x.view(batch, T, G, dim // G, N)
-    return r.view(batch, T, G, N)
+def _buffers(T, batch, G, N, dg, cd, device, k):
+    return [torch.empty(T + (i == 0), batch, G, N, dg, dtype=cd, device=device) for i in range(k)]
+
+
+def _step_major(x, cd):
+    """(batch, dim, L) -> (L, batch, dim) contiguous in cd, with as cheap a copy as the strides allow."""
+    batch, dim, L = x.shape
+    if x.is_contiguous():  # a 2-d transpose copies ~2x faster than the 3-d permute
+        return x.view(batch * dim, L).t().to(cd).contiguous().view(L, batch, dim)
+    return x.permute(2, 0, 1).to(cd).contiguous()
+
+
+def _chunk_dt(dl_c, bias, softplus):
+    """delta of a chunk from the step-major raw delta: softplus(delta + bias) as asked."""
+    dt = dl_c if bias is None else dl_c + bias
+    return F.softplus(dt) if softplus else dt
 
 
 class _SelectiveScanTorch(torch.autograd.Function):
@@ -161,86 +172,123 @@ class _SelectiveScanTorch(torch.autograd.Function):
         cd = compute_dtype(u.dtype)
         batch, dim, L = u.shape
         G, N = B4.shape[1], A.shape[1]
-        ut, dt, _, Ac, Bt, Ct, Dc, zt = _prepare(u, delta, A, B4, C4, D, z, delta_bias, softplus, cd)
-        y = torch.empty(batch, L, dim, dtype=cd, device=u.device)   # (batch, L, dim)
-        h = (torch.zeros(batch, dim * N, dtype=cd, device=u.device) if init is None  # carried
-             else init.to(cd).reshape(batch, dim * N).clone())                    # state, flat
-        starts = []                                                  # chunk-start states
-        for l0, l1 in _chunks(L, batch * dim * N):
-            starts.append(h)
-            dA, dBu = _chunk_terms(ut, dt, Ac, Bt, l0, l1, G)      # (batch, T, dim, N)
-            hs, h = linear_scan(dA.view(batch, l1 - l0, dim * N), dBu.view(batch, l1 - l0, dim * N),
-                                h0=h, return_last=True, backend="torch")
-            y[:, l0:l1] = _group_contract(hs.view(batch, l1 - l0, dim, N), Ct[:, l0:l1], G)
-        if Dc is not None:
-            y += ut * Dc                                             # y + D u
-        out = y if zt is None else y * F.silu(zt)                    # * silu(z)
-        out = out.transpose(1, 2).to(u.dtype).contiguous()           # (batch, dim, L)
-        # With z, the backward needs y + D u (batch, L, dim): kept rather than recomputed.
-        ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, init, torch.stack(starts),
+        dg = dim // G
+        # step-major copies (L, batch, dim) / (L, batch, G, N); the rest is done chunk by chunk
+        ut, dl = _step_major(u, cd), _step_major(delta, cd)
+        zt = None if z is None else _step_major(z, cd)
+        Bt = B4.permute(3, 0, 1, 2).to(cd).contiguous()
+        Ct = C4.permute(3, 0, 1, 2).to(cd).contiguous()
+        bias = None if delta_bias is None else delta_bias.to(cd)
+        Dc = None if D is None else D.to(cd)
+        A2 = _to_state(A.to(cd) * _LOG2E, G)                         # (G, N, dg)
+        y = torch.empty(L, batch, dim, dtype=cd, device=u.device)   # C.x + D u
+        out = y if zt is None else torch.empty_like(y)
+        chunks = _chunks(L, batch * dim * N)
+        H, dA = _buffers(chunks[0][1], batch, G, N, dg, cd, u.device, 2)  # H[0]: chunk start
+        if init is None:
+            H[0].zero_()
+        else:
+            H[0].copy_(_to_state(init, G))
+        starts = torch.empty(len(chunks), batch, G, N, dg, dtype=cd, device=u.device)
+        for k, (l0, l1) in enumerate(chunks):
+            n = l1 - l0
+            starts[k].copy_(H[0])
+            dt_c, u_c = _chunk_dt(dl[l0:l1], bias, softplus), ut[l0:l1]
+            _fill_chunk(dA, H, dt_c, dt_c * u_c, Bt[l0:l1], A2)
+            y_c = _contract(Ct[l0:l1], H[1:n + 1], out=y[l0:l1])    # y_t = C_t . x_t
+            if Dc is not None:
+                y_c.addcmul_(u_c, Dc)                                # + D u
+            if zt is not None:
+                torch.mul(y_c, F.silu(zt[l0:l1]), out=out[l0:l1])    # * silu(z)
+            H[0].copy_(H[n])
+        ctx.save_for_backward(ut, dl, A, Bt, Ct, D, zt, delta_bias, starts,
                               y if zt is not None else None)
-        ctx.softplus = softplus
-        return out, h.view(batch, dim, N)
+        ctx.softplus, ctx.has_init, ctx.dtypes = softplus, init is not None, (
+            u.dtype, delta.dtype, B4.dtype, None if z is None else z.dtype,
+            None if init is None else init.dtype)
+        ctx.bshape = B4.shape
+        # (batch, dim, L) view of the step-major result: consumers that go back to (batch, L, dim)
+        # (the Mamba layer) then read it with contiguous rows
+        return out.to(u.dtype).permute(1, 2, 0), _from_state(H[0])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlast):
-        u, delta, A, B4, C4, D, z, delta_bias, init, starts, pre = ctx.saved_tensors
-        cd = compute_dtype(u.dtype)
-        batch, dim, L = u.shape
-        G, N = B4.shape[1], A.shape[1]
-        ut, dt, dt_pre, Ac, Bt, Ct, Dc, zt = _prepare(u, delta, A, B4, C4, D, z, delta_bias,
-                                                      ctx.softplus, cd)
-        g = dout.transpose(1, 2).to(cd)                              # (batch, L, dim)
-        dz = None
-        if zt is not None:
-            sz = torch.sigmoid(zt)
-            dz = g * pre * sz * (1 + zt * (1 - sz))
-            g = g * zt * sz                                          # gy = dout * silu(z)
-        du = g * Dc if Dc is not None else torch.zeros_like(ut)      # (batch, L, dim)
-        dD = (g * ut).sum((0, 1)) if Dc is not None else None
-        ddt = torch.empty_like(ut)                                   # (batch, L, dim)
-        dBt = torch.empty_like(Bt)                                   # (batch, L, G, N)
+        ut, dl, A, Bt, Ct, D, zt, delta_bias, starts, pre = ctx.saved_tensors
+        u_dtype, delta_dtype, b_dtype, z_dtype, init_dtype = ctx.dtypes
+        cd = ut.dtype
+        L, batch, dim = ut.shape
+        G, N = Bt.shape[2], A.shape[1]
+        dg = dim // G
+        softplus = ctx.softplus
+        bias = None if delta_bias is None else delta_bias.to(cd)
+        Dc = None if D is None else D.to(cd)
+        As_ = _to_state(A.to(cd), G)                                 # (G, N, dg)
+        A2 = _to_state(A.to(cd) * _LOG2E, G)
+        g = _step_major(dout, cd)                                    # (L, batch, dim)
+        du = torch.empty_like(ut)
+        ddt = torch.empty_like(ut)
+        dz = None if zt is None else torch.empty_like(ut)
+        dBt = torch.empty_like(Bt)                                   # (L, batch, G, N)
         dCt = torch.empty_like(Ct)
-        dAc = torch.zeros_like(Ac)                                   # (dim, N)
-        # carry = exp(delta_{l1} A) dh_{l1}: what the later chunks add to dh_{l1 - 1}
-        carry = (dlast.to(cd).reshape(batch, dim * N) if dlast is not None
-                 else torch.zeros(batch, dim * N, dtype=cd, device=u.device))
+        dAs = torch.zeros_like(As_)                                  # (G, N, dg)
+        dD = None if Dc is None else torch.zeros_like(Dc)
+        dbias = None if bias is None else torch.zeros_like(bias)
         chunks = _chunks(L, batch * dim * N)
+        H, dA, dH, tmp = _buffers(chunks[0][1], batch, G, N, dg, cd, ut.device, 4)
+        dhs, As = dH.unbind(0), dA.unbind(0)
+        # carry = exp(delta_{l1} A) dh_{l1}: what the later chunks add to dh_{l1 - 1}
+        carry = (_to_state(dlast.to(cd), G) if dlast is not None
+                 else torch.zeros(batch, G, N, dg, dtype=cd, device=ut.device))
         for k in range(len(chunks) - 1, -1, -1):
             l0, l1 = chunks[k]
-            T = l1 - l0
-            dA, dBu = _chunk_terms(ut, dt, Ac, Bt, l0, l1, G)       # (batch, T, dim, N)
-            hs = linear_scan(dA.view(batch, T, dim * N), dBu.view(batch, T, dim * N),
-                             h0=starts[k], backend="torch").view(batch, T, dim, N)
-            gy = g[:, l0:l1]                                         # (batch, T, dim)
-            cy = _group_outer(gy, Ct[:, l0:l1]).view(batch, T, dim * N)
-            # dh_t = cy_t + a_{t+1} dh_{t+1}, dh_{T-1} = cy_{T-1} + carry. Scan r_t = a_t dh_t
-            # instead (r_t = a_t r_{t+1} + a_t cy_t, r_T = carry): no shifted copy of a needed.
-            a = dA.view(batch, T, dim * N)
-            r = linear_scan(a, a * cy, h0=carry, reverse=True, backend="torch")  # (batch, T, dim*N)
-            dh = cy
-            dh[:, :-1] += r[:, 1:]
-            dh[:, -1] += carry
-            carry = r[:, 0].clone()
-            dh = dh.view(batch, T, dim, N)
-            dCt[:, l0:l1] = _group_reduce(gy, hs, G)
-            dt_c, u_c = dt[:, l0:l1], ut[:, l0:l1]
-            dBt[:, l0:l1] = _group_reduce(dt_c * u_c, dh, G)
-            s = _group_contract(dh, Bt[:, l0:l1], G)                 # sum_n dh B  (batch, T, dim)
-            q = hs.sub_(dBu).mul_(dh)                                # dh * exp(delta A) x_{t-1}
-            dAc += (q * dt_c[..., None]).sum((0, 1))
-            ddt[:, l0:l1] = torch.einsum("btdn,dn->btd", q, Ac) + s * u_c
-            du[:, l0:l1] += s * dt_c
-        if ctx.softplus:
-            ddt = ddt * torch.sigmoid(dt_pre)
-        dbias = ddt.sum((0, 1)) if delta_bias is not None else None
+            n = l1 - l0
+            sl = slice(l0, l1)
+            H[0].copy_(starts[k])
+            dt_c, u_c = _chunk_dt(dl[sl], bias, softplus), ut[sl]
+            w_c = dt_c * u_c                                         # delta u
+            _fill_chunk(dA, H, dt_c, w_c, Bt[sl], A2)                # dA; H[t+1] = x_t
+            gy = g[sl]
+            if zt is not None:
+                z_c = zt[sl]
+                sz = torch.sigmoid(z_c)
+                torch.mul(gy * pre[sl], sz * (1 + z_c * (1 - sz)), out=dz[sl])
+                gy = gy * (z_c * sz)                                 # gy = dout * silu(z)
+            # dh_t = gy_t C_t + dA_{t+1} dh_{t+1}, dh_{n-1} = gy C + carry
+            dh, tm = dH[:n], tmp[:n]
+            torch.mul(gy.view(n, batch, G, 1, dg), Ct[sl, ..., None], out=dh)
+            dhs[n - 1].add_(carry)
+            for t in range(n - 2, -1, -1):
+                torch.addcmul(dhs[t], As[t + 1], dhs[t + 1], out=dhs[t])
+            carry = As[0] * dhs[0]
+            # dC_t = sum_{d in g} gy_t x_t, dB_t = sum_{d in g} dh_t delta_t u_t
+            torch.sum(torch.mul(H[1:n + 1], gy.view(n, batch, G, 1, dg), out=tm), -1, out=dCt[sl])
+            torch.sum(torch.mul(dh, w_c.view(n, batch, G, 1, dg), out=tm), -1, out=dBt[sl])
+            s = _contract(Bt[sl], dh)                                # sum_n dh B  (n, batch, dim)
+            q = dA[:n].mul_(H[:n]).mul_(dh)                          # dh * exp(delta A) x_{t-1}
+            dAs += torch.mul(q, dt_c.view(n, batch, G, 1, dg), out=tm).sum((0, 1))
+            ddt_c = torch.mul(q, As_, out=tm).sum(-2).view(n, batch, dim)  # sum_n q A
+            ddt_c.addcmul_(s, u_c)
+            if softplus:  # d softplus(x) = sigmoid(x) = 1 - exp(-softplus(x))
+                ddt_c.mul_(torch.neg(dt_c).expm1_().neg_())
+            ddt[sl] = ddt_c
+            if dbias is not None:
+                dbias += ddt_c.sum((0, 1))
+            du_c = torch.mul(s, dt_c, out=du[sl])
+            if Dc is not None:
+                du_c.addcmul_(gy, Dc)
+                dD += (gy * u_c).sum((0, 1))
         # after chunk 0, carry = exp(delta_0 A) dh_0: the adjoint of the initial state
-        dinit = carry.view(batch, dim, N) if init is not None else None
-        return _grads(ctx, u, delta, A, B4, C4, D, z, delta_bias, init,
-                      du.transpose(1, 2), ddt.transpose(1, 2), dAc, dBt.permute(0, 2, 3, 1),
-                      dCt.permute(0, 2, 3, 1), dD, None if dz is None else dz.transpose(1, 2), dbias,
-                      dinit)
+        need = ctx.needs_input_grad
+        dinit = _from_state(carry) if ctx.has_init else None
+        pairs = [(du.permute(1, 2, 0), u_dtype), (ddt.permute(1, 2, 0), delta_dtype),
+                 (_from_state(dAs), A.dtype),
+                 (dBt.permute(1, 2, 3, 0).view(ctx.bshape), b_dtype),
+                 (dCt.permute(1, 2, 3, 0).view(ctx.bshape), b_dtype), (dD, None if D is None else D.dtype),
+                 (None if dz is None else dz.permute(1, 2, 0), z_dtype),
+                 (dbias, None if delta_bias is None else delta_bias.dtype), (dinit, init_dtype)]
+        return tuple(None if (gr is None or not need[i]) else gr.to(dt_)
+                     for i, (gr, dt_) in enumerate(pairs)) + (None,)
 
 
 def _grads(ctx, u, delta, A, B4, C4, D, z, delta_bias, init,
