@@ -16,7 +16,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -52,14 +52,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """torch.save `obj` to `path` so that a reader sees the old file or the new, never half."""
+def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Run write(f) on a temporary file beside `path`, flush it to disk, then rename it over
+    `path`: a reader sees the old file or the new, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -76,6 +77,16 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     except OSError:  # pragma: no cover - some filesystems refuse directory fsync
         pass
     return path
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """torch.save `obj` to `path` atomically."""
+    return _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write a text file (results.json, a table) atomically."""
+    return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

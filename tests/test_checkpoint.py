@@ -101,3 +101,13 @@ def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at .*nope.pt"):
         load(tmp_path / "nope.pt")
     assert Checkpointer(tmp_path).load_latest() is None
+
+
+def test_write_text_atomic_replaces_whole_file(tmp_path):
+    from rlts.checkpoint import write_text_atomic
+
+    target = tmp_path / "sub" / "results.json"
+    write_text_atomic('{"a": 1}', target)
+    write_text_atomic('{"b": 2}', target)
+    assert target.read_text() == '{"b": 2}'
+    assert [p.name for p in target.parent.iterdir()] == ["results.json"]  # no temp file left
