@@ -1,126 +1,25 @@
 """rlts.nn.baselines: the "transformer" (KV cache, RoPE, sliding window) and "gru" backbones,
-in float64. The layer contract (step == forward, pieces == whole, causality, gradients
-everywhere, also through the state), the Transformer block against attention recomputed
-independently (RoPE via complex rotations), RoPE's relative-position property, the KV cache
-and the max_cache window against a forward restricted to the window, and input validation."""
+in float64. The Transformer block against attention recomputed independently (RoPE via
+complex rotations), RoPE's relative-position property, the KV cache and the max_cache window
+against a forward restricted to the window, the GRU state, and state and option validation.
+The layer contract (step == forward, pieces == whole, causality, gradients, input shapes) is
+checked for these blocks and models in test_nn_contract.py."""
 import math
 
 import pytest
 import torch
 
 import rlts.nn.baselines  # noqa: F401  (registers "transformer" and "gru")
-from rlts.nn import BACKBONES, SequenceModel
+from rlts.nn import BACKBONES
 from rlts.nn.baselines import CausalTransformerBlock, GRUBlock, rope
+from test_nn_contract import build, max_diff, run_steps
 
 F64 = torch.float64
 L = 13
 
-BUILDERS = {
-    "tf_block": lambda: CausalTransformerBlock(16, n_heads=4),
-    "tf_window": lambda: CausalTransformerBlock(16, n_heads=2, max_cache=4),
-    "tf_model": lambda: SequenceModel("transformer", d_model=16, n_layers=2),
-    "tf_model_window_din": lambda: SequenceModel("transformer", d_model=16, n_layers=2, d_input=7, max_cache=3,
-                                                 dropout=0.1, mlp_ratio=2),
-    "gru_block": lambda: GRUBlock(16),
-    "gru_model": lambda: SequenceModel("gru", d_model=16, n_layers=2),
-    "gru_model_din": lambda: SequenceModel("gru", d_model=16, n_layers=2, d_input=7, dropout=0.1),
-}
-
-
-def build(name):
-    return BUILDERS[name]().double().eval()
-
-
-def d_in(m):
-    return getattr(m, "d_input", None) or m.d_model
-
-
-def rand_x(m, B=3, n=L):
-    return torch.randn(B, n, d_in(m), dtype=F64) * 2
-
-
-def max_diff(a, b):
-    return (a - b).abs().max().item()
-
-
-def run_steps(m, x, state=None):
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, state = m.step(x[:, t], state)
-        ys.append(y_t)
-    return torch.stack(ys, 1), state
-
 
 def test_registered():
     assert BACKBONES["transformer"] is CausalTransformerBlock and BACKBONES["gru"] is GRUBlock
-
-
-# --------------------------------------------------------------------------- contract
-@pytest.mark.parametrize("name", list(BUILDERS))
-def test_step_equals_forward(name):
-    m = build(name)
-    x = rand_x(m)
-    y, _ = m(x)
-    assert max_diff(run_steps(m, x)[0], y) < 1e-9
-    assert max_diff(run_steps(m, x, m.init_state(3, dtype=F64))[0], y) < 1e-9
-    assert max_diff(m(x, m.init_state(3, dtype=F64))[0], y) < 1e-12
-
-
-@pytest.mark.parametrize("name", list(BUILDERS))
-@pytest.mark.parametrize("sizes", [(6, 7), (1, 12), (5, 1, 7), (3, 7, 3)])
-def test_pieces_equal_whole(name, sizes):
-    m = build(name)
-    x = rand_x(m)
-    y, _ = m(x)
-    state, ys = None, []
-    for piece in x.split(list(sizes), dim=1):
-        y_p, state = m(piece, state)
-        ys.append(y_p)
-    assert max_diff(torch.cat(ys, 1), y) < 1e-9
-
-
-@pytest.mark.parametrize("name", list(BUILDERS))
-def test_causal(name):
-    m = build(name)
-    x = rand_x(m)
-    y, _ = m(x)
-    for t in (0, 4, L - 2):
-        x2 = x.clone()
-        x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:]) * 5
-        y2, _ = m(x2)
-        assert max_diff(y2[:, :t + 1], y[:, :t + 1]) <= 1e-12
-        assert max_diff(y2[:, t + 1:], y[:, t + 1:]) > 1e-6
-
-
-@pytest.mark.parametrize("name", list(BUILDERS))
-def test_grads_reach_every_parameter(name):
-    m = build(name)
-    x = rand_x(m)
-    y, _ = m(x)
-    (y * torch.randn_like(y)).sum().backward()
-    for pname, p in m.named_parameters():
-        assert p.grad is not None, pname
-        assert p.grad.abs().max() > 0, pname
-
-
-@pytest.mark.parametrize("name", ["tf_model", "tf_window", "gru_model"])
-def test_grads_through_state_equal_whole(name):
-    m = build(name)
-    x = rand_x(m).requires_grad_(True)
-    r = torch.randn(3, L, m.d_model, dtype=F64)
-
-    def grads(sizes):
-        m.zero_grad()
-        x.grad = None
-        state, ys = None, []
-        for piece in x.split(list(sizes), dim=1):
-            y_p, state = m(piece, state)
-            ys.append(y_p)
-        (torch.cat(ys, 1) * r).sum().backward()
-        return [p.grad.clone() for p in m.parameters()] + [x.grad.clone()]
-
-    for g1, g2 in zip(grads([L]), grads([4, 2, 7])):
-        assert max_diff(g1, g2) < 1e-9
 
 
 # --------------------------------------------------------------------------- transformer
@@ -227,19 +126,6 @@ def test_gru_state_is_final_hidden():
 
 
 # --------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("name", ["tf_block", "tf_model", "gru_block", "gru_model"])
-def test_bad_input_raises(name):
-    m = build(name)
-    with pytest.raises(ValueError, match=r"\(B, L, D\) with D = 16"):
-        m(torch.randn(2, 5, 15, dtype=F64))
-    with pytest.raises(ValueError, match=r"\(B, L, D\)"):
-        m(torch.randn(5, 16, dtype=F64))
-    with pytest.raises(ValueError, match=r"\(B, D\) with D = 16"):
-        m.step(torch.randn(2, 1, 16, dtype=F64), None)
-    with pytest.raises(ValueError, match=r"\(B, D\) with D = 16"):
-        m.step(torch.randn(2, 17, dtype=F64), None)
-
-
 @pytest.mark.parametrize("name", ["tf_block", "gru_block"])
 def test_bad_state_raises(name):
     m = build(name)

@@ -1,147 +1,32 @@
-"""Tests for rlts.nn.mamba / rlts.nn.mamba2: the SequenceLayer contract (step == forward,
-pieces == whole, causality), gradients, state handling, initialisation and input errors.
-
-Contract tests run in float64, where the parallel scans and the recurrent steps must agree
-to rounding (1e-9)."""
+"""Tests for rlts.nn.mamba / rlts.nn.mamba2: gradcheck through the input and an incoming
+state, the Triton path against the PyTorch path, state handling, float32 steps,
+initialisation, parameter counts, and state and option errors. The SequenceLayer contract
+(step == forward, pieces == whole, causality, gradients, input shapes) is checked for the
+Mamba and Mamba-2 layers, blocks and models in test_nn_contract.py, whose BUILDERS (with
+randomised parameters) these tests use too."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from rlts.nn.mamba import Mamba, MambaBlock
-from rlts.nn.mamba2 import GatedRMSNorm, Mamba2, Mamba2Block
+from rlts.nn.mamba import Mamba
+from rlts.nn.mamba2 import GatedRMSNorm, Mamba2
 from rlts.nn.model import SequenceModel, count_parameters
+from test_nn_contract import BUILDERS, build, d_in, flat
 
 F64 = torch.float64
 L = 13
 TOL = dict(rtol=1e-9, atol=1e-9)
-
-# name -> (factory, input width). Small sizes; Mamba2 chunk sizes that do not divide L.
-CASES = {
-    "mamba": (lambda: Mamba(16, d_state=4), 16),
-    "mamba_rank3_conv2": (lambda: Mamba(16, d_state=3, d_conv=2, dt_rank=3, bias=True), 16),
-    "mamba2": (lambda: Mamba2(16, d_state=4, headdim=8, chunk_size=4), 16),
-    "mamba2_groups": (lambda: Mamba2(16, d_state=4, headdim=4, ngroups=2, chunk_size=5, bias=True), 16),
-    "mamba_block": (lambda: MambaBlock(16, d_state=4), 16),
-    "mamba2_block": (lambda: Mamba2Block(16, d_state=4, headdim=8, chunk_size=6), 16),
-    "seq_mamba": (lambda: SequenceModel("mamba", d_model=16, n_layers=2, d_state=4), 16),
-    "seq_mamba2": (lambda: SequenceModel("mamba2", d_model=16, n_layers=2, d_input=7, d_state=4,
-                                         headdim=8, chunk_size=5), 7),
-}
-
-
-def make(name):
-    factory, d_in = CASES[name]
-    return factory().double(), d_in
-
-
-def flat(state):
-    """All tensors of a (nested) state, in order."""
-    if isinstance(state, torch.Tensor):
-        return [state]
-    return [t for s in state for t in flat(s)]
-
-
-def randomise(module):
-    """Move every parameter off its structured init (D = 1, norm weights = 1, ...) so that a
-    term the code dropped or mixed up cannot hide behind a neutral value."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("A_log"):
-                p.add_(0.3 * torch.randn_like(p))
-            elif name.endswith("dt_proj.bias") or name.endswith("dt_bias"):
-                p.add_(0.5 * torch.randn_like(p))
-            else:
-                p.add_(0.2 * torch.randn_like(p))
-    return module
-
-
-@pytest.fixture(params=list(CASES))
-def case(request):
-    m, d_in = make(request.param)
-    return randomise(m), d_in
-
-
-# --------------------------------------------------------------------------- the contract
-@pytest.mark.parametrize("start", ["none", "init_state"])
-def test_step_equals_forward(case, start):
-    m, d_in = case
-    x = torch.randn(3, L, d_in, dtype=F64)
-    y, state = m(x)
-    s = None if start == "none" else m.init_state(3, dtype=F64)
-    ys = []
-    for t in range(L):
-        y_t, s = m.step(x[:, t], s)
-        ys.append(y_t)
-    torch.testing.assert_close(torch.stack(ys, 1), y, **TOL)
-    for a, b in zip(flat(s), flat(state)):
-        torch.testing.assert_close(a, b, **TOL)
-
-
-@pytest.mark.parametrize("cuts", [(6,), (5, 6), (1, 3), (2, 11)])
-def test_pieces_equal_whole(case, cuts):
-    """(1, 3) and (2, 11): pieces shorter than d_conv - 1, so the conv state mixes pieces."""
-    m, d_in = case
-    x = torch.randn(2, L, d_in, dtype=F64)
-    y, state = m(x)
-    bounds = (0,) + cuts + (L,)
-    s, ys = None, []
-    for l0, l1 in zip(bounds[:-1], bounds[1:]):
-        y_p, s = m(x[:, l0:l1], s)
-        ys.append(y_p)
-    torch.testing.assert_close(torch.cat(ys, 1), y, **TOL)
-    for a, b in zip(flat(s), flat(state)):
-        torch.testing.assert_close(a, b, **TOL)
-
-
-def test_forward_then_step_continues(case):
-    """A prefix by forward, the rest by step: the same outputs as one forward."""
-    m, d_in = case
-    x = torch.randn(2, L, d_in, dtype=F64)
-    y, _ = m(x)
-    _, s = m(x[:, :7])
-    for t in range(7, L):
-        y_t, s = m.step(x[:, t], s)
-        torch.testing.assert_close(y_t, y[:, t], **TOL)
-
-
-def test_causal(case):
-    m, d_in = case
-    x = torch.randn(2, L, d_in, dtype=F64)
-    y, _ = m(x)
-    t = 5
-    x2 = x.clone()
-    x2[:, t + 1:] = torch.randn(2, L - t - 1, d_in, dtype=F64)
-    y2, _ = m(x2)
-    torch.testing.assert_close(y2[:, :t + 1], y[:, :t + 1], rtol=0, atol=1e-12)
-    assert (y2[:, t + 1:] - y[:, t + 1:]).abs().amax(-1).min() > 1e-6  # later outputs do change
-    # and through autograd: d y_t / d x_s = 0 for s > t, nonzero for s <= t
-    xg = x.clone().requires_grad_(True)
-    g, = torch.autograd.grad(m(xg)[0][:, t].sum(), xg)
-    assert g[:, t + 1:].abs().max() == 0
-    assert (g[:, :t + 1].abs().amax(-1) > 0).all()
+MAMBA_CASES = [name for name in BUILDERS if "mamba" in name]
 
 
 # --------------------------------------------------------------------------- gradients
-def test_gradients_reach_every_parameter(case):
-    m, d_in = case
-    x = torch.randn(2, L, d_in, dtype=F64)
-    y, state = m(x)
-    loss = (y * torch.randn_like(y)).sum() + sum((t * torch.randn_like(t)).sum() for t in flat(state))
-    loss.backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None, name
-        assert p.grad.abs().sum() > 0, name
-        assert torch.isfinite(p.grad).all(), name
-
-
 @pytest.mark.parametrize("name", ["mamba", "mamba2_groups"])
 def test_gradcheck_through_input_and_state(name):
     """Finite differences vs autograd for the input and an incoming state (float64)."""
-    m, d_in = make(name)
-    m = randomise(m)
-    x = torch.randn(1, 6, d_in, dtype=F64, requires_grad=True)
+    m = build(name)
+    x = torch.randn(1, 6, d_in(m), dtype=F64, requires_grad=True)
     s0 = [(0.5 * torch.randn_like(t)).requires_grad_(True) for t in flat(m.init_state(1, dtype=F64))]
 
     def fn(x, conv, ssm):
@@ -160,9 +45,8 @@ def test_triton_kernels_match_torch_path(name, monkeypatch):
     import kernels.ssd as kssd
     if ks._tri is None:
         pytest.skip("triton kernels unavailable")
-    m, d_in = make(name)
-    m = randomise(m)
-    x = torch.randn(2, 9, d_in, dtype=F64)
+    m = build(name)
+    x = torch.randn(2, 9, d_in(m), dtype=F64)
     params = list(m.parameters())
 
     def run():
@@ -187,9 +71,10 @@ def test_triton_kernels_match_torch_path(name, monkeypatch):
 
 
 # --------------------------------------------------------------------------- state handling
-def test_step_does_not_mutate_callers_state(case):
-    m, d_in = case
-    x = torch.randn(2, L, d_in, dtype=F64)
+@pytest.mark.parametrize("name", MAMBA_CASES)
+def test_step_does_not_mutate_callers_state(name):
+    m = build(name)
+    x = torch.randn(2, L, d_in(m), dtype=F64)
     _, state = m(x[:, :5])
     before = [t.clone() for t in flat(state)]
     _, new = m.step(x[:, 5], state)
@@ -221,9 +106,8 @@ def test_init_state_shapes_and_dtypes(cls, kw):
 
 @pytest.mark.parametrize("name", ["mamba", "mamba2"])
 def test_float32_step_matches_forward(name):
-    m, d_in = make(name)
-    m = randomise(m.float())
-    x = torch.randn(2, L, d_in)
+    m = build(name).float()
+    x = torch.randn(2, L, d_in(m))
     y, _ = m(x)
     s = None
     for t in range(L):
@@ -299,20 +183,7 @@ def test_drama_world_model_parameter_count():
     assert abs(n - 3.7e6) <= 0.05 * 3.7e6
 
 
-# --------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("name", ["mamba", "mamba2", "mamba_block", "mamba2_block", "seq_mamba2"])
-def test_bad_input(name):
-    m, d_in = make(name)
-    with pytest.raises(ValueError, match=rf"\(B, L, D\) with D = {d_in}"):
-        m(torch.randn(2, 5, d_in + 1, dtype=F64))
-    with pytest.raises(ValueError, match=rf"\(B, L, D\) with D = {d_in}"):
-        m(torch.randn(5, d_in, dtype=F64))
-    with pytest.raises(ValueError, match=rf"\(B, D\) with D = {d_in}"):
-        m.step(torch.randn(2, 1, d_in, dtype=F64), m.init_state(2, dtype=F64))
-    with pytest.raises(ValueError, match=rf"\(B, D\) with D = {d_in}"):
-        m.step(torch.randn(2, d_in + 2, dtype=F64), m.init_state(2, dtype=F64))
-
-
+# --------------------------------------------------------------------------- bad state, options
 @pytest.mark.parametrize("cls", [Mamba, Mamba2])
 def test_bad_state(cls):
     m = cls(16, d_state=4, **(dict(headdim=8) if cls is Mamba2 else {})).double()
