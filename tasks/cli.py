@@ -39,8 +39,28 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forecast_args(p: argparse.ArgumentParser) -> None:
+    p.usage = "rlts forecast --csv FILE [--key value ...] [--config debug]"
+    p.epilog = ("Every key of tasks.forecast.ForecastConfig is an option, e.g. --csv FILE --target OT "
+                "--features M|S|MS --window 96 --horizon 96 192 336 720 --models aaren,linear,naive "
+                "--backbone aaren --d_model 64 --n_layers 2 --train.epochs 10 (or --epochs) --train.lr 1e-3 "
+                "--max_train_windows N --out DIR --device auto --plots false. --config debug applies the "
+                "overlay of tasks/configs/forecast.yaml. Reusing --out resumes.")
+    p.set_defaults(overrides=[])
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    """Train and evaluate forecasters on a CSV series (TSLib protocol)."""
+    from tasks.forecast import cli_run
+    return cli_run(args)
+
+
+# A subcommand that sets the default `overrides` (p.set_defaults(overrides=[])) receives the
+# arguments argparse does not know as args.overrides: `--key value` config overrides.
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "info": ("show versions, devices and which kernel backend runs", _info_args, _info),
+    "forecast": ("train and evaluate forecasters on a CSV series (TSLib long-term protocol)",
+                 _forecast_args, _forecast),
 }
 
 
@@ -57,10 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None and not extra:
         parser.print_help()
         return 0
+    if extra:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = extra
     return SUBCOMMANDS[args.command][2](args)
 
 

@@ -221,7 +221,7 @@ def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: 
 # ----------------------------------------------------------------------------- splits
 
 
-def _protocol_for(path: Optional[Union[str, Path]]) -> str:
+def protocol_for(path: Optional[Union[str, Path]]) -> str:
     name = Path(path).name if path is not None else ""
     if fnmatch.fnmatchcase(name, "ETTh*.csv"):
         return "ett-hour"
@@ -246,7 +246,7 @@ def split_borders(n_rows: int, window: int, protocol: str = "auto",
     if protocol not in PROTOCOLS:
         raise ValueError(f"{where}unknown split protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     if protocol == "auto":
-        protocol = _protocol_for(path)
+        protocol = protocol_for(path)
     if protocol == "ratio":
         n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
         n_val = n_rows - n_train - n_test

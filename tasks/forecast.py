@@ -1,0 +1,415 @@
+"""Long-term forecasting runner: every (model, horizon) pair on one CSV series, TSLib protocol.
+
+    rlts forecast --csv ETTh1.csv --target OT --features M --window 96 --horizon 96 192 \
+        --models aaren,linear,naive --out runs/etth1 --config debug --train.epochs 3
+
+Per (model, horizon): load_csv -> split_borders (ETTh*/ETTm* files: 12/4/4-month TSLib split,
+others 70/10/20 %) -> StandardScaler fitted on the train rows only -> stride-1 WindowDatasets
+(val/test start `window` rows early) -> model -> Trainer.fit(train, val) with early stopping
+(naive: no training) -> MSE and MAE on the scaled values over every stride-1 test window.
+
+Outputs in `out`: results.json (metrics, config, protocol, split sizes, test-window counts;
+rewritten atomically after each pair), results.csv / results.md (the table), one folder per
+pair (`<model>-h<H>`: Trainer checkpoints and TensorBoard logs) and predictions.png.
+
+Running the same command with the same `out` again skips the pairs already in results.json
+and resumes an interrupted one from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from rlts.checkpoint import write_text_atomic
+from rlts.config import parse_config, to_dict
+from rlts.data.timeseries import (FEATURE_MODES, PROTOCOLS, StandardScaler, WindowDataset, protocol_for,
+                                  load_csv, split_borders)
+from rlts.heads.forecast import CHANNEL_MODES, DLinear, NaiveForecaster, SequenceForecaster, forecast_loss
+from rlts.nn import BACKBONES, count_parameters
+from rlts.runtime import seed_everything, select_device
+from rlts.tracking import write_table
+from rlts.trainer import Trainer, TrainConfig
+
+CONFIG_PATH = Path(__file__).parent / "configs" / "forecast.yaml"
+BASELINES = ("linear", "naive")
+"""Model names besides the rlts.nn backbones: linear = DLinear, naive = last value repeated."""
+PLOT_WINDOWS = 3
+# Config keys whose change makes earlier results in the same `out` incomparable.
+_DATA_KEYS = ("csv", "target", "date_column", "features", "fill", "window", "protocol")
+
+
+@dataclass
+class ForecastConfig:
+    """Settings of `rlts forecast`."""
+
+    csv: str = ""
+    """Path of the CSV series (header row; an optional date column; numeric value columns)."""
+    target: Optional[str] = None
+    """Column to predict (S/MS modes, and the plotted channel); default: the last value column."""
+    date_column: Optional[str] = None
+    """Name of the date column; default: detected (date/time/timestamp/datetime, or parseable)."""
+    features: str = "M"
+    """M: all columns in and out; S: the target only; MS: all columns in, the target out."""
+    fill: bool = False
+    """Interpolate missing values instead of stopping on them."""
+    protocol: str = "auto"
+    """Split protocol: auto (ETTh*/ETTm* files: TSLib 12/4/4 months, else 70/10/20 %),
+    ett-hour, ett-minute or ratio."""
+    window: int = 96
+    """Input length L (look-back window)."""
+    horizons: List[int] = field(default_factory=lambda: [96, 192, 336, 720])
+    """Forecast lengths H; one run per model and horizon. The plot uses the first."""
+    models: List[str] = field(default_factory=lambda: ["backbone", "linear", "naive"])
+    """Models to run: any rlts.nn backbone name (aaren, mamba, mamba2, transformer, gru), linear
+    (DLinear), naive (last value repeated), or `backbone` (= the `backbone` key). Commas split."""
+    backbone: str = "aaren"
+    """The backbone the model name `backbone` stands for."""
+    d_model: int = 64
+    """Width of the sequence model (backbone models)."""
+    n_layers: int = 2
+    """Blocks in the sequence model (backbone models)."""
+    channel_mode: str = "independent"
+    """Backbone models: independent (one sequence per channel) or mixing (channels embedded together)."""
+    dropout: float = 0.0
+    """Dropout of the SequenceForecaster head."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
+    train.device are replaced by the top-level seed and device."""
+    eval_batch_size: int = 256
+    """Windows per batch when computing the test metrics."""
+    max_train_windows: Optional[int] = None
+    """Use at most this many training windows (evenly spaced; for quick runs); None: all."""
+    max_val_windows: Optional[int] = None
+    """Use at most this many validation windows (evenly spaced); None: all. Test: always all."""
+    out: Optional[str] = None
+    """Output folder; default runs/forecast-<csv stem>-<timestamp>. Reuse it to resume."""
+    seed: int = 0
+    """Seeds model initialisation and training."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    plots: bool = True
+    """Write predictions.png (a few test windows, truth vs forecast, one panel per model)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _split_names(items: List[str]) -> List[str]:
+    return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+
+
+def resolve_models(cfg: ForecastConfig) -> List[str]:
+    """The model names to run, `backbone` replaced, duplicates dropped; ValueError on unknown ones."""
+    choices = sorted(BACKBONES) + list(BASELINES)
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(sorted(BACKBONES))}")
+    names: List[str] = []
+    for name in _split_names(cfg.models):
+        name = cfg.backbone if name == "backbone" else name
+        if name not in choices:
+            raise ValueError(f"unknown model {name!r}; choose from {', '.join(choices)} (or `backbone`)")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError(f"no models given; choose from {', '.join(choices)}")
+    return names
+
+
+def check_config(cfg: ForecastConfig) -> None:
+    """ValueErrors for settings that cannot work, before anything is read or written."""
+    if not cfg.csv:
+        raise ValueError("no CSV file given; pass --csv FILE")
+    if cfg.features not in FEATURE_MODES:
+        raise ValueError(f"unknown features mode {cfg.features!r}; use one of {', '.join(FEATURE_MODES)}")
+    if cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {cfg.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if cfg.channel_mode not in CHANNEL_MODES:
+        raise ValueError(f"unknown channel_mode {cfg.channel_mode!r}; use one of {', '.join(CHANNEL_MODES)}")
+    if cfg.window < 1:
+        raise ValueError(f"window must be at least 1, got {cfg.window}")
+    if not cfg.horizons or any(h < 1 for h in cfg.horizons):
+        raise ValueError(f"horizons must be a non-empty list of positive integers, got {cfg.horizons}")
+    for key in ("max_train_windows", "max_val_windows"):
+        v = getattr(cfg, key)
+        if v is not None and v < 1:
+            raise ValueError(f"{key} must be at least 1 or none, got {v}")
+    if cfg.eval_batch_size < 1:
+        raise ValueError(f"eval_batch_size must be at least 1, got {cfg.eval_batch_size}")
+    resolve_models(cfg)
+    select_device(cfg.device)
+
+
+def _subsample(data: WindowDataset, limit: Optional[int]):
+    if limit is None or len(data) <= limit:
+        return data
+    idx = np.unique(np.linspace(0, len(data) - 1, limit).round().astype(int))
+    return Subset(data, idx.tolist())
+
+
+def _write_json_atomic(obj: dict, path: Path) -> None:
+    write_text_atomic(json.dumps(obj, indent=2), path)
+
+
+def _json_float(v: float) -> Optional[float]:
+    return float(v) if math.isfinite(v) else None
+
+
+def build_model(name: str, cfg: ForecastConfig, n_channels: int, horizon: int,
+                target_index: Optional[int]) -> nn.Module:
+    if name == "naive":
+        return NaiveForecaster(horizon, target_index=target_index)
+    if name == "linear":
+        return DLinear(cfg.window, horizon, n_channels, target_index=target_index)
+    return SequenceForecaster(n_channels, horizon, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                              channel_mode=cfg.channel_mode, target_index=target_index, dropout=cfg.dropout)
+
+
+@torch.no_grad()
+def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, device: torch.device,
+                     keep: Optional[List[int]] = None):
+    """MSE and MAE over every element of every window of `data` (float64 sums), and the
+    forecasts of the windows listed in `keep`."""
+    model.eval()
+    sq = ab = 0.0
+    count = 0
+    kept: Dict[int, np.ndarray] = {}
+    keep_set = set(keep or [])
+    offset = 0
+    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
+        x, y = x.to(device), y.to(device)
+        y_hat = model(x)
+        if y_hat.shape != y.shape:
+            raise ValueError(f"the model's forecast has shape {tuple(y_hat.shape)}, the target {tuple(y.shape)}")
+        err = (y_hat - y).double()
+        sq += float((err * err).sum())
+        ab += float(err.abs().sum())
+        count += err.numel()
+        for i in range(x.shape[0]):
+            if offset + i in keep_set:
+                kept[offset + i] = y_hat[i].cpu().numpy()
+        offset += x.shape[0]
+    return sq / count, ab / count, kept
+
+
+def _default_out(csv: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"forecast-{Path(csv).stem}-{stamp}"
+
+
+def _load_results(path: Path, cfg: ForecastConfig) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} exists but is not valid JSON ({e}); move it away or choose another --out") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a results object; move it away or choose another --out")
+    old = data.get("config", {})
+    new = to_dict(cfg)
+    changed = [k for k in _DATA_KEYS if k in old and old[k] != new[k]]
+    if changed:
+        diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+        raise ValueError(f"{path} holds results of a different setup ({diff}); use another --out")
+    return data
+
+
+def _table_rows(results: dict, models: List[str], horizons: List[int]) -> List[dict]:
+    rows = []
+    for m in models:
+        for h in horizons:
+            r = results.get(m, {}).get(str(h))
+            if r is not None:
+                rows.append({"model": m, "horizon": h, "mse": r["mse"], "mae": r["mae"],
+                             "params": r["params"], "train_time_s": r["train_time_s"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_forecast(cfg: ForecastConfig, log=print) -> dict:
+    """Run every (model, horizon) pair not yet in `out`/results.json; return the results dict."""
+    check_config(cfg)
+    models = resolve_models(cfg)
+    horizons = list(dict.fromkeys(cfg.horizons))
+    table = load_csv(cfg.csv, target=cfg.target, date_column=cfg.date_column, features=cfg.features,
+                     fill=cfg.fill)
+    n_rows, n_channels = table.values.shape
+    # Validate every horizon's splits before writing anything.
+    all_borders = {h: split_borders(n_rows, cfg.window, cfg.protocol, path=table.path, horizon=h) for h in horizons}
+    borders = all_borders[horizons[0]]  # the ranges do not depend on the horizon
+    protocol = protocol_for(table.path) if cfg.protocol == "auto" else cfg.protocol
+
+    out = Path(cfg.out) if cfg.out else _default_out(cfg.csv)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    results_path = out / "results.json"
+    previous = _load_results(results_path, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_dict = to_dict(cfg)
+    cfg_dict["out"] = str(out)
+
+    scaler = StandardScaler().fit(table.values[slice(*borders["train"])])
+    values = torch.from_numpy(scaler.transform(table.values).astype(np.float32))
+    target_index = table.target_index if cfg.features == "MS" else None
+    # Index of the target within a forecast's channels (M: all columns; S/MS: one).
+    target_out = table.target_index if cfg.features == "M" else 0
+    device = select_device(cfg.device)
+    train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": cfg.seed, "device": cfg.device})
+
+    rows = {"train": borders["train"][1] - borders["train"][0],
+            "val": borders["val"][1] - borders["val"][0] - cfg.window,
+            "test": borders["test"][1] - borders["test"][0] - cfg.window}
+    state = {
+        "config": cfg_dict,
+        "protocol": {
+            "name": protocol,
+            "description": (
+                "Time-Series-Library long-term forecasting protocol: chronological "
+                + ("12/4/4-month split (ETT)" if protocol.startswith("ett") else "70/10/20 % split")
+                + f"; val and test ranges start window={cfg.window} rows before their split point; "
+                "StandardScaler fitted on the train rows only; every stride-1 window is one example; "
+                "MSE and MAE on the scaled values, averaged over every element of every test window"),
+            "features": cfg.features,
+            "columns": table.columns,
+            "target": table.target,
+            "n_rows": n_rows,
+            "rows": rows,
+            "ranges": {k: list(v) for k, v in borders.items()},
+            "scaler": scaler.to_dict(),
+        },
+        "results": previous.get("results", {}),
+    }
+
+    for h in horizons:
+        b = all_borders[h]
+        cols = dict(input_columns=table.input_columns, target_columns=table.target_columns)
+        train_ds = WindowDataset(values, cfg.window, h, *b["train"], **cols)
+        val_ds = WindowDataset(values, cfg.window, h, *b["val"], **cols)
+        test_ds = WindowDataset(values, cfg.window, h, *b["test"], **cols)
+        plot_idx = np.unique(np.linspace(0, len(test_ds) - 1, PLOT_WINDOWS).round().astype(int)).tolist()
+        for name in models:
+            if str(h) in state["results"].get(name, {}):
+                log(f"[skip] {name} h={h}: already in {results_path}")
+                continue
+            pair_dir = out / f"{name}-h{h}"
+            seed_everything(cfg.seed)
+            model = build_model(name, cfg, n_channels, h, target_index)
+            n_params = count_parameters(model)
+            t0 = time.perf_counter()
+            fit = {"epochs": 0, "best_val_loss": None, "early_stopped": False}
+            if name != "naive":
+                resumed = (pair_dir / "checkpoints").exists() and any((pair_dir / "checkpoints").iterdir())
+                log(f"[{'resume' if resumed else 'train'}] {name} h={h} ({n_params} parameters)")
+                trainer = Trainer(model, forecast_loss, train_cfg, run_dir=pair_dir)
+                fit = trainer.fit(_subsample(train_ds, cfg.max_train_windows),
+                                  _subsample(val_ds, cfg.max_val_windows))
+                model = trainer.model
+            else:
+                model = model.to(device)
+            train_time = time.perf_counter() - t0
+            mse, mae, kept = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx)
+            if h == horizons[0]:
+                pair_dir.mkdir(parents=True, exist_ok=True)
+                samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
+                (pair_dir / "samples.json").write_text(json.dumps(samples))
+            state["results"].setdefault(name, {})[str(h)] = {
+                "mse": mse, "mae": mae, "params": n_params, "train_time_s": round(train_time, 3),
+                "epochs": fit["epochs"], "best_val_loss": _json_float(fit["best_val_loss"])
+                if fit["best_val_loss"] is not None else None,
+                "early_stopped": fit["early_stopped"],
+                "n_train_windows": len(train_ds), "n_train_windows_used": min(len(train_ds), cfg.max_train_windows or len(train_ds)),
+                "n_val_windows": len(val_ds), "n_test_windows": len(test_ds),
+            }
+            _write_json_atomic(state, results_path)
+            log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f} ({train_time:.1f} s)")
+
+    _write_json_atomic(state, results_path)
+    md = write_table(_table_rows(state["results"], models, horizons), out / "results.csv", out / "results.md")
+    if cfg.plots:
+        try:
+            plot_predictions(out / "predictions.png", values, table, cfg.window, horizons[0], all_borders[horizons[0]],
+                             {m: out / f"{m}-h{horizons[0]}" / "samples.json" for m in models})
+        except ImportError as e:
+            log(f"[warn] no predictions.png: {e} (pip install matplotlib)")
+    log(md)
+    return state
+
+
+def plot_predictions(path: Path, values: torch.Tensor, table, window: int, horizon: int, borders: dict,
+                     samples: Dict[str, Path]) -> None:
+    """One row of panels per model, one column per sampled test window: the input's last
+    part, the true future and the forecast of the target channel (scaled values)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loaded = {m: json.loads(p.read_text()) for m, p in samples.items() if p.exists()}
+    if not loaded:
+        return
+    windows = next(iter(loaded.values()))["windows"]
+    fig, axes = plt.subplots(len(loaded), len(windows), figsize=(4 * len(windows), 2.6 * len(loaded)),
+                             squeeze=False)
+    series = values[:, table.target_index].numpy()
+    start = borders["test"][0]
+    context = min(window, 2 * horizon)
+    for r, (model, data) in enumerate(loaded.items()):
+        for c, (w, forecast) in enumerate(zip(data["windows"], data["forecast"])):
+            ax = axes[r][c]
+            s = start + w
+            t_in = np.arange(window - context, window)
+            t_out = np.arange(window, window + horizon)
+            ax.plot(t_in, series[s + window - context:s + window], color="0.5", lw=1, label="input")
+            ax.plot(t_out, series[s + window:s + window + horizon], color="k", lw=1.2, label="truth")
+            ax.plot(t_out, forecast, color="tab:red", lw=1.2, label="forecast")
+            ax.set_title(f"{model} | test window {w}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{table.target} (scaled)")
+    axes[0][0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"{table.path.name}: horizon {horizon}, window {window}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+# Short spellings accepted by `rlts forecast` for the config keys.
+ALIASES = {"--horizon": "--horizons", "--model": "--models", "--epochs": "--train.epochs",
+           "--lr": "--train.lr", "--batch-size": "--train.batch_size", "--batch_size": "--train.batch_size",
+           "--patience": "--train.patience"}
+
+
+def parse_forecast_config(argv: List[str]) -> ForecastConfig:
+    def alias(tok: str) -> str:
+        key, eq, value = tok.partition("=")
+        return ALIASES[key] + eq + value if key in ALIASES else tok
+
+    argv = [alias(a) for a in argv]
+    cfg = parse_config(ForecastConfig, argv, yaml_path=CONFIG_PATH)
+    cfg.models = _split_names(cfg.models)
+    return cfg
+
+
+def cli_run(args) -> int:
+    import sys
+
+    try:
+        cfg = parse_forecast_config(list(args.overrides))
+        run_forecast(cfg)
+    except ValueError as e:
+        msg = " ".join(str(e).split())
+        print(f"rlts forecast: error: {msg}", file=sys.stderr)
+        return 2
+    return 0

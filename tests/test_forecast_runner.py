@@ -1,0 +1,193 @@
+"""End-to-end tests of `rlts forecast` (tasks/forecast.py) on tiny synthetic series."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.cli import main
+from tasks.forecast import parse_forecast_config, run_forecast
+
+N_ROWS, WINDOW, HORIZON = 600, 48, 24  # the debug overlay: window 48, horizon 24
+ETTH1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ett" / "ETTh1.csv"
+
+
+def _write_series(path: Path, n: int = N_ROWS, nan_at=None) -> Path:
+    t = np.arange(n)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        "date": pd.date_range("2021-01-01", periods=n, freq="h"),
+        "a": np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(n),
+        "b": np.cos(2 * np.pi * t / 12) + 0.1 * rng.standard_normal(n),
+        "OT": np.sin(2 * np.pi * t / 24 + 1) + 0.5 * np.sin(2 * np.pi * t / 8) + 0.1 * rng.standard_normal(n),
+    })
+    if nan_at is not None:
+        frame.loc[nan_at, "b"] = np.nan
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _run(argv, log=None):
+    return run_forecast(parse_forecast_config(argv), log=log if log is not None else (lambda *_: None))
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    root = tmp_path_factory.mktemp("forecast")
+    csv = _write_series(root / "sines.csv")
+    out = root / "out"
+    state = _run(["--csv", str(csv), "--config", "debug", "--models", "aaren,linear,naive",
+                  "--epochs", "2", "--max_train_windows", "128", "--out", str(out)])
+    return out, state
+
+
+def test_end_to_end_outputs(e2e):
+    out, state = e2e
+    results = json.loads((out / "results.json").read_text())
+    assert results == json.loads(json.dumps(state))
+    for model in ("aaren", "linear", "naive"):
+        r = results["results"][model][str(HORIZON)]
+        assert np.isfinite(r["mse"]) and np.isfinite(r["mae"]) and r["mse"] > 0
+    for name in ("results.md", "results.csv", "predictions.png"):
+        assert (out / name).stat().st_size > 0, name
+    for model in ("aaren", "linear"):
+        assert list((out / f"{model}-h{HORIZON}" / "tb").glob("events.out.tfevents.*"))
+        assert list((out / f"{model}-h{HORIZON}" / "checkpoints").glob("*.pt"))
+    table = (out / "results.csv").read_text().splitlines()
+    assert table[0].split(",")[:4] == ["model", "horizon", "mse", "mae"] and len(table) == 4
+    assert results["config"]["window"] == WINDOW and results["protocol"]["name"] == "ratio"
+
+
+def test_trained_models_beat_naive(e2e):
+    res = e2e[1]["results"]
+    naive = res["naive"][str(HORIZON)]["mse"]
+    assert res["linear"][str(HORIZON)]["mse"] < 0.8 * naive
+    assert res["aaren"][str(HORIZON)]["mse"] < naive
+
+
+def test_test_window_count_follows_the_split(e2e):
+    state = e2e[1]
+    n_train, n_test = int(N_ROWS * 0.7), int(N_ROWS * 0.2)  # TSLib ratio split, computed here
+    n_val = N_ROWS - n_train - n_test
+    assert state["protocol"]["rows"] == {"train": n_train, "val": n_val, "test": n_test}
+    # The test range starts WINDOW rows early: (n_test + WINDOW) rows, stride-1 windows of WINDOW + HORIZON.
+    expected = (n_test + WINDOW) - (WINDOW + HORIZON) + 1
+    for model in ("aaren", "linear", "naive"):
+        assert state["results"][model][str(HORIZON)]["n_test_windows"] == expected == 97
+
+
+def test_resume_skips_finished_pairs(tmp_path):
+    csv = _write_series(tmp_path / "sines.csv")
+    out = tmp_path / "out"
+    argv = ["--csv", str(csv), "--config", "debug", "--models", "linear,naive", "--horizon", "12", "24",
+            "--max_train_windows", "64", "--plots", "false", "--out", str(out)]
+    first = _run(argv)
+    ckpt = {h: out / f"linear-h{h}" / "checkpoints" for h in (12, 24)}
+    mtimes = {h: {p: p.stat().st_mtime_ns for p in ckpt[h].iterdir()} for h in ckpt}
+    # Lose the naive/24 and linear/12 entries (as if the run was killed before writing them).
+    data = json.loads((out / "results.json").read_text())
+    del data["results"]["naive"]["24"], data["results"]["linear"]["12"]
+    (out / "results.json").write_text(json.dumps(data))
+    log = []
+    second = _run(argv, log=log.append)
+    assert any(line.startswith("[skip] linear h=24") for line in log)
+    assert any(line.startswith("[skip] naive h=12") for line in log)
+    assert any(line.startswith("[resume] linear h=12") for line in log)  # from its checkpoint
+    # Nothing was retrained: linear's checkpoints are untouched (its training had finished).
+    assert {h: {p: p.stat().st_mtime_ns for p in ckpt[h].iterdir()} for h in ckpt} == mtimes
+    for model in ("linear", "naive"):
+        for h in ("12", "24"):
+            assert second["results"][model][h]["mse"] == pytest.approx(first["results"][model][h]["mse"])
+    assert len((out / "results.csv").read_text().splitlines()) == 5
+
+
+def _cli_error(capsys, argv):
+    code = main(["forecast", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("rlts forecast: error: ")
+    assert "Traceback" not in err
+    return err
+
+
+def test_cli_errors_are_one_line_and_keep_out(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    keep = out / "notes.txt"
+    keep.write_text("mine")
+    csv = _write_series(tmp_path / "sines.csv")
+    base = ["--config", "debug", "--out", str(out)]
+
+    err = _cli_error(capsys, ["--csv", str(csv), "--target", "missing_col", *base])
+    assert "'missing_col'" in err
+
+    nan_csv = _write_series(tmp_path / "nan.csv", nan_at=[5, 6])
+    err = _cli_error(capsys, ["--csv", str(nan_csv), *base])
+    assert "'b'" in err and "NaN" in err
+
+    err = _cli_error(capsys, ["--csv", str(csv), "--models", "linear,bogus", *base])
+    assert "'bogus'" in err and "naive" in err and "aaren" in err
+
+    short = _write_series(tmp_path / "short.csv", n=60)
+    err = _cli_error(capsys, ["--csv", str(short), *base])
+    assert "too short" in err
+
+    err = _cli_error(capsys, ["--csv", str(csv), "--no_such_key", "1", *base])
+    assert "no_such_key" in err
+
+    assert keep.read_text() == "mine" and sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_cli_runs_with_overrides(tmp_path, capsys):
+    csv = _write_series(tmp_path / "sines.csv")
+    out = tmp_path / "out"
+    assert main(["forecast", "--csv", str(csv), "--config", "debug", "--models", "naive", "--plots", "false",
+                 "--out", str(out)]) == 0
+    assert "| naive | 24 |" in capsys.readouterr().out
+    assert "naive" in json.loads((out / "results.json").read_text())["results"]
+
+
+@pytest.mark.skipif(not ETTH1.is_file(), reason=f"{ETTH1} not present")
+def test_etth1_debug_window_count(tmp_path):
+    state = _run(["--csv", str(ETTH1), "--config", "debug", "--models", "naive,linear", "--window", "96",
+                  "--horizon", "96", "--epochs", "1", "--max_train_windows", "64", "--max_val_windows", "64",
+                  "--plots", "false", "--out", str(tmp_path / "out")])
+    assert state["protocol"]["name"] == "ett-hour"
+    assert state["protocol"]["rows"] == {"train": 8640, "val": 2880, "test": 2880}
+    for model in ("naive", "linear"):
+        r = state["results"][model]["96"]
+        assert r["n_test_windows"] == 2785 and np.isfinite(r["mse"])
+
+
+def test_interrupted_run_keeps_written_pairs_and_resumes(tmp_path, monkeypatch):
+    import tasks.forecast as forecast
+
+    csv = _write_series(tmp_path / "sines.csv")
+    out = tmp_path / "out"
+    argv = ["--csv", str(csv), "--config", "debug", "--models", "linear,naive", "--horizon", "12", "24",
+            "--epochs", "2", "--max_train_windows", "64", "--plots", "false", "--out", str(out)]
+    real = forecast.evaluate_windows
+    calls = []
+
+    def killed_on_third(*args, **kwargs):  # order: linear/12, naive/12, linear/24 <- killed here
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(forecast, "evaluate_windows", killed_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(argv)
+    written = json.loads((out / "results.json").read_text())["results"]
+    assert set(written["linear"]) == {"12"} and set(written["naive"]) == {"12"}
+    assert list((out / "linear-h24" / "checkpoints").glob("*.pt"))  # its training was saved
+
+    monkeypatch.setattr(forecast, "evaluate_windows", real)
+    log = []
+    state = _run(argv, log=log.append)
+    assert [line.split(":")[0] for line in log if line.startswith(("[skip]", "[resume]", "[train]", "[done]"))] == [
+        "[skip] linear h=12", "[skip] naive h=12", "[resume] linear h=24 (2352 parameters)",
+        "[done] linear h=24", "[done] naive h=24"]
+    assert all(set(state["results"][m]) == {"12", "24"} for m in ("linear", "naive"))
