@@ -418,3 +418,18 @@ def test_import_without_triton():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "torch.Size([1, 2, 3])" in r.stdout
+
+
+@pytest.mark.parametrize("loop_min_width", [0, 1 << 30])  # 0: per-step loop; huge: two-level scan
+def test_both_in_chunk_scans_match_ref(monkeypatch, loop_min_width):
+    """The CPU path scans a chunk step by step when a step is wide and with the two-level
+    linear scan when it is narrow; force each and compare with the float64 ref, with chunks
+    that split the sequence (carries between chunks, forward and backward)."""
+    monkeypatch.setattr(ss, "_LOOP_MIN_WIDTH", loop_min_width)
+    monkeypatch.setattr(ss, "_CHUNK_ELEMS", 2 * 3 * 4 * 40)  # 40-step chunks over L = 130
+    x = make_inputs(batch=2, dim=3, N=4, L=130)
+    out, last, grads = run(lambda **kw: selective_scan(**kw, backend="torch"), x, True)
+    r_out, r_last, r_grads = run(selective_scan_ref, x, True)
+    assert rel_err(out, r_out) < 1e-12 and rel_err(last, r_last) < 1e-12
+    for k in r_grads:
+        assert rel_err(grads[k], r_grads[k]) < 1e-10, k
