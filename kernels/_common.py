@@ -78,15 +78,20 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def check_backend(op: str, backend: Optional[str]) -> str:
+    """`backend` is None or one of BACKENDS; returns it with None read as "auto"."""
+    if backend not in (None,) + BACKENDS:
+        fail(op, f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    return backend or "auto"
+
+
 def use_triton(op: str, x: torch.Tensor, backend: Optional[str]) -> bool:
     """Pick the implementation: CUDA tensors use Triton, CPU tensors the PyTorch path.
 
     backend="triton" forces the Triton kernel (on CPU tensors this needs TRITON_INTERPRET=1,
     which is how the tests run it); backend="torch" forces the PyTorch path.
     """
-    backend = backend or "auto"
-    if backend not in BACKENDS:
-        fail(op, f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    backend = check_backend(op, backend)
     if backend == "torch":
         return False
     if backend == "triton":

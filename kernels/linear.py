@@ -30,7 +30,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from kernels._common import BACKENDS, check_same, check_tensor, compute_dtype, fail, use_triton
+from kernels._common import check_backend, check_same, check_tensor, compute_dtype, fail, use_triton
 
 _OP = "linear_scan"
 
@@ -276,8 +276,7 @@ def linear_scan_step(
     backend (`backend` is only validated); differentiable.
     """
     op = "linear_scan_step"
-    if backend not in (None,) + BACKENDS:
-        fail(op, f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    check_backend(op, backend)
     check_tensor(op, "b_t", b_t, (None, None), "(B, D)")
     B, D = b_t.shape
     check_tensor(op, "a_t", a_t, (B, None), "(B, D) or (B, 1)")

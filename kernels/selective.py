@@ -44,7 +44,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from kernels._common import BACKENDS, check_same, check_tensor, compute_dtype, fail, use_triton
+from kernels._common import check_backend, check_same, check_tensor, compute_dtype, fail, use_triton
 from kernels.linear import _scan_torch
 
 try:  # Triton is optional: without it the PyTorch path serves every device.
@@ -443,8 +443,7 @@ def selective_state_update(
     few PyTorch ops otherwise. Not meant for autograd (state is overwritten in place).
     """
     op = _STEP_OP
-    if backend not in (None,) + BACKENDS:
-        fail(op, f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    check_backend(op, backend)
     lays = "(batch, dim, N) or (batch, nheads, headdim, N)"
     if not isinstance(state, torch.Tensor):
         check_tensor(op, "state", state, (None, None, None), lays)

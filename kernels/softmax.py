@@ -42,7 +42,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from kernels._common import BACKENDS, check_same, check_tensor, compute_dtype, fail, use_triton
+from kernels._common import check_backend, check_same, check_tensor, compute_dtype, fail, use_triton
 from kernels.linear import _scan_torch
 
 _OP = "softmax_scan"
@@ -209,8 +209,7 @@ def softmax_scan_step(
     backend (`backend` is only validated); differentiable.
     """
     op = "softmax_scan_step"
-    if backend not in (None,) + BACKENDS:
-        fail(op, f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    check_backend(op, backend)
     check_tensor(op, "s_t", s_t, (None, None), "(B, H)")
     B, H = s_t.shape
     check_tensor(op, "v_t", v_t, (B, H, None), "(B, H, E)")
