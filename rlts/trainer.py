@@ -72,9 +72,10 @@ def _dist_info() -> Tuple[int, int]:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig = TrainConfig(),
+    def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: Optional[TrainConfig] = None,
                  run_dir: str | Path = "runs/train", collate_fn: Optional[Callable] = None):
-        self.cfg, self.loss_fn, self.collate_fn = cfg, loss_fn, collate_fn
+        self.cfg, self.loss_fn, self.collate_fn = cfg or TrainConfig(), loss_fn, collate_fn
+        cfg = self.cfg
         self.rank, self.world = _dist_info()
         if self.world > 1 and torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -63,6 +63,30 @@ def check_input(layer: str, x: torch.Tensor, d_model: int, rank: int = 3) -> Non
         raise ValueError(f"{layer}: input must have shape {shape} with D = {d_model}, got {tuple(x.shape)}")
 
 
+class PreNormResidual(SequenceLayer):
+    """x + mixer(RMSNorm(x)), around any SequenceLayer `mixer`; the state is the mixer's."""
+
+    def __init__(self, d_model: int, mixer: SequenceLayer):
+        super().__init__()
+        self.d_model = d_model
+        self.norm = nn.RMSNorm(d_model)
+        self.mixer = mixer
+
+    def forward(self, x: torch.Tensor, state: State = None) -> Tuple[torch.Tensor, State]:
+        check_input(type(self).__name__, x, self.d_model)
+        y, state = self.mixer(self.norm(x), state)  # (B, L, D)
+        return x + y, state
+
+    def step(self, x_t: torch.Tensor, state: State = None) -> Tuple[torch.Tensor, State]:
+        check_input(f"{type(self).__name__}.step", x_t, self.d_model, rank=2)
+        y, state = self.mixer.step(self.norm(x_t), state)  # (B, D)
+        return x_t + y, state
+
+    def init_state(self, batch_size: int, device: Optional[torch.device] = None,
+                   dtype: Optional[torch.dtype] = None) -> State:
+        return self.mixer.init_state(batch_size, device, dtype)
+
+
 class MLP(nn.Module):
     """Linear(D, mlp_ratio * D) -> GELU -> Linear(mlp_ratio * D, D) -> dropout."""
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from kernels._common import compute_dtype
 from kernels.selective import selective_scan, selective_state_update
-from rlts.nn.base import SequenceLayer, check_input, register_backbone
+from rlts.nn.base import PreNormResidual, SequenceLayer, check_input, register_backbone
 
 MambaState = Tuple[torch.Tensor, torch.Tensor]  # conv_state (B, C, d_conv - 1), ssm_state
 
@@ -161,7 +161,7 @@ class Mamba(SequenceLayer):
 
 
 @register_backbone("mamba")
-class MambaBlock(SequenceLayer):
+class MambaBlock(PreNormResidual):
     """Pre-norm residual Mamba block: x = x + Mamba(RMSNorm(x)) (no MLP, as in mamba-ssm).
 
     Options: those of `Mamba` (d_state, d_conv, expand, dt_rank, dt_min, dt_max,
@@ -169,21 +169,4 @@ class MambaBlock(SequenceLayer):
     """
 
     def __init__(self, d_model: int, **mamba_options):
-        super().__init__()
-        self.d_model = d_model
-        self.norm = nn.RMSNorm(d_model)
-        self.mixer = Mamba(d_model, **mamba_options)
-
-    def forward(self, x: torch.Tensor, state: Optional[MambaState] = None) -> Tuple[torch.Tensor, MambaState]:
-        check_input("MambaBlock", x, self.d_model)
-        y, state = self.mixer(self.norm(x), state)  # (B, L, D)
-        return x + y, state
-
-    def step(self, x_t: torch.Tensor, state: Optional[MambaState] = None) -> Tuple[torch.Tensor, MambaState]:
-        check_input("MambaBlock.step", x_t, self.d_model, rank=2)
-        y, state = self.mixer.step(self.norm(x_t), state)  # (B, D)
-        return x_t + y, state
-
-    def init_state(self, batch_size: int, device: Optional[torch.device] = None,
-                   dtype: Optional[torch.dtype] = None) -> MambaState:
-        return self.mixer.init_state(batch_size, device, dtype)
+        super().__init__(d_model, Mamba(d_model, **mamba_options))

@@ -28,7 +28,7 @@ from torch import nn
 
 from kernels._common import compute_dtype
 from kernels.ssd import ssd_scan, ssd_state_update
-from rlts.nn.base import SequenceLayer, check_input, register_backbone
+from rlts.nn.base import PreNormResidual, SequenceLayer, check_input, register_backbone
 from rlts.nn.mamba import causal_conv, causal_conv_step, check_state, dt_bias_init
 
 Mamba2State = Tuple[torch.Tensor, torch.Tensor]  # conv_state (B, conv_dim, d_conv - 1), ssm_state (B, H, P, N)
@@ -155,7 +155,7 @@ class Mamba2(SequenceLayer):
 
 
 @register_backbone("mamba2")
-class Mamba2Block(SequenceLayer):
+class Mamba2Block(PreNormResidual):
     """Pre-norm residual Mamba-2 block: x = x + Mamba2(RMSNorm(x)) (no MLP, as in mamba-ssm).
 
     Options: those of `Mamba2` (d_state, d_conv, expand, headdim, ngroups, chunk_size, dt_min,
@@ -163,21 +163,4 @@ class Mamba2Block(SequenceLayer):
     """
 
     def __init__(self, d_model: int, **mamba2_options):
-        super().__init__()
-        self.d_model = d_model
-        self.norm = nn.RMSNorm(d_model)
-        self.mixer = Mamba2(d_model, **mamba2_options)
-
-    def forward(self, x: torch.Tensor, state: Optional[Mamba2State] = None) -> Tuple[torch.Tensor, Mamba2State]:
-        check_input("Mamba2Block", x, self.d_model)
-        y, state = self.mixer(self.norm(x), state)  # (B, L, D)
-        return x + y, state
-
-    def step(self, x_t: torch.Tensor, state: Optional[Mamba2State] = None) -> Tuple[torch.Tensor, Mamba2State]:
-        check_input("Mamba2Block.step", x_t, self.d_model, rank=2)
-        y, state = self.mixer.step(self.norm(x_t), state)  # (B, D)
-        return x_t + y, state
-
-    def init_state(self, batch_size: int, device: Optional[torch.device] = None,
-                   dtype: Optional[torch.dtype] = None) -> Mamba2State:
-        return self.mixer.init_state(batch_size, device, dtype)
+        super().__init__(d_model, Mamba2(d_model, **mamba2_options))
