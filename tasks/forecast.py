@@ -18,10 +18,8 @@ and resumes an interrupted one from its last checkpoint.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -30,8 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from rlts.checkpoint import write_text_atomic
-from rlts.config import parse_config, to_dict
+from rlts.config import to_dict
 from rlts.data.timeseries import (FEATURE_MODES, PROTOCOLS, StandardScaler, WindowDataset, protocol_for,
                                   load_csv, split_borders)
 from rlts.heads.forecast import CHANNEL_MODES, DLinear, NaiveForecaster, SequenceForecaster, forecast_loss
@@ -39,6 +36,8 @@ from rlts.nn import BACKBONES, count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig
+from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, load_results, output_folder, parse_task_config,
+                           split_names, write_json_atomic)
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "forecast.yaml"
 BASELINES = ("linear", "naive")
@@ -104,17 +103,13 @@ class ForecastConfig:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _split_names(items: List[str]) -> List[str]:
-    return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
-
-
 def resolve_models(cfg: ForecastConfig) -> List[str]:
     """The model names to run, `backbone` replaced, duplicates dropped; ValueError on unknown ones."""
     choices = sorted(BACKBONES) + list(BASELINES)
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(sorted(BACKBONES))}")
     names: List[str] = []
-    for name in _split_names(cfg.models):
+    for name in split_names(cfg.models):
         name = cfg.backbone if name == "backbone" else name
         if name not in choices:
             raise ValueError(f"unknown model {name!r}; choose from {', '.join(choices)} (or `backbone`)")
@@ -156,14 +151,6 @@ def _subsample(data: WindowDataset, limit: Optional[int]):
     return Subset(data, idx.tolist())
 
 
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    write_text_atomic(json.dumps(obj, indent=2), path)
-
-
-def _json_float(v: float) -> Optional[float]:
-    return float(v) if math.isfinite(v) else None
-
-
 def build_model(name: str, cfg: ForecastConfig, n_channels: int, horizon: int,
                 target_index: Optional[int]) -> nn.Module:
     if name == "naive":
@@ -201,29 +188,6 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
     return sq / count, ab / count, kept
 
 
-def _default_out(csv: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"forecast-{Path(csv).stem}-{stamp}"
-
-
-def _load_results(path: Path, cfg: ForecastConfig) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} exists but is not valid JSON ({e}); move it away or choose another --out") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a results object; move it away or choose another --out")
-    old = data.get("config", {})
-    new = to_dict(cfg)
-    changed = [k for k in _DATA_KEYS if k in old and old[k] != new[k]]
-    if changed:
-        diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
-        raise ValueError(f"{path} holds results of a different setup ({diff}); use another --out")
-    return data
-
-
 def _table_rows(results: dict, models: List[str], horizons: List[int]) -> List[dict]:
     rows = []
     for m in models:
@@ -251,11 +215,9 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     borders = all_borders[horizons[0]]  # the ranges do not depend on the horizon
     protocol = protocol_for(table.path) if cfg.protocol == "auto" else cfg.protocol
 
-    out = Path(cfg.out) if cfg.out else _default_out(cfg.csv)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    out = output_folder(cfg.out, "forecast", Path(cfg.csv).stem)
     results_path = out / "results.json"
-    previous = _load_results(results_path, cfg)
+    previous = load_results(results_path, cfg, _DATA_KEYS)
     out.mkdir(parents=True, exist_ok=True)
     cfg_dict = to_dict(cfg)
     cfg_dict["out"] = str(out)
@@ -326,16 +288,16 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                 (pair_dir / "samples.json").write_text(json.dumps(samples))
             state["results"].setdefault(name, {})[str(h)] = {
                 "mse": mse, "mae": mae, "params": n_params, "train_time_s": round(train_time, 3),
-                "epochs": fit["epochs"], "best_val_loss": _json_float(fit["best_val_loss"])
+                "epochs": fit["epochs"], "best_val_loss": json_float(fit["best_val_loss"])
                 if fit["best_val_loss"] is not None else None,
                 "early_stopped": fit["early_stopped"],
                 "n_train_windows": len(train_ds), "n_train_windows_used": min(len(train_ds), cfg.max_train_windows or len(train_ds)),
                 "n_val_windows": len(val_ds), "n_test_windows": len(test_ds),
             }
-            _write_json_atomic(state, results_path)
+            write_json_atomic(state, results_path)
             log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f} ({train_time:.1f} s)")
 
-    _write_json_atomic(state, results_path)
+    write_json_atomic(state, results_path)
     md = write_table(_table_rows(state["results"], models, horizons), out / "results.csv", out / "results.md")
     if cfg.plots:
         try:
@@ -385,31 +347,15 @@ def plot_predictions(path: Path, values: torch.Tensor, table, window: int, horiz
 
 # ----------------------------------------------------------------------------- CLI
 
-# Short spellings accepted by `rlts forecast` for the config keys.
-ALIASES = {"--horizon": "--horizons", "--model": "--models", "--epochs": "--train.epochs",
-           "--lr": "--train.lr", "--batch-size": "--train.batch_size", "--batch_size": "--train.batch_size",
-           "--patience": "--train.patience"}
+ALIASES = {"--horizon": "--horizons", "--model": "--models", **TRAIN_ALIASES}
+"""Short spellings accepted by `rlts forecast` for the config keys."""
 
 
 def parse_forecast_config(argv: List[str]) -> ForecastConfig:
-    def alias(tok: str) -> str:
-        key, eq, value = tok.partition("=")
-        return ALIASES[key] + eq + value if key in ALIASES else tok
-
-    argv = [alias(a) for a in argv]
-    cfg = parse_config(ForecastConfig, argv, yaml_path=CONFIG_PATH)
-    cfg.models = _split_names(cfg.models)
+    cfg = parse_task_config(ForecastConfig, argv, CONFIG_PATH, ALIASES)
+    cfg.models = split_names(cfg.models)
     return cfg
 
 
 def cli_run(args) -> int:
-    import sys
-
-    try:
-        cfg = parse_forecast_config(list(args.overrides))
-        run_forecast(cfg)
-    except ValueError as e:
-        msg = " ".join(str(e).split())
-        print(f"rlts forecast: error: {msg}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_main("forecast", lambda: run_forecast(parse_forecast_config(list(args.overrides))))

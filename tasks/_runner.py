@@ -1,0 +1,85 @@
+"""Pieces every task runner shares: config parsing with short aliases, the output folder, the
+resumable results.json, and turning a ValueError into one clear command-line message.
+
+    cfg = parse_task_config(ForecastConfig, argv, CONFIG_PATH, ALIASES)
+    out = output_folder(cfg.out, "forecast", "ETTh1")
+    previous = load_results(out / "results.json", cfg, DATA_KEYS)   # {} or the earlier run's
+    write_json_atomic(state, out / "results.json")                   # after every finished job
+    return cli_main("forecast", lambda: run_forecast(parse(...)))    # exit code 0 or 2
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from rlts.checkpoint import write_text_atomic
+from rlts.config import parse_config, to_dict
+
+# Short spellings every runner accepts for the Trainer's keys.
+TRAIN_ALIASES = {"--epochs": "--train.epochs", "--lr": "--train.lr", "--batch-size": "--train.batch_size",
+                 "--batch_size": "--train.batch_size", "--patience": "--train.patience"}
+
+
+def split_names(items: Sequence[str]) -> List[str]:
+    """["a,b", "c"] -> ["a", "b", "c"] (comma- or space-separated lists on the command line)."""
+    return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+
+
+def parse_task_config(cls, argv: Sequence[str], yaml_path: Path, aliases: Dict[str, str]):
+    """parse_config with `--alias value` / `--alias=value` spellings mapped to their keys."""
+    def alias(tok: str) -> str:
+        key, eq, value = tok.partition("=")
+        return aliases[key] + eq + value if key in aliases else tok
+
+    return parse_config(cls, [alias(a) for a in argv], yaml_path=yaml_path)
+
+
+def output_folder(out: Optional[str], task: str, stem: str) -> Path:
+    """`out`, or runs/<task>-<stem>-<timestamp>; a ValueError if it exists and is a file."""
+    path = Path(out) if out else Path("runs") / f"{task}-{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} exists and is not a folder")
+    return path
+
+
+def write_json_atomic(obj: dict, path: Path) -> None:
+    write_text_atomic(json.dumps(obj, indent=2), path)
+
+
+def json_float(v: Optional[float]) -> Optional[float]:
+    """JSON has no inf/NaN: those (and None) become null."""
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def load_results(path: Path, cfg, data_keys: Sequence[str]) -> dict:
+    """The results object of an earlier run in the same folder ({} if none). A ValueError if the
+    file is not a results object, or if it was made with different `data_keys` settings (its
+    numbers would not be comparable with the new ones)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} exists but is not valid JSON ({e}); move it away or choose another --out") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a results object; move it away or choose another --out")
+    old, new = data.get("config", {}), to_dict(cfg)
+    changed = [k for k in data_keys if k in old and old[k] != new[k]]
+    if changed:
+        diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+        raise ValueError(f"{path} holds results of a different setup ({diff}); use another --out")
+    return data
+
+
+def cli_main(task: str, run: Callable[[], object]) -> int:
+    """Run; a ValueError becomes `rlts <task>: error: <message>` on stderr and exit code 2."""
+    try:
+        run()
+    except ValueError as e:
+        print(f"rlts {task}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
