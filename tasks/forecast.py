@@ -79,6 +79,10 @@ class ForecastConfig:
     """Blocks in the sequence model (backbone models)."""
     channel_mode: str = "independent"
     """Backbone models: independent (one sequence per channel) or mixing (channels embedded together)."""
+    patch_len: int = 16
+    """Backbone models: time steps per backbone token (non-overlapping patches; 1 = one per step)."""
+    skip: bool = True
+    """Backbone models: add a linear path from the whole normalised window to the forecast."""
     dropout: float = 0.0
     """Dropout of the SequenceForecaster head."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -132,6 +136,8 @@ def check_config(cfg: ForecastConfig) -> None:
         raise ValueError(f"unknown channel_mode {cfg.channel_mode!r}; use one of {', '.join(CHANNEL_MODES)}")
     if cfg.window < 1:
         raise ValueError(f"window must be at least 1, got {cfg.window}")
+    if not 1 <= cfg.patch_len <= cfg.window:
+        raise ValueError(f"patch_len must lie in [1, window] = [1, {cfg.window}], got {cfg.patch_len}")
     if not cfg.horizons or any(h < 1 for h in cfg.horizons):
         raise ValueError(f"horizons must be a non-empty list of positive integers, got {cfg.horizons}")
     for key in ("max_train_windows", "max_val_windows"):
@@ -158,7 +164,8 @@ def build_model(name: str, cfg: ForecastConfig, n_channels: int, horizon: int,
     if name == "linear":
         return DLinear(cfg.window, horizon, n_channels, target_index=target_index)
     return SequenceForecaster(n_channels, horizon, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                              channel_mode=cfg.channel_mode, target_index=target_index, dropout=cfg.dropout)
+                              channel_mode=cfg.channel_mode, target_index=target_index, dropout=cfg.dropout,
+                              patch_len=cfg.patch_len, skip_window=cfg.window if cfg.skip else None)
 
 
 @torch.no_grad()

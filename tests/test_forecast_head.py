@@ -171,13 +171,17 @@ def test_fits_a_sine_far_better_than_naive():
 
 # ---------------------------------------------------------------------------------- streaming
 
+PATCHED = dict(patch_len=3, skip_window=8)  # L = 20 is not a multiple of 3: a trimmed first patch
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("mode,target", [("independent", None), ("mixing", None), ("independent", 1)])
-def test_stream_equals_forward_over_grown_context_with_frozen_stats(backbone, mode, target):
-    m = forecaster(backbone, channel_mode=mode, target_index=target)
+@pytest.mark.parametrize("patched", [False, True], ids=["step-tokens", "patches+skip"])
+def test_stream_equals_forward_over_grown_context_with_frozen_stats(backbone, mode, target, patched):
+    m = forecaster(backbone, channel_mode=mode, target_index=target, **(PATCHED if patched else {}))
     randomise_revin(m)
     window = torch.randn(2, L, C, dtype=F64)
-    news = [torch.randn(2, k, C, dtype=F64) * 2 + 1 for k in (1, 3, 1, 2)]
+    news = [torch.randn(2, k, C, dtype=F64) * 2 + 1 for k in (1, 3, 1, 2, 4)]
     stream = m.start_stream(window)
     torch.testing.assert_close(stream.forecast, m(window), atol=1e-12, rtol=1e-10)
     frozen = RevINStats(*m.revin.statistics(window))
@@ -203,8 +207,9 @@ def _state_bytes(obj):
 
 
 @pytest.mark.parametrize("backbone", RECURRENT + ["transformer"])
-def test_stream_state_size_is_constant_for_recurrent_backbones(backbone):
-    m = forecaster(backbone)
+@pytest.mark.parametrize("extra", [{}, PATCHED], ids=["step-tokens", "patches+skip"])
+def test_stream_state_size_is_constant_for_recurrent_backbones(backbone, extra):
+    m = forecaster(backbone, **extra)
     stream = m.start_stream(torch.randn(2, L, C, dtype=F64))
     sizes = []
     for _ in range(50):
@@ -213,7 +218,38 @@ def test_stream_state_size_is_constant_for_recurrent_backbones(backbone):
     if backbone == "transformer":  # the KV cache: grows by one token per update
         assert sizes[-1] > sizes[0]
     else:
-        assert len(set(sizes)) == 1 and sizes[0] == _state_bytes(m.start_stream(torch.randn(2, 5, C, dtype=F64)))
+        assert len(set(sizes)) == 1 and sizes[0] == _state_bytes(m.start_stream(torch.randn(2, 9, C, dtype=F64)))
+
+
+def test_patches_are_the_backbone_tokens_and_the_skip_is_linear():
+    """patch_len p: the backbone reads L // p tokens, each Linear(p) of one patch ending at the
+    last step (the oldest L mod p steps are dropped); with a zero read-out the forecast is the
+    linear path alone: Linear(W -> H) of the last W normalised steps, denormalised."""
+    m = forecaster("gru", **PATCHED)
+    randomise_revin(m)
+    x = torch.randn(2, L, C, dtype=F64)
+    seen = []
+    m.backbone.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
+    m(x)
+    assert seen[-1] == (2 * C, L // 3, 16)
+    # dropping the L mod p oldest steps: the first 2 steps (20 = 6 * 3 + 2) do not matter ...
+    with torch.no_grad():
+        m.proj.weight.zero_(), m.proj.bias.zero_()
+        stats = m.revin.statistics(x)
+        y = m(x, stats=stats)
+        xn = m.revin.apply(x, stats)
+        ref = torch.einsum("hw,bwc->bhc", m.skip.weight, xn[:, -8:]) + m.skip.bias[:, None]
+        torch.testing.assert_close(y, m.revin.denormalise(ref, stats), atol=1e-12, rtol=1e-10)
+    m2 = forecaster("gru", **PATCHED)
+    x2 = x.clone()
+    x2[:, :2] = 100.0
+    stats = m2.revin.statistics(x)
+    with torch.no_grad():
+        torch.testing.assert_close(m2(x2, stats=stats), m2(x, stats=stats), atol=1e-12, rtol=1e-10)
+        x2[:, 2] = 100.0  # ... the third does
+        assert not torch.allclose(m2(x2, stats=stats), m2(x, stats=stats))
+    with pytest.raises(ValueError, match=r"7 time steps; this model needs at least 8 \(patch_len 3, skip_window 8\)"):
+        m2(x[:, :7])
 
 
 # ---------------------------------------------------------------------------------- baselines

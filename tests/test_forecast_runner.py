@@ -137,6 +137,9 @@ def test_cli_errors_are_one_line_and_keep_out(tmp_path, capsys):
     err = _cli_error(capsys, ["--csv", str(csv), "--no_such_key", "1", *base])
     assert "no_such_key" in err
 
+    err = _cli_error(capsys, ["--csv", str(csv), "--patch_len", "49", *base])  # debug window: 48
+    assert "patch_len must lie in [1, window] = [1, 48], got 49" in err
+
     assert keep.read_text() == "mine" and sorted(os.listdir(out)) == ["notes.txt"]
 
 
