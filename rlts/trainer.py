@@ -50,6 +50,9 @@ class TrainConfig:
     """AdamW learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    lr_decay: float = 1.0
+    """Multiply the learning rate by this after every epoch (1: constant; Time-Series-Library's
+    default schedule halves it: 0.5)."""
     grad_clip: float = 1.0
     """Largest gradient norm; 0 turns clipping off."""
     patience: int = 3
@@ -108,6 +111,8 @@ class Trainer:
         cfg = self.cfg
         if len(train) == 0:
             raise ValueError("Trainer.fit: the training set is empty")
+        if not 0.0 < cfg.lr_decay <= 1.0:
+            raise ValueError(f"TrainConfig.lr_decay must lie in (0, 1], got {cfg.lr_decay}")
         seed_everything(cfg.seed)
         start, best, bad, best_weights = 0, math.inf, 0, None
         state = self.ckpt.load_latest(map_location=self.device)
@@ -150,6 +155,8 @@ class Trainer:
                     else:
                         bad += 1
                     stopped = cfg.patience > 0 and bad >= cfg.patience
+                for group in self.opt.param_groups:  # saved with the optimiser: resumes exactly
+                    group["lr"] *= cfg.lr_decay
                 done = epoch + 1
                 if self.is_main:
                     self.ckpt.save(done, self._state(done, best, bad, best_weights))

@@ -58,8 +58,17 @@ class _Kill(Exception):
     pass
 
 
+def test_lr_decays_per_epoch(tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, lr_decay=0.5, patience=0, progress=False)
+    tr = Trainer(_model(), mse, cfg, tmp_path)
+    tr.fit(_data(), _data(16, seed=1))
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5 ** 3)
+    with pytest.raises(ValueError, match=r"lr_decay must lie in \(0, 1\], got 0"):
+        Trainer(_model(), mse, TrainConfig(lr_decay=0.0, progress=False), tmp_path / "z").fit(_data())
+
+
 def test_resume_after_kill_mid_epoch_equals_uninterrupted(tmp_path):
-    cfg = TrainConfig(epochs=4, batch_size=8, lr=1e-2, patience=0, progress=False)
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=1e-2, lr_decay=0.7, patience=0, progress=False)
     whole = Trainer(_model(dropout=0.3), mse, cfg, tmp_path / "a")
     whole.fit(_data(), _data(16, seed=1))
 
