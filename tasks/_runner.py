@@ -29,6 +29,26 @@ def split_names(items: Sequence[str]) -> List[str]:
     return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
 
 
+def resolve_models(models: Sequence[str], backbone: str, baselines: Sequence[str]) -> List[str]:
+    """Model names to run: `backbone` replaced by the chosen backbone, duplicates dropped; a
+    ValueError names an unknown backbone or model and lists the choices."""
+    from rlts.nn import BACKBONES
+
+    choices = sorted(BACKBONES) + list(baselines)
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(sorted(BACKBONES))}")
+    names: List[str] = []
+    for name in split_names(models):
+        name = backbone if name == "backbone" else name
+        if name not in choices:
+            raise ValueError(f"unknown model {name!r}; choose from {', '.join(choices)} (or `backbone`)")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError(f"no models given; choose from {', '.join(choices)}")
+    return names
+
+
 def parse_task_config(cls, argv: Sequence[str], yaml_path: Path, aliases: Dict[str, str]):
     """parse_config with `--alias value` / `--alias=value` spellings mapped to their keys."""
     def alias(tok: str) -> str:

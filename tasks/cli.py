@@ -55,12 +55,31 @@ def _forecast(args: argparse.Namespace) -> int:
     return cli_run(args)
 
 
+def _classify_args(p: argparse.ArgumentParser) -> None:
+    p.usage = "rlts classify --dataset NAME | --train FILE.ts --test FILE.ts [--key value ...] [--config debug]"
+    p.epilog = ("Every key of tasks.classify.ClassifyConfig is an option, e.g. --dataset JapaneseVowels "
+                "(sktime ships ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels, OSULeaf, ...) "
+                "or --train A_TRAIN.ts --test A_TEST.ts, --models mamba,minirocket --backbone mamba --d_model 64 "
+                "--n_layers 2 --pooling mean|last --val_fraction 0.2 --train.epochs 100 (or --epochs) --train.lr 1e-3 "
+                "--max_train N --max_test N --out DIR --device auto --plots false. --config debug applies the "
+                "overlay of tasks/configs/classify.yaml. Reusing --out resumes.")
+    p.set_defaults(overrides=[])
+
+
+def _classify(args: argparse.Namespace) -> int:
+    """Train and evaluate classifiers on a UCR/UEA dataset or .ts files."""
+    from tasks.classify import cli_run
+    return cli_run(args)
+
+
 # A subcommand that sets the default `overrides` (p.set_defaults(overrides=[])) receives the
 # arguments argparse does not know as args.overrides: `--key value` config overrides.
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "info": ("show versions, devices and which kernel backend runs", _info_args, _info),
     "forecast": ("train and evaluate forecasters on a CSV series (TSLib long-term protocol)",
                  _forecast_args, _forecast),
+    "classify": ("train and evaluate time-series classifiers (UCR/UEA datasets or .ts files) against MiniRocket",
+                 _classify_args, _classify),
 }
 
 

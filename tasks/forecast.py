@@ -32,12 +32,13 @@ from rlts.config import to_dict
 from rlts.data.timeseries import (FEATURE_MODES, PROTOCOLS, StandardScaler, WindowDataset, protocol_for,
                                   load_csv, split_borders)
 from rlts.heads.forecast import CHANNEL_MODES, DLinear, NaiveForecaster, SequenceForecaster, forecast_loss
-from rlts.nn import BACKBONES, count_parameters
+from rlts.nn import count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, load_results, output_folder, parse_task_config,
                            split_names, write_json_atomic)
+from tasks._runner import resolve_models as _resolve_models
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "forecast.yaml"
 BASELINES = ("linear", "naive")
@@ -107,21 +108,9 @@ class ForecastConfig:
 # ----------------------------------------------------------------------------- helpers
 
 
-def resolve_models(cfg: ForecastConfig) -> List[str]:
+def resolve_models(cfg) -> List[str]:
     """The model names to run, `backbone` replaced, duplicates dropped; ValueError on unknown ones."""
-    choices = sorted(BACKBONES) + list(BASELINES)
-    if cfg.backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(sorted(BACKBONES))}")
-    names: List[str] = []
-    for name in split_names(cfg.models):
-        name = cfg.backbone if name == "backbone" else name
-        if name not in choices:
-            raise ValueError(f"unknown model {name!r}; choose from {', '.join(choices)} (or `backbone`)")
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise ValueError(f"no models given; choose from {', '.join(choices)}")
-    return names
+    return _resolve_models(cfg.models, cfg.backbone, BASELINES)
 
 
 def check_config(cfg: ForecastConfig) -> None:

@@ -1,0 +1,557 @@
+"""Time-series classification runner: rlts sequence models and MiniRocket on one train/test split.
+
+    rlts classify --dataset JapaneseVowels --models mamba,minirocket --out runs/jv
+    rlts classify --train FordA_TRAIN.ts --test FordA_TEST.ts --backbone aaren --config debug
+
+Data: a UCR/UEA archive name (`--dataset`; the ones shipped inside sktime's wheel load offline,
+any other name is downloaded by sktime if the machine can) or a pair of .ts files (`--train`,
+`--test`). Each instance becomes an array (L_i, C); lengths may differ, channels may not.
+
+Protocol, the same for every model:
+- the archive's own train/test split; the test set is used once, for the reported accuracy;
+- every channel standardised with the mean and std of all training time steps (the test set
+  never enters the statistics); every model sees the same standardised series;
+- backbone models (any rlts.nn backbone: SequenceClassifier = embedding, sequence model, mean
+  or last pooling, linear read-out): a stratified, seeded `val_fraction` holdout of the
+  training set drives early stopping (the best validation weights are kept); unequal lengths
+  are right-padded per batch and masked, never truncated;
+- minirocket (Dempster et al. 2021, sktime's implementation): `minirocket_kernels` (10 000)
+  features, then RidgeClassifierCV(alphas=logspace(-3, 3, 10)) on features scaled to unit
+  variance (sktime's RocketClassifier recipe), fitted on the whole training set (ridge chooses
+  its alpha by leave-one-out CV itself). Equal lengths: MiniRocket (one channel) or MiniRocketMultivariate;
+  unequal lengths (or series shorter than 9 steps): MiniRocketMultivariateVariable, which takes
+  every series at its own length; only series shorter than 9 steps are right-padded to 9 with 0
+  (the training mean after standardisation).
+Every model therefore accepts unequal lengths; none is refused for them.
+
+Bad input (unknown dataset, missing or unparseable file, channel-count mismatch, test labels
+outside the training classes, missing values, a single class) stops with one message naming
+the file, dataset or value (`rlts classify: error: ...`, exit code 2) before anything is
+written to `out`.
+
+Outputs in `out`: results.json (config, dataset summary, protocol, and per model: test
+accuracy, confusion matrix, parameters, training time, epochs, best validation loss; rewritten
+atomically after each model), results.csv / results.md (the table), one folder per model
+(backbones: Trainer checkpoints and TensorBoard logs; minirocket: model.pt, its kernel
+parameters, feature scaling and ridge weights as tensors, torch.load(..., weights_only=True)) and
+confusion_matrix.png (one panel per model).
+
+Running the same command with the same `out` again skips the models already in results.json
+and resumes an interrupted one from its last checkpoint; a different dataset in the same
+`out` is refused.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from rlts.checkpoint import save_atomic
+from rlts.config import to_dict
+from rlts.data.panel import PanelDataset, as_series_list, encode_labels, fit_panel_scaler
+from rlts.heads.classify import POOLINGS, SequenceClassifier, classification_loss, collate_unequal
+from rlts.nn import BACKBONES, count_parameters
+from rlts.runtime import seed_everything, select_device
+from rlts.tracking import write_table
+from rlts.trainer import Trainer, TrainConfig
+from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, load_results, output_folder, parse_task_config,
+                           split_names, write_json_atomic)
+from tasks._runner import resolve_models as _resolve_models
+
+CONFIG_PATH = Path(__file__).parent / "configs" / "classify.yaml"
+BASELINES = ("minirocket",)
+"""Model names besides the rlts.nn backbones: minirocket = MiniRocket features + ridge classifier."""
+MINIROCKET_MIN_LENGTH = 9
+"""MiniRocket's kernels span 9 steps; shorter series are right-padded to this length with 0."""
+SUBSET_SEED = 0
+"""Seed of the max_train / max_test subsets: the same instances whatever the training seed."""
+# Config keys whose change makes earlier results in the same `out` incomparable.
+_DATA_KEYS = ("dataset", "train_file", "test_file", "max_train", "max_test")
+
+
+@dataclass
+class ClassifyConfig:
+    """Settings of `rlts classify`."""
+
+    dataset: str = ""
+    """UCR/UEA archive name (ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels,
+    OSULeaf, ... ship with sktime; other names are downloaded if possible). Or give train_file and test_file."""
+    train_file: str = ""
+    """Training split as a .ts file (--train FILE); needs test_file, excludes dataset."""
+    test_file: str = ""
+    """Test split as a .ts file (--test FILE)."""
+    models: List[str] = field(default_factory=lambda: ["backbone", "minirocket"])
+    """Models to run: any rlts.nn backbone name (aaren, mamba, mamba2, transformer, gru),
+    minirocket, or `backbone` (= the `backbone` key). Commas split."""
+    backbone: str = "mamba"
+    """The backbone the model name `backbone` stands for."""
+    d_model: int = 64
+    """Width of the sequence model (backbone models)."""
+    n_layers: int = 2
+    """Blocks in the sequence model (backbone models)."""
+    pooling: str = "last"
+    """How the backbone's outputs become one vector per series: last (the output at the last
+    valid step, which has seen the whole series) or mean (over the valid steps)."""
+    dropout: float = 0.1
+    """Dropout on the pooled features, before the read-out (backbone models)."""
+    val_fraction: float = 0.2
+    """Share of the training set held out (stratified, seeded) for early stopping of the backbone
+    models; 0: no validation, train for all train.epochs. MiniRocket always fits on the whole set."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
+    train.device are replaced by the top-level seed and device."""
+    eval_batch_size: int = 256
+    """Series per batch when predicting the test set."""
+    minirocket_kernels: int = 10_000
+    """Number of MiniRocket features (rounded down to a multiple of 84)."""
+    max_train: Optional[int] = None
+    """Use at most this many training series (a stratified subset, the same for every seed; for
+    quick runs); None: all."""
+    max_test: Optional[int] = None
+    """Score at most this many test series (stratified subset; for quick runs only, the published
+    protocol scores all); None: all."""
+    out: Optional[str] = None
+    """Output folder; default runs/classify-<dataset or train file stem>-<timestamp>. Reuse it to resume."""
+    seed: int = 0
+    """Seeds model initialisation, training, the validation holdout and MiniRocket."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    plots: bool = True
+    """Write confusion_matrix.png (one panel per model)."""
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def resolve_models(cfg) -> List[str]:
+    """The model names to run, `backbone` replaced, duplicates dropped; ValueError on unknown ones."""
+    return _resolve_models(cfg.models, cfg.backbone, BASELINES)
+
+
+def check_config(cfg: ClassifyConfig) -> None:
+    """ValueErrors for settings that cannot work, before anything is read or written."""
+    if cfg.dataset and (cfg.train_file or cfg.test_file):
+        raise ValueError("give either --dataset NAME or --train FILE.ts --test FILE.ts, not both")
+    if not cfg.dataset and not (cfg.train_file and cfg.test_file):
+        if cfg.train_file or cfg.test_file:
+            have, need = ("--train", "--test") if cfg.train_file else ("--test", "--train")
+            raise ValueError(f"{have} given without {need} FILE.ts")
+        raise ValueError("no data given; pass --dataset NAME or --train FILE.ts --test FILE.ts")
+    if cfg.pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {cfg.pooling!r}; use one of {', '.join(POOLINGS)}")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {cfg.val_fraction}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {cfg.dropout}")
+    for key in ("max_train", "max_test"):
+        v = getattr(cfg, key)
+        if v is not None and v < 1:
+            raise ValueError(f"{key} must be at least 1 or none, got {v}")
+    for key in ("d_model", "n_layers", "eval_batch_size", "minirocket_kernels", "train.epochs", "train.batch_size"):
+        v = getattr(cfg.train, key[6:]) if key.startswith("train.") else getattr(cfg, key)
+        if v < 1:
+            raise ValueError(f"{key} must be at least 1, got {v}")
+    for name in resolve_models(cfg):
+        if name in BACKBONES:  # a width the backbone refuses (e.g. mamba2's headdim) stops here, not mid-run
+            try:
+                build_model(name, cfg, n_channels=1, n_classes=2)
+            except ValueError as e:
+                raise ValueError(f"model {name!r} cannot be built with d_model {cfg.d_model}: {e}") from None
+    select_device(cfg.device)
+
+
+def build_model(name: str, cfg: ClassifyConfig, n_channels: int, n_classes: int) -> SequenceClassifier:
+    return SequenceClassifier(n_channels, n_classes, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                              pooling=cfg.pooling, dropout=cfg.dropout)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _has_regression_target(path: Path) -> bool:
+    """True if a .ts file's header declares a real-valued target (@targetLabel true), not classes."""
+    with open(path, errors="replace") as f:
+        for line in f:
+            words = line.strip().lower().split()
+            if words[:1] == ["@data"]:
+                break
+            if words[:2] == ["@targetlabel", "true"]:
+                return True
+    return False
+
+
+def _sktime_data_root() -> Path:
+    import sktime.datasets
+    return Path(sktime.datasets.__file__).parent / "data"
+
+
+def shipped_datasets() -> List[str]:
+    """Classification datasets inside sktime's wheel (NAME/NAME_TRAIN.ts and NAME_TEST.ts, class labels)."""
+    return sorted(d.name for d in _sktime_data_root().iterdir()
+                  if (d / f"{d.name}_TRAIN.ts").is_file() and (d / f"{d.name}_TEST.ts").is_file()
+                  and not _has_regression_target(d / f"{d.name}_TRAIN.ts"))
+
+
+def _panel_to_series(X, what: str) -> List[np.ndarray]:
+    """An sktime panel -> list of (L_i, C) float arrays (ValueError naming `what` on NaN/inf)."""
+    from sktime.datatypes import convert_to
+    return as_series_list(convert_to(X, to_type="df-list"), name=what)
+
+
+def load_named(name: str) -> Tuple[str, tuple, tuple]:
+    """(canonical name, (X_train, y_train), (X_test, y_test)) of an archive dataset, as sktime panels."""
+    from sktime.datasets import load_UCR_UEA_dataset
+    shipped = shipped_datasets()
+    on_disk = [d.name for d in _sktime_data_root().iterdir() if (d / f"{d.name}_TRAIN.ts").is_file()]
+    canonical = {n.lower(): n for n in on_disk}.get(name.lower(), name)
+    own = _sktime_data_root() / canonical / f"{canonical}_TRAIN.ts"
+    if canonical not in shipped and own.is_file():
+        raise ValueError(f"dataset {name!r} is a regression problem (@targetLabel), not classification; "
+                         f"classification datasets shipped with sktime: {', '.join(shipped)}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train = load_UCR_UEA_dataset(canonical, split="train", return_X_y=True)
+            test = load_UCR_UEA_dataset(canonical, split="test", return_X_y=True)
+    except Exception as e:  # sktime raises RuntimeError/OSError/... when the download fails
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"dataset {name!r} is not shipped with sktime and could not be downloaded ({reason}); "
+                         f"shipped: {', '.join(shipped)}; or pass --train FILE.ts --test FILE.ts") from None
+    return canonical, train, test
+
+
+def load_ts(path: str, role: str) -> tuple:
+    """(X, y) of a labelled .ts file; ValueError naming the file when it is missing or does not parse."""
+    from sktime.datasets import load_from_tsfile
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{role} file {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            X, y = load_from_tsfile(str(p), return_data_type="nested_univ")
+    except Exception as e:
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"{role} file {path} is not a readable labelled .ts file "
+                         f"({type(e).__name__}: {reason})") from None
+    if _has_regression_target(p):
+        raise ValueError(f"{role} file {path} holds a regression target (@targetLabel), not class labels")
+    if y is None or len(y) != len(X):
+        raise ValueError(f"{role} file {path} has no class labels (@classLabel true ... is needed)")
+    return X, y
+
+
+@dataclass
+class Panels:
+    """Both splits as (L_i, C) arrays with integer labels."""
+
+    source: dict
+    train_x: List[np.ndarray]
+    train_y: np.ndarray
+    test_x: List[np.ndarray]
+    test_y: np.ndarray
+    classes: np.ndarray
+
+
+def load_panels(cfg: ClassifyConfig) -> Panels:
+    """Read and check both splits; every problem is a ValueError naming the file or dataset."""
+    if cfg.dataset:
+        name, (X_tr, y_tr), (X_te, y_te) = load_named(cfg.dataset)
+        source = {"dataset": name}
+        what = {"train": f"dataset {name} (train split)", "test": f"dataset {name} (test split)"}
+    else:
+        (X_tr, y_tr), (X_te, y_te) = load_ts(cfg.train_file, "train"), load_ts(cfg.test_file, "test")
+        source = {"train_file": str(cfg.train_file), "test_file": str(cfg.test_file)}
+        what = {"train": f"train file {cfg.train_file}", "test": f"test file {cfg.test_file}"}
+    train_x, test_x = _panel_to_series(X_tr, what["train"]), _panel_to_series(X_te, what["test"])
+    if train_x[0].shape[1] != test_x[0].shape[1]:
+        n_test, n_train = test_x[0].shape[1], train_x[0].shape[1]
+        raise ValueError(f"{what['test']} has {n_test} channel{'s' * (n_test != 1)}, {what['train']} has {n_train}")
+    train_y, classes = encode_labels(np.asarray(y_tr).astype(str), name=f"{what['train']} labels")
+    test_y, _ = encode_labels(np.asarray(y_te).astype(str), classes, name=f"{what['test']} labels")
+    if len(classes) < 2:
+        raise ValueError(f"{what['train']} has a single class ({str(classes[0])!r}); classification needs two or more")
+    return Panels(source, train_x, train_y, test_x, test_y, classes)
+
+
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A permutation of range(len(labels)) whose every prefix holds the classes in (about) their
+    overall proportions: member j of n_c shuffled members of a class sits at (j + 0.5) / n_c,
+    ties broken at random. Its first k entries are a stratified sample of size k."""
+    rng = np.random.default_rng(seed)
+    position = np.empty(len(labels))
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        position[idx] = (np.arange(len(idx)) + 0.5) / len(idx)
+    return np.lexsort((rng.random(len(labels)), position))
+
+
+def _subset(x: List[np.ndarray], y: np.ndarray, limit: Optional[int]) -> Tuple[List[np.ndarray], np.ndarray]:
+    if limit is None or len(y) <= limit:
+        return x, y
+    keep = np.sort(stratified_order(y, SUBSET_SEED)[:limit])
+    return [x[i] for i in keep], y[keep]
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: PanelDataset, batch_size: int, device: torch.device) -> np.ndarray:
+    """Predicted class index of every series of `data`, in order."""
+    model.eval()
+    out = []
+    for x, lengths, _ in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_unequal):
+        out.append(model(x.to(device), lengths.to(device)).argmax(dim=-1).cpu())
+    return torch.cat(out).numpy()
+
+
+def minirocket_variant(lengths: List[int], n_channels: int) -> str:
+    """The sktime transform for these series (lengths of train and test together)."""
+    if len(set(lengths)) == 1 and lengths[0] >= MINIROCKET_MIN_LENGTH:
+        return "MiniRocket" if n_channels == 1 else "MiniRocketMultivariate"
+    return "MiniRocketMultivariateVariable"
+
+
+def _minirocket_input(series: List[np.ndarray], variant: str):
+    """numpy3D (N, C, L) for the equal-length transforms, a list of (L_i, C) DataFrames otherwise."""
+    import pandas as pd
+    if variant == "MiniRocketMultivariateVariable":
+        return [pd.DataFrame(x) for x in series]
+    return np.stack([x.T for x in series])
+
+
+def fit_minirocket(train_x: List[np.ndarray], train_y: np.ndarray, variant: str, cfg: ClassifyConfig):
+    """(fitted transform, fitted classifier) on standardised training series."""
+    from sklearn.linear_model import RidgeClassifierCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sktime.transformations import rocket
+
+    common = dict(num_kernels=cfg.minirocket_kernels, random_state=cfg.seed, n_jobs=1)
+    if variant == "MiniRocketMultivariateVariable":
+        common["pad_value_short_series"] = 0.0
+    transform = getattr(rocket, variant)(**common)
+    classifier = make_pipeline(StandardScaler(with_mean=False), RidgeClassifierCV(alphas=np.logspace(-3, 3, 10)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        features = np.asarray(transform.fit_transform(_minirocket_input(train_x, variant)))
+    classifier.fit(features, train_y)
+    return transform, classifier
+
+
+def minirocket_state(transform, classifier, variant: str, classes: list, scaler) -> dict:
+    """The fitted MiniRocket model as tensors and plain values (loads with
+    torch.load(..., weights_only=True)): the transform's kernel parameters (dilations,
+    features per dilation, biases, ...; sktime's `parameters` tuple, in its order), the
+    feature scaling and the ridge classifier's weights."""
+    scale, ridge = classifier[0], classifier[-1]
+    return {"variant": variant, "classes": classes, "scaler": scaler.to_dict(),
+            "transform_parameters": [torch.as_tensor(np.asarray(p)) for p in transform.parameters],
+            "feature_scale": torch.as_tensor(scale.scale_), "ridge_coef": torch.as_tensor(ridge.coef_),
+            "ridge_intercept": torch.as_tensor(np.atleast_1d(ridge.intercept_)), "ridge_alpha": float(ridge.alpha_)}
+
+
+def predict_minirocket(transform, classifier, series: List[np.ndarray], variant: str) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        features = np.asarray(transform.transform(_minirocket_input(series, variant)))
+    return classifier.predict(features)
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts (n_classes, n_classes): row = true class, column = predicted class."""
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(m, (truth, pred), 1)
+    return m
+
+
+def _table_rows(results: dict, models: List[str]) -> List[dict]:
+    rows = []
+    for m in models:
+        r = results.get(m)
+        if r is not None:
+            rows.append({"model": m, "accuracy": r["accuracy"], "params": "-" if r["params"] is None else r["params"],
+                         "epochs": "-" if r["epochs"] is None else r["epochs"], "train_time_s": r["train_time_s"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_classify(cfg: ClassifyConfig, log=print) -> dict:
+    """Run every model not yet in `out`/results.json; return the results dict."""
+    check_config(cfg)
+    models = resolve_models(cfg)
+    data = load_panels(cfg)
+    if cfg.dataset:
+        cfg = replace(cfg, dataset=data.source["dataset"])  # the canonical spelling of a shipped name
+    n_train_all, n_test_all = len(data.train_y), len(data.test_y)
+    train_x, train_y = _subset(data.train_x, data.train_y, cfg.max_train)
+    test_x, test_y = _subset(data.test_x, data.test_y, cfg.max_test)
+    n_val = int(round(cfg.val_fraction * len(train_y))) if cfg.val_fraction > 0 else 0
+    if cfg.val_fraction > 0:
+        n_val = max(n_val, 1)
+        if n_val >= len(train_y):
+            raise ValueError(f"val_fraction {cfg.val_fraction} leaves no training series out of {len(train_y)}; "
+                             "lower it or set it to 0")
+
+    stem = cfg.dataset or Path(cfg.train_file).stem
+    out = output_folder(cfg.out, "classify", stem)
+    results_path = out / "results.json"
+    previous = load_results(results_path, cfg, _DATA_KEYS)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_dict = to_dict(cfg)
+    cfg_dict["out"] = str(out)
+
+    scaler = fit_panel_scaler(train_x)
+    order = stratified_order(train_y, cfg.seed)
+    val_idx, fit_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    fit_ds = PanelDataset([train_x[i] for i in fit_idx], train_y[fit_idx], scaler)
+    val_ds = PanelDataset([train_x[i] for i in val_idx], train_y[val_idx], scaler) if n_val else None
+    test_ds = PanelDataset(test_x, test_y, scaler)
+    std_train = [scaler.transform(x) for x in train_x]  # MiniRocket sees the same standardised series
+    std_test = [scaler.transform(x) for x in test_x]
+    device = select_device(cfg.device)
+    train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": cfg.seed, "device": cfg.device})
+
+    lengths = [x.shape[0] for x in train_x + test_x]
+    classes = data.classes.tolist()
+    n_channels = int(train_x[0].shape[1])
+    variant = minirocket_variant(lengths, n_channels)
+    padded = variant == "MiniRocketMultivariateVariable" and min(lengths) < MINIROCKET_MIN_LENGTH
+    state = {
+        "config": cfg_dict,
+        "dataset": {
+            **data.source,
+            "n_train": len(train_y), "n_test": len(test_y),
+            "n_train_available": n_train_all, "n_test_available": n_test_all,
+            "n_channels": n_channels,
+            "min_length": int(min(lengths)), "max_length": int(max(lengths)),
+            "equal_length": len(set(lengths)) == 1,
+            "classes": classes,
+            "train_class_counts": np.bincount(train_y, minlength=len(classes)).tolist(),
+            "test_class_counts": np.bincount(test_y, minlength=len(classes)).tolist(),
+        },
+        "protocol": {
+            "description": (
+                "the dataset's own train/test split; channels standardised with the training set's "
+                "per-channel mean/std (every model sees the same series); backbone models: early stopping on a "
+                f"stratified, seeded holdout of {n_val} training series (best validation weights kept)"
+                + (", unequal lengths padded per batch and masked" if len(set(lengths)) > 1 else "")
+                + f"; minirocket: {variant} features + RidgeClassifierCV(alphas=logspace(-3,3,10)) on "
+                "unit-variance features, fitted on the whole training set"
+                + (", each series at its own length" if variant == "MiniRocketMultivariateVariable" else "")
+                + (f", series shorter than {MINIROCKET_MIN_LENGTH} steps right-padded to {MINIROCKET_MIN_LENGTH} "
+                   "with 0" if padded else "")
+                + "; metric: accuracy on the test set"
+                + (f" (a stratified subset of {len(test_y)} of {n_test_all})" if len(test_y) < n_test_all else "")),
+            "n_fit": len(fit_idx), "n_val": n_val,
+            "minirocket_variant": variant,
+            "scaler": scaler.to_dict(),
+        },
+        "results": previous.get("results", {}),
+    }
+
+    for name in models:
+        if name in state["results"]:
+            log(f"[skip] {name}: already in {results_path}")
+            continue
+        model_dir = out / name
+        seed_everything(cfg.seed)
+        t0 = time.perf_counter()
+        if name == "minirocket":
+            log(f"[train] minirocket ({cfg.minirocket_kernels} kernels)")
+            transform, classifier = fit_minirocket(std_train, train_y, variant, cfg)
+            train_time = time.perf_counter() - t0
+            save_atomic(minirocket_state(transform, classifier, variant, classes, scaler), model_dir / "model.pt")
+            pred = predict_minirocket(transform, classifier, std_test, variant)
+            ridge = classifier[-1]
+            extra = {"params": None, "epochs": None, "best_val_loss": None, "early_stopped": False, "variant": variant,
+                     "features": int(classifier[0].n_features_in_), "ridge_alpha": float(ridge.alpha_)}
+        else:
+            model = build_model(name, cfg, n_channels, len(classes))
+            n_params = count_parameters(model)
+            ckpt = model_dir / "checkpoints"
+            resumed = ckpt.exists() and any(ckpt.iterdir())
+            log(f"[{'resume' if resumed else 'train'}] {name} ({n_params} parameters)")
+            trainer = Trainer(model, classification_loss, train_cfg, run_dir=model_dir, collate_fn=collate_unequal)
+            fit = trainer.fit(fit_ds, val_ds)
+            train_time = time.perf_counter() - t0
+            pred = predict(trainer.model, test_ds, cfg.eval_batch_size, device)
+            extra = {"params": n_params, "epochs": fit["epochs"],
+                     "best_val_loss": json_float(fit["best_val_loss"]) if val_ds is not None else None,
+                     "early_stopped": fit["early_stopped"]}
+        accuracy = float((pred == test_y).mean())
+        state["results"][name] = {"accuracy": accuracy, **extra, "train_time_s": round(train_time, 3),
+                                  "confusion_matrix": confusion(test_y, pred, len(classes)).tolist()}
+        write_json_atomic(state, results_path)
+        log(f"[done] {name}: accuracy {accuracy:.4f} ({train_time:.1f} s)")
+
+    write_json_atomic(state, results_path)
+    md = write_table(_table_rows(state["results"], models), out / "results.csv", out / "results.md")
+    if cfg.plots:
+        try:
+            plot_confusion(out / "confusion_matrix.png", state, models)
+        except ImportError as e:
+            log(f"[warn] no confusion_matrix.png: {e} (pip install matplotlib)")
+    log(md)
+    return state
+
+
+def plot_confusion(path: Path, state: dict, models: List[str]) -> None:
+    """One panel per model: test-set counts, row = true class, column = predicted class."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [m for m in models if m in state["results"]]
+    if not done:
+        return
+    classes = state["dataset"]["classes"]
+    k = len(classes)
+    size = min(2.0 + 0.35 * k, 9.0)
+    fig, axes = plt.subplots(1, len(done), figsize=(size * len(done), size), squeeze=False)
+    for ax, m in zip(axes[0], done):
+        counts = np.asarray(state["results"][m]["confusion_matrix"])
+        ax.imshow(counts, cmap="Blues")
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if counts[i, j] > counts.max() / 2 else "black")
+        ticks = np.arange(k) if k <= 30 else np.linspace(0, k - 1, 10).round().astype(int)
+        ax.set_xticks(ticks, [classes[t] for t in ticks], fontsize=7, rotation=90 if k > 10 else 0)
+        ax.set_yticks(ticks, [classes[t] for t in ticks], fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{m}: accuracy {state['results'][m]['accuracy']:.3f}", fontsize=9)
+    data = state["dataset"]
+    src = data.get("dataset") or Path(data["test_file"]).name
+    fig.suptitle(f"{src}: confusion matrices on {data['n_test']} of {data['n_test_available']} test series",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+ALIASES = {"--train": "--train_file", "--test": "--test_file", "--model": "--models", **TRAIN_ALIASES}
+"""Short spellings accepted by `rlts classify` for the config keys (--train.epochs stays a Trainer key)."""
+
+
+def parse_classify_config(argv: List[str]) -> ClassifyConfig:
+    cfg = parse_task_config(ClassifyConfig, argv, CONFIG_PATH, ALIASES)
+    cfg.models = split_names(cfg.models)
+    return cfg
+
+
+def cli_run(args) -> int:
+    return cli_main("classify", lambda: run_classify(parse_classify_config(list(args.overrides))))

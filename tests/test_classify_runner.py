@@ -1,0 +1,289 @@
+"""End-to-end tests of `rlts classify` (tasks/classify.py): sktime's shipped datasets and .ts
+files written here, with the debug overlay and small subsets so that the file runs in minutes."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.cli import main
+from tasks.classify import parse_classify_config, run_classify, stratified_order
+
+LEVELS = (-1.5, 0.0, 1.5)  # the synthetic classes: easy to tell apart, chance is 1/3
+
+
+def _run(argv, log=None):
+    return run_classify(parse_classify_config(argv), log=log if log is not None else (lambda *_: None))
+
+
+def _write_ts(path: Path, n: int = 60, lengths=(30, 30), channels: int = 2, classes=("a", "b", "c"),
+              seed: int = 0, rows=None) -> Path:
+    """A labelled .ts file: class k has level LEVELS[k] plus noise; channel 1 also a slow sine.
+    `rows` (lines after @data) replaces the generated instances."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        k = i % len(classes)
+        L = int(rng.integers(lengths[0], lengths[1] + 1))
+        t = np.arange(L)
+        dims = [LEVELS[k % 3] + 0.3 * rng.standard_normal(L)]
+        dims += [np.sin(2 * np.pi * t / 10 + c) + 0.3 * rng.standard_normal(L) for c in range(1, channels)]
+        lines.append(":".join(",".join(f"{v:.4f}" for v in d) for d in dims) + f":{classes[k]}")
+    equal = lengths[0] == lengths[1]
+    header = ["@problemName toy", "@timeStamps false", "@missing false",
+              f"@univariate {'true' if channels == 1 else 'false'}", f"@dimensions {channels}",
+              f"@equalLength {'true' if equal else 'false'}"] + ([f"@seriesLength {lengths[0]}"] if equal else [])
+    header += [f"@classLabel true {' '.join(classes)}", "@data"]
+    path.write_text("\n".join(header + (rows if rows is not None else lines)) + "\n")
+    return path
+
+
+def _toy_pair(root: Path, lengths=(30, 30), channels: int = 2):
+    return (_write_ts(root / "toy_TRAIN.ts", 60, lengths, channels, seed=0),
+            _write_ts(root / "toy_TEST.ts", 45, lengths, channels, seed=1))
+
+
+# ----------------------------------------------------------------------------- shipped datasets
+
+
+@pytest.fixture(scope="module")
+def italy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("classify") / "out"
+    log = []
+    # Lower-case on purpose: shipped names match case-insensitively.
+    state = _run(["--dataset", "italypowerdemand", "--config", "debug", "--models", "backbone",
+                  "--out", str(out)], log=log.append)
+    return out, state, log
+
+
+def test_end_to_end_outputs(italy):
+    out, state, _ = italy
+    results = json.loads((out / "results.json").read_text())
+    assert results == json.loads(json.dumps(state))
+    assert results["config"]["dataset"] == "ItalyPowerDemand" and results["config"]["backbone"] == "mamba"
+    data = results["dataset"]
+    # ItalyPowerDemand: 67 training / 1029 test series of 24 steps, one channel, classes 1 and 2.
+    assert (data["n_train"], data["n_train_available"], data["n_test_available"]) == (67, 67, 1029)
+    assert data["n_test"] == 256 and sum(data["test_class_counts"]) == 256  # debug: max_test 256
+    assert (data["n_channels"], data["min_length"], data["max_length"], data["equal_length"]) == (1, 24, 24, True)
+    assert data["classes"] == ["1", "2"]
+    assert results["protocol"]["n_val"] == 13 and results["protocol"]["n_fit"] == 54  # val_fraction 0.2
+    r = results["results"]["mamba"]
+    assert set(r) >= {"accuracy", "params", "train_time_s", "epochs", "best_val_loss", "confusion_matrix"}
+    cm = np.array(r["confusion_matrix"])
+    assert cm.shape == (2, 2) and cm.sum() == 256 and cm.sum(axis=1).tolist() == data["test_class_counts"]
+    assert r["accuracy"] == pytest.approx(np.trace(cm) / 256)
+    assert r["params"] > 0 and 1 <= r["epochs"] <= 10 and np.isfinite(r["best_val_loss"])
+    for name in ("results.md", "results.csv", "confusion_matrix.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert list((out / "mamba" / "tb").glob("events.out.tfevents.*"))
+    assert list((out / "mamba" / "checkpoints").glob("*.pt"))
+    table = (out / "results.csv").read_text().splitlines()
+    assert table[0].split(",")[:2] == ["model", "accuracy"] and len(table) == 2
+
+
+def test_rerun_skips_finished_models(italy):
+    out, first, _ = italy
+    ckpt = out / "mamba" / "checkpoints"
+    mtimes = {p: p.stat().st_mtime_ns for p in ckpt.iterdir()}
+    log = []
+    second = _run(["--dataset", "ItalyPowerDemand", "--config", "debug", "--models", "mamba", "--out", str(out)],
+                  log=log.append)
+    assert any(line.startswith("[skip] mamba") for line in log)
+    assert not any(line.startswith(("[train]", "[resume]")) for line in log)
+    assert {p: p.stat().st_mtime_ns for p in ckpt.iterdir()} == mtimes
+    assert second["results"] == first["results"]
+
+
+def test_japanese_vowels_multivariate_unequal_with_minirocket(tmp_path):
+    # MiniRocket's only test (numba compiles it on first use): 12 channels, lengths 7..29, 9 classes,
+    # so the variable-length variant with padding of the series shorter than 9 steps.
+    out = tmp_path / "out"
+    state = _run(["--dataset", "JapaneseVowels", "--config", "debug", "--max_train", "90", "--max_test", "90",
+                  "--epochs", "3", "--out", str(out)])
+    data = state["dataset"]
+    assert (data["n_channels"], data["equal_length"], len(data["classes"])) == (12, False, 9)
+    assert data["min_length"] < 9 < data["max_length"]
+    assert data["n_train"] == 90 and data["train_class_counts"] == [10] * 9  # stratified subset
+    mr = state["results"]["minirocket"]
+    assert mr["variant"] == "MiniRocketMultivariateVariable" and mr["features"] == 840 and mr["params"] is None
+    assert mr["accuracy"] > 0.7  # chance is about 1/9
+    assert np.array(mr["confusion_matrix"]).sum() == 90
+    saved = torch.load(out / "minirocket" / "model.pt", weights_only=True)  # tensors, no pickled objects
+    assert saved["classes"] == data["classes"] and saved["ridge_alpha"] == mr["ridge_alpha"]
+    assert saved["ridge_coef"].shape == (9, 840) and saved["feature_scale"].shape == (840,)
+    assert len(saved["transform_parameters"]) >= 3  # dilations, features per dilation, biases, ...
+    assert np.isfinite(state["results"]["mamba"]["accuracy"])
+    assert "| minirocket |" in (out / "results.md").read_text()
+
+
+# ----------------------------------------------------------------------------- .ts files
+
+
+@pytest.mark.parametrize("lengths,val_fraction", [((30, 30), "0"), ((12, 40), "0.2")], ids=["equal", "unequal"])
+def test_ts_files_learn_the_easy_task(tmp_path, lengths, val_fraction):
+    train, test = _toy_pair(tmp_path, lengths)
+    state = _run(["--train", str(train), "--test", str(test), "--config", "debug", "--models", "aaren",
+                  "--train.epochs", "8", "--patience", "0", "--val_fraction", val_fraction, "--plots", "false",
+                  "--out", str(tmp_path / "out")])
+    data = state["dataset"]
+    assert data["train_file"] == str(train) and data["test_file"] == str(test)
+    assert (data["n_train"], data["n_test"], data["n_channels"]) == (60, 45, 2)
+    assert data["equal_length"] == (lengths[0] == lengths[1]) and data["classes"] == ["a", "b", "c"]
+    assert lengths[0] <= data["min_length"] <= data["max_length"] <= lengths[1]
+    r = state["results"]["aaren"]
+    assert r["epochs"] == 8  # patience 0: no early stopping
+    if val_fraction == "0":  # no holdout: all 60 series train, no validation loss
+        assert state["protocol"]["n_val"] == 0 and r["best_val_loss"] is None
+    else:
+        assert state["protocol"]["n_val"] == 12 and r["best_val_loss"] > 0
+    assert r["accuracy"] >= 0.8, r  # chance: 1/3
+
+
+def test_stratified_order_prefixes_keep_proportions():
+    labels = np.array([0] * 40 + [1] * 20 + [2] * 10)
+    order = stratified_order(labels, seed=3)
+    assert sorted(order.tolist()) == list(range(70))
+    assert np.bincount(labels[order[:14]], minlength=3).tolist() == [8, 4, 2]
+    assert not np.array_equal(order, stratified_order(labels, seed=4))
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import tasks.classify as classify
+
+    train, test = _toy_pair(tmp_path, (12, 40))
+    argv = ["--train", str(train), "--test", str(test), "--config", "debug", "--models", "transformer,aaren",
+            "--epochs", "4", "--plots", "false"]
+    real_loss = classify.classification_loss
+    aaren_calls = []  # per epoch: 3 training batches (48 series), then 1 validation batch (12)
+
+    def log(line):
+        if line.startswith("[train] aaren"):
+            aaren_calls.append("armed")
+
+    def loss_killed_in_aarens_second_epoch(model, batch):
+        if aaren_calls:
+            aaren_calls.append(1)
+            if len(aaren_calls) == 8:  # aaren's 7th batch: the last training batch of epoch 2
+                raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(classify, "classification_loss", loss_killed_in_aarens_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _run([*argv, "--out", str(out)], log=log)
+    assert set(json.loads((out / "results.json").read_text())["results"]) == {"transformer"}
+    assert [p.name for p in (out / "aaren" / "checkpoints").glob("*.pt")]  # epoch 1 was saved
+
+    resumed_calls = []
+
+    def counted_loss(model, batch):
+        resumed_calls.append(1)
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(classify, "classification_loss", counted_loss)
+    lines = []
+    state = _run([*argv, "--out", str(out)], log=lines.append)
+    steps = [line.split(" (")[0].split(":")[0] for line in lines
+             if line.startswith(("[skip]", "[resume]", "[train]", "[done]"))]
+    assert steps == ["[skip] transformer", "[resume] aaren", "[done] aaren"]
+    assert len(resumed_calls) == 3 * 4  # epochs 2..4 only: epoch 1 came from the checkpoint
+    monkeypatch.setattr(classify, "classification_loss", real_loss)
+    # The resumed model is the one an uninterrupted run gives.
+    fresh = _run([*argv, "--models", "aaren", "--out", str(tmp_path / "fresh")])
+    for key in ("accuracy", "confusion_matrix", "epochs", "best_val_loss"):
+        assert state["results"]["aaren"][key] == fresh["results"]["aaren"][key], key
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _cli_error(capsys, argv):
+    code = main(["classify", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("rlts classify: error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+def test_cli_errors_are_one_line_and_keep_out(tmp_path, capsys, monkeypatch):
+    import sktime.datasets
+
+    out = tmp_path / "out"
+    out.mkdir()
+    keep = out / "notes.txt"
+    keep.write_text("mine")
+    base = ["--config", "debug", "--out", str(out)]
+    train, test = _toy_pair(tmp_path)
+
+    def offline(name, *args, **kwargs):
+        raise RuntimeError(f"could not download {name}")
+
+    monkeypatch.setattr(sktime.datasets, "load_UCR_UEA_dataset", offline)
+    err = _cli_error(capsys, ["--dataset", "NoSuchSet", *base])
+    assert "'NoSuchSet'" in err and "ItalyPowerDemand" in err and "--train" in err
+    monkeypatch.undo()
+
+    err = _cli_error(capsys, ["--train", str(tmp_path / "absent.ts"), "--test", str(test), *base])
+    assert "absent.ts" in err and "does not exist" in err
+
+    garbage = tmp_path / "garbage.ts"
+    garbage.write_text("this is not a ts file\n1,2,3:a\n")
+    err = _cli_error(capsys, ["--train", str(train), "--test", str(garbage), *base])
+    assert "garbage.ts" in err
+
+    one_channel = _write_ts(tmp_path / "one_TEST.ts", 9, channels=1)
+    err = _cli_error(capsys, ["--train", str(train), "--test", str(one_channel), *base])
+    assert "one_TEST.ts" in err and "has 1 channel," in err and "toy_TRAIN.ts has 2" in err
+
+    new_label = _write_ts(tmp_path / "new_TEST.ts", 9, classes=("a", "b", "zebra"))
+    err = _cli_error(capsys, ["--train", str(train), "--test", str(new_label), *base])
+    assert "new_TEST.ts" in err and "'zebra'" in err
+
+    missing = _write_ts(tmp_path / "nan_TRAIN.ts", rows=["1,2,3,4:1,2,3,4:a", "1,2,?,4:1,2,3,4:b"],
+                        lengths=(4, 4))
+    err = _cli_error(capsys, ["--train", str(missing), "--test", str(test), *base])
+    assert "nan_TRAIN.ts" in err and "instance 1" in err and "time step 2" in err and "missing" in err
+
+    single = _write_ts(tmp_path / "single_TRAIN.ts", 6, classes=("a",))
+    err = _cli_error(capsys, ["--train", str(single), "--test", str(single), *base])
+    assert "single class" in err
+
+    err = _cli_error(capsys, ["--train", str(train), *base])
+    assert "--test" in err
+    err = _cli_error(capsys, ["--dataset", "GunPoint", "--train", str(train), "--test", str(test), *base])
+    assert "not both" in err
+    err = _cli_error(capsys, ["--dataset", "GunPoint", "--models", "mamba,bogus", *base])
+    assert "'bogus'" in err and "minirocket" in err
+    err = _cli_error(capsys, ["--dataset", "GunPoint", "--models", "mamba2", *base])  # d_model 16: headdim 64
+    assert "mamba2" in err and "d_model 16" in err
+    err = _cli_error(capsys, ["--dataset", "GunPoint", "--pooling", "max", *base])
+    assert "'max'" in err
+    err = _cli_error(capsys, ["--dataset", "GunPoint", "--epochs", "0", *base])
+    assert "train.epochs" in err
+
+    assert keep.read_text() == "mine" and sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_other_dataset_in_same_out_is_refused(tmp_path, capsys):
+    train, test = _toy_pair(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--config", "debug", "--models", "transformer", "--epochs", "1", "--plots", "false", "--out", str(out)]
+    assert main(["classify", "--train", str(train), "--test", str(test), *argv]) == 0
+    printed = capsys.readouterr().out
+    assert "| transformer |" in printed  # the table
+    before = (out / "results.json").read_text()
+    err = _cli_error(capsys, ["--dataset", "GunPoint", *argv])
+    assert "different setup" in err and "GunPoint" in err
+    assert (out / "results.json").read_text() == before
+
+
+def test_short_options_map_to_their_keys():
+    cfg = parse_classify_config(["--train", "a.ts", "--test=b.ts", "--train.epochs", "7", "--lr", "0.01",
+                                 "--model", "gru,minirocket", "aaren"])
+    assert (cfg.train_file, cfg.test_file, cfg.train.epochs, cfg.train.lr) == ("a.ts", "b.ts", 7, 0.01)
+    assert cfg.models == ["gru", "minirocket", "aaren"]
+    assert parse_classify_config([]).models == ["backbone", "minirocket"]
