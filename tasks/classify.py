@@ -100,6 +100,8 @@ class ClassifyConfig:
     valid step, which has seen the whole series) or mean (over the valid steps)."""
     dropout: float = 0.1
     """Dropout on the pooled features, before the read-out (backbone models)."""
+    patch_len: int = 1
+    """Time steps per backbone token (backbone models; 1 = one token per step)."""
     val_fraction: float = 0.2
     """Share of the training set held out (stratified, seeded) for early stopping of the backbone
     models; 0: no validation, train for all train.epochs. MiniRocket always fits on the whole set."""
@@ -153,7 +155,7 @@ def check_config(cfg: ClassifyConfig) -> None:
         v = getattr(cfg, key)
         if v is not None and v < 1:
             raise ValueError(f"{key} must be at least 1 or none, got {v}")
-    for key in ("d_model", "n_layers", "eval_batch_size", "minirocket_kernels", "train.epochs", "train.batch_size"):
+    for key in ("d_model", "n_layers", "patch_len", "eval_batch_size", "minirocket_kernels", "train.epochs", "train.batch_size"):
         v = getattr(cfg.train, key[6:]) if key.startswith("train.") else getattr(cfg, key)
         if v < 1:
             raise ValueError(f"{key} must be at least 1, got {v}")
@@ -168,7 +170,7 @@ def check_config(cfg: ClassifyConfig) -> None:
 
 def build_model(name: str, cfg: ClassifyConfig, n_channels: int, n_classes: int) -> SequenceClassifier:
     return SequenceClassifier(n_channels, n_classes, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                              pooling=cfg.pooling, dropout=cfg.dropout)
+                              pooling=cfg.pooling, dropout=cfg.dropout, patch_len=cfg.patch_len)
 
 
 # ----------------------------------------------------------------------------- data

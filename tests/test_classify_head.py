@@ -52,10 +52,11 @@ def pad(seqs, fill):
     return x
 
 
+@pytest.mark.parametrize("patch_len", [1, 4])
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_padded_batch_equals_each_sequence_alone(backbone, pooling):
-    model = tiny(backbone, pooling)
+def test_padded_batch_equals_each_sequence_alone(backbone, pooling, patch_len):
+    model = tiny(backbone, pooling, patch_len=patch_len)
     seqs = ragged()
     x = pad(seqs, "garbage")
     lengths = torch.tensor(LENGTHS)
@@ -81,6 +82,26 @@ def test_pooling_reads_the_right_positions(pooling):
             y, _ = model.model(model.embed(s[None]))
             want = y[0, -1] if pooling == "last" else y[0].mean(dim=0)
             torch.testing.assert_close(got[i], want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_patches_are_tokens_of_consecutive_steps_zero_completed(pooling):
+    """patch_len 4: a series of length 9 is 3 tokens, steps 0-3, 4-7 and 8 + three zero steps,
+    each flattened time-major and embedded; pooling runs over those tokens only."""
+    model = tiny("gru", pooling, patch_len=4)
+    seqs = ragged()
+    with torch.no_grad():
+        got = model.features(pad(seqs, "garbage"), torch.tensor(LENGTHS))
+        for i, s in enumerate(seqs):
+            n_tok = -(-s.shape[0] // 4)
+            full = torch.zeros(n_tok * 4, s.shape[1], dtype=F64)
+            full[:s.shape[0]] = s
+            tokens = torch.stack([full[4 * k:4 * k + 4].flatten() for k in range(n_tok)])  # (T, 4*C)
+            y, _ = model.model(model.embed(tokens[None]))
+            want = y[0, -1] if pooling == "last" else y[0].mean(dim=0)
+            torch.testing.assert_close(got[i], want, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="patch_len must be >= 1, got 0"):
+        SequenceClassifier(3, 2, patch_len=0)
 
 
 @pytest.mark.parametrize("backbone", ["mamba2", "gru"])

@@ -6,8 +6,11 @@
     loader = DataLoader(list_of_(x_i, label_i), batch_size=32, collate_fn=collate_unequal)
     trainer = Trainer(model, classification_loss, cfg, collate_fn=collate_unequal)
 
-Architecture: a per-time-step Linear(C, d_model) embedding, `rlts.nn.SequenceModel` (any
-registered backbone), pooling over time ("last" or "mean"), dropout, Linear(d_model, n_classes).
+Architecture: a Linear(patch_len * C, d_model) embedding of each patch of `patch_len` time steps
+(patch_len = 1: one token per step), `rlts.nn.SequenceModel` (any registered backbone), pooling
+over the tokens ("last" or "mean"), dropout, Linear(d_model, n_classes). Patches start at each
+series' first step; the last one is completed with zeros (a series of length L_i has
+ceil(L_i / patch_len) tokens).
 The head does not normalise its input: standardise each channel (e.g. with the training set's
 per-channel mean and standard deviation) before calling it.
 
@@ -96,13 +99,16 @@ class SequenceClassifier(nn.Module):
         pooling: "last" (output at each sequence's last valid step) or "mean" (average over
             the valid steps).
         dropout: dropout on the pooled features, before the output layer.
+        patch_len: time steps per backbone token (1: one token per step). Patches shorten the
+            sequence the backbone runs over and give each token a local shape.
         **backbone_options: passed to every backbone block (d_state, n_heads, headdim, ...).
 
     Inputs are cast to the parameters' dtype. Standardising channels is the caller's job.
     """
 
     def __init__(self, n_channels: int, n_classes: int, backbone: str = "mamba", d_model: int = 64,
-                 n_layers: int = 2, pooling: str = "last", dropout: float = 0.0, **backbone_options):
+                 n_layers: int = 2, pooling: str = "last", dropout: float = 0.0, patch_len: int = 1,
+                 **backbone_options):
         super().__init__()
         if n_channels < 1 or n_classes < 1:
             raise ValueError(f"SequenceClassifier needs n_channels >= 1 and n_classes >= 1, got {n_channels}, {n_classes}")
@@ -110,8 +116,10 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self.n_channels, self.n_classes, self.pooling = n_channels, n_classes, pooling
-        self.embed = nn.Linear(n_channels, d_model)
+        if patch_len < 1:
+            raise ValueError(f"patch_len must be >= 1, got {patch_len}")
+        self.n_channels, self.n_classes, self.pooling, self.patch_len = n_channels, n_classes, pooling, patch_len
+        self.embed = nn.Linear(n_channels * patch_len, d_model)
         self.model = SequenceModel(backbone, d_model=d_model, n_layers=n_layers, **backbone_options)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(d_model, n_classes)
@@ -133,7 +141,13 @@ class SequenceClassifier(nn.Module):
         x = x.to(dtype)
         valid = torch.arange(L, device=x.device) < lengths[:, None]          # (B, L)
         x = torch.where(valid[..., None], x, torch.zeros((), dtype=dtype, device=x.device))
-        y, _ = self.model(self.embed(x))                                      # (B, L, d_model)
+        p = self.patch_len
+        if p > 1:  # (B, L, C) -> (B, T, p*C) with T = ceil(L / p), zeros after each series' end
+            T = -(-L // p)
+            x = F.pad(x, (0, 0, 0, T * p - L)).reshape(B, T, p * x.shape[-1])
+            lengths = torch.div(lengths + p - 1, p, rounding_mode="floor")   # tokens per series
+            valid = torch.arange(T, device=x.device) < lengths[:, None]      # (B, T)
+        y, _ = self.model(self.embed(x))                                      # (B, T, d_model)
         if self.pooling == "last":
             return y[torch.arange(B, device=y.device), lengths - 1]
         y = torch.where(valid[..., None], y, torch.zeros((), dtype=y.dtype, device=y.device))
