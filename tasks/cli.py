@@ -72,6 +72,21 @@ def _classify(args: argparse.Namespace) -> int:
     return cli_run(args)
 
 
+def _events_args(p: argparse.ArgumentParser) -> None:
+    p.usage = "rlts events --data FILE.jsonl [--key value ...] [--config debug]"
+    p.epilog = ("Every key of tasks.events.EventsConfig is an option, e.g. --data events.jsonl --time_unit s "
+                "--models aaren,transformer --backbone aaren --origin first|zero --split 0.6 0.2 0.2 "
+                "--true_hawkes MU ALPHA BETA --d_model 64 --train.epochs 50 (or --epochs) --out DIR --device auto. "
+                "--config debug applies the overlay of tasks/configs/events.yaml. Reusing --out resumes.")
+    p.set_defaults(overrides=[])
+
+
+def _events(args: argparse.Namespace) -> int:
+    """Train and evaluate neural temporal point processes on event sequences."""
+    from tasks.events import cli_run
+    return cli_run(args)
+
+
 # A subcommand that sets the default `overrides` (p.set_defaults(overrides=[])) receives the
 # arguments argparse does not know as args.overrides: `--key value` config overrides.
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -80,6 +95,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                  _forecast_args, _forecast),
     "classify": ("train and evaluate time-series classifiers (UCR/UEA datasets or .ts files) against MiniRocket",
                  _classify_args, _classify),
+    "events": ("train and evaluate event-time models (neural TPPs vs Poisson and Hawkes) on JSON-lines sequences",
+               _events_args, _events),
 }
 
 
