@@ -415,6 +415,9 @@ class SequenceClassifier(BaseClassifier):
     pooling : str, default="last"
         How a series' outputs become one vector: "last" (the output at its last time step)
         or "mean" (the average over its time steps).
+    patch_len : int, default=8
+        Time steps per backbone token (patches from each series' start, the last one completed
+        with zeros; 1 = one token per step). `rlts classify` uses 8 as well (docs/results.md).
     dropout : float, default=0.0
         Dropout on the pooled vector.
     backbone_kwargs : dict or None, default=None
@@ -479,13 +482,14 @@ class SequenceClassifier(BaseClassifier):
     }
 
     def __init__(self, backbone: str = "mamba", d_model: int = 32, n_layers: int = 2, pooling: str = "last",
-                 dropout: float = 0.0, backbone_kwargs: Optional[dict] = None, epochs: int = 20,
+                 patch_len: int = 8, dropout: float = 0.0, backbone_kwargs: Optional[dict] = None, epochs: int = 20,
                  batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, random_state=None,
                  device: str = "cpu"):
         self.backbone = backbone
         self.d_model = d_model
         self.n_layers = n_layers
         self.pooling = pooling
+        self.patch_len = patch_len
         self.dropout = dropout
         self.backbone_kwargs = backbone_kwargs
         self.epochs = epochs
@@ -501,6 +505,7 @@ class SequenceClassifier(BaseClassifier):
         name = "SequenceClassifier"
         _check_training_params(self, name)
         _check_choice(name, "pooling", self.pooling, POOLINGS)
+        _check_positive_int(name, "patch_len", self.patch_len)
         series = as_series_list(X, "X")                                   # N arrays (L_i, C)
         codes, classes = encode_labels(y, name="y")                       # (N,) in 0 .. K-1
         if not np.array_equal(classes, self.classes_):  # both np.unique(y): a guard, not a branch
@@ -514,7 +519,7 @@ class SequenceClassifier(BaseClassifier):
             self.network_ = _ClassifierHead(
                 n_channels=series[0].shape[1], n_classes=len(classes), backbone=self.backbone,
                 d_model=self.d_model, n_layers=self.n_layers, pooling=self.pooling,
-                dropout=self.dropout, **(self.backbone_kwargs or {}))
+                patch_len=self.patch_len, dropout=self.dropout, **(self.backbone_kwargs or {}))
             self.train_summary_ = _train(self, self.network_, classification_loss, data, seed,
                                          collate_fn=collate_unequal)
         self.n_channels_ = series[0].shape[1]
@@ -557,7 +562,7 @@ class SequenceClassifier(BaseClassifier):
         """
         return [
             {"backbone": "gru", "d_model": 4, "n_layers": 1, "epochs": 1, "batch_size": 64,
-             "random_state": 0},
+             "patch_len": 1, "random_state": 0},
             {"backbone": "mamba", "d_model": 4, "n_layers": 1, "pooling": "mean", "epochs": 1,
              "batch_size": 64, "backbone_kwargs": {"d_state": 4}, "random_state": 1},
         ]

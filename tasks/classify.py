@@ -100,11 +100,14 @@ class ClassifyConfig:
     valid step, which has seen the whole series) or mean (over the valid steps)."""
     dropout: float = 0.1
     """Dropout on the pooled features, before the read-out (backbone models)."""
-    patch_len: int = 1
-    """Time steps per backbone token (backbone models; 1 = one token per step)."""
-    val_fraction: float = 0.2
+    patch_len: int = 8
+    """Time steps per backbone token (backbone models; patches end at each series' last step;
+    1 = one token per step)."""
+    val_fraction: float = 0.0
     """Share of the training set held out (stratified, seeded) for early stopping of the backbone
-    models; 0: no validation, train for all train.epochs. MiniRocket always fits on the whole set."""
+    models; 0 (default): no validation, train for all train.epochs on the whole training set (the
+    UCR/UEA training sets are small: 36-270 series; early stopping on a few held-out series
+    stopped runs far too early). MiniRocket always fits on the whole set."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
     train.device are replaced by the top-level seed and device."""

@@ -86,8 +86,9 @@ def test_pooling_reads_the_right_positions(pooling):
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_patches_are_tokens_of_consecutive_steps_zero_completed(pooling):
-    """patch_len 4: a series of length 9 is 3 tokens, steps 0-3, 4-7 and 8 + three zero steps,
-    each flattened time-major and embedded; pooling runs over those tokens only."""
+    """patch_len 4: a series of length 9 is 3 tokens, three zero steps + step 0, steps 1-4 and
+    5-8 (the last token ends at the last step), each flattened time-major and embedded; pooling
+    runs over those tokens only."""
     model = tiny("gru", pooling, patch_len=4)
     seqs = ragged()
     with torch.no_grad():
@@ -95,7 +96,7 @@ def test_patches_are_tokens_of_consecutive_steps_zero_completed(pooling):
         for i, s in enumerate(seqs):
             n_tok = -(-s.shape[0] // 4)
             full = torch.zeros(n_tok * 4, s.shape[1], dtype=F64)
-            full[:s.shape[0]] = s
+            full[n_tok * 4 - s.shape[0]:] = s
             tokens = torch.stack([full[4 * k:4 * k + 4].flatten() for k in range(n_tok)])  # (T, 4*C)
             y, _ = model.model(model.embed(tokens[None]))
             want = y[0, -1] if pooling == "last" else y[0].mean(dim=0)

@@ -53,7 +53,7 @@ def italy(tmp_path_factory):
     out = tmp_path_factory.mktemp("classify") / "out"
     log = []
     # Lower-case on purpose: shipped names match case-insensitively.
-    state = _run(["--dataset", "italypowerdemand", "--config", "debug", "--models", "backbone",
+    state = _run(["--dataset", "italypowerdemand", "--config", "debug", "--models", "backbone", "--val_fraction", "0.2",
                   "--out", str(out)], log=log.append)
     return out, state, log
 

@@ -8,9 +8,9 @@
 
 Architecture: a Linear(patch_len * C, d_model) embedding of each patch of `patch_len` time steps
 (patch_len = 1: one token per step), `rlts.nn.SequenceModel` (any registered backbone), pooling
-over the tokens ("last" or "mean"), dropout, Linear(d_model, n_classes). Patches start at each
-series' first step; the last one is completed with zeros (a series of length L_i has
-ceil(L_i / patch_len) tokens).
+over the tokens ("last" or "mean"), dropout, Linear(d_model, n_classes). Patches end at each
+series' last step, so the last token holds its final patch_len steps; the first one is
+completed with zeros in front (a series of length L_i has ceil(L_i / patch_len) tokens).
 The head does not normalise its input: standardise each channel (e.g. with the training set's
 per-channel mean and standard deviation) before calling it.
 
@@ -142,10 +142,16 @@ class SequenceClassifier(nn.Module):
         valid = torch.arange(L, device=x.device) < lengths[:, None]          # (B, L)
         x = torch.where(valid[..., None], x, torch.zeros((), dtype=dtype, device=x.device))
         p = self.patch_len
-        if p > 1:  # (B, L, C) -> (B, T, p*C) with T = ceil(L / p), zeros after each series' end
-            T = -(-L // p)
-            x = F.pad(x, (0, 0, 0, T * p - L)).reshape(B, T, p * x.shape[-1])
-            lengths = torch.div(lengths + p - 1, p, rounding_mode="floor")   # tokens per series
+        if p > 1:  # (B, L, C) -> (B, T, p*C): each series' patches end at its last step
+            tokens = torch.div(lengths + p - 1, p, rounding_mode="floor")     # (B,) T_b = ceil(L_b / p)
+            T = int(tokens.max())
+            shift = tokens * p - lengths                                      # (B,) zeros before step 0
+            src = torch.arange(T * p, device=x.device)[None, :] - shift[:, None]   # (B, T*p) source step
+            inside = (src >= 0) & (src < lengths[:, None])
+            idx = src.clamp(0, L - 1)[..., None].expand(B, T * p, x.shape[-1])
+            x = torch.where(inside[..., None], x.gather(1, idx), torch.zeros((), dtype=dtype, device=x.device))
+            x = x.reshape(B, T, p * x.shape[-1])
+            lengths = tokens
             valid = torch.arange(T, device=x.device) < lengths[:, None]      # (B, T)
         y, _ = self.model(self.embed(x))                                      # (B, T, d_model)
         if self.pooling == "last":
