@@ -66,6 +66,18 @@ def output_folder(out: Optional[str], task: str, stem: str) -> Path:
     return path
 
 
+def open_run(cfg, task: str, stem: str, data_keys: Sequence[str]):
+    """The output folder of a run, created: (out, previous results object or {}, the config as
+    a dict with the resolved `out`). Refuses (ValueError) a folder holding another setup's
+    results, before anything is written."""
+    out = output_folder(cfg.out, task, stem)
+    previous = load_results(out / "results.json", cfg, data_keys)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_dict = to_dict(cfg)
+    cfg_dict["out"] = str(out)
+    return out, previous, cfg_dict
+
+
 def write_json_atomic(obj: dict, path: Path) -> None:
     write_text_atomic(json.dumps(obj, indent=2), path)
 

@@ -60,7 +60,7 @@ from rlts.nn import BACKBONES, count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig
-from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, load_results, output_folder, parse_task_config,
+from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            split_names, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
 
@@ -408,12 +408,8 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
                              "lower it or set it to 0")
 
     stem = cfg.dataset or Path(cfg.train_file).stem
-    out = output_folder(cfg.out, "classify", stem)
+    out, previous, cfg_dict = open_run(cfg, "classify", stem, _DATA_KEYS)
     results_path = out / "results.json"
-    previous = load_results(results_path, cfg, _DATA_KEYS)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_dict = to_dict(cfg)
-    cfg_dict["out"] = str(out)
 
     scaler = fit_panel_scaler(train_x)
     order = stratified_order(train_y, cfg.seed)

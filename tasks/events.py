@@ -52,7 +52,7 @@ from rlts.nn import count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig
-from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, load_results, output_folder, parse_task_config,
+from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
 
@@ -224,12 +224,8 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
     n_marks = int(max(int(s.marks.max()) for s in seqs)) + 1 if has_marks else 1
     scale = TimeScale.fit(train, cfg.origin)
 
-    out = output_folder(cfg.out, "events", Path(cfg.data).stem)
+    out, previous, cfg_dict = open_run(cfg, "events", Path(cfg.data).stem, _DATA_KEYS)
     results_path = out / "results.json"
-    previous = load_results(results_path, cfg, _DATA_KEYS)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_dict = to_dict(cfg)
-    cfg_dict["out"] = str(out)
     log_scale = math.log(scale.scale)
     state = {
         "config": cfg_dict,

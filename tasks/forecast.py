@@ -36,7 +36,7 @@ from rlts.nn import count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig
-from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, load_results, output_folder, parse_task_config,
+from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            split_names, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
 
@@ -211,12 +211,8 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     borders = all_borders[horizons[0]]  # the ranges do not depend on the horizon
     protocol = protocol_for(table.path) if cfg.protocol == "auto" else cfg.protocol
 
-    out = output_folder(cfg.out, "forecast", Path(cfg.csv).stem)
+    out, previous, cfg_dict = open_run(cfg, "forecast", Path(cfg.csv).stem, _DATA_KEYS)
     results_path = out / "results.json"
-    previous = load_results(results_path, cfg, _DATA_KEYS)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_dict = to_dict(cfg)
-    cfg_dict["out"] = str(out)
 
     scaler = StandardScaler().fit(table.values[slice(*borders["train"])])
     values = torch.from_numpy(scaler.transform(table.values).astype(np.float32))

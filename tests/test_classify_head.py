@@ -24,13 +24,7 @@ OPTIONS = {  # tiny settings that are valid at d_model = 16
 LENGTHS = [9, 3, 1, 6]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is faster, and far steadier on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(backbone, pooling="last", n_channels=3, n_classes=4, **kw):

@@ -23,12 +23,7 @@ OPTIONS = {  # tiny blocks: d_model 16 with each backbone's shape constraints
 BACKBONES = sorted(OPTIONS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixture(batch=(), K=3, seed=0, scale=(-1.0, 0.0)):

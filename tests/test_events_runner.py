@@ -13,13 +13,7 @@ from tasks.events import parse_events_config, run_events
 TRUE = (0.5, 0.6, 2.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hawkes_file(path, n_seq=15, n_events=150, marks=False, seed=0):

@@ -25,14 +25,7 @@ BACKBONES = sorted(OPTIONS)
 RECURRENT = ["aaren", "gru", "mamba", "mamba2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add sync cost, and on a busy machine two
-    threads made the fit test ~20x slower (60 s instead of 3 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def forecaster(backbone, **kw):
