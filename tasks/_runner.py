@@ -87,10 +87,15 @@ def json_float(v: Optional[float]) -> Optional[float]:
     return float(v) if v is not None and math.isfinite(v) else None
 
 
+_NEUTRAL_KEYS = ("progress", "device")
+"""Settings inside a nested config that never change a result (compared without them)."""
+
+
 def load_results(path: Path, cfg, data_keys: Sequence[str]) -> dict:
     """The results object of an earlier run in the same folder ({} if none). A ValueError if the
-    file is not a results object, or if it was made with different `data_keys` settings (its
-    numbers would not be comparable with the new ones)."""
+    file is not a results object, or if it was made with different `data_keys` settings (data or
+    model settings: its numbers would not be comparable with the new ones, or would be reported
+    for settings they were not made with)."""
     if not path.exists():
         return {}
     try:
@@ -100,7 +105,11 @@ def load_results(path: Path, cfg, data_keys: Sequence[str]) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a results object; move it away or choose another --out")
     old, new = data.get("config", {}), to_dict(cfg)
-    changed = [k for k in data_keys if k in old and old[k] != new[k]]
+
+    def comparable(v):  # a nested config (train) without the keys that do not change results
+        return {k: x for k, x in v.items() if k not in _NEUTRAL_KEYS} if isinstance(v, dict) else v
+
+    changed = [k for k in data_keys if k in old and comparable(old[k]) != comparable(new[k])]
     if changed:
         diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
         raise ValueError(f"{path} holds results of a different setup ({diff}); use another --out")

@@ -72,7 +72,8 @@ MINIROCKET_MIN_LENGTH = 9
 SUBSET_SEED = 0
 """Seed of the max_train / max_test subsets: the same instances whatever the training seed."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
-_DATA_KEYS = ("dataset", "train_file", "test_file", "max_train", "max_test")
+_DATA_KEYS = ("dataset", "train_file", "test_file", "max_train", "max_test", "d_model", "n_layers",
+              "pooling", "patch_len", "dropout", "val_fraction", "train", "minirocket_kernels", "seed")
 
 
 @dataclass

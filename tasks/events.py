@@ -62,7 +62,8 @@ BASELINES = ("poisson", "hawkes", "repeat-mark", "true-hawkes")
 PLOT_EVENTS = 40
 """Events of the first test sequence shown in intensity.png."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
-_DATA_KEYS = ("data", "origin", "split", "shuffle", "seed")
+_DATA_KEYS = ("data", "origin", "split", "shuffle", "seed", "d_model", "n_layers", "n_components",
+              "mark_dim", "dropout", "train", "true_hawkes")
 
 
 @dataclass

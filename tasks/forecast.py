@@ -44,8 +44,11 @@ CONFIG_PATH = Path(__file__).parent / "configs" / "forecast.yaml"
 BASELINES = ("linear", "naive")
 """Model names besides the rlts.nn backbones: linear = DLinear, naive = last value repeated."""
 PLOT_WINDOWS = 3
-# Config keys whose change makes earlier results in the same `out` incomparable.
-_DATA_KEYS = ("csv", "target", "date_column", "features", "fill", "window", "protocol")
+# Config keys whose change makes earlier results in the same `out` incomparable (models and
+# horizons may change: a rerun adds the missing pairs).
+_DATA_KEYS = ("csv", "target", "date_column", "features", "fill", "window", "protocol", "d_model",
+              "n_layers", "channel_mode", "patch_len", "skip", "dropout", "train", "max_train_windows",
+              "max_val_windows", "seed")
 
 
 @dataclass

@@ -89,7 +89,8 @@ def test_rerun_skips_finished_models(italy):
     ckpt = out / "mamba" / "checkpoints"
     mtimes = {p: p.stat().st_mtime_ns for p in ckpt.iterdir()}
     log = []
-    second = _run(["--dataset", "ItalyPowerDemand", "--config", "debug", "--models", "mamba", "--out", str(out)],
+    second = _run(["--dataset", "ItalyPowerDemand", "--config", "debug", "--models", "mamba", "--val_fraction", "0.2",
+                   "--out", str(out)],
                   log=log.append)
     assert any(line.startswith("[skip] mamba") for line in log)
     assert not any(line.startswith(("[train]", "[resume]")) for line in log)

@@ -103,6 +103,23 @@ def test_resume_skips_finished_pairs(tmp_path):
     assert len((out / "results.csv").read_text().splitlines()) == 5
 
 
+def test_rerun_refuses_changed_model_settings_but_not_new_models(tmp_path):
+    """Results made with other model or training settings are never reported as if made with
+    the new ones; adding models or horizons, or toggling the progress bar, is fine."""
+    csv = _write_series(tmp_path / "sines.csv")
+    out = tmp_path / "out"
+    argv = ["--csv", str(csv), "--config", "debug", "--models", "naive", "--horizon", "12", "--plots", "false",
+            "--out", str(out)]
+    _run(argv)
+    for change in (["--d_model", "32"], ["--patch_len", "8"], ["--train.lr", "0.01"], ["--seed", "1"]):
+        with pytest.raises(ValueError, match="different setup"):
+            _run(argv + change)
+    state = _run(argv + ["--train.progress", "true"])
+    assert set(state["results"]) == {"naive"}
+    state = _run([*argv[:5], "naive,linear", *argv[6:]])
+    assert set(state["results"]) == {"naive", "linear"}
+
+
 def _cli_error(capsys, argv):
     code = main(["forecast", *argv])
     err = capsys.readouterr().err.strip()
