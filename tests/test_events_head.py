@@ -12,14 +12,10 @@ from scipy import stats
 from rlts.heads.events import (LOG_SCALE_MAX, LOG_SCALE_MIN, EventModel, LogNormalMixture, evaluate_events,
                                event_loss)
 
+from _backbones import TINY_OPTIONS
+
 F64 = torch.float64
-OPTIONS = {  # tiny blocks: d_model 16 with each backbone's shape constraints
-    "aaren": {},
-    "mamba": dict(d_state=4),
-    "mamba2": dict(d_state=4, headdim=8, chunk_size=8),
-    "transformer": dict(n_heads=2),
-    "gru": {},
-}
+OPTIONS = TINY_OPTIONS  # tiny blocks, d_model 16
 BACKBONES = sorted(OPTIONS)
 
 

@@ -12,15 +12,11 @@ from rlts.data.timeseries import WindowDataset
 from rlts.heads import DLinear, NaiveForecaster, RevIN, SequenceForecaster, forecast_loss
 from rlts.heads.forecast import RevINStats, moving_average
 
+from _backbones import TINY_OPTIONS
+
 F64 = torch.float64
 C, L, H = 3, 20, 6
-OPTIONS = {  # tiny blocks: d_model 16 with each backbone's shape constraints
-    "aaren": {},
-    "mamba": dict(d_state=4),
-    "mamba2": dict(d_state=4, headdim=8, chunk_size=8),
-    "transformer": dict(n_heads=2),
-    "gru": {},
-}
+OPTIONS = TINY_OPTIONS  # tiny blocks, d_model 16
 BACKBONES = sorted(OPTIONS)
 RECURRENT = ["aaren", "gru", "mamba", "mamba2"]
 
