@@ -106,10 +106,14 @@ def load_results(path: Path, cfg, data_keys: Sequence[str]) -> dict:
         raise ValueError(f"{path} does not hold a results object; move it away or choose another --out")
     old, new = data.get("config", {}), to_dict(cfg)
 
-    def comparable(v):  # a nested config (train) without the keys that do not change results
-        return {k: x for k, x in v.items() if k not in _NEUTRAL_KEYS} if isinstance(v, dict) else v
+    def differs(a, b) -> bool:
+        """Nested configs (train) are compared on the keys both have, except those that never
+        change a result; a key added to rlts later defaults to the old behaviour."""
+        if isinstance(a, dict) and isinstance(b, dict):
+            return any(a[k] != b[k] for k in a.keys() & b.keys() if k not in _NEUTRAL_KEYS)
+        return a != b
 
-    changed = [k for k in data_keys if k in old and comparable(old[k]) != comparable(new[k])]
+    changed = [k for k in data_keys if k in old and differs(old[k], new[k])]
     if changed:
         diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
         raise ValueError(f"{path} holds results of a different setup ({diff}); use another --out")
