@@ -45,7 +45,8 @@ from torch.utils.data import DataLoader
 from rlts.config import to_dict
 from rlts.data.events import (ORIGINS, EventDataset, HawkesParams, TimeScale, collate_events, fit_hawkes,
                               fit_poisson_rate, hawkes_intensity, hawkes_nll_per_event, load_events,
-                              num_predicted_events, poisson_nll_per_event, repeat_mark_accuracy,
+                              num_predicted_events, poisson_nll_per_event, predicted_intervals,
+                              repeat_mark_accuracy,
                               split_sequences)
 from rlts.heads.events import EventModel, evaluate_events, event_loss
 from rlts.nn import count_parameters
@@ -141,8 +142,7 @@ def check_config(cfg: EventsConfig) -> None:
 
 def _intervals(seqs, origin: str) -> np.ndarray:
     """Every predicted inter-event time of `seqs` (data units), concatenated."""
-    start = 0 if origin == "zero" else 1
-    return np.concatenate([np.diff(np.concatenate([[0.0], s.times]))[start:] for s in seqs])
+    return np.concatenate([predicted_intervals(s.times, origin) for s in seqs])
 
 
 def _predicted_marks(seqs, origin: str) -> np.ndarray:
@@ -265,8 +265,8 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
         trainer = Trainer(model, event_loss, train_cfg, run_dir=model_dir, collate_fn=collate_events)
         fit = trainer.fit(train_ds, val_ds)
         train_time = time.perf_counter() - t0
-        m = evaluate_events(trainer.model.to(device), _to_device(
-            DataLoader(test_ds, batch_size=cfg.eval_batch_size, collate_fn=collate_events), device))
+        m = evaluate_events(trainer.model.to(device),  # EventModel moves each batch to its device
+                            DataLoader(test_ds, batch_size=cfg.eval_batch_size, collate_fn=collate_events))
         state["results"][name] = {
             "nll": m["nll"] + log_scale, "nll_time": m["nll_time"] + log_scale, "nll_mark": m["nll_mark"],
             "rmse": m["rmse"] * scale.scale, "accuracy": m["accuracy"] if has_marks else None,
@@ -286,11 +286,6 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
     log(f"time unit: {cfg.time_unit}; scale {scale.scale:.6g}")
     log(md)
     return state
-
-
-def _to_device(loader, device: torch.device):
-    for batch in loader:
-        yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 @torch.no_grad()

@@ -201,7 +201,7 @@ def split_sequences(seqs: Sequence[EventSequence], fractions: Sequence[float] = 
 # ----------------------------------------------------------------------------- time units
 
 
-def _intervals(times: np.ndarray, origin: str) -> np.ndarray:
+def predicted_intervals(times: np.ndarray, origin: str) -> np.ndarray:
     """The predicted inter-event times of one sequence (float64): (n-1,) for "first", (n,) for
     "zero" (whose first interval is t_0 - 0)."""
     if origin == "zero":
@@ -230,7 +230,7 @@ class TimeScale:
         """Scale = mean predicted inter-event time of the training sequences (pooled), so that
         the mean interval is 1 in model units."""
         _check_origin(origin)
-        dts = [_intervals(s.times, origin) for s in train]
+        dts = [predicted_intervals(s.times, origin) for s in train]
         total = float(sum(d.sum() for d in dts))
         count = sum(d.size for d in dts)
         if count == 0 or not total > 0:
@@ -361,7 +361,7 @@ def poisson_nll_per_event(seqs: Sequence[EventSequence], rate: float,
     _check_origin(origin)
     if not rate > 0:
         raise ValueError(f"rate must be positive, got {rate}")
-    dts = [_intervals(s.times, origin) for s in seqs]
+    dts = [predicted_intervals(s.times, origin) for s in seqs]
     n = sum(d.size for d in dts)
     if n == 0:
         raise ValueError("no predicted events")
