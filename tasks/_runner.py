@@ -104,7 +104,7 @@ def load_results(path: Path, cfg, data_keys: Sequence[str]) -> dict:
         raise ValueError(f"{path} exists but is not valid JSON ({e}); move it away or choose another --out") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a results object; move it away or choose another --out")
-    old, new = data.get("config", {}), to_dict(cfg)
+    old, new = data.get("config", {}), json.loads(json.dumps(to_dict(cfg)))  # tuples as JSON lists
 
     def differs(a, b) -> bool:
         """Nested configs (train) are compared on the keys both have, except those that never

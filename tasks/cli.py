@@ -87,6 +87,36 @@ def _events(args: argparse.Namespace) -> int:
     return cli_run(args)
 
 
+def _rl_args(p: argparse.ArgumentParser) -> None:
+    p.usage = "rlts rl --env CartPole-v1 [--steps N] [--config default|debug] [--out DIR] [--key value ...]"
+    p.epilog = ("Every key of tasks.rl.RLConfig is an option, e.g. --env CartPole-v1 --steps 20000 --num_envs 1 "
+                "--seed 0 --world_model.backbone mamba2|mamba|aaren|transformer|gru --world_model.d_model 128 "
+                "--updates_per_step 0.5 --sampling dfs|uniform --eval_every 2000 --out DIR --device auto. "
+                "--config debug applies the overlay of tasks/configs/rl.yaml. Reusing --out resumes.")
+    p.set_defaults(overrides=[])
+
+
+def _rl(args: argparse.Namespace) -> int:
+    """Train a Drama world-model agent on a Gymnasium environment."""
+    from tasks.rl import cli_run
+    return cli_run(args)
+
+
+def _atari_args(p: argparse.ArgumentParser) -> None:
+    p.usage = "rlts atari --game Pong [--steps 100000] [--config atari100k|debug] [--out DIR] [--key value ...]"
+    p.epilog = ("Every key of tasks.rl.RLConfig is an option (--game is --env), e.g. --game Breakout --steps 100000 "
+                "--world_model.backbone mamba2 --seed 1 --final_eval_episodes 100 --out DIR --device cuda. "
+                "--config atari100k (the default) is Drama's protocol; --config debug is a CI-sized smoke run. "
+                "Reusing --out resumes.")
+    p.set_defaults(overrides=[])
+
+
+def _atari(args: argparse.Namespace) -> int:
+    """Train a Drama world-model agent on an Atari game (Atari100k protocol)."""
+    from tasks.rl import cli_run_atari
+    return cli_run_atari(args)
+
+
 # A subcommand that sets the default `overrides` (p.set_defaults(overrides=[])) receives the
 # arguments argparse does not know as args.overrides: `--key value` config overrides.
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -97,6 +127,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                  _classify_args, _classify),
     "events": ("train and evaluate event-time models (neural TPPs vs Poisson and Hawkes) on JSON-lines sequences",
                _events_args, _events),
+    "rl": ("train a Drama world-model agent on a Gymnasium environment (e.g. CartPole-v1)", _rl_args, _rl),
+    "atari": ("train a Drama world-model agent on an Atari game (Atari100k protocol)", _atari_args, _atari),
 }
 
 

@@ -1,0 +1,254 @@
+"""Environments for the world-model agent: Atari100k games and plain Gymnasium control tasks.
+
+    env = make_env("Pong")                      # (64, 64, 3) uint8 frames, 6 actions
+    env = make_env("CartPole-v1")               # (4,) float32 vectors, 2 actions
+    envs = make_vector_env("Pong", 4)           # SyncVectorEnv, autoreset disabled
+
+Atari follows the Atari100k protocol of STORM / Drama: `ALE/<Game>-v5` with sticky actions
+off (repeat_action_probability=0), the minimal action set and a 108k-frame episode cap,
+wrapped by gymnasium's `AtariPreprocessing` (frame skip 4 with a max-pool over the last two
+frames, resize to `image_size` x `image_size` RGB uint8, no grayscale, no terminal on life
+loss). There are no no-op starts by default (noop_max=0, as STORM/Drama). Note what that
+implies: with sticky actions off and no no-ops, an ALE game is a deterministic function of the
+actions alone, and the reset seed changes nothing (checked: Pong, Breakout, MsPacman give the same
+frames for every seed); the only randomness is the agent's own action sampling. With
+noop_max > 0 the reset seed picks the number of no-ops (from the env's seeded np_random).
+
+Every env made here reports `info["life_loss"]`: True when the number of lives dropped during
+the step and the episode did not terminate (always False for non-Atari envs). The training
+loop stores `terminated or life_loss` as the world model's termination target.
+
+Determinism and rebuilding. With sticky actions off, an ALE env is a deterministic function of
+its reset seed and the actions taken (also with noop_max > 0); so are the classic-control
+envs. The training loop seeds
+every episode explicitly and records its actions; after a kill it rebuilds the exact state of
+each env with `rebuild_env` (one env) or `rebuild_vector_env` (a vector env: every sub-env is
+reset with its episode's seed, then stepped through that episode's actions on `envs.envs[i]`).
+`make_vector_env` uses `AutoresetMode.DISABLED`: the caller resets finished sub-envs itself with
+`envs.reset(seed=[...], options={"reset_mask": mask})`, which is what makes per-episode seeds
+possible.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Sequence
+
+import gymnasium as gym
+import numpy as np
+
+try:  # importing ale_py registers the ALE/<Game>-v5 ids
+    import ale_py
+
+    gym.register_envs(ale_py)
+except ImportError:  # pragma: no cover - Atari is optional
+    ale_py = None
+
+ATARI100K_GAMES = (
+    "Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout",
+    "ChopperCommand", "CrazyClimber", "DemonAttack", "Freeway", "Frostbite", "Gopher", "Hero",
+    "Jamesbond", "Kangaroo", "Krull", "KungFuMaster", "MsPacman", "Pong", "PrivateEye", "Qbert",
+    "RoadRunner", "Seaquest", "UpNDown",
+)
+
+
+def _key(game: str) -> str:
+    """Normalised game key: 'MsPacman', 'mspacman' and 'ms_pacman' all give 'mspacman'."""
+    return game.lower().replace("_", "")
+
+
+def _ale_games() -> dict[str, str]:
+    """Normalised key -> CamelCase name of every game registered as ALE/<Game>-v5."""
+    games = {}
+    for env_id in gym.registry:
+        if env_id.startswith("ALE/") and env_id.endswith("-v5"):
+            game = env_id[4:-3]
+            games[_key(game)] = game
+    return games
+
+
+def _atari_game(name: str) -> str | None:
+    """The CamelCase ALE game that `name` refers to, or None if `name` is not an Atari name.
+
+    Accepts bare game names in any case ("Pong", "pong", "ms_pacman"), "ALE/<Game>-v<k>" ids and
+    the legacy ids that ale_py registers ("PongNoFrameskip-v4").
+    """
+    games = _ale_games()
+    if _key(name) in games:
+        return games[_key(name)]
+    if name.startswith("ALE/") and "-v" in name:
+        return games.get(_key(name[4:].rsplit("-v", 1)[0]))
+    if name in gym.registry:
+        spec = gym.spec(name)
+        if str(spec.entry_point).startswith("ale_py"):
+            return games.get(_key(str(spec.kwargs.get("game", ""))))
+    return None
+
+
+def is_atari(name: str) -> bool:
+    """True if `name` names an ALE game ("Pong", "pong", "ALE/Pong-v5"), else False."""
+    return _atari_game(name) is not None
+
+
+def _unknown(name: str) -> ValueError:
+    """A ValueError for an unknown name, suggesting close game names or env ids."""
+    games = _ale_games()
+    if "/" in name or "-v" in name:
+        base = name[4:].rsplit("-v", 1)[0] if name.startswith("ALE/") else None
+        if base is not None:  # an ALE id with an unknown game
+            close = difflib.get_close_matches(_key(base), list(games), n=3)
+            ids = ", ".join(f"ALE/{games[k]}-v5" for k in close)
+            hint = f"; did you mean {ids}?" if close else ""
+            return ValueError(f"unknown game {base!r} in {name!r}{hint}")
+        close = difflib.get_close_matches(name, list(gym.registry), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return ValueError(f"unknown environment id {name!r}{hint}")
+    close = difflib.get_close_matches(_key(name), list(games), n=3)
+    ids = difflib.get_close_matches(name, list(gym.registry), n=3)
+    ids = [i for i in ids if not str(gym.spec(i).entry_point).startswith("ale_py")]
+    suggestions = [games[k] for k in close] + ids
+    hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+    return ValueError(f"unknown game or environment id {name!r}{hint}")
+
+
+class LifeLossInfo(gym.Wrapper):
+    """Adds `info["life_loss"]` (lives dropped this step and the episode did not terminate)
+    and remembers the name the env was made from (`rlts_name`)."""
+
+    def __init__(self, env: gym.Env, name: str, atari: bool):
+        super().__init__(env)
+        self.rlts_name = name
+        self._atari = atari
+        self._lives = 0
+
+    def _read_lives(self) -> int:
+        return int(self.env.unwrapped.ale.lives()) if self._atari else 0
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._lives = self._read_lives()
+        info["life_loss"] = False
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = self._read_lives()
+        info["life_loss"] = bool(lives < self._lives and not terminated)
+        self._lives = lives
+        return obs, reward, terminated, truncated, info
+
+
+def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
+             max_episode_frames: int = 108_000) -> gym.Env:
+    """One environment: an Atari game (Atari100k protocol, see the module docstring) or any
+    Gymnasium id with a Box observation space and a Discrete action space.
+
+    Atari observations are (image_size, image_size, 3) uint8. `noop_max` = 0 (default, as in
+    STORM/Drama) means no no-op starts: the game then no longer depends on the reset seed, only
+    on the actions; with noop_max > 0 the reset seed draws 1..noop_max no-ops.
+    Other envs: observations flattened to 1-D float32 if needed. Raises ValueError for an
+    unknown game or id (with close matches) and for a non-Discrete action space.
+    """
+    game = _atari_game(name)
+    if game is not None:
+        env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0,
+                       full_action_space=False, max_num_frames_per_episode=max_episode_frames)
+        env = gym.wrappers.AtariPreprocessing(
+            env, frame_skip=4, screen_size=image_size, grayscale_obs=False, noop_max=noop_max,
+            terminal_on_life_loss=False)
+        return LifeLossInfo(env, name, atari=True)
+    if name not in gym.registry:
+        raise _unknown(name)
+    env = gym.make(name)
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        env.close()
+        raise ValueError(
+            f"{name!r} has action space {env.action_space}; the world-model agent needs a "
+            "Discrete action space")
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Box):
+        env.close()
+        raise ValueError(f"{name!r} has observation space {space}; a Box space is needed")
+    if len(space.shape) != 1:
+        env = gym.wrappers.FlattenObservation(env)
+    if env.observation_space.dtype != np.float32:
+        env = gym.wrappers.DtypeObservation(env, np.float32)
+    return LifeLossInfo(env, name, atari=False)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the agent needs to know about an env's observations and actions."""
+
+    name: str
+    is_image: bool
+    obs_shape: tuple
+    obs_dtype: np.dtype
+    n_actions: int
+
+
+def env_spec(env: gym.Env | gym.vector.VectorEnv) -> EnvSpec:
+    """The EnvSpec of an env from `make_env`, or of a vector env (its single-env spaces)."""
+    if isinstance(env, gym.vector.VectorEnv):
+        obs_space, act_space = env.single_observation_space, env.single_action_space
+        inner = env.envs[0] if hasattr(env, "envs") else None
+    else:
+        obs_space, act_space, inner = env.observation_space, env.action_space, env
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise ValueError(f"action space {act_space} is not Discrete")
+    name = getattr(inner, "rlts_name", None)
+    if name is None:
+        name = inner.spec.id if inner is not None and inner.spec is not None else "?"
+    is_image = len(obs_space.shape) == 3 and obs_space.dtype == np.uint8
+    return EnvSpec(name=name, is_image=is_image, obs_shape=tuple(obs_space.shape),
+                   obs_dtype=np.dtype(obs_space.dtype), n_actions=int(act_space.n))
+
+
+def make_vector_env(name: str, num_envs: int, **make_env_kwargs) -> gym.vector.SyncVectorEnv:
+    """`num_envs` copies of `make_env(name, **make_env_kwargs)` in a SyncVectorEnv with autoreset
+    disabled: reset finished sub-envs with `envs.reset(seed=[...], options={"reset_mask": m})`.
+    `info["life_loss"]` comes back as a (num_envs,) bool array."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    make_env(name, **make_env_kwargs).close()  # fail early, with make_env's error messages
+    return gym.vector.SyncVectorEnv(
+        [lambda: make_env(name, **make_env_kwargs) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+
+def replay_actions(env: gym.Env, seed: int, actions: Sequence[int]):
+    """Reset `env` with `seed` and step it through `actions` (the recorded actions of the
+    episode in progress); return the last observation. The episode may end on the last action
+    (the caller then resets with the next seed) but not before: that means the seed or the
+    actions do not belong to one episode, and is a ValueError."""
+    obs, _ = env.reset(seed=int(seed))
+    for t, a in enumerate(actions):
+        obs, _, terminated, truncated, _ = env.step(int(a))
+        if (terminated or truncated) and t < len(actions) - 1:
+            raise ValueError(
+                f"the episode ended at action {t} of {len(actions)}: seed {seed} and the actions "
+                "are not one episode")
+    return obs
+
+
+def rebuild_env(name: str, seed: int, actions: Sequence[int], **make_env_kwargs):
+    """A fresh `make_env(name, ...)` brought to the exact state it had after `actions` in the
+    episode reset with `seed`. Returns (env, obs)."""
+    env = make_env(name, **make_env_kwargs)
+    return env, replay_actions(env, seed, actions)
+
+
+def rebuild_vector_env(name: str, seeds: Sequence[int], actions: Sequence[Sequence[int]],
+                       **make_env_kwargs):
+    """A fresh `make_vector_env` whose sub-env i is in the state reached by resetting with
+    `seeds[i]` and stepping `actions[i]`. Returns (envs, obs) with obs stacked (N, *obs_shape).
+
+    Sub-envs are stepped directly (`envs.envs[i]`); with autoreset disabled the vector env keeps
+    no per-step state besides the done flags, which a full reset clears.
+    """
+    if len(seeds) != len(actions):
+        raise ValueError(f"got {len(seeds)} seeds but {len(actions)} action sequences")
+    envs = make_vector_env(name, len(seeds), **make_env_kwargs)
+    envs.reset(seed=[int(s) for s in seeds])
+    obs = [replay_actions(e, s, a) for e, s, a in zip(envs.envs, seeds, actions)]
+    return envs, np.stack(obs)

@@ -1,0 +1,488 @@
+"""The one RL loop of rlts: a Drama world-model agent on any Gymnasium environment with discrete
+actions (Atari through `rlts atari`, vector tasks such as CartPole through `rlts rl`).
+
+    rlts rl --env CartPole-v1 --steps 20000 --out runs/cartpole
+    rlts atari --game Pong --config atari100k --out runs/pong
+    rlts atari --game Pong --config debug                # CI-sized smoke run
+
+Read top to bottom, per environment step (Drama's schedule):
+1. act: the first `random_steps` steps uniformly at random, then the actor on s_t = [z_t, h_{t-1}]
+   (posterior latent of the frame, the sequence model's recurrent state): one `step` of the
+   sequence model per action, constant memory per step;
+2. store (obs_t, a_t, r_t, terminated_t or life lost) in the replay buffer; finished episodes are
+   reset with their own seed (episode k of env i: a seed derived from (seed, i, k));
+3. train, once past `random_steps`, `updates_per_step` times per step: one world-model update on
+   `batch_size` windows of `batch_length` steps (DFS sampling), then one actor-critic update on
+   `imagine_batch` rollouts of `imagine_horizon` steps from `imagine_context` real frames;
+4. every `eval_every` steps: greedy evaluation on full episodes (no life-loss signal);
+   every `checkpoint_every` steps: an atomic checkpoint of everything, the replay buffer included.
+
+Exact resume: a checkpoint holds the models, optimisers, buffer, counters, RNG states, the
+recurrent acting states, and for every environment its current episode's seed and actions. On
+resume each environment is reset with that seed and the actions are replayed, which rebuilds
+its state exactly (checked against the stored observation), so a killed run continues as if it
+had never stopped. Evaluation runs on a forked RNG and does not disturb training.
+
+Outputs in `out`: config.yaml, checkpoints/last.pt, tb/ (losses, returns, FPS, reconstructions
+and imagined rollouts as images), eval.csv / eval.md / eval.png (the evaluation curve), and
+results.json with the final mean evaluation return as `eval_return`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_map
+
+from rlts.checkpoint import Checkpointer, set_rng_state
+from rlts.config import save_yaml, to_dict
+from rlts.nn import count_parameters
+from rlts.runtime import seed_everything, select_device
+from rlts.tracking import RunLogger, write_table
+from tasks._runner import cli_main, load_results, output_folder, parse_task_config, write_json_atomic
+from tasks.envs import EnvSpec, env_spec, make_env, make_vector_env, rebuild_vector_env
+from world_models.actor_critic import ActorCritic, ActorCriticConfig
+from world_models.optim import LaProp
+from world_models.replay import ReplayBuffer
+from world_models.world_model import WorldModel, WorldModelConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# Settings a resumed run must share with its checkpoint (`steps` may grow: training continues).
+_RESULT_KEYS = ("env", "num_envs", "seed", "world_model", "agent", "buffer_size", "random_steps",
+                "updates_per_step", "batch_size", "batch_length", "sampling", "wm_lr", "imagine_batch",
+                "imagine_context", "imagine_horizon")
+
+
+@dataclass
+class RLConfig:
+    """Settings of `rlts rl` and `rlts atari` (defaults: Drama's Atari100k schedule)."""
+
+    env: str = "CartPole-v1"
+    """Gymnasium id (Box observations, Discrete actions) or an Atari game name (Pong, ALE/Pong-v5)."""
+    steps: int = 100_000
+    """Environment steps in all (summed over the environments); training stops there."""
+    num_envs: int = 1
+    """Environments stepped together (one acting batch)."""
+    seed: int = 0
+    """Seeds the models, the sampling and every episode's reset."""
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    """The world model (world_models.world_model.WorldModelConfig)."""
+    agent: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    """The actor-critic (world_models.actor_critic.ActorCriticConfig)."""
+    buffer_size: int = 100_000
+    """Replay capacity in transitions (all environments together)."""
+    random_steps: int = 1032
+    """Steps with uniformly random actions before training starts."""
+    updates_per_step: float = 1.0
+    """World-model and actor-critic updates per environment step."""
+    batch_size: int = 16
+    """World-model batch: windows per update."""
+    batch_length: int = 128
+    """World-model batch: steps per window (windows may cross episode ends)."""
+    sampling: str = "dfs"
+    """Replay sampling: dfs (Drama's count-based sampling) or uniform."""
+    wm_lr: float = 4e-5
+    """World-model LaProp learning rate."""
+    wm_eps: float = 1e-20
+    """World-model LaProp epsilon."""
+    wm_warmup: int = 1000
+    """Updates of linear learning-rate warm-up for the world model."""
+    wm_grad_clip: float = 1000.0
+    """Largest world-model gradient norm."""
+    imagine_batch: int = 1024
+    """Imagined rollouts per actor-critic update."""
+    imagine_context: int = 8
+    """Real frames read by the world model before each rollout."""
+    imagine_horizon: int = 16
+    """Imagined steps per rollout."""
+    eval_every: int = 10_000
+    """Environment steps between evaluations (0: only the final one)."""
+    eval_episodes: int = 10
+    """Episodes of each periodic evaluation."""
+    final_eval_episodes: int = 100
+    """Episodes of the final evaluation (`eval_return` in results.json)."""
+    checkpoint_every: int = 2000
+    """Environment steps between checkpoints."""
+    log_every: int = 250
+    """Environment steps between TensorBoard scalar logs."""
+    image_every: int = 10_000
+    """Environment steps between image logs (reconstructions, imagined rollouts); 0: none."""
+    image_size: int = 64
+    """Atari: frame side after resizing."""
+    noop_max: int = 0
+    """Atari: most no-op actions at a reset (0, as Drama and STORM: no no-op starts)."""
+    max_episode_frames: int = 108_000
+    """Atari: frame cap of an episode (27k agent steps)."""
+    out: Optional[str] = None
+    """Output folder (default: runs/<task>-<env>-<time>); reusing it resumes the run."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    progress: bool = True
+    """Show a progress bar with ETA."""
+
+
+# ---------------------------------------------------------------------------------------------
+def derive_seed(*keys: int) -> int:
+    """A 32-bit seed derived from non-negative integers (numpy's SeedSequence): independent
+    streams for training episodes (seed, 0, env, episode), evaluation episodes
+    (seed, 1, round, episode) and evaluation's torch RNG (seed, 2, round)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+def episode_seed(seed: int, env_index: int, episode: int) -> int:
+    """The reset seed of training episode `episode` of environment `env_index`."""
+    return derive_seed(seed, 0, env_index, episode)
+
+
+def check_config(cfg: RLConfig) -> None:
+    positive = ["steps", "num_envs", "buffer_size", "batch_size", "batch_length", "imagine_batch",
+                "imagine_context", "imagine_horizon", "final_eval_episodes", "checkpoint_every", "log_every"]
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"config key `{name}` must be >= 1, got {getattr(cfg, name)}")
+    if cfg.sampling not in ("dfs", "uniform"):
+        raise ValueError(f"config key `sampling` must be dfs or uniform, got {cfg.sampling!r}")
+    if cfg.updates_per_step < 0:
+        raise ValueError(f"config key `updates_per_step` must be >= 0, got {cfg.updates_per_step}")
+    per_env = cfg.buffer_size // cfg.num_envs
+    need = max(cfg.batch_length, cfg.imagine_context)
+    if per_env < need or cfg.random_steps // cfg.num_envs < need:
+        raise ValueError(f"random_steps ({cfg.random_steps}) and buffer_size ({cfg.buffer_size}) must give every "
+                         f"environment at least batch_length = {cfg.batch_length} steps before training")
+
+
+class Collector:
+    """The environments, their current observations and episodes, and the recurrent acting
+    state of each (a separate state per environment: episodes end at different steps)."""
+
+    def __init__(self, cfg: RLConfig, wm: WorldModel, device: torch.device):
+        self.cfg, self.wm, self.device = cfg, wm, device
+        self.envs = make_vector_env(cfg.env, cfg.num_envs, **env_kwargs(cfg))
+        self.n = cfg.num_envs
+        self.episode = [0] * self.n             # episodes started per env
+        self.actions: List[List[int]] = [[] for _ in range(self.n)]
+        self.ep_return = [0.0] * self.n
+        self.ep_length = [0] * self.n
+        self.obs: Optional[np.ndarray] = None   # (N, *obs_shape)
+        self.acting = [wm.initial_state(1, device) for _ in range(self.n)]
+
+    def start(self) -> None:
+        seeds = [episode_seed(self.cfg.seed, i, 0) for i in range(self.n)]
+        self.obs, _ = self.envs.reset(seed=seeds)
+
+    def act(self, random: bool, ac: ActorCritic) -> np.ndarray:
+        """Actions (N,) for the current observations; advances each env's acting state."""
+        if random:
+            return torch.randint(self.wm.n_actions, (self.n,)).numpy()
+        out = np.empty(self.n, dtype=np.int64)
+        for i in range(self.n):
+            h, s = self.acting[i]
+            feat = self.wm.observe(torch.as_tensor(self.obs[i : i + 1], device=self.device), h)
+            a = ac.policy(feat)
+            self.acting[i] = self.wm.advance(feat, a, s)
+            out[i] = int(a)
+        return out
+
+    def step(self, actions: np.ndarray, buffer: ReplayBuffer) -> List[tuple]:
+        """Step every env, store the transitions, reset finished episodes. Returns the finished
+        episodes as (return, length)."""
+        obs, reward, terminated, truncated, info = self.envs.step(actions)
+        life_loss = np.asarray(info.get("life_loss", np.zeros(self.n, bool)), dtype=bool)
+        buffer.add(self.obs, actions, reward, np.logical_or(terminated, life_loss))
+        finished, done = [], np.logical_or(terminated, truncated)
+        for i in range(self.n):
+            self.actions[i].append(int(actions[i]))
+            self.ep_return[i] += float(reward[i])
+            self.ep_length[i] += 1
+            if done[i]:
+                finished.append((self.ep_return[i], self.ep_length[i]))
+                self.episode[i] += 1
+                self.actions[i], self.ep_return[i], self.ep_length[i] = [], 0.0, 0
+                self.acting[i] = self.wm.initial_state(1, self.device)
+        if done.any():
+            seeds = [episode_seed(self.cfg.seed, i, self.episode[i]) if done[i] else None for i in range(self.n)]
+            new_obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": done})
+            obs = np.where(done.reshape(-1, *[1] * (obs.ndim - 1)), new_obs, obs)
+        self.obs = obs
+        return finished
+
+    def state_dict(self) -> dict:
+        return {"episode": list(self.episode), "ep_return": list(self.ep_return), "ep_length": list(self.ep_length),
+                "actions": [torch.tensor(a, dtype=torch.long) for a in self.actions],
+                "obs": torch.as_tensor(self.obs), "acting": self.acting}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Rebuild every env: reset with its episode's seed, replay the episode's actions."""
+        self.episode, self.ep_return, self.ep_length = list(d["episode"]), list(d["ep_return"]), list(d["ep_length"])
+        self.actions = [a.tolist() for a in d["actions"]]
+        self.acting = tree_map(lambda t: t.to(self.device), d["acting"])
+        self.envs.close()
+        seeds = [episode_seed(self.cfg.seed, i, self.episode[i]) for i in range(self.n)]
+        self.envs, self.obs = rebuild_vector_env(self.cfg.env, seeds, self.actions, **env_kwargs(self.cfg))
+        if not np.array_equal(self.obs, d["obs"].numpy()):
+            raise ValueError(f"cannot resume exactly: replaying the current episode of {self.cfg.env} did not "
+                             "reproduce the stored observation (the environment is not deterministic given its "
+                             "reset seed and actions)")
+
+
+def check_resumable(old: dict, cfg: RLConfig, path: Path) -> None:
+    """A checkpoint made with other settings cannot be continued: a clear error, not a shape
+    mismatch deep inside load_state_dict."""
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(to_dict(cfg)))  # tuples as lists
+    changed = [k for k in _RESULT_KEYS if k in old and old[k] != new[k]]
+    if changed:
+        diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+        raise ValueError(f"{path} is a checkpoint of a different setup ({diff}); use another --out")
+
+
+def env_kwargs(cfg: RLConfig) -> dict:
+    return dict(image_size=cfg.image_size, noop_max=cfg.noop_max, max_episode_frames=cfg.max_episode_frames)
+
+
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(wm: WorldModel, ac: ActorCritic, cfg: RLConfig, episodes: int, round_: int,
+             device: torch.device) -> List[float]:
+    """Greedy returns of `episodes` full episodes run side by side (one batched acting state);
+    its own environments and seeds, and a forked RNG (training's random streams stay untouched)."""
+    envs = [make_env(cfg.env, **env_kwargs(cfg)) for _ in range(episodes)]
+    obs = np.stack([env.reset(seed=derive_seed(cfg.seed, 1, round_, k))[0] for k, env in enumerate(envs)])
+    returns = np.zeros(episodes)
+    alive = np.arange(episodes)                  # episodes still running, in batch order
+    wm.eval(); ac.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(derive_seed(cfg.seed, 2, round_))
+        h, state = wm.initial_state(episodes, device)
+        while len(alive):
+            feat = wm.observe(torch.as_tensor(obs, device=device), h)
+            action = ac.policy(feat, greedy=True)
+            h, state = wm.advance(feat, action, state)
+            keep, next_obs = [], []
+            for j, k in enumerate(alive):
+                o, r, term, trunc, _ = envs[k].step(int(action[j]))
+                returns[k] += r
+                if not (term or trunc):
+                    keep.append(j)
+                    next_obs.append(o)
+            if len(keep) < len(alive):
+                idx = torch.tensor(keep, dtype=torch.long, device=device)
+                h, state = h[idx], tree_map(lambda t: t[idx], state)
+                alive = alive[keep]
+            obs = np.stack(next_obs) if next_obs else obs
+    for env in envs:
+        env.close()
+    wm.train(); ac.train()
+    return returns.tolist()
+
+
+class Learner:
+    """The world model, the actor-critic, their optimisers and one update of each."""
+
+    def __init__(self, cfg: RLConfig, spec: EnvSpec, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.wm = WorldModel(spec.obs_shape, spec.n_actions, cfg.world_model).to(device)
+        self.ac = ActorCritic(self.wm.d_feat, spec.n_actions, cfg.agent).to(device)
+        self.wm_opt = LaProp(self.wm.parameters(), lr=cfg.wm_lr, eps=cfg.wm_eps)
+        a = cfg.agent
+        self.actor_opt = torch.optim.Adam(self.ac.actor.parameters(), lr=a.lr, eps=a.eps)
+        self.critic_opt = torch.optim.Adam(self.ac.critic.parameters(), lr=a.lr, eps=a.eps)
+        self.updates = 0
+
+    def update(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
+        """One world-model update, then one actor-critic update; their metrics."""
+        metrics = self.update_world_model(buffer)
+        metrics.update(self.update_actor_critic(buffer))
+        self.updates += 1
+        return metrics
+
+    def update_world_model(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
+        cfg = self.cfg
+        batch = buffer.sample(cfg.batch_size, cfg.batch_length, "world_model" if cfg.sampling == "dfs" else "uniform")
+        loss, metrics = self.wm.loss(batch["obs"], batch["action"], batch["reward"], batch["terminated"])
+        for g in self.wm_opt.param_groups:  # linear warm-up
+            g["lr"] = cfg.wm_lr * min(1.0, (self.updates + 1) / max(1, cfg.wm_warmup))
+        self.wm_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["wm/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.wm.parameters(), cfg.wm_grad_clip)
+        self.wm_opt.step()
+        self.last_batch = batch
+        return metrics
+
+    def update_actor_critic(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
+        cfg = self.cfg
+        ctx = buffer.sample(cfg.imagine_batch, cfg.imagine_context, "imagination" if cfg.sampling == "dfs" else "uniform")
+        rollout = self.wm.imagine(self.ac.policy, ctx["obs"], ctx["action"], cfg.imagine_horizon)
+        actor_loss, critic_loss, metrics = self.ac.loss(rollout)
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()
+        torch.nn.utils.clip_grad_norm_(self.ac.actor.parameters(), cfg.agent.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.ac.critic.parameters(), cfg.agent.grad_clip)
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self.ac.update_slow_critic()
+        self.last_rollout = rollout
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"wm": self.wm.state_dict(), "ac": self.ac.state_dict(), "wm_opt": self.wm_opt.state_dict(),
+                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "updates": self.updates}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.wm.load_state_dict(d["wm"])
+        self.ac.load_state_dict(d["ac"])
+        self.wm_opt.load_state_dict(d["wm_opt"])
+        self.actor_opt.load_state_dict(d["actor_opt"])
+        self.critic_opt.load_state_dict(d["critic_opt"])
+        self.updates = int(d["updates"])
+
+
+def log_images(log: RunLogger, step: int, learner: Learner) -> None:
+    """Real vs reconstructed frames of one training window, and one imagined rollout decoded."""
+    wm, batch = learner.wm, getattr(learner, "last_batch", None)
+    if batch is None or not wm.is_image:
+        return
+    with torch.no_grad():
+        real = batch["obs"][0, :8].float() / 255.0                                   # (8, H, W, 3)
+        recon = wm.decode(wm.sample(wm.encode(batch["obs"][0, :8])))
+        log.image(step, "wm/real_vs_reconstruction", torch.cat([torch.cat(list(real), 1),
+                                                                torch.cat(list(recon), 1)], 0).permute(2, 0, 1))
+        imagined = wm.decode(learner.last_rollout["feat"][0, :, : wm.d_z])             # (H+1, H, W, 3)
+        log.image(step, "wm/imagined_rollout", torch.cat(list(imagined), 1).permute(2, 0, 1))
+
+
+def plot_curve(curve: List[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [c["step"] for c in curve]
+    mean = np.array([c["mean"] for c in curve])
+    std = np.array([c["std"] for c in curve])
+    ax.plot(steps, mean, marker="o")
+    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.set(xlabel="environment steps", ylabel="evaluation return", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+def train(cfg: RLConfig, task: str = "rl") -> dict:
+    """Train (or resume) one agent; returns the results object also written to results.json."""
+    check_config(cfg)
+    out = output_folder(cfg.out, task, cfg.env.replace("/", "-"))
+    results_path = out / "results.json"
+    previous = load_results(results_path, cfg, _RESULT_KEYS)
+    if previous.get("finished") and previous.get("steps", 0) >= cfg.steps:
+        return previous
+    device = select_device(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    seed_everything(cfg.seed)
+
+    spec = env_spec(make_env(cfg.env, **env_kwargs(cfg)))
+    learner = Learner(cfg, spec, device)
+    collector = Collector(cfg, learner.wm, device)
+    buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape,
+                          torch.uint8 if spec.is_image else torch.float32, device=device)
+    n_params = count_parameters(learner.wm)
+    print(f"rlts {task}: {cfg.env}, world model {cfg.world_model.backbone}: {n_params:,} parameters; "
+          f"actor-critic {count_parameters(learner.ac):,}; device {device}; out {out}")
+
+    ckpt = Checkpointer(out / "checkpoints")
+    env_steps, curve, wall = 0, [], 0.0
+    state = ckpt.load_latest(map_location=device, restore_rng=False)
+    if state is None:
+        collector.start()
+    else:
+        check_resumable(state.get("config", {}), cfg, ckpt.last_path)
+        learner.load_state_dict(state["learner"])
+        buffer.load_state_dict(state["buffer"])
+        collector.load_state_dict(state["collector"])
+        env_steps, curve, wall = int(state["step"]), list(state["curve"]), float(state["wall"])
+        set_rng_state(state["rng"])
+        print(f"rlts {task}: resumed at step {env_steps:,} from {ckpt.last_path}")
+
+    def save() -> None:
+        ckpt.save(env_steps, {"config": to_dict(cfg), "learner": learner.state_dict(), "buffer": buffer.state_dict(),
+                              "collector": collector.state_dict(), "curve": curve, "wall": wall})
+
+    def run_eval(episodes: int) -> dict:
+        returns = evaluate(learner.wm, learner.ac, cfg, episodes, len(curve), device)
+        point = {"step": env_steps, "mean": float(np.mean(returns)), "std": float(np.std(returns)),
+                 "episodes": episodes}
+        curve.append(point)
+        log.scalars(env_steps, {"eval/return": point["mean"]})
+        return {**point, "returns": returns}
+
+    n = cfg.num_envs
+    t0, steps0 = time.time(), env_steps
+    with RunLogger(out, total=cfg.steps, initial=env_steps, desc=f"{task} {cfg.env}", progress=cfg.progress) as log:
+        metrics: Dict[str, torch.Tensor] = {}
+        while env_steps < cfg.steps:
+            actions = collector.act(env_steps < cfg.random_steps, learner.ac)
+            for ret, length in collector.step(actions, buffer):
+                log.scalars(env_steps, {"train/episode_return": ret, "train/episode_length": length})
+            env_steps += n
+            log.advance(n)
+            if env_steps >= cfg.random_steps:
+                due = int((env_steps - cfg.random_steps + n) * cfg.updates_per_step)
+                while learner.updates < due:
+                    metrics = learner.update(buffer)
+            if env_steps % cfg.log_every < n and metrics:
+                elapsed = time.time() - t0
+                log.scalars(env_steps, {**metrics, "perf/env_steps_per_s": (env_steps - steps0) / max(elapsed, 1e-9)},
+                            show=("wm/loss", "ac/return"))
+            if cfg.image_every and env_steps % cfg.image_every < n:
+                log_images(log, env_steps, learner)
+            if cfg.eval_every and env_steps % cfg.eval_every < n and env_steps < cfg.steps:
+                run_eval(cfg.eval_episodes)
+            if env_steps % cfg.checkpoint_every < n or env_steps >= cfg.steps:
+                wall += time.time() - t0
+                t0, steps0 = time.time(), env_steps
+                save()
+        final = run_eval(cfg.final_eval_episodes)
+    wall += time.time() - t0
+    write_table(curve, out / "eval.csv", out / "eval.md")
+    plot_curve(curve, out / "eval.png", f"{cfg.env}, world model {cfg.world_model.backbone}")
+    results = {"config": to_dict(cfg), "env": cfg.env, "backbone": cfg.world_model.backbone,
+               "eval_return": final["mean"], "eval_std": final["std"], "eval_episodes": final["episodes"],
+               "eval_returns": final["returns"], "curve": curve, "steps": env_steps, "updates": learner.updates,
+               "world_model_parameters": n_params, "actor_critic_parameters": count_parameters(learner.ac),
+               "train_wall_s": wall, "device": str(device),
+               "protocol": ("greedy policy, full episodes, no life-loss signal"
+                            + (f", {cfg.max_episode_frames}-frame cap, frame skip 4, sticky actions off, "
+                               f"noop_max {cfg.noop_max}" if spec.is_image else "")),
+               "finished": True}
+    write_json_atomic(results, results_path)
+    print(f"rlts {task}: {cfg.env} eval_return {final['mean']:.2f} ± {final['std']:.2f} over "
+          f"{final['episodes']} episodes after {env_steps:,} steps ({wall / 60:.1f} min)")
+    return results
+
+
+def parse_rl_config(argv: List[str], yaml_name: str = "rl.yaml") -> RLConfig:
+    """RLConfig from tasks/configs/<yaml_name> (rl.yaml or atari.yaml) and `--key value` args;
+    `--game` is another spelling of `--env`."""
+    return parse_task_config(RLConfig, argv, CONFIG_DIR / yaml_name, {"--game": "--env"})
+
+
+def cli_run(args) -> int:
+    return cli_main("rl", lambda: train(parse_rl_config(list(args.overrides)), "rl"))
+
+
+def cli_run_atari(args) -> int:
+    def run():
+        argv = list(args.overrides)
+        cfg = parse_rl_config(argv, "atari.yaml")
+        return train(cfg, "atari")
+    return cli_main("atari", run)
+

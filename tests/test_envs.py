@@ -1,0 +1,156 @@
+"""tasks.envs: Atari100k protocol, error messages, determinism given reset seed + actions."""
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from tasks.envs import (ATARI100K_GAMES, EnvSpec, env_spec, is_atari, make_env, make_vector_env,
+                        rebuild_env, rebuild_vector_env, replay_actions)
+
+
+def _rollout(env, seed, actions):
+    """Reset with seed, step through actions; every (obs, reward, terminated, truncated,
+    life_loss), stopping at the end of the episode."""
+    obs, _ = env.reset(seed=seed)
+    out = [(obs.copy(), 0.0, False, False, False)]
+    for a in actions:
+        obs, r, term, trunc, info = env.step(int(a))
+        out.append((obs.copy(), float(r), term, trunc, info["life_loss"]))
+        if term or trunc:
+            break
+    return out
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x[0].dtype == y[0].dtype and np.array_equal(x[0], y[0])
+        assert x[1:] == y[1:]
+
+
+def test_atari100k_names_exist():
+    assert len(ATARI100K_GAMES) == 26 and len(set(ATARI100K_GAMES)) == 26
+    for game in ATARI100K_GAMES:
+        assert f"ALE/{game}-v5" in gym.registry, game
+
+
+def test_is_atari():
+    for name in ("Pong", "ALE/Pong-v5", "pong", "MsPacman", "ms_pacman", "Tetris"):
+        assert is_atari(name), name
+    for name in ("CartPole-v1", "Pendulum-v1", "Pongg", "LunarLander-v3"):
+        assert not is_atari(name), name
+
+
+def test_pong_spec_and_protocol():
+    env = make_env("Pong")
+    spec = env_spec(env)
+    assert spec == EnvSpec("Pong", True, (64, 64, 3), np.dtype("uint8"), 6)
+    ale_env = env.unwrapped
+    assert ale_env._frameskip == 1
+    assert ale_env.ale.getFloat("repeat_action_probability") == 0.0
+    assert ale_env.ale.getInt("max_num_frames_per_episode") == 108_000
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8 and info["life_loss"] is False
+    obs, r, term, trunc, info = env.step(0)
+    assert obs.shape == (64, 64, 3) and info["life_loss"] is False
+    env.close()
+
+
+def test_cartpole_spec():
+    env = make_env("CartPole-v1")
+    assert env_spec(env) == EnvSpec("CartPole-v1", False, (4,), np.dtype("float32"), 2)
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32
+    assert env.step(0)[4]["life_loss"] is False
+
+
+@pytest.mark.parametrize("name,n,kw", [("CartPole-v1", 200, {}), ("Pong", 200, {}),
+                                        ("Pong", 100, {"noop_max": 30})])
+def test_reset_seed_and_actions_reproduce_bit_for_bit(name, n, kw):
+    actions = np.random.default_rng(1).integers(env_spec(make_env(name)).n_actions, size=n)
+    first = _rollout(make_env(name, **kw), 7, actions)
+    _assert_same(first, _rollout(make_env(name, **kw), 7, actions))
+    # rebuild midway, then continue in lockstep with the original trajectory
+    k = min(len(first) - 1, n // 2)
+    env, obs = rebuild_env(name, 7, actions[:k], **kw)
+    assert np.array_equal(obs, first[k][0])
+    for t in range(k, len(first) - 1):
+        o, r, term, trunc, info = env.step(int(actions[t]))
+        assert np.array_equal(o, first[t + 1][0])
+        assert (float(r), term, trunc, info["life_loss"]) == first[t + 1][1:]
+    if name == "Pong":  # the seed matters only through the no-op starts
+        other = _rollout(make_env(name, **kw), 8, actions)
+        same = all(np.array_equal(x[0], y[0]) for x, y in zip(first, other))
+        assert same == (kw.get("noop_max", 0) == 0)
+
+
+def test_life_loss_on_breakout():
+    env = make_env("Breakout")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    lives = env.unwrapped.ale.lives()
+    for _ in range(3000):
+        _, _, term, trunc, info = env.step(int(rng.integers(env.action_space.n)))
+        new_lives = env.unwrapped.ale.lives()
+        assert info["life_loss"] == (new_lives < lives and not term)
+        if info["life_loss"]:
+            return
+        lives = new_lives
+        assert not (term or trunc)
+    pytest.fail("no life lost in 3000 random steps of Breakout")
+
+
+def test_replay_actions_rejects_episode_ending_early():
+    env = make_env("CartPole-v1")
+    with pytest.raises(ValueError, match="episode ended"):
+        replay_actions(env, 0, [0] * 500)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("Pongg", r"unknown game or environment id 'Pongg'; did you mean Pong\?"),
+    ("ALE/Pongg-v5", r"unknown game 'Pongg'.*ALE/Pong-v5"),
+    ("CartPol-v1", r"unknown environment id 'CartPol-v1'; did you mean CartPole-v1"),
+    ("Pendulum-v1", "Discrete action space"),
+])
+def test_errors(name, message):
+    with pytest.raises(ValueError, match=message):
+        make_env(name)
+
+
+def test_vector_env_reset_mask_and_seeds():
+    envs = make_vector_env("CartPole-v1", 3)
+    assert isinstance(envs, gym.vector.SyncVectorEnv) and envs.num_envs == 3
+    assert env_spec(envs).obs_shape == (4,)
+    obs, _ = envs.reset(seed=[1, 2, 3])
+    for i, s in enumerate([1, 2, 3]):
+        assert np.array_equal(obs[i], make_env("CartPole-v1").reset(seed=s)[0])
+    done = np.zeros(3, bool)
+    for _ in range(500):  # always push right: every pole falls quickly
+        obs, r, term, trunc, info = envs.step(np.ones(3, np.int64))
+        assert info["life_loss"].shape == (3,) and not info["life_loss"].any()
+        if (term | trunc).any():
+            done = term | trunc
+            break
+    assert done.any()
+    obs2, _ = envs.reset(seed=[11, 12, 13], options={"reset_mask": done})
+    for i in range(3):
+        if done[i]:
+            assert np.array_equal(obs2[i], make_env("CartPole-v1").reset(seed=11 + i)[0])
+        else:
+            assert np.array_equal(obs2[i], obs[i])
+
+
+@pytest.mark.parametrize("name", ["CartPole-v1", "Pong"])
+def test_rebuild_vector_env(name):
+    seeds, rng = [3, 4], np.random.default_rng(2)
+    n_act = env_spec(make_env(name)).n_actions
+    actions = rng.integers(n_act, size=(2, 8))
+    envs = make_vector_env(name, 2)
+    envs.reset(seed=seeds)
+    for t in range(8):
+        obs, *_ = envs.step(actions[:, t])
+    rebuilt, obs_r = rebuild_vector_env(name, seeds, actions.tolist())
+    assert np.array_equal(obs_r, obs)
+    nxt = rng.integers(n_act, size=2)
+    a, b = envs.step(nxt), rebuilt.step(nxt)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3])

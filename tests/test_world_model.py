@@ -1,0 +1,150 @@
+"""The Drama world model and actor-critic: every backbone trains, the recurrent paths used for
+acting and imagination agree with the parallel training path, and the model overfits a fixed
+batch of real Atari frames."""
+import numpy as np
+import pytest
+import torch
+
+from rlts.nn import count_parameters
+from world_models.actor_critic import ActorCritic, ActorCriticConfig
+from world_models.optim import LaProp
+from world_models.world_model import WorldModel, WorldModelConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BACKBONES = ["mamba2", "mamba", "aaren", "transformer", "gru"]
+
+
+def tiny(backbone="mamba2", **kw) -> WorldModelConfig:
+    opts = dict(backbone=backbone, d_model=32, n_layers=2, d_state=8, headdim=16, n_heads=4, n_latents=4,
+                n_classes=4, channels=(4, 8, 8, 8, 8), mlp_units=32, head_units=32)
+    opts.update(kw)
+    return WorldModelConfig(**opts)
+
+
+def tiny_agent() -> ActorCriticConfig:
+    return ActorCriticConfig(actor_layers=2, actor_units=32, critic_layers=2, critic_units=32)
+
+
+def random_batch(obs_shape, B=2, L=12, n_actions=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if len(obs_shape) == 3:
+        obs = torch.randint(0, 256, (B, L, *obs_shape), generator=g, dtype=torch.uint8)
+    else:
+        obs = torch.randn(B, L, *obs_shape, generator=g)
+    action = torch.randint(0, n_actions, (B, L), generator=g)
+    reward = torch.randn(B, L, generator=g)
+    terminated = (torch.rand(B, L, generator=g) < 0.1).float()
+    return obs, action, reward, terminated
+
+
+def test_default_config_is_drama_sized():
+    wm = WorldModel((64, 64, 3), 18)
+    n = count_parameters(wm)
+    assert 6.5e6 < n < 7.5e6, n  # the paper: about 7M world-model parameters
+    assert wm.d_feat == 32 * 32 + 512
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("obs_shape", [(64, 64, 3), (5,)], ids=["image", "vector"])
+def test_every_backbone_runs_one_training_step(backbone, obs_shape):
+    wm = WorldModel(obs_shape, 3, tiny(backbone))
+    ac = ActorCritic(wm.d_feat, 3, tiny_agent())
+    obs, action, reward, terminated = random_batch(obs_shape)
+    loss, metrics = wm.loss(obs, action, reward, terminated)
+    assert torch.isfinite(loss) and set(metrics) >= {"wm/reconstruction", "wm/reward", "wm/kl"}
+    loss.backward()
+    grads = [p.grad for p in wm.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    rollout = wm.imagine(ac.policy, obs[:, :4], action[:, :4], horizon=5)
+    assert not rollout["feat"].requires_grad  # imagination trains only the actor-critic
+    assert rollout["feat"].shape == (2, 6, wm.d_feat) and rollout["action"].shape == (2, 5)
+    actor_loss, critic_loss, _ = ac.loss(rollout)
+    (actor_loss + critic_loss).backward()
+    assert all(p.grad is not None for p in ac.actor.parameters())
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_acting_steps_equal_the_parallel_training_forward(backbone):
+    """observe/advance one frame at a time (acting, O(1) memory for the recurrent backbones)
+    gives the same h_t as the parallel forward the world model is trained with."""
+    torch.manual_seed(0)
+    wm = WorldModel((6,), 3, tiny(backbone)).double()
+    obs, action, _, _ = random_batch((6,), B=1, L=9)
+    obs = obs.double()
+    torch.manual_seed(1)
+    h, state = wm.initial_state(1, torch.device("cpu"))
+    hs, zs = [], []
+    for t in range(9):
+        feat = wm.observe(obs[:, t], h)
+        assert torch.equal(feat[:, wm.d_z:], h)  # s_t = [z_t, h_{t-1}]
+        zs.append(feat[:, : wm.d_z])
+        h, state = wm.advance(feat, action[:, t], state)
+        hs.append(h)
+    with torch.no_grad():
+        h_par, _ = wm.sequence(wm.seq_input(torch.stack(zs, 1), action))
+    torch.testing.assert_close(torch.stack(hs, 1), h_par, rtol=1e-9, atol=1e-9)
+
+
+def test_imagination_matches_a_parallel_replay_of_its_own_rollout():
+    """The rollout's recurrent steps continue the context's state exactly: feeding context and
+    imagined (z, a) pairs through one parallel forward reproduces the rollout's h."""
+    torch.manual_seed(0)
+    wm = WorldModel((6,), 3, tiny("mamba2")).double()
+    ac = ActorCritic(wm.d_feat, 3, tiny_agent()).double()
+    obs, action, _, _ = random_batch((6,), B=3, L=5)
+    torch.manual_seed(2)
+    z_ctx = wm.sample(wm.encode(obs.double()))
+    torch.manual_seed(2)
+    ro = wm.imagine(ac.policy, obs.double(), action, horizon=4)
+    z_im, h_im = ro["feat"][:, :, : wm.d_z], ro["feat"][:, :, wm.d_z:]   # (B, H+1, .)
+    with torch.no_grad():
+        x = wm.seq_input(torch.cat([z_ctx, z_im[:, :-1]], 1), torch.cat([action, ro["action"]], 1))
+        h_par, _ = wm.sequence(x)                                           # (B, C+H, D)
+    torch.testing.assert_close(h_im[:, 0], h_par[:, 4], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(h_im[:, 1:], h_par[:, 5:], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ro["reward"], wm.reward(h_par[:, 5:]))
+
+
+def test_rejects_bad_observation_shapes():
+    with pytest.raises(ValueError, match="observations must be"):
+        WorldModel((4, 4), 2, tiny())
+    with pytest.raises(ValueError, match="divisible"):
+        WorldModel((60, 60, 3), 2, tiny())
+
+
+def atari_frames(n=48, seed=0):
+    """Real Pong frames under the Atari100k wrappers, with random actions."""
+    from tasks.envs import make_env
+
+    env = make_env("Pong")
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    frames, actions, rewards, terms = [], [], [], []
+    for _ in range(n):
+        a = int(rng.integers(env.action_space.n))
+        frames.append(obs)
+        obs, r, term, trunc, _ = env.step(a)
+        actions.append(a), rewards.append(r), terms.append(term)
+    env.close()
+    return (torch.as_tensor(np.stack(frames))[None], torch.tensor(actions)[None],
+            torch.tensor(rewards, dtype=torch.float32)[None], torch.tensor(terms, dtype=torch.float32)[None],
+            env.action_space.n)
+
+
+def test_overfits_a_fixed_batch_of_real_atari_frames():
+    """Reconstruction loss falls by at least 3x and reward loss by at least 10x in 150 updates."""
+    obs, action, reward, terminated, n_actions = atari_frames()
+    torch.manual_seed(0)
+    wm = WorldModel((64, 64, 3), n_actions, tiny(channels=(8, 16, 16, 16, 16)))
+    opt = LaProp(wm.parameters(), lr=1e-3)
+    first = None
+    for i in range(150):
+        loss, m = wm.loss(obs, action, reward, terminated)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if first is None:
+            first = m
+    assert m["wm/reconstruction"] < first["wm/reconstruction"] / 3, (first, m)
+    assert m["wm/reward"] < first["wm/reward"] / 10, (first, m)
