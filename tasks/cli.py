@@ -117,6 +117,21 @@ def _atari(args: argparse.Namespace) -> int:
     return cli_run_atari(args)
 
 
+def _atari100k_args(p: argparse.ArgumentParser) -> None:
+    from tasks.atari100k import add_arguments
+
+    p.usage = ("rlts atari100k run --games all|Pong,Breakout,... --seeds 5 [--steps 100000] [--backbone mamba2] "
+               "[--config atari100k|debug] [--jobs N] --out DIR | rlts atari100k report DIR")
+    add_arguments(p)
+    p.set_defaults(overrides=[])
+
+
+def _atari100k(args: argparse.Namespace) -> int:
+    """Run the Atari100k benchmark as resumable jobs, or report on it."""
+    from tasks.atari100k import main as atari100k_main
+    return atari100k_main(args, args.overrides)
+
+
 # A subcommand that sets the default `overrides` (p.set_defaults(overrides=[])) receives the
 # arguments argparse does not know as args.overrides: `--key value` config overrides.
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -129,6 +144,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                _events_args, _events),
     "rl": ("train a Drama world-model agent on a Gymnasium environment (e.g. CartPole-v1)", _rl_args, _rl),
     "atari": ("train a Drama world-model agent on an Atari game (Atari100k protocol)", _atari_args, _atari),
+    "atari100k": ("run the 26-game Atari100k benchmark as resumable jobs, and report on it",
+                  _atari100k_args, _atari100k),
 }
 
 

@@ -68,10 +68,12 @@ def test_cartpole_debug_run_through_the_command(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text()) == res
 
 
-def test_cartpole_resume_after_a_kill_is_bit_for_bit(tmp_path, monkeypatch):
-    straight = run(tmp_path, "a", [])
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_cartpole_resume_after_a_kill_is_bit_for_bit(tmp_path, monkeypatch, num_envs):
+    argv = ["--num_envs", str(num_envs)]
+    straight = run(tmp_path, "a", argv)
     # killed at step ~260 (30 updates); the rerun resumes from the checkpoint at step 200
-    resumed = run(tmp_path, "b", [], kill_after_updates=30, monkeypatch=monkeypatch)
+    resumed = run(tmp_path, "b", argv, kill_after_updates=30, monkeypatch=monkeypatch)
     assert resumed["eval_returns"] == straight["eval_returns"]
     assert resumed["curve"] == straight["curve"]
     assert_same(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
@@ -89,6 +91,13 @@ def test_atari_train_checkpoint_resume_evaluate(tmp_path, monkeypatch):
     assert "108000" not in resumed["protocol"] and "frame skip 4" in resumed["protocol"]
     tags = {p.name for p in (tmp_path / "b" / "tb").iterdir()}
     assert tags  # event files written
+
+
+@pytest.mark.parametrize("backbone", ["mamba", "aaren", "transformer", "gru"])
+def test_every_backbone_trains_in_the_loop(tmp_path, backbone):
+    res = run(tmp_path, backbone, ["--world_model.backbone", backbone, "--steps", "250", "--eval_every", "0"])
+    assert res["finished"] and res["backbone"] == backbone and res["updates"] == 25
+    assert all(isinstance(r, float) for r in res["eval_returns"])
 
 
 def test_resume_refuses_other_settings(tmp_path):
