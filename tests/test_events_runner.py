@@ -106,3 +106,14 @@ def test_bad_input_is_one_line_and_keeps_out(tmp_path, capsys):
     single.write_text("".join('{"times": [%d]}\n' % i for i in range(5)))
     assert "no event to predict" in _cli_error(capsys, ["--data", str(single), *base])
     assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_aaren_models_use_the_learned_clock_unless_switched_off():
+    from tasks.events import EventsConfig, build_model
+
+    on = build_model("aaren", EventsConfig(d_model=16, n_layers=1), n_marks=1)
+    off = build_model("aaren", EventsConfig(d_model=16, n_layers=1, aaren_decay=False), n_marks=1)
+    blocks = lambda m: [b for b in m.modules() if type(b).__name__ == "Aaren"]  # noqa: E731
+    assert blocks(on) and all(b.decay for b in blocks(on))
+    assert blocks(off) and not any(b.decay for b in blocks(off))
+    build_model("transformer", EventsConfig(d_model=16, n_layers=1), n_marks=1)  # the option is Aaren's only

@@ -125,3 +125,59 @@ def test_bad_options():
         Aaren(16, n_heads=0)
     with pytest.raises(ValueError, match="head_dim"):
         Aaren(2, n_heads=4)
+
+
+def naive_decay(layer: Aaren, x: torch.Tensor) -> torch.Tensor:
+    """Independent loop of Aaren with decay: o_t = sum_{i<=t} e^{s_i - (c_t - c_i)} v_i / (same
+    without v), c_t = sum_{j<=t} softplus(a . x_j + b), per head, in float64."""
+    B, L, _ = x.shape
+    H, Dh = layer.n_heads, layer.head_dim
+    k, v = layer.kv_proj(x).view(B, L, 2, H, Dh).unbind(2)
+    out = torch.zeros(B, L, H, Dh, dtype=x.dtype)
+    for b in range(B):
+        for h in range(H):
+            c = 0.0
+            clocks, scores = [], []
+            for t in range(L):
+                c = c + torch.nn.functional.softplus(layer.clock(x[b, t]))[h]
+                clocks.append(c)
+                scores.append((k[b, t, h] * layer.query[h]).sum() / math.sqrt(Dh))
+                logits = torch.stack([scores[i] - (clocks[t] - clocks[i]) for i in range(t + 1)])
+                w = torch.softmax(logits, 0)
+                out[b, t, h] = (w[:, None] * v[b, : t + 1, h]).sum(0)
+    return layer.out_proj(out.reshape(B, L, H * Dh))
+
+
+@pytest.mark.parametrize("L", [1, 9])
+def test_decay_matches_a_naive_loop_and_forgets(L):
+    torch.manual_seed(0)
+    layer = Aaren(8, n_heads=2, decay=True).double()
+    with torch.no_grad():
+        layer.clock.bias.fill_(1.5)  # a fast clock: old tokens matter little
+    x = torch.randn(2, L, 8, dtype=torch.float64)
+    y, _ = layer(x)
+    assert max_diff(y, naive_decay(layer, x)) < 1e-10
+    if L > 1:  # with decay the last output depends much less on the first token than without
+        plain = Aaren(8, n_heads=2).double()
+        plain.load_state_dict({k: v for k, v in layer.state_dict().items() if not k.startswith("clock")})
+        x2 = x.clone()
+        x2[:, 0] += 5.0
+        change = lambda m: (m(x2)[0][:, -1] - m(x)[0][:, -1]).abs().max().item()  # noqa: E731
+        assert change(layer) < 0.1 * change(plain)
+
+
+def test_decay_huge_clocks_stay_finite():
+    """A clock in the thousands (long sequences, fast clocks) shifts every score by as much:
+    the scan's running max keeps it exact."""
+    torch.manual_seed(0)
+    layer = Aaren(8, n_heads=2, decay=True).double()
+    with torch.no_grad():
+        layer.clock.bias.fill_(50.0)  # ~50 per token -> c ~ 10^4 over 200 tokens
+    x = torch.randn(1, 200, 8, dtype=torch.float64)
+    y, state = layer(x)
+    assert torch.isfinite(y).all() and state[3].min() > 9000
+    ys, st = [], None
+    for t in range(200):
+        y_t, st = layer.step(x[:, t], st)
+        ys.append(y_t)
+    assert max_diff(torch.stack(ys, 1), y) < 1e-9

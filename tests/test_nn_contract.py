@@ -42,6 +42,8 @@ BUILDERS = {
     "aaren_layer": lambda: Aaren(16, n_heads=2, head_dim=5),
     "aaren_block": lambda: AarenBlock(16, n_heads=4),
     "aaren_model": lambda: SequenceModel("aaren", d_model=16, n_layers=2),
+    "aaren_decay_layer": lambda: randomise(Aaren(16, n_heads=2, head_dim=5, decay=True)),
+    "aaren_decay_model": lambda: randomise(SequenceModel("aaren", d_model=16, n_layers=2, decay=True)),
     "aaren_model_din_drop": lambda: SequenceModel("aaren", d_model=16, n_layers=2, d_input=7, dropout=0.1,
                                                   mlp_ratio=2),
     "tf_block": lambda: CausalTransformerBlock(16, n_heads=4),
@@ -97,6 +99,8 @@ def comparable(name, state):
     ts = flat(state)
     if not name.startswith("aaren"):
         return ts
+    if name.startswith("aaren_decay"):  # (m, u, w, clock) per layer
+        return [t for m, u, w, c in zip(ts[0::4], ts[1::4], ts[2::4], ts[3::4]) for t in (m, w / u.unsqueeze(-1), c)]
     return [t for m, u, w in zip(ts[0::3], ts[1::3], ts[2::3]) for t in (m, w / u.unsqueeze(-1))]
 
 

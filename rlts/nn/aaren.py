@@ -12,6 +12,13 @@ recurrence per token for inference (`kernels.softmax_scan_step`). The state is t
 (m, u, w): m (B, H) the running max of the scores, u (B, H) = sum e^{s_i - m} and
 w (B, H, head_dim) = sum e^{s_i - m} v_i, so o = w / u. It is float32 for fp16/bf16 inputs
 (the kernels accumulate in float32) and float64 for float64 inputs.
+
+Option `decay` (an rlts extension, off by default): each head also keeps a learned clock
+c_t = sum_{j<=t} softplus(a_h . x_j + b_h) and scores s_t + c_t, so that at step t token i
+weighs e^{s_i - (c_t - c_i)} relative to token t: an exponential forgetting of old tokens at a
+rate the input sets (with the inter-event time among its features, c can learn elapsed time, as
+a Hawkes kernel needs). Softmax is shift-invariant, so this is the same scan; the state gains
+the clock c (B, H).
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from kernels._common import compute_dtype
 from kernels.softmax import softmax_scan, softmax_scan_step
 from rlts.nn.base import MLP, SequenceLayer, check_input, register_backbone
 
-AarenState = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # m (B, H), u (B, H), w (B, H, head_dim)
+AarenState = Tuple[torch.Tensor, ...]  # m (B, H), u (B, H), w (B, H, head_dim) [, clock c (B, H) with decay]
 
 
 class Aaren(SequenceLayer):
@@ -35,13 +42,16 @@ class Aaren(SequenceLayer):
         n_heads: number of heads H, each with its own learned query (default 4).
         head_dim: width of each head's keys and values (default d_model // n_heads).
         bias: biases in the key/value and output projections (default False).
+        decay: a learned per-head clock that discounts older tokens (default False; see the
+            module docstring).
 
     The queries q (H, head_dim) are initialised N(0, 1): with keys of unit-order entries the
     scores k . q / sqrt(head_dim) then have unit-order spread, as in ordinary attention, so
     each head starts with its own (mild) preference over tokens rather than a plain mean.
     """
 
-    def __init__(self, d_model: int, n_heads: int = 4, head_dim: Optional[int] = None, bias: bool = False):
+    def __init__(self, d_model: int, n_heads: int = 4, head_dim: Optional[int] = None, bias: bool = False,
+                 decay: bool = False):
         super().__init__()
         head_dim = head_dim or (d_model // n_heads if n_heads >= 1 else 0)
         if n_heads < 1 or head_dim < 1:
@@ -52,6 +62,18 @@ class Aaren(SequenceLayer):
         self.query = nn.Parameter(torch.randn(n_heads, head_dim))  # (H, Dh)
         self.kv_proj = nn.Linear(d_model, 2 * n_heads * head_dim, bias=bias)
         self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        self.decay = decay
+        if decay:  # clock increments softplus(a . x + b), starting near 0.13 per token
+            self.clock = nn.Linear(d_model, n_heads)
+            nn.init.constant_(self.clock.bias, -2.0)
+
+    def _split(self, state):
+        """(scan state (m, u, w) or None, clock c (B, H) or None)."""
+        if state is None or not self.decay:
+            return state, None
+        if not (isinstance(state, (tuple, list)) and len(state) == 4):
+            raise ValueError("Aaren(decay=True): state must be (m, u, w, c)")
+        return tuple(state[:3]), state[3]
 
     def forward(self, x: torch.Tensor, state: Optional[AarenState] = None) -> Tuple[torch.Tensor, AarenState]:
         check_input("Aaren", x, self.d_model)
@@ -59,19 +81,30 @@ class Aaren(SequenceLayer):
         H, Dh = self.n_heads, self.head_dim
         k, v = self.kv_proj(x).view(B, L, 2, H, Dh).unbind(2)  # (B, L, H, Dh) each
         s = torch.einsum("blhd,hd->bhl", k, self.query) * self.scale  # (B, H, L)
+        scan_state, c0 = self._split(state)
+        if self.decay:
+            c = torch.cumsum(nn.functional.softplus(self.clock(x)), dim=1).transpose(1, 2)  # (B, H, L)
+            c = c if c0 is None else c + c0.unsqueeze(-1).to(c.dtype)
+            s = s + c
         s = s.to(v.dtype)  # the scan takes one dtype (under autocast the fp32 query may promote s)
-        o, state = softmax_scan(s, v.transpose(1, 2), state, return_state=True)  # (B, H, L, Dh)
+        o, state = softmax_scan(s, v.transpose(1, 2), scan_state, return_state=True)  # (B, H, L, Dh)
         y = self.out_proj(o.transpose(1, 2).reshape(B, L, H * Dh))  # (B, L, D)
-        return y, state
+        return y, (*state, c[:, :, -1]) if self.decay else state
 
     def step(self, x_t: torch.Tensor, state: Optional[AarenState] = None) -> Tuple[torch.Tensor, AarenState]:
         check_input("Aaren.step", x_t, self.d_model, rank=2)
         B = x_t.shape[0]
         H, Dh = self.n_heads, self.head_dim
         k, v = self.kv_proj(x_t).view(B, 2, H, Dh).unbind(1)  # (B, H, Dh) each
-        s = ((k * self.query).sum(-1) * self.scale).to(v.dtype)  # (B, H)
-        o, state = softmax_scan_step(s, v, state)  # (B, H, Dh)
-        return self.out_proj(o.reshape(B, H * Dh)), state  # (B, D)
+        s = (k * self.query).sum(-1) * self.scale  # (B, H)
+        scan_state, c = self._split(state)
+        if self.decay:
+            inc = nn.functional.softplus(self.clock(x_t))  # (B, H)
+            c = inc if c is None else c.to(inc.dtype) + inc
+            s = s + c
+        o, scan_state = softmax_scan_step(s.to(v.dtype), v, scan_state)  # (B, H, Dh)
+        new = (*scan_state, c) if self.decay else scan_state
+        return self.out_proj(o.reshape(B, H * Dh)), new  # (B, D)
 
     def init_state(self, batch_size: int, device: Optional[torch.device] = None,
                    dtype: Optional[torch.dtype] = None) -> AarenState:
@@ -81,6 +114,8 @@ class Aaren(SequenceLayer):
         m = torch.full((B, H), -float("inf"), device=device, dtype=dt)
         u = torch.zeros(B, H, device=device, dtype=dt)
         w = torch.zeros(B, H, self.head_dim, device=device, dtype=dt)
+        if self.decay:
+            return m, u, w, torch.zeros(B, H, device=device, dtype=dt)
         return m, u, w
 
 
@@ -96,16 +131,17 @@ class AarenBlock(SequenceLayer):
         mlp_ratio: MLP hidden width / d_model (default 4); GELU.
         dropout: dropout on both residual branches (default 0.0; training mode only).
         bias: biases in every Linear of the block (default False).
+        decay: Aaren's learned per-head clock that discounts older tokens (default False).
 
-    The state is the Aaren state (m, u, w), see `Aaren`.
+    The state is the Aaren state (m, u, w) (+ the clock c with decay), see `Aaren`.
     """
 
     def __init__(self, d_model: int, n_heads: int = 4, head_dim: Optional[int] = None, mlp_ratio: float = 4,
-                 dropout: float = 0.0, bias: bool = False):
+                 dropout: float = 0.0, bias: bool = False, decay: bool = False):
         super().__init__()
         self.d_model = d_model
         self.norm1 = nn.RMSNorm(d_model)
-        self.attn = Aaren(d_model, n_heads=n_heads, head_dim=head_dim, bias=bias)
+        self.attn = Aaren(d_model, n_heads=n_heads, head_dim=head_dim, bias=bias, decay=decay)
         self.drop = nn.Dropout(dropout)
         self.norm2 = nn.RMSNorm(d_model)
         self.mlp = MLP(d_model, mlp_ratio, dropout, bias)
