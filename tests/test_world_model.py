@@ -148,3 +148,15 @@ def test_overfits_a_fixed_batch_of_real_atari_frames():
             first = m
     assert m["wm/reconstruction"] < first["wm/reconstruction"] / 3, (first, m)
     assert m["wm/reward"] < first["wm/reward"] / 10, (first, m)
+
+
+def test_continuation_hard_and_soft():
+    torch.manual_seed(0)
+    h = torch.randn(50, 32) * 3
+    hard = WorldModel((5,), 2, tiny())
+    soft = WorldModel((5,), 2, tiny(soft_continuation=True))
+    soft.load_state_dict(hard.state_dict())
+    logit = hard.termination_head(h).squeeze(-1)
+    with torch.no_grad():
+        assert torch.equal(hard.continues(h), (logit <= 0).float())
+        torch.testing.assert_close(soft.continues(h), 1 - torch.sigmoid(logit))

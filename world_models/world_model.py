@@ -72,6 +72,9 @@ class WorldModelConfig:
     """Weight of KL(sg(posterior) || prior)."""
     kl_representation: float = 0.1
     """Weight of KL(posterior || sg(prior))."""
+    soft_continuation: bool = False
+    """Imagination: continuation flag 1 - P(termination) instead of Drama's hard 1[logit <= 0]
+    (a graded signal where terminations are rare, e.g. CartPole)."""
 
 
 def backbone_options(cfg: WorldModelConfig) -> dict:
@@ -196,8 +199,10 @@ class WorldModel(nn.Module):
         return self.twohot.decode(self.reward_head(h))
 
     def continues(self, h: torch.Tensor) -> torch.Tensor:
-        """1 where the predicted termination logit is <= 0 (the episode goes on), else 0."""
-        return (self.termination_head(h).squeeze(-1) <= 0).float()
+        """Predicted continuation: 1 where the termination logit is <= 0, else 0 (Drama), or
+        1 - P(termination) with `soft_continuation`."""
+        logit = self.termination_head(h).squeeze(-1)
+        return torch.sigmoid(-logit) if self.cfg.soft_continuation else (logit <= 0).to(logit.dtype)
 
     def obs_target(self, obs: torch.Tensor) -> torch.Tensor:
         dtype = self.prior.weight.dtype
