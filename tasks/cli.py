@@ -132,6 +132,21 @@ def _atari100k(args: argparse.Namespace) -> int:
     return atari100k_main(args, args.overrides)
 
 
+def _record_args(p: argparse.ArgumentParser) -> None:
+    p.usage = ("rlts record --env NAME --policy random|RUN_DIR (--episodes N | --steps N) [--seed 0] [--greedy] "
+               "--out FILE.npz | rlts record --from-replay RUN_DIR --out FILE.npz")
+    p.epilog = ("Writes an offline RL dataset (rlts.data.trajectories: one .npz with observations, actions, rewards, "
+                "terminations, truncations, episode starts and JSON metadata). --policy RUN_DIR acts with a trained "
+                "`rlts rl`/`rlts atari` agent; --from-replay exports that run's replay buffer.")
+    p.set_defaults(overrides=[])
+
+
+def _record(args: argparse.Namespace) -> int:
+    """Record an offline dataset from a policy, or export a trained agent's replay buffer."""
+    from tasks.record import main as record_main
+    return record_main(list(args.overrides))
+
+
 # A subcommand that sets the default `overrides` (p.set_defaults(overrides=[])) receives the
 # arguments argparse does not know as args.overrides: `--key value` config overrides.
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -146,6 +161,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "atari": ("train a Drama world-model agent on an Atari game (Atari100k protocol)", _atari_args, _atari),
     "atari100k": ("run the 26-game Atari100k benchmark as resumable jobs, and report on it",
                   _atari100k_args, _atari100k),
+    "record": ("record an offline RL dataset from a policy or a trained agent's replay buffer",
+               _record_args, _record),
 }
 
 

@@ -1,0 +1,17 @@
+"""The Drama world-model agent (Wang et al. 2024) on rlts.nn backbones.
+
+    world_model.WorldModel     encoder/decoder, 32x32 categorical latents, a SequenceModel of any
+                               backbone (mamba2 default), reward/termination heads, imagination
+    actor_critic.ActorCritic   actor and two-hot critic trained on imagined rollouts
+    replay.ReplayBuffer        uint8 frames per env stream, Drama's DFS sampling
+    functions                  symlog two-hot, unimix, straight-through, KL with free bits,
+                               lambda-returns, return scale
+    optim.LaProp               the world model's optimiser
+
+The training loop that drives them is tasks/rl.py (`rlts rl`, `rlts atari`).
+"""
+from world_models.actor_critic import ActorCritic, ActorCriticConfig
+from world_models.replay import ReplayBuffer
+from world_models.world_model import WorldModel, WorldModelConfig
+
+__all__ = ["ActorCritic", "ActorCriticConfig", "ReplayBuffer", "WorldModel", "WorldModelConfig"]

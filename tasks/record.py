@@ -1,0 +1,375 @@
+"""Record offline datasets (rlts.data.trajectories format) from environments and trained agents.
+
+    rlts record --env CartPole-v1 --policy random --episodes 100 --out cartpole_random.npz
+    rlts record --policy runs/cartpole --episodes 20 --greedy --out cartpole_expert.npz
+    rlts record --from-replay runs/pong --out pong_replay.npz     # the DQN-replay-like setting
+
+Two sources:
+
+1. `record`: run a policy in `tasks.envs.make_env(env)`: "random" (uniform, seeded), any
+   callable `obs -> action` (with an optional `reset()` called at every episode start), or the
+   folder of a finished `rlts rl` / `rlts atari` run, whose Drama agent (world model + actor from
+   `checkpoints/last.pt`) acts, sampling from its policy or greedily (`--greedy`). Episode k is
+   reset with the seed `derive_seed(seed, 3, k)` (listed in the metadata as `episode_seeds`), the
+   random policy and the agent's sampling are seeded from `seed` too: the same arguments give the
+   same file. Every step's `info["life_loss"]` is kept as `life_losses`; episodes are whole games.
+   With `steps`, the episode running when the budget is spent is cut and marked truncated
+   (metadata `last_episode_cut`).
+
+2. `export_replay`: the replay buffer of a trained world-model run, i.e. every transition the
+   agent collected while learning (random actions first, then the improving policy), as in the
+   DQN-replay datasets of the Decision Transformer paper. What a buffer knows: per env stream, in
+   order, (obs_t, action_t, reward_t, terminated_t or life lost). What it does not: truncations
+   (a time-limit reset leaves no flag), life loss versus game over (one merged flag), and the
+   observation after an episode's last step. Hence two modes:
+   - reconstructed (the default when possible): each env stream is replayed through the
+     environment from its first episode, with the run's own episode seeds
+     (`tasks.rl.episode_seed`) and the stored actions; the envs are deterministic given both
+     (see tasks.envs), and every observation, reward and flag is checked against the buffer. This
+     recovers the true terminations, truncations, life losses and final observations. It needs a
+     buffer that still holds every stream from its first step (it never wrapped around, as in
+     Atari100k where buffer size = steps).
+   - flags only (otherwise, or with `reconstruct="never"`): episodes are split after every set
+     flag, so `terminations` means "terminated or lost a life" (an Atari "episode" is then one
+     life), hidden truncations stay hidden (a time-limit reset inside an "episode"), there are no
+     final observations, and the oldest episode of a wrapped stream may start mid-episode.
+   In both modes each stream's last, unfinished episode is cut (marked truncated), the number of
+   transitions equals the buffer's, and the metadata says which mode was used and why.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Union
+
+import numpy as np
+import torch
+
+from rlts.checkpoint import load as load_checkpoint
+from rlts.config import apply_dict
+from rlts.data.trajectories import Trajectories, default_metadata, save_trajectories
+from tasks.envs import env_spec, make_env
+
+Policy = Union[str, Path, Callable]
+
+
+def _progress(total: int, desc: str, unit: str, enabled: bool):
+    """A tqdm bar on stderr (nothing if not `enabled`)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+# ---------------------------------------------------------------------------------------------
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """(config, checkpoint payload) of a finished or running `rlts rl` / `rlts atari` run folder."""
+    from tasks.rl import RLConfig
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is not a run folder (expected the --out folder of `rlts rl` / `rlts atari`)")
+    path = run_dir / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no checkpoint {path.relative_to(run_dir)}: not a finished rl run")
+    payload = load_checkpoint(path, map_location=device)
+    for key in ("config", "learner"):
+        if key not in payload:
+            raise ValueError(f"{path} lacks {key!r}: not a checkpoint of `rlts rl` / `rlts atari`")
+    cfg = apply_dict(RLConfig(), payload["config"])
+    return cfg, payload
+
+
+class AgentPolicy:
+    """The Drama agent of a run folder as a policy: obs (*obs_shape) -> int action, one recurrent
+    step per call; `reset()` at every episode start."""
+
+    def __init__(self, run_dir: str | Path, greedy: bool = False, device: str | torch.device = "cpu"):
+        from tasks.rl import Learner
+
+        self.device = torch.device(device)
+        self.cfg, payload = load_run(run_dir, self.device)
+        spec = env_spec(make_env(self.cfg.env, **self.env_kwargs))
+        learner = Learner(self.cfg, spec, self.device)
+        try:
+            learner.wm.load_state_dict(payload["learner"]["wm"])
+            learner.ac.load_state_dict(payload["learner"]["ac"])
+        except (KeyError, RuntimeError) as e:
+            raise ValueError(f"{run_dir}: the checkpoint's models do not match its config: {e}") from e
+        self.wm, self.ac = learner.wm.eval(), learner.ac.eval()
+        self.greedy = greedy
+        self.description = f"Drama agent of {run_dir} (step {payload.get('step')}, {'greedy' if greedy else 'sampling'})"
+        self.reset()
+
+    @property
+    def env_kwargs(self) -> dict:
+        from tasks.rl import env_kwargs
+        return env_kwargs(self.cfg)
+
+    def reset(self) -> None:
+        self.h, self.s = self.wm.initial_state(1, self.device)
+
+    @torch.no_grad()
+    def __call__(self, obs: np.ndarray) -> int:
+        feat = self.wm.observe(torch.as_tensor(np.asarray(obs)[None], device=self.device), self.h)  # (1, d_feat)
+        a = self.ac.policy(feat, greedy=self.greedy)                                                # (1,)
+        self.h, self.s = self.wm.advance(feat, a, self.s)
+        return int(a[0])
+
+
+def record(env_name: Optional[str], policy: Policy = "random", episodes: Optional[int] = None,
+           steps: Optional[int] = None, seed: int = 0, out: Optional[str | Path] = None, *,
+           greedy: bool = False, device: str = "cpu", progress: bool = True,
+           env_kwargs: Optional[dict] = None) -> Trajectories:
+    """Record `episodes` whole episodes, or `steps` transitions (the last episode cut), of
+    `policy` in `make_env(env_name)`; write them to `out` if given; return the Trajectories.
+
+    policy: "random", a callable obs -> action (an optional `reset()` is called at each episode
+    start), or the path of an rl run folder (its agent acts; `greedy` picks the most likely action
+    instead of sampling). With a run folder `env_name` may be None (the run's env is used) and
+    the env is made with the run's settings (image size, no-ops, frame cap).
+    """
+    from tasks.rl import derive_seed
+
+    if (episodes is None) == (steps is None):
+        raise ValueError("give exactly one of episodes and steps")
+    budget = episodes if episodes is not None else steps
+    if budget < 1:
+        raise ValueError(f"{'episodes' if episodes is not None else 'steps'} must be >= 1, got {budget}")
+    kwargs = dict(env_kwargs or {})
+    if isinstance(policy, str) and policy == "random":
+        act, description = None, "uniform random"
+    elif isinstance(policy, (str, Path)):
+        act = AgentPolicy(policy, greedy=greedy, device=device)
+        description = act.description
+        if env_name is not None and env_name != act.cfg.env:
+            raise ValueError(f"the agent in {policy} was trained on {act.cfg.env!r}, not {env_name!r}")
+        env_name = act.cfg.env
+        kwargs = {**act.env_kwargs, **kwargs}
+    elif callable(policy):
+        act, description = policy, getattr(policy, "description", repr(policy))
+    else:
+        raise ValueError(f"policy must be 'random', a run folder or a callable, got {policy!r}")
+    if env_name is None:
+        raise ValueError("no environment given (--env)")
+
+    env = make_env(env_name, **kwargs)
+    env.action_space.seed(derive_seed(seed, 4))
+    eps: List[dict] = []
+    seeds: List[int] = []
+    total, cut = 0, False
+    bar = _progress(budget, f"record {env_name}", "episode" if episodes is not None else "step", progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, 5))
+        while (episodes is not None and len(eps) < episodes) or (steps is not None and total < steps):
+            ep_seed = derive_seed(seed, 3, len(eps))
+            obs, _ = env.reset(seed=ep_seed)
+            if hasattr(act, "reset"):
+                act.reset()
+            o, a, r, te, tr, ll = [], [], [], [], [], []
+            while True:
+                action = env.action_space.sample() if act is None else act(obs)
+                nxt, reward, term, trunc, info = env.step(action)
+                o.append(obs); a.append(np.asarray(action)); r.append(reward)
+                te.append(bool(term)); tr.append(bool(trunc)); ll.append(bool(info.get("life_loss", False)))
+                obs, total = nxt, total + 1
+                if steps is not None:
+                    bar.update(1)
+                if term or trunc:
+                    break
+                if steps is not None and total >= steps:
+                    tr[-1], cut = True, True
+                    break
+            eps.append({"observations": np.stack(o), "actions": np.stack(a), "rewards": np.asarray(r, np.float32),
+                        "terminations": np.asarray(te), "truncations": np.asarray(tr),
+                        "life_losses": np.asarray(ll), "final_observation": obs})
+            seeds.append(ep_seed)
+            if episodes is not None:
+                bar.update(1)
+    bar.close()
+    env.close()
+    meta = default_metadata(
+        source="record", env=env_name, env_kwargs=kwargs, policy=description, greedy=bool(greedy), seed=int(seed),
+        episode_seeds=seeds, last_episode_cut=cut,
+        flags=("terminations: the env's terminated; truncations: the env's truncated, or the episode was cut "
+               "by the step budget (last_episode_cut); life_losses: info['life_loss']"))
+    data = Trajectories.from_episodes(eps, meta)
+    if out is not None:
+        save_trajectories(data, out)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+def _flag_split(term: np.ndarray) -> dict:
+    """One buffer stream split after every set flag; the last piece is cut (truncated).
+    Returns the stream's flags (size,) and episode starts (E_i,)."""
+    trunc = np.zeros_like(term)
+    if not term[-1]:
+        trunc[-1] = True
+    ends = np.flatnonzero(term | trunc) + 1
+    starts = np.concatenate([[0], ends[:-1]])
+    return {"terminations": term.copy(), "truncations": trunc, "starts": starts}
+
+
+def _reconstruct(cfg, stream: int, obs, act, rew, term, progress) -> dict:
+    """Replay one buffer stream through the env with the run's episode seeds; ValueError at the
+    first step that does not match the buffer. Returns the stream's true flags and life losses
+    (size,), episode starts (E_i,) and final observations (E_i, *obs_shape)."""
+    from tasks.rl import env_kwargs, episode_seed
+
+    env = make_env(cfg.env, **env_kwargs(cfg))
+    n = len(rew)
+    terminations, truncations, life = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+    starts, finals = [0], []
+    k = 0
+    cur, _ = env.reset(seed=episode_seed(cfg.seed, stream, k))
+    try:
+        for t in range(n):
+            if not np.array_equal(np.asarray(cur, dtype=obs.dtype), obs[t]):
+                raise ValueError(f"stream {stream}, step {t}: the replayed observation differs from the buffer's")
+            cur, r, te, tr, info = env.step(int(act[t]))
+            ll = bool(info.get("life_loss", False))
+            if np.float32(r) != rew[t] or bool(te or ll) != bool(term[t]):
+                raise ValueError(f"stream {stream}, step {t}: replayed reward/flag ({r}, {te or ll}) differ from the "
+                                 f"buffer's ({rew[t]}, {bool(term[t])})")
+            terminations[t], truncations[t], life[t] = te, tr, ll
+            progress.update(1)
+            if te or tr:
+                finals.append(np.asarray(cur, dtype=obs.dtype))
+                k += 1
+                cur, _ = env.reset(seed=episode_seed(cfg.seed, stream, k))
+                if t + 1 < n:
+                    starts.append(t + 1)
+        if len(finals) < len(starts):  # the episode running at the checkpoint: cut
+            truncations[-1] = True
+            finals.append(np.asarray(cur, dtype=obs.dtype))
+    finally:
+        env.close()
+    return {"terminations": terminations, "truncations": truncations, "life_losses": life,
+            "finals": np.stack(finals), "starts": np.array(starts)}
+
+
+def export_replay(run_dir: str | Path, out: Optional[str | Path] = None, reconstruct: str = "auto",
+                  progress: bool = True) -> Trajectories:
+    """The replay buffer of an rl run folder as Trajectories (see the module docstring); written
+    to `out` if given. reconstruct: "auto" (replay through the env when the buffer allows it,
+    else split by flags), "always" (a ValueError if it cannot) or "never" (flags only)."""
+    if reconstruct not in ("auto", "always", "never"):
+        raise ValueError(f"reconstruct must be auto, always or never, got {reconstruct!r}")
+    cfg, payload = load_run(run_dir)
+    buf = payload.get("buffer")
+    if not isinstance(buf, dict) or any(k not in buf for k in ("obs", "action", "reward", "terminated", "size", "steps")):
+        raise ValueError(f"{run_dir}: the checkpoint has no replay buffer state")
+    obs = buf["obs"].numpy()                                # (N_envs, size, *obs_shape)
+    act = buf["action"].numpy().astype(np.int64)            # (N_envs, size)
+    rew = buf["reward"].numpy().astype(np.float32)          # (N_envs, size)
+    term = buf["terminated"].numpy().astype(bool)           # (N_envs, size)
+    n_envs, size = int(buf["num_envs"]), int(buf["size"])
+    if size == 0:
+        raise ValueError(f"{run_dir}: the replay buffer is empty")
+    wrapped = int(buf["steps"]) > size
+    why = None
+    if reconstruct == "never":
+        why = "not asked for (reconstruct=never)"
+    elif wrapped:
+        why = (f"the buffer wrapped around ({int(buf['steps'])} steps per env, {size} kept): "
+               "the first episodes' beginnings are gone")
+        if reconstruct == "always":
+            raise ValueError(f"{run_dir}: cannot reconstruct the episodes: {why}")
+    streams = None
+    if why is None:
+        bar = _progress(n_envs * size, "reconstructing the replay episodes", "step", progress)
+        try:
+            streams = [_reconstruct(cfg, i, obs[i], act[i], rew[i], term[i], bar) for i in range(n_envs)]
+        except ValueError as e:
+            if reconstruct == "always":
+                raise ValueError(f"{run_dir}: cannot reconstruct the episodes: {e}") from e
+            why, streams = f"replaying the env did not match the buffer ({e})", None
+        finally:
+            bar.close()
+    if streams is None:
+        streams = [_flag_split(term[i]) for i in range(n_envs)]
+
+    # The streams back to back, without copying the frames (a 100k-frame Atari buffer is 1.2 GB).
+    offsets = np.arange(n_envs) * size                                       # (N_envs,)
+    starts = np.concatenate([s["starts"] + o for s, o in zip(streams, offsets)]).astype(np.int64)  # (E,)
+    stream_of = np.concatenate([np.full(len(s["starts"]), i) for i, s in enumerate(streams)]).tolist()
+    reconstructed = why is None
+    meta = default_metadata(
+        source="replay", run_dir=str(run_dir), checkpoint_step=payload.get("step"), env=cfg.env,
+        env_kwargs={"image_size": cfg.image_size, "noop_max": cfg.noop_max,
+                    "max_episode_frames": cfg.max_episode_frames},
+        policy=(f"behaviour policy of the training run: uniform random for the first {cfg.random_steps} steps, "
+                "then the learning Drama agent (sampling)"),
+        seed=cfg.seed, num_envs=n_envs, buffer_steps_per_env=int(buf["steps"]), buffer_size_per_env=size,
+        buffer_wrapped=wrapped, reconstructed=reconstructed, not_reconstructed_because=why,
+        episode_streams=stream_of,
+        flags=("reconstructed by replaying the env: terminations, truncations and life_losses are the env's; "
+               "each stream's last episode is cut (truncated) at the checkpoint" if reconstructed else
+               "split by the buffer's flags: terminations = terminated OR life lost (an Atari episode is one "
+               "life); truncations are unknown except that each stream's last episode is cut (truncated); a "
+               "time-limit reset inside an episode is invisible; no final observations"
+               + ("; the first episode of each stream may start mid-episode" if wrapped else "")))
+    cat = lambda key: np.concatenate([s[key] for s in streams])  # noqa: E731
+    data = Trajectories(
+        observations=obs.reshape(n_envs * size, *obs.shape[2:]),          # (N, *obs_shape)
+        actions=act.reshape(-1), rewards=rew.reshape(-1),                 # (N,)
+        terminations=cat("terminations"), truncations=cat("truncations"),  # (N,)
+        episode_starts=starts, final_observations=cat("finals") if reconstructed else None,
+        life_losses=cat("life_losses") if reconstructed else None, metadata=meta)
+    data.validate(f"replay buffer of {run_dir}")
+    if out is not None:
+        save_trajectories(data, out)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rlts record", description="Record an offline dataset (.npz, rlts.data.trajectories format).",
+        usage=("rlts record --env ENV --policy random|RUN_DIR (--episodes N | --steps N) [--seed S] [--greedy] "
+               "--out FILE.npz\n       rlts record --from-replay RUN_DIR --out FILE.npz"))
+    p.add_argument("--env", help="Gymnasium id or Atari game (default with a run folder: the run's env)")
+    p.add_argument("--policy", default="random", help="random, or the folder of an `rlts rl`/`rlts atari` run")
+    p.add_argument("--episodes", type=int, help="whole episodes to record")
+    p.add_argument("--steps", type=int, help="transitions to record (the last episode is cut)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the episode resets and the policy's sampling")
+    p.add_argument("--greedy", action="store_true", help="a run's agent takes its most likely action")
+    p.add_argument("--from-replay", metavar="RUN_DIR", help="export the replay buffer of an rl run instead")
+    p.add_argument("--reconstruct", choices=("auto", "always", "never"), default="auto",
+                   help="--from-replay: recover the true episode flags by replaying the env (default auto)")
+    p.add_argument("--out", required=True, help="output file (.npz)")
+    p.add_argument("--device", default="cpu", help="device of a run's agent")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`rlts record ...`: 0 on success, 2 with one line on stderr for bad arguments or data."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse printed its message
+        return int(e.code or 0)
+    try:
+        if args.from_replay:
+            if args.episodes is not None or args.steps is not None or args.policy != "random" or args.greedy:
+                raise ValueError("--from-replay takes no --policy, --episodes, --steps or --greedy")
+            data = export_replay(args.from_replay, args.out, args.reconstruct, progress=not args.no_progress)
+        else:
+            if args.episodes is None and args.steps is None:
+                raise ValueError("give --episodes N or --steps N")
+            if args.policy == "random" and not args.env:
+                raise ValueError("--env is required with --policy random")
+            data = record(args.env, args.policy, args.episodes, args.steps, args.seed, args.out,
+                          greedy=args.greedy, device=args.device, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rlts record: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    returns = data.episode_returns()
+    print(f"rlts record: wrote {len(data):,} transitions in {data.n_episodes} episodes (mean return "
+          f"{returns.mean():.2f}) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,201 @@
+"""Recording offline datasets (tasks.record): random and trained-agent policies, replay export."""
+import numpy as np
+import pytest
+import torch
+
+from rlts.checkpoint import load, save_atomic
+from rlts.data.trajectories import load_trajectories
+from tasks.envs import make_env
+from tasks.rl import episode_seed
+from tasks.record import export_replay, main, record
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny trained CartPole run (the `debug` overlay of rl.yaml: 300 steps, ~10 s)."""
+    import tasks.rl as rl
+
+    out = tmp_path_factory.mktemp("rl") / "run"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rl.train(rl.parse_rl_config(["--config", "debug", "--out", str(out)]))
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
+def rerun(data):
+    """Replay every recorded episode in a fresh env with its seed and actions: per-episode
+    returns, and a check that observations and flags match."""
+    env = make_env(data.metadata["env"], **data.metadata["env_kwargs"])
+    returns = []
+    for ep, seed in zip(data.episodes(), data.metadata["episode_seeds"]):
+        obs, _ = env.reset(seed=seed)
+        total = 0.0
+        for t, a in enumerate(ep.actions):
+            np.testing.assert_array_equal(obs, ep.observations[t])
+            obs, r, term, trunc, _ = env.step(int(a))
+            total += r
+            assert term == ep.terminations[t]
+        np.testing.assert_array_equal(obs, ep.final_observation)
+        returns.append(total)
+    return np.array(returns)
+
+
+def test_record_random_reproducible(tmp_path):
+    a = record("CartPole-v1", "random", episodes=3, seed=7, out=tmp_path / "a.npz", progress=False)
+    b = load_trajectories(tmp_path / "a.npz")
+    c = record("CartPole-v1", "random", episodes=3, seed=7, progress=False)
+    d = record("CartPole-v1", "random", episodes=3, seed=8, progress=False)
+    assert a.n_episodes == 3 and a.final_observations.shape == (3, 4) and a.life_losses is not None
+    for name, arr in a.arrays().items():
+        np.testing.assert_array_equal(getattr(b, name), arr)
+        np.testing.assert_array_equal(getattr(c, name), arr)
+    assert len(d) != len(a) or not np.array_equal(d.actions, a.actions)
+    assert all(ep.terminations[-1] or ep.truncations[-1] for ep in a.episodes())
+    assert b.metadata["policy"] == "uniform random" and b.metadata["source"] == "record"
+    np.testing.assert_allclose(rerun(b), b.episode_returns())
+    assert len(set(b.metadata["episode_seeds"])) == 3
+
+
+def test_record_steps_cuts_last_episode():
+    data = record("CartPole-v1", "random", steps=50, seed=0, progress=False)
+    assert len(data) == 50 and data.truncations[-1] and not data.terminations[-1]
+    assert data.metadata["last_episode_cut"]
+
+
+def test_record_callable_policy_and_atari_frames():
+    class AlwaysOne:
+        description = "always 1"
+
+        def __init__(self):
+            self.resets = 0
+
+        def reset(self):
+            self.resets += 1
+
+        def __call__(self, obs):
+            return 1
+
+    pol = AlwaysOne()
+    data = record("CartPole-v1", pol, episodes=2, progress=False)
+    assert pol.resets == 2 and np.all(data.actions == 1) and data.metadata["policy"] == "always 1"
+    pong = record("Pong", "random", steps=20, progress=False, env_kwargs={"image_size": 32})
+    assert pong.observations.shape == (20, 32, 32, 3) and pong.observations.dtype == np.uint8
+    assert pong.final_observations.dtype == np.uint8 and pong.life_losses.shape == (20,)
+
+
+def test_record_errors(tmp_path):
+    with pytest.raises(ValueError, match="exactly one of episodes and steps"):
+        record("CartPole-v1", "random")
+    with pytest.raises(ValueError, match="episodes must be >= 1"):
+        record("CartPole-v1", "random", episodes=0)
+    with pytest.raises(ValueError, match="not a run folder"):
+        record(None, tmp_path / "nope", episodes=1)
+    with pytest.raises(ValueError, match="unknown"):
+        record("NoSuchEnv-v9", "random", episodes=1)
+
+
+def test_record_trained_agent(run_dir, tmp_path):
+    out = tmp_path / "agent.npz"
+    data = record(None, run_dir, episodes=2, seed=1, out=out, progress=False)
+    again = record("CartPole-v1", str(run_dir), episodes=2, seed=1, progress=False)
+    np.testing.assert_array_equal(again.actions, data.actions)
+    back = load_trajectories(out)
+    assert back.n_episodes == 2 and back.metadata["env"] == "CartPole-v1"
+    assert "Drama agent" in back.metadata["policy"] and "sampling" in back.metadata["policy"]
+    np.testing.assert_allclose(rerun(back), back.episode_returns())
+    greedy = record(None, run_dir, episodes=2, greedy=True, progress=False)
+    assert "greedy" in greedy.metadata["policy"]
+    with pytest.raises(ValueError, match="trained on 'CartPole-v1', not 'Acrobot-v1'"):
+        record("Acrobot-v1", run_dir, episodes=1, progress=False)
+
+
+def check_replay(data, buf):
+    n_envs, size = buf["action"].shape
+    assert len(data) == n_envs * size == int(buf["size"]) * int(buf["num_envs"])
+    np.testing.assert_array_equal(data.rewards, buf["reward"].numpy().reshape(-1))
+    np.testing.assert_array_equal(data.actions, buf["action"].numpy().reshape(-1).astype(np.int64))
+    np.testing.assert_array_equal(data.observations, buf["obs"].numpy().reshape(len(data), -1))
+    flags = buf["terminated"].numpy().reshape(-1)
+    # episodes split exactly after the set flags (CartPole: no life losses, and a 300-step debug
+    # run reaches no 500-step time limit), and each stream's last episode is cut
+    ends = data.episode_ends() - 1
+    expect = np.sort(np.unique(np.concatenate([np.flatnonzero(flags), np.arange(1, n_envs + 1) * size - 1])))
+    np.testing.assert_array_equal(ends, expect)
+    np.testing.assert_array_equal(data.terminations, flags)
+
+
+def test_export_replay(run_dir, tmp_path):
+    buf = load(run_dir / "checkpoints" / "last.pt")["buffer"]
+    data = export_replay(run_dir, tmp_path / "replay.npz", progress=False)
+    back = load_trajectories(tmp_path / "replay.npz")
+    check_replay(back, buf)
+    assert back.metadata["source"] == "replay" and back.metadata["reconstructed"]
+    assert back.final_observations is not None and back.truncations[-1]
+    assert data.n_episodes == back.n_episodes > 3
+    # one env stream: episode k was reset with the run's episode_seed(seed, 0, k); replaying it
+    # gives the buffer's observations and the reconstructed flags and final observations
+    env = make_env("CartPole-v1")
+    for k, ep in enumerate(back.episodes()):
+        obs, _ = env.reset(seed=episode_seed(0, 0, k))
+        for t, a in enumerate(ep.actions):
+            np.testing.assert_array_equal(obs, ep.observations[t])
+            obs, _, term, trunc, _ = env.step(int(a))
+            cut = t == len(ep) - 1 and not (term or trunc)  # the episode running at the checkpoint
+            assert term == ep.terminations[t] and (trunc or cut) == ep.truncations[t]
+        np.testing.assert_array_equal(obs, ep.final_observation)
+    env.close()
+
+    flags = export_replay(run_dir, progress=False, reconstruct="never")
+    check_replay(flags, buf)
+    assert not flags.metadata["reconstructed"] and flags.final_observations is None
+    np.testing.assert_array_equal(flags.episode_starts, back.episode_starts)
+
+
+def test_export_replay_fallbacks(run_dir, tmp_path):
+    payload = load(run_dir / "checkpoints" / "last.pt")
+    # a buffer that wrapped around: the beginnings are gone, only the flags can be used
+    wrapped = tmp_path / "wrapped"
+    save_atomic({**payload, "buffer": {**payload["buffer"], "steps": payload["buffer"]["steps"] + 10}},
+                wrapped / "checkpoints" / "last.pt")
+    data = export_replay(wrapped, progress=False)
+    assert not data.metadata["reconstructed"] and "wrapped" in data.metadata["not_reconstructed_because"]
+    check_replay(data, payload["buffer"])
+    with pytest.raises(ValueError, match="cannot reconstruct the episodes: the buffer wrapped"):
+        export_replay(wrapped, progress=False, reconstruct="always")
+    # a buffer that does not match the env (here: a tampered reward) is not reconstructed
+    buf = dict(payload["buffer"])
+    buf["reward"] = buf["reward"].clone()
+    buf["reward"][0, 5] += 1.0
+    tampered = tmp_path / "tampered"
+    save_atomic({**payload, "buffer": buf}, tampered / "checkpoints" / "last.pt")
+    data = export_replay(tampered, progress=False)
+    assert "step 5" in data.metadata["not_reconstructed_because"]
+    with pytest.raises(ValueError, match="stream 0, step 5"):
+        export_replay(tampered, progress=False, reconstruct="always")
+
+
+def test_main(run_dir, tmp_path, capsys):
+    out = tmp_path / "r.npz"
+    assert main(["--env", "CartPole-v1", "--episodes", "2", "--seed", "3", "--out", str(out), "--no-progress"]) == 0
+    assert "2 episodes" in capsys.readouterr().out and load_trajectories(out).n_episodes == 2
+    assert main(["--from-replay", str(run_dir), "--out", str(tmp_path / "b.npz"), "--no-progress"]) == 0
+    assert main(["--policy", str(run_dir), "--steps", "30", "--greedy", "--out", str(tmp_path / "c.npz"),
+                 "--no-progress"]) == 0
+    assert len(load_trajectories(tmp_path / "c.npz")) == 30
+    capsys.readouterr()
+    for argv, message in [
+        (["--env", "CartPole-v1", "--out", str(out)], "give --episodes N or --steps N"),
+        (["--episodes", "1", "--out", str(out)], "--env is required"),
+        (["--from-replay", str(tmp_path / "none"), "--out", str(out)], "is not a run folder"),
+        (["--from-replay", str(run_dir), "--episodes", "2", "--out", str(out)], "--from-replay takes no"),
+        (["--env", "Nope-v0", "--episodes", "1", "--out", str(out)], "unknown environment id 'Nope-v0'"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("rlts record: error: ") and message in err and "\n" not in err
+    assert main(["--episodes", "x", "--out", str(out)]) == 2  # argparse's own message
