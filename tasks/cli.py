@@ -147,6 +147,20 @@ def _record(args: argparse.Namespace) -> int:
     return record_main(list(args.overrides))
 
 
+def _offline_args(p: argparse.ArgumentParser) -> None:
+    p.usage = "rlts offline --dataset FILE.npz [--backbone aaren] [--target_return R] [--key value ...] [--config debug]"
+    p.epilog = ("Every key of tasks.offline.OfflineConfig is an option, e.g. --dataset cartpole.npz --models aaren,transformer "
+                "--env CartPole-v1 --target_return 500 --context 20 --d_model 64 --eval_episodes 10 --epochs 20 --out DIR. "
+                "Datasets come from `rlts record`. Reusing --out resumes.")
+    p.set_defaults(overrides=[])
+
+
+def _offline(args: argparse.Namespace) -> int:
+    """Train return-conditioned policies (DecisionAaren vs Decision Transformer) on an offline dataset."""
+    from tasks.offline import cli_run
+    return cli_run(args)
+
+
 # A subcommand that sets the default `overrides` (p.set_defaults(overrides=[])) receives the
 # arguments argparse does not know as args.overrides: `--key value` config overrides.
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -163,6 +177,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                   _atari100k_args, _atari100k),
     "record": ("record an offline RL dataset from a policy or a trained agent's replay buffer",
                _record_args, _record),
+    "offline": ("train return-conditioned policies (DecisionAaren vs Decision Transformer) on an offline dataset",
+                _offline_args, _offline),
 }
 
 

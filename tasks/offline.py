@@ -1,0 +1,480 @@
+"""Offline RL runner: return-conditioned policies (DecisionAaren vs the Decision Transformer)
+trained on a recorded dataset, then evaluated in the environment.
+
+    rlts record --env CartPole-v1 --policy random --episodes 200 --out cartpole_random.npz
+    rlts offline --dataset cartpole_random.npz --out runs/offline-cartpole
+    rlts offline --dataset pong.npz --models aaren,mamba,transformer --target_return 20 --config debug
+
+Data: one `rlts.data.trajectories` file (`rlts record`). Its metadata names the environment
+(`env`, made with the recorded `env_kwargs` by `tasks.envs.make_env`; `--env` overrides) and
+the policy that produced it. Only Discrete action spaces (make_env's): continuous datasets are
+refused with a clear error.
+
+Training examples (`DecisionModel` docstring: pad on the right, mask True on a prefix,
+timesteps = the step's index in its episode, rtg = `returns_to_go` of the whole episode, so a
+cut sequence still carries the rewards after the cut in its returns-to-go):
+- recurrent backbones (aaren, gru, mamba, mamba2) act from the episode start with a state that
+  has seen every earlier step, so they train on sequences that START at episode starts: one
+  example per episode, its first `max_episode_len` steps (default: the whole episode). Steps
+  after the cut are not trained on (there is no state to start a later chunk from without
+  replaying the episode's beginning); raise `max_episode_len` to cover them.
+- the transformer acts with a sliding window of `context` steps, and trains on windows of
+  `context` steps as the Decision Transformer does: the DT samples a window start uniformly
+  over the dataset's steps; here every `window_stride`-th step of every episode starts one
+  window (a deterministic enumeration the Trainer shuffles: exact resume). Windows that run past
+  their episode's end are shorter (right-padded).
+The episodes are split once (seeded) into training and validation episodes (`val_fraction`);
+the Trainer stops early on the validation loss and restores the best weights.
+
+Evaluation, per model: `eval_episodes` episodes, episode k reset with the seed
+`tasks.rl.derive_seed(seed, 4, k)` (the same episodes for every model), acting one step at a
+time (`start` / `act` / `observe_action`, batch 1) with the argmax action; the return-to-go
+starts at `target_return` (default: the dataset's best episode return) and each reward is
+subtracted from it. Reported: mean / std / per-episode returns and lengths, the normalised
+score 100 * (return - random) / (best - random), with best = the dataset's best episode return
+and random = the dataset's mean episode return if its policy was uniform random (metadata
+policy "random" / "uniform random"), else the mean return of `eval_episodes` uniform-random
+episodes on the same seeds (actions seeded with derive_seed(seed, 5)); the training time, the
+acting time per env step (ms, act + observe_action, batch 1) and the acting memory: bytes of
+the recurrent state (every tensor of every layer: the transformer's KV cache, the others' fixed
+states) after the last step of the longest evaluation episode.
+
+Outputs in `out`: results.json (config, dataset summary, reference returns, per model metrics;
+rewritten atomically after each model, a rerun skips finished models and resumes an interrupted
+one from its Trainer checkpoint), results.md / results.csv, one folder per model (Trainer
+checkpoints, TensorBoard) and returns.png: each model's evaluation return (mean +- std, with
+the episodes as dots) next to the dataset's episode returns.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rlts.config import to_dict
+from rlts.data.trajectories import Trajectories, load_trajectories, returns_to_go
+from rlts.heads.decision import DecisionModel, decision_loss
+from rlts.nn import count_parameters
+from rlts.runtime import seed_everything, select_device
+from rlts.tracking import write_table
+from rlts.trainer import Trainer, TrainConfig
+from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
+                           write_json_atomic)
+from tasks._runner import resolve_models as _resolve_models
+
+CONFIG_PATH = Path(__file__).parent / "configs" / "offline.yaml"
+WINDOWED = ("transformer",)
+"""Backbones that train on windows of `context` steps; all others train from episode starts."""
+RANDOM_POLICIES = ("random", "uniform random")
+"""Metadata `policy` values that mark a uniform-random dataset (its mean return is the random reference)."""
+# Config keys whose change makes earlier results in the same `out` incomparable.
+_DATA_KEYS = ("dataset", "env", "seed", "d_model", "n_layers", "context", "dropout", "return_scale",
+              "max_timestep", "target_return", "eval_episodes", "max_episode_len", "window_stride",
+              "val_fraction", "train")
+
+
+@dataclass
+class OfflineConfig:
+    """Settings of `rlts offline`."""
+
+    dataset: str = ""
+    """The trajectories file (.npz, `rlts record`)."""
+    env: Optional[str] = None
+    """Environment to evaluate in; default the dataset's metadata `env` (made with its recorded
+    env_kwargs)."""
+    models: List[str] = field(default_factory=lambda: ["backbone", "transformer"])
+    """Models to train: any rlts.nn backbone name (aaren, mamba, mamba2, transformer, gru) or
+    `backbone` (= the `backbone` key). transformer is the Decision Transformer."""
+    backbone: str = "aaren"
+    """The backbone the model name `backbone` stands for (aaren: DecisionAaren)."""
+    d_model: int = 64
+    """Width of the sequence model."""
+    n_layers: int = 3
+    """Blocks in the sequence model."""
+    context: int = 20
+    """The transformer's window in env steps, for training windows and acting (KV cache of
+    3 * context - 2 tokens). Unused by the recurrent backbones."""
+    dropout: float = 0.1
+    """Dropout on the token embeddings."""
+    return_scale: Optional[float] = None
+    """Returns-to-go are divided by it before embedding; default the dataset's largest
+    |episode return| (1 if that is 0)."""
+    max_timestep: Optional[int] = None
+    """Size of the timestep embedding (later steps share the last entry); default the
+    dataset's longest episode."""
+    target_return: Optional[float] = None
+    """Return-to-go the policy is conditioned on at the first step; default the dataset's best
+    episode return."""
+    eval_episodes: int = 10
+    """Evaluation episodes per model (seeds derive_seed(seed, 4, k))."""
+    max_episode_len: Optional[int] = None
+    """Recurrent backbones train on the first max_episode_len steps of every episode; default
+    whole episodes."""
+    window_stride: int = 1
+    """The transformer's training windows start at every window_stride-th step of each episode."""
+    val_fraction: float = 0.1
+    """Fraction of the episodes (seeded choice, at least one when there are two or more) held
+    out for early stopping; 0: no validation, no early stopping."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
+    train.device are replaced by the top-level seed and device."""
+    out: Optional[str] = None
+    """Output folder; default runs/offline-<dataset stem>-<timestamp>. Reuse it to resume."""
+    seed: int = 0
+    """Seeds the validation split, model initialisation, training and evaluation episodes."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    plots: bool = True
+    """Write returns.png."""
+
+
+def derive_seed(*keys: int) -> int:
+    from tasks.rl import derive_seed as _derive  # tasks.rl imports the world model: lazily
+
+    return _derive(*keys)
+
+
+def resolve_models(cfg: OfflineConfig) -> List[str]:
+    """The model names to run; ValueError on unknown ones."""
+    return _resolve_models(cfg.models, cfg.backbone, ())
+
+
+def check_config(cfg: OfflineConfig) -> None:
+    """ValueErrors for settings that cannot work, before anything is read or written."""
+    if not cfg.dataset:
+        raise ValueError("no dataset given; pass --dataset FILE.npz (record one with `rlts record`)")
+    for key in ("d_model", "n_layers", "context", "eval_episodes", "window_stride"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    for key in ("max_episode_len", "max_timestep"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be at least 1 (or unset), got {getattr(cfg, key)}")
+    if cfg.return_scale is not None and not (cfg.return_scale > 0 and math.isfinite(cfg.return_scale)):
+        raise ValueError(f"return_scale must be finite and > 0, got {cfg.return_scale}")
+    if cfg.target_return is not None and not math.isfinite(cfg.target_return):
+        raise ValueError(f"target_return must be finite, got {cfg.target_return}")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {cfg.val_fraction}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {cfg.dropout}")
+    resolve_models(cfg)
+    select_device(cfg.device)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class DecisionSequences(Dataset):
+    """Training examples of a DecisionModel: spans (start, length) of the flat dataset arrays,
+    each inside one episode, with per-step timesteps (index in the episode) and returns-to-go
+    (of the whole episode). Items are dicts of tensors; `collate_decision` pads them."""
+
+    def __init__(self, data: Trajectories, rtg: np.ndarray, spans: Sequence[tuple]):
+        self.data, self.rtg = data, rtg
+        self.step_in_episode = np.arange(len(data)) - np.repeat(data.episode_starts, data.episode_lengths())
+        self.spans = [(int(a), int(n)) for a, n in spans]
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
+        a, n = self.spans[i]
+        s = slice(a, a + n)
+        return {"observations": torch.as_tensor(self.data.observations[s]),
+                "actions": torch.as_tensor(self.data.actions[s]),
+                "returns_to_go": torch.as_tensor(self.rtg[s], dtype=torch.float32),
+                "timesteps": torch.as_tensor(self.step_in_episode[s], dtype=torch.long)}
+
+
+def collate_decision(items: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Right-pad a list of sequences to the longest; mask (B, T) is True on the real steps."""
+    T = max(len(it["timesteps"]) for it in items)
+    out: Dict[str, torch.Tensor] = {}
+    for key in items[0]:
+        first = items[0][key]
+        buf = torch.zeros(len(items), T, *first.shape[1:], dtype=first.dtype)
+        for b, it in enumerate(items):
+            buf[b, :len(it[key])] = it[key]
+        out[key] = buf
+    out["mask"] = torch.arange(T)[None, :] < torch.tensor([len(it["timesteps"]) for it in items])[:, None]
+    return out
+
+
+def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> tuple:
+    """(train episode indices, validation episode indices), both sorted; a seeded choice."""
+    n_val = 0
+    if val_fraction > 0 and n_episodes >= 2:
+        n_val = min(n_episodes - 1, max(1, int(round(val_fraction * n_episodes))))
+    perm = np.random.default_rng(derive_seed(seed, 6)).permutation(n_episodes)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def episode_spans(data: Trajectories, episodes: np.ndarray, backbone: str, cfg: OfflineConfig) -> List[tuple]:
+    """(start, length) of the training sequences of `episodes` for `backbone` (module docstring)."""
+    starts, lengths = data.episode_starts[episodes], data.episode_lengths()[episodes]
+    if backbone not in WINDOWED:
+        cap = cfg.max_episode_len or int(lengths.max())
+        return [(a, min(n, cap)) for a, n in zip(starts, lengths)]
+    return [(a + o, min(cfg.context, n - o)) for a, n in zip(starts, lengths) for o in range(0, n, cfg.window_stride)]
+
+
+def dataset_summary(data: Trajectories, path: str) -> dict:
+    rets, lens = data.episode_returns(), data.episode_lengths()
+    meta = data.metadata
+    return {"file": str(path), "env": meta.get("env"), "policy": meta.get("policy"),
+            "episodes": int(data.n_episodes), "transitions": int(len(data)),
+            "obs_shape": list(data.obs_shape), "discrete": bool(data.discrete),
+            "return_mean": float(rets.mean()), "return_std": float(rets.std()),
+            "return_min": float(rets.min()), "return_max": float(rets.max()),
+            "length_mean": float(lens.mean()), "length_max": int(lens.max()),
+            "episode_returns": [float(r) for r in rets]}
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def make_eval_env(cfg: OfflineConfig, data: Trajectories):
+    """(env name, env kwargs, an env) for evaluation; ValueErrors for a missing env id, a
+    continuous dataset, or a dataset that does not fit the env's spaces."""
+    from tasks.envs import make_env
+
+    meta = data.metadata
+    name = cfg.env or meta.get("env")
+    if not name:
+        raise ValueError(f"{cfg.dataset}: its metadata names no environment; pass --env ID")
+    if not data.discrete:
+        raise ValueError(f"{cfg.dataset} holds continuous actions (act_dim {data.actions.shape[1]}); rlts offline "
+                         "evaluates with tasks.envs.make_env, which supports Discrete action spaces only")
+    kwargs = dict(meta.get("env_kwargs") or {}) if name == meta.get("env") else {}
+    try:
+        env = make_env(name, **kwargs)
+    except ValueError as e:
+        only = " (rlts offline evaluates in Discrete action spaces only)" if "Discrete" in str(e) else ""
+        raise ValueError(f"cannot evaluate in {name!r}: {e}{only}") from None
+    obs_shape, n = tuple(env.observation_space.shape), int(env.action_space.n)
+    if obs_shape != data.obs_shape:
+        env.close()
+        raise ValueError(f"{cfg.dataset}: observations {data.obs_shape} do not match {name!r}'s {obs_shape}")
+    if int(data.actions.max()) >= n or int(data.actions.min()) < 0:
+        env.close()
+        raise ValueError(f"{cfg.dataset}: actions range {int(data.actions.min())}..{int(data.actions.max())}, "
+                         f"but {name!r} has {n} actions")
+    return name, kwargs, env
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of every tensor in a (nested) acting state."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(s) for s in state)
+    if isinstance(state, dict):
+        return sum(state_nbytes(s) for s in state.values())
+    return 0
+
+
+def random_returns(env, episodes: int, seed: int) -> List[float]:
+    """Returns of a uniform random policy on the evaluation episodes' seeds."""
+    env.action_space.seed(derive_seed(seed, 5))
+    out = []
+    for k in range(episodes):
+        env.reset(seed=derive_seed(seed, 4, k))
+        total, done = 0.0, False
+        while not done:
+            _, r, term, trunc, _ = env.step(env.action_space.sample())
+            total, done = total + float(r), term or trunc
+        out.append(total)
+    return out
+
+
+@torch.no_grad()
+def evaluate_policy(model: DecisionModel, env, episodes: int, seed: int, target_return: float,
+                    device: torch.device) -> dict:
+    """Act greedily (argmax) for `episodes` episodes, batch 1, the return-to-go starting at
+    `target_return` and decreased by every reward. Returns, lengths, ms per step, state bytes."""
+    model.eval()
+    returns, lengths, act_time, steps = [], [], 0.0, 0
+    longest, state_bytes = -1, 0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for k in range(episodes):
+        obs, _ = env.reset(seed=derive_seed(seed, 4, k))
+        state = model.start(1, device)
+        rtg, total, t, done = float(target_return), 0.0, 0, False
+        while not done:
+            sync()
+            t0 = time.perf_counter()
+            ts = torch.tensor([t], dtype=torch.long, device=device)
+            pred, state = model.act(torch.as_tensor(np.asarray(obs)[None], device=device),
+                                    torch.tensor([rtg], dtype=torch.float32, device=device), ts, state)
+            action = pred.argmax(-1)
+            state = model.observe_action(action, ts, state)
+            sync()
+            act_time += time.perf_counter() - t0
+            obs, r, term, trunc, _ = env.step(int(action[0]))
+            rtg, total, t, done = rtg - float(r), total + float(r), t + 1, term or trunc
+        steps += t
+        returns.append(total)
+        lengths.append(t)
+        if t > longest:
+            longest, state_bytes = t, state_nbytes(state)
+    return {"returns": returns, "lengths": lengths, "act_ms_per_step": 1000.0 * act_time / max(steps, 1),
+            "state_bytes": state_bytes, "state_bytes_after_steps": longest}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def build_model(name: str, cfg: OfflineConfig, data: Trajectories, n_actions: int, return_scale: float,
+                max_timestep: int) -> DecisionModel:
+    return DecisionModel(data.obs_shape, n_actions=n_actions, backbone=name, d_model=cfg.d_model,
+                         n_layers=cfg.n_layers, max_timestep=max_timestep, context=cfg.context,
+                         return_scale=return_scale, dropout=cfg.dropout)
+
+
+def normalised(ret: float, random: float, best: float) -> Optional[float]:
+    return 100.0 * (ret - random) / (best - random) if best != random else None
+
+
+def _table_rows(results: dict, order: List[str]) -> List[dict]:
+    keys = ("return_mean", "return_std", "normalised_score", "params", "train_time_s", "epochs",
+            "act_ms_per_step", "state_bytes")
+    return [{"model": m, **{k: "-" if results[m].get(k) is None else results[m][k] for k in keys}}
+            for m in order if m in results]
+
+
+def run_offline(cfg: OfflineConfig, log=print) -> dict:
+    """Train every model not yet in `out`/results.json on the dataset and evaluate it in the env."""
+    check_config(cfg)
+    models = resolve_models(cfg)
+    try:
+        data = load_trajectories(cfg.dataset)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+    name, env_kwargs, env = make_eval_env(cfg, data)
+    try:
+        return _run(cfg, models, data, name, env_kwargs, env, log)
+    finally:
+        env.close()
+
+
+def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: str, env_kwargs: dict, env,
+         log) -> dict:
+    rets = data.episode_returns()
+    best = float(rets.max())
+    return_scale = cfg.return_scale or (float(np.abs(rets).max()) or 1.0)
+    target = float(cfg.target_return) if cfg.target_return is not None else best
+    max_timestep = cfg.max_timestep or int(data.episode_lengths().max())
+    n_actions = int(env.action_space.n)
+    train_eps, val_eps = split_episodes(data.n_episodes, cfg.val_fraction, cfg.seed)
+
+    out, previous, cfg_dict = open_run(cfg, "offline", Path(cfg.dataset).stem, _DATA_KEYS)
+    results_path = out / "results.json"
+    reference = previous.get("reference")
+    if reference is None:
+        policy = str(data.metadata.get("policy", "")).strip().lower()
+        if policy in RANDOM_POLICIES:
+            reference = {"random": float(rets.mean()), "random_source": "dataset mean return (random policy)"}
+        else:
+            rr = random_returns(env, cfg.eval_episodes, cfg.seed)
+            reference = {"random": float(np.mean(rr)), "random_returns": rr,
+                         "random_source": f"{cfg.eval_episodes} uniform-random episodes on the evaluation seeds"}
+        reference["best"] = best
+    state = {
+        "config": cfg_dict,
+        "dataset": {**dataset_summary(data, cfg.dataset), "train_episodes": int(len(train_eps)),
+                    "val_episodes": int(len(val_eps))},
+        "env": {"id": env_name, "kwargs": env_kwargs, "n_actions": n_actions},
+        "settings": {"return_scale": return_scale, "target_return": target, "max_timestep": max_timestep,
+                     "eval_seeds": [derive_seed(cfg.seed, 4, k) for k in range(cfg.eval_episodes)]},
+        "reference": reference,
+        "results": previous.get("results", {}),
+    }
+    write_json_atomic(state, results_path)
+
+    device = select_device(cfg.device)
+    train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": cfg.seed, "device": cfg.device})
+    rtg = returns_to_go(data.rewards, 1.0, data.episode_starts)
+    for name in models:
+        if name in state["results"]:
+            log(f"[skip] {name}: already in {results_path}")
+            continue
+        train_ds = DecisionSequences(data, rtg, episode_spans(data, train_eps, name, cfg))
+        val_ds = DecisionSequences(data, rtg, episode_spans(data, val_eps, name, cfg)) if len(val_eps) else None
+        seed_everything(cfg.seed)
+        model = build_model(name, cfg, data, n_actions, return_scale, max_timestep)
+        n_params = count_parameters(model)
+        log(f"[train] {name} ({n_params} parameters, {len(train_ds)} training sequences)")
+        t0 = time.perf_counter()
+        trainer = Trainer(model, decision_loss, train_cfg, run_dir=out / name, collate_fn=collate_decision)
+        fit = trainer.fit(train_ds, val_ds)
+        train_time = time.perf_counter() - t0
+        ev = evaluate_policy(trainer.model, env, cfg.eval_episodes, cfg.seed, target, device)
+        mean = float(np.mean(ev["returns"]))
+        state["results"][name] = {
+            "return_mean": mean, "return_std": float(np.std(ev["returns"])),
+            "normalised_score": json_float(normalised(mean, reference["random"], best)),
+            "returns": ev["returns"], "lengths": ev["lengths"],
+            "params": n_params, "train_time_s": round(train_time, 3), "epochs": fit["epochs"],
+            "early_stopped": fit["early_stopped"], "best_val_loss": json_float(fit["best_val_loss"]),
+            "train_sequences": len(train_ds), "act_ms_per_step": round(ev["act_ms_per_step"], 4),
+            "state_bytes": ev["state_bytes"], "state_bytes_after_steps": ev["state_bytes_after_steps"]}
+        write_json_atomic(state, results_path)
+        log(f"[done] {name}: return {mean:.2f} +- {np.std(ev['returns']):.2f} ({train_time:.1f} s training)")
+
+    md = write_table(_table_rows(state["results"], models), out / "results.csv", out / "results.md")
+    if cfg.plots:
+        try:
+            plot_returns(out / "returns.png", state, models)
+        except ImportError as e:
+            log(f"[warn] no returns.png: {e} (pip install matplotlib)")
+    log(f"target return {target:g}; random reference {reference['random']:g}; dataset best {best:g}")
+    log(md)
+    return state
+
+
+def plot_returns(path: Path, state: dict, models: List[str]) -> None:
+    """Bars: each model's mean evaluation return +- std (episodes as dots); the dataset's
+    episode returns as dots, with the random reference and the target return as lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    names = [m for m in models if m in state["results"]]
+    fig, ax = plt.subplots(figsize=(1.6 * (len(names) + 1) + 2, 3.5))
+    ds = np.asarray(state["dataset"]["episode_returns"])
+    ax.scatter(rng.uniform(-0.25, 0.25, len(ds)), ds, s=6, color="0.4", alpha=0.6, zorder=3)
+    ax.bar([0], [ds.mean()], yerr=[ds.std()], color="0.85", capsize=4)
+    for i, m in enumerate(names, start=1):
+        r = np.asarray(state["results"][m]["returns"])
+        ax.bar([i], [r.mean()], yerr=[r.std()], capsize=4, color=f"C{i - 1}", alpha=0.8)
+        ax.scatter(i + rng.uniform(-0.2, 0.2, len(r)), r, s=10, color="k", zorder=3)
+    ax.axhline(state["reference"]["random"], ls=":", color="k", lw=1, label="random")
+    ax.axhline(state["settings"]["target_return"], ls="--", color="C3", lw=1, label="target return")
+    ax.set_xticks(range(len(names) + 1), ["dataset", *names])
+    ax.set_ylabel("episode return")
+    ax.set_title(f"{Path(state['dataset']['file']).name} on {state['env']['id']}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+ALIASES = {"--model": "--models", "--data": "--dataset", **TRAIN_ALIASES}
+"""Short spellings accepted by `rlts offline` for the config keys."""
+
+
+def parse_offline_config(argv: List[str]) -> OfflineConfig:
+    return parse_task_config(OfflineConfig, argv, CONFIG_PATH, ALIASES)
+
+
+def cli_run(args) -> int:
+    return cli_main("offline", lambda: run_offline(parse_offline_config(list(args.overrides))))

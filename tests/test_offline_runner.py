@@ -1,0 +1,133 @@
+"""`rlts offline`: the offline RL runner end to end on a tiny recorded CartPole dataset (debug
+overlay: a smoke test of the pipeline, not of learning), resume, the data sampling and bad input."""
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from rlts.data.trajectories import Trajectories, load_trajectories, returns_to_go, save_trajectories
+from tasks.offline import (DecisionSequences, OfflineConfig, collate_decision, cli_run, episode_spans,
+                           parse_offline_config, run_offline, split_episodes)
+from tasks.record import record
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "d.npz"
+    record("CartPole-v1", "random", episodes=20, seed=0, out=path, progress=False)
+    return path
+
+
+def _run(argv):
+    return run_offline(parse_offline_config([*argv, "--device", "cpu"]), log=lambda *_: None)
+
+
+def test_end_to_end_and_rerun_skips(dataset, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--dataset", str(dataset), "--config", "debug", "--models", "aaren,transformer", "--out", str(out)]
+    state = _run(argv)
+    data = load_trajectories(dataset)
+    rets = data.episode_returns()
+    assert set(state) >= {"config", "dataset", "env", "settings", "reference", "results"}
+    assert state["env"]["id"] == "CartPole-v1" and state["env"]["n_actions"] == 2
+    assert state["dataset"]["episodes"] == 20 and state["dataset"]["train_episodes"] == 18
+    assert state["settings"]["target_return"] == pytest.approx(rets.max())   # default: the best return
+    assert state["settings"]["return_scale"] == pytest.approx(np.abs(rets).max())
+    # a random-policy dataset is its own random reference
+    assert state["reference"]["random"] == pytest.approx(rets.mean()) and "dataset" in state["reference"]["random_source"]
+    for m in ("aaren", "transformer"):
+        r = state["results"][m]
+        assert len(r["returns"]) == 2 and len(r["lengths"]) == 2 and r["return_mean"] == pytest.approx(np.mean(r["returns"]))
+        want = 100 * (r["return_mean"] - rets.mean()) / (rets.max() - rets.mean())
+        assert r["normalised_score"] == pytest.approx(want)
+        assert r["params"] > 0 and r["train_time_s"] >= 0 and r["act_ms_per_step"] > 0 and r["epochs"] == 1
+        assert (out / m / "checkpoints" / "last.pt").exists() and any((out / m / "tb").iterdir())
+    # aaren: a fixed state (m, u, w of one layer: 3 * (B=1, heads, ...)); transformer: a KV cache
+    assert 0 < state["results"]["aaren"]["state_bytes"] < state["results"]["transformer"]["state_bytes"]
+    assert state["results"]["aaren"]["train_sequences"] == 18             # one per training episode
+    for f in ("results.json", "results.md", "results.csv", "returns.png"):
+        assert (out / f).exists(), f
+    assert "| transformer |" in (out / "results.md").read_text()
+    assert json.loads((out / "results.json").read_text())["results"] == state["results"]
+    # rerun: finished models are skipped, not retrained
+    mtime = (out / "aaren" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    again = _run(argv)
+    assert again["results"] == state["results"]
+    assert (out / "aaren" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+    # a changed setup is refused in the same folder
+    with pytest.raises(ValueError, match="different setup"):
+        _run([*argv, "--d_model", "8"])
+
+
+def test_non_random_dataset_measures_a_random_reference(dataset, tmp_path):
+    data = load_trajectories(dataset)
+    data.metadata["policy"] = "some agent"
+    path = tmp_path / "agent.npz"
+    save_trajectories(data, path)
+    state = _run(["--dataset", str(path), "--config", "debug", "--models", "gru", "--out", str(tmp_path / "o"),
+                  "--target_return", "100", "--plots", "false"])
+    ref = state["reference"]
+    assert len(ref["random_returns"]) == 2 and ref["random"] == pytest.approx(np.mean(ref["random_returns"]))
+    assert state["settings"]["target_return"] == 100.0 and list(state["results"]) == ["gru"]
+
+
+def test_training_sequences(dataset):
+    data = load_trajectories(dataset)
+    rtg = returns_to_go(data.rewards, 1.0, data.episode_starts)
+    eps = np.arange(data.n_episodes)
+    cfg = OfflineConfig(context=5, window_stride=2, max_episode_len=7)
+    lengths = data.episode_lengths()
+    # recurrent: one sequence per episode, from its start, cut at max_episode_len
+    rec = episode_spans(data, eps, "aaren", cfg)
+    assert [a for a, _ in rec] == list(data.episode_starts) and [n for _, n in rec] == list(np.minimum(lengths, 7))
+    # transformer: windows of `context` steps every `window_stride` steps, never across episodes
+    win = episode_spans(data, eps, "transformer", cfg)
+    assert len(win) == sum((n + 1) // 2 for n in lengths) and all(1 <= n <= 5 for _, n in win)
+    ends = data.episode_ends()
+    assert all(a + n <= ends[np.searchsorted(data.episode_starts, a, side="right") - 1] for a, n in win)
+    batch = collate_decision([DecisionSequences(data, rtg, win)[i] for i in (0, 1, len(win) - 1)])
+    assert batch["observations"].shape[:2] == batch["mask"].shape == batch["timesteps"].shape
+    a = int(data.episode_starts[0])
+    assert batch["timesteps"][1, :3].tolist() == [2, 3, 4]                  # index within the episode
+    assert batch["returns_to_go"][0, 0].item() == pytest.approx(data.episode_returns()[0])
+    assert batch["mask"][2].sum() == win[-1][1] and not batch["mask"][2, -1]  # the last window is short
+    assert batch["actions"][0, :5].tolist() == data.actions[a:a + 5].tolist()
+    tr, va = split_episodes(20, 0.1, 0)
+    assert len(va) == 2 and sorted([*tr, *va]) == list(range(20))
+    assert len(split_episodes(20, 0.0, 0)[1]) == 0 and len(split_episodes(1, 0.5, 0)[1]) == 0
+
+
+def _cli_error(capsys, argv):
+    assert cli_run(SimpleNamespace(overrides=argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlts offline: error:") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_input_is_one_line_and_keeps_out(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    base = ["--config", "debug", "--out", str(out), "--device", "cpu"]
+    assert "--dataset" in _cli_error(capsys, base)
+    assert "no_such.npz" in _cli_error(capsys, ["--dataset", str(tmp_path / "no_such.npz"), *base])
+    assert "'lstm'" in _cli_error(capsys, ["--dataset", str(dataset), "--models", "lstm", *base])
+    assert "val_fraction" in _cli_error(capsys, ["--dataset", str(dataset), "--val_fraction", "1.5", *base])
+    data = load_trajectories(dataset)
+    ep = lambda **kw: {"observations": data.observations[:3], "actions": data.actions[:3],  # noqa: E731
+                       "rewards": data.rewards[:3], "terminations": np.array([0, 0, 1], bool),
+                       "truncations": np.zeros(3, bool), **kw}
+    no_env = tmp_path / "no_env.npz"
+    save_trajectories(Trajectories.from_episodes([ep()], {"policy": "random"}), no_env)
+    assert "--env" in _cli_error(capsys, ["--dataset", str(no_env), *base])
+    cont = tmp_path / "cont.npz"
+    save_trajectories(Trajectories.from_episodes([ep(actions=np.zeros((3, 2), np.float32))], {"env": "CartPole-v1"}),
+                      cont)
+    assert "Discrete" in _cli_error(capsys, ["--dataset", str(cont), *base])
+    assert "Discrete" in _cli_error(capsys, ["--dataset", str(dataset), "--env", "Pendulum-v1", *base])
+    assert "do not match" in _cli_error(capsys, ["--dataset", str(dataset), "--env", "Acrobot-v1", *base])
+    assert sorted(os.listdir(out)) == ["notes.txt"]
