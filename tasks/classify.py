@@ -499,10 +499,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
     write_json_atomic(state, results_path)
     md = write_table(_table_rows(state["results"], models), out / "results.csv", out / "results.md")
     if cfg.plots:
-        try:
-            plot_confusion(out / "confusion_matrix.png", state, models)
-        except ImportError as e:
-            log(f"[warn] no confusion_matrix.png: {e} (pip install matplotlib)")
+        plot_confusion(out / "confusion_matrix.png", state, models)
     log(md)
     return state
 

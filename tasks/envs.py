@@ -37,12 +37,9 @@ from typing import Sequence
 import gymnasium as gym
 import numpy as np
 
-try:  # importing ale_py registers the ALE/<Game>-v5 ids
-    import ale_py
+import ale_py
 
-    gym.register_envs(ale_py)
-except ImportError:  # pragma: no cover - Atari is optional
-    ale_py = None
+gym.register_envs(ale_py)  # registers the ALE/<Game>-v5 ids
 
 ATARI100K_GAMES = (
     "Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout",

@@ -283,10 +283,7 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
     order = [*models, *BASELINES]
     md = write_table(_table_rows(state["results"], order), out / "results.csv", out / "results.md")
     if cfg.plots:
-        try:
-            plot_intensity(out / "intensity.png", test[0], cfg, scale, state, models, out, n_marks, device)
-        except ImportError as e:
-            log(f"[warn] no intensity.png: {e} (pip install matplotlib)")
+        plot_intensity(out / "intensity.png", test[0], cfg, scale, state, models, out, n_marks, device)
     log(f"time unit: {cfg.time_unit}; scale {scale.scale:.6g}")
     log(md)
     return state

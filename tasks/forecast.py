@@ -295,11 +295,8 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     write_json_atomic(state, results_path)
     md = write_table(_table_rows(state["results"], models, horizons), out / "results.csv", out / "results.md")
     if cfg.plots:
-        try:
-            plot_predictions(out / "predictions.png", values, table, cfg.window, horizons[0], all_borders[horizons[0]],
-                             {m: out / f"{m}-h{horizons[0]}" / "samples.json" for m in models})
-        except ImportError as e:
-            log(f"[warn] no predictions.png: {e} (pip install matplotlib)")
+        plot_predictions(out / "predictions.png", values, table, cfg.window, horizons[0], all_borders[horizons[0]],
+                         {m: out / f"{m}-h{horizons[0]}" / "samples.json" for m in models})
     log(md)
     return state
 

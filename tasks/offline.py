@@ -429,10 +429,7 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
 
     md = write_table(_table_rows(state["results"], models), out / "results.csv", out / "results.md")
     if cfg.plots:
-        try:
-            plot_returns(out / "returns.png", state, models)
-        except ImportError as e:
-            log(f"[warn] no returns.png: {e} (pip install matplotlib)")
+        plot_returns(out / "returns.png", state, models)
     log(f"target return {target:g}; random reference {reference['random']:g}; dataset best {best:g}")
     log(md)
     return state

@@ -98,7 +98,7 @@ class ActorCritic(nn.Module):
                                  + self.twohot.loss(value_logits, slow_value[:, :-1]))).mean()
         metrics = {"ac/actor_loss": actor_loss.detach(), "ac/critic_loss": critic_loss.detach(),
                    "ac/entropy": entropy.mean().detach(), "ac/return": returns.mean(),
-                   "ac/value": value.mean(), "ac/return_scale": torch.as_tensor(float(scale)),
+                   "ac/value": value.mean(), "ac/return_scale": scale,
                    "ac/imagined_reward": reward.mean()}
         return actor_loss, critic_loss, metrics
 
