@@ -31,6 +31,7 @@ possible.
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -138,13 +139,17 @@ class LifeLossInfo(gym.Wrapper):
 def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
              max_episode_frames: int = 108_000) -> gym.Env:
     """One environment: an Atari game (Atari100k protocol, see the module docstring) or any
-    Gymnasium id with a Box observation space and a Discrete action space.
+    Gymnasium id with a Box observation space and a Discrete or 1-D Box action space (MuJoCo
+    tasks such as HalfCheetah-v5 and Hopper-v5 included).
 
     Atari observations are (image_size, image_size, 3) uint8. `noop_max` = 0 (default, as in
     STORM/Drama) means no no-op starts: the game then no longer depends on the reset seed, only
     on the actions; with noop_max > 0 the reset seed draws 1..noop_max no-ops.
-    Other envs: observations flattened to 1-D float32 if needed. Raises ValueError for an
-    unknown game or id (with close matches) and for a non-Discrete action space.
+    Other envs: observations flattened to 1-D float32 if needed; continuous actions rescaled
+    to [-1, 1] (`RescaleAction`) when the env's bounds are other finite values. Raises ValueError
+    for an unknown game or id (with close matches), for unbounded or multi-dimensional Box
+    actions, and for other action spaces. The world-model agent needs Discrete actions: its
+    `env_spec` says so.
     """
     game = _atari_game(name)
     if game is not None:
@@ -156,12 +161,22 @@ def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
         return LifeLossInfo(env, name, atari=True)
     if name not in gym.registry:
         raise _unknown(name)
-    env = gym.make(name)
-    if not isinstance(env.action_space, gym.spaces.Discrete):
+    try:
+        env = gym.make(name)
+    except gym.error.DependencyNotInstalled as e:
+        raise ValueError(f"{name!r} needs a package that is not installed: {e}") from None
+    actions = env.action_space
+    if isinstance(actions, gym.spaces.Box):
+        low, high = np.asarray(actions.low, np.float64), np.asarray(actions.high, np.float64)
+        if len(actions.shape) != 1 or not (np.isfinite(low).all() and np.isfinite(high).all()):
+            env.close()
+            raise ValueError(f"{name!r} has action space {actions}; continuous actions must be a 1-D Box "
+                             "with finite bounds")
+        if not (np.all(low == -1.0) and np.all(high == 1.0)):
+            env = gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
+    elif not isinstance(actions, gym.spaces.Discrete):
         env.close()
-        raise ValueError(
-            f"{name!r} has action space {env.action_space}; the world-model agent needs a "
-            "Discrete action space")
+        raise ValueError(f"{name!r} has action space {actions}; a Discrete or a 1-D Box action space is needed")
     space = env.observation_space
     if not isinstance(space, gym.spaces.Box):
         env.close()
@@ -169,7 +184,9 @@ def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
     if len(space.shape) != 1:
         env = gym.wrappers.FlattenObservation(env)
     if env.observation_space.dtype != np.float32:
-        env = gym.wrappers.DtypeObservation(env, np.float32)
+        with warnings.catch_warnings():  # float64 bounds (MuJoCo's +-inf) cast to float32: intended
+            warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32")
+            env = gym.wrappers.DtypeObservation(env, np.float32)
     return LifeLossInfo(env, name, atari=False)
 
 
@@ -185,17 +202,19 @@ class EnvSpec:
 
 
 def env_spec(env: gym.Env | gym.vector.VectorEnv) -> EnvSpec:
-    """The EnvSpec of an env from `make_env`, or of a vector env (its single-env spaces)."""
+    """The EnvSpec of an env from `make_env`, or of a vector env (its single-env spaces), for
+    the world-model agent; ValueError for a non-Discrete action space."""
     if isinstance(env, gym.vector.VectorEnv):
         obs_space, act_space = env.single_observation_space, env.single_action_space
         inner = env.envs[0] if hasattr(env, "envs") else None
     else:
         obs_space, act_space, inner = env.observation_space, env.action_space, env
-    if not isinstance(act_space, gym.spaces.Discrete):
-        raise ValueError(f"action space {act_space} is not Discrete")
     name = getattr(inner, "rlts_name", None)
     if name is None:
         name = inner.spec.id if inner is not None and inner.spec is not None else "?"
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise ValueError(f"{name!r} has action space {act_space}; the world-model agent needs a Discrete "
+                         "action space")
     is_image = len(obs_space.shape) == 3 and obs_space.dtype == np.uint8
     return EnvSpec(name=name, is_image=is_image, obs_shape=tuple(obs_space.shape),
                    obs_dtype=np.dtype(obs_space.dtype), n_actions=int(act_space.n))

@@ -7,8 +7,10 @@ trained on a recorded dataset, then evaluated in the environment.
 
 Data: one `rlts.data.trajectories` file (`rlts record`). Its metadata names the environment
 (`env`, made with the recorded `env_kwargs` by `tasks.envs.make_env`; `--env` overrides) and
-the policy that produced it. Only Discrete action spaces (make_env's): continuous datasets are
-refused with a clear error.
+the policy that produced it. Discrete actions (cross-entropy, argmax when acting) and
+continuous ones in [-1, 1] (make_env rescales every Box action space to it; mean squared
+error, the predicted action when acting), e.g. the MuJoCo datasets of `rlts behaviour` +
+`rlts record`.
 
 Training examples (`DecisionModel` docstring: pad on the right, mask True on a prefix,
 timesteps = the step's index in its episode, rtg = `returns_to_go` of the whole episode, so a
@@ -240,32 +242,45 @@ def dataset_summary(data: Trajectories, path: str) -> dict:
 
 
 def make_eval_env(cfg: OfflineConfig, data: Trajectories):
-    """(env name, env kwargs, an env) for evaluation; ValueErrors for a missing env id, a
-    continuous dataset, or a dataset that does not fit the env's spaces."""
+    """(env name, env kwargs, an env) for evaluation; ValueErrors for a missing env id, or a
+    dataset that does not fit the env's spaces (observation shape, discrete vs continuous
+    actions, number of actions or action width)."""
     from tasks.envs import make_env
 
     meta = data.metadata
     name = cfg.env or meta.get("env")
     if not name:
         raise ValueError(f"{cfg.dataset}: its metadata names no environment; pass --env ID")
-    if not data.discrete:
-        raise ValueError(f"{cfg.dataset} holds continuous actions (act_dim {data.actions.shape[1]}); rlts offline "
-                         "evaluates with tasks.envs.make_env, which supports Discrete action spaces only")
     kwargs = dict(meta.get("env_kwargs") or {}) if name == meta.get("env") else {}
     try:
         env = make_env(name, **kwargs)
     except ValueError as e:
-        only = " (rlts offline evaluates in Discrete action spaces only)" if "Discrete" in str(e) else ""
-        raise ValueError(f"cannot evaluate in {name!r}: {e}{only}") from None
-    obs_shape, n = tuple(env.observation_space.shape), int(env.action_space.n)
+        raise ValueError(f"cannot evaluate in {name!r}: {e}") from None
+    obs_shape, space = tuple(env.observation_space.shape), env.action_space
+    problem = None
     if obs_shape != data.obs_shape:
+        problem = f"observations {data.obs_shape} do not match {name!r}'s {obs_shape}"
+    elif data.discrete != hasattr(space, "n"):
+        problem = (f"the dataset's actions are {'discrete' if data.discrete else 'continuous'}, but {name!r} "
+                   f"has action space {space}")
+    elif data.discrete and (int(data.actions.max()) >= space.n or int(data.actions.min()) < 0):
+        problem = (f"actions range {int(data.actions.min())}..{int(data.actions.max())}, but {name!r} has "
+                   f"{space.n} actions")
+    elif not data.discrete and data.actions.shape[1] != space.shape[0]:
+        problem = f"actions have width {data.actions.shape[1]}, but {name!r} takes {space.shape[0]}"
+    elif not data.discrete and np.abs(data.actions).max() > 1.0 + 1e-6:
+        problem = ("continuous actions must lie in [-1, 1] (make_env rescales the env's actions to that box), "
+                   f"got a largest |action| of {np.abs(data.actions).max():g}")
+    if problem:
         env.close()
-        raise ValueError(f"{cfg.dataset}: observations {data.obs_shape} do not match {name!r}'s {obs_shape}")
-    if int(data.actions.max()) >= n or int(data.actions.min()) < 0:
-        env.close()
-        raise ValueError(f"{cfg.dataset}: actions range {int(data.actions.min())}..{int(data.actions.max())}, "
-                         f"but {name!r} has {n} actions")
+        raise ValueError(f"{cfg.dataset}: {problem}")
     return name, kwargs, env
+
+
+def action_size(env) -> dict:
+    """DecisionModel keyword for the env's actions: {"n_actions": n} or {"act_dim": d}."""
+    space = env.action_space
+    return {"n_actions": int(space.n)} if hasattr(space, "n") else {"act_dim": int(space.shape[0])}
 
 
 def state_nbytes(state: Any) -> int:
@@ -296,7 +311,7 @@ def random_returns(env, episodes: int, seed: int) -> List[float]:
 @torch.no_grad()
 def evaluate_policy(model: DecisionModel, env, episodes: int, seed: int, target_return: float,
                     device: torch.device) -> dict:
-    """Act greedily (argmax) for `episodes` episodes, batch 1, the return-to-go starting at
+    """Act greedily (argmax; continuous: the predicted action) for `episodes` episodes, batch 1, the return-to-go starting at
     `target_return` and decreased by every reward. Returns, lengths, ms per step, state bytes."""
     model.eval()
     returns, lengths, act_time, steps = [], [], 0.0, 0
@@ -312,11 +327,12 @@ def evaluate_policy(model: DecisionModel, env, episodes: int, seed: int, target_
             ts = torch.tensor([t], dtype=torch.long, device=device)
             pred, state = model.act(torch.as_tensor(np.asarray(obs)[None], device=device),
                                     torch.tensor([rtg], dtype=torch.float32, device=device), ts, state)
-            action = pred.argmax(-1)
+            action = pred.argmax(-1) if model.discrete else pred   # (1,) or (1, act_dim) in [-1, 1]
             state = model.observe_action(action, ts, state)
             sync()
             act_time += time.perf_counter() - t0
-            obs, r, term, trunc, _ = env.step(int(action[0]))
+            a = int(action[0]) if model.discrete else action[0].float().cpu().numpy()
+            obs, r, term, trunc, _ = env.step(a)
             rtg, total, t, done = rtg - float(r), total + float(r), t + 1, term or trunc
         steps += t
         returns.append(total)
@@ -330,9 +346,10 @@ def evaluate_policy(model: DecisionModel, env, episodes: int, seed: int, target_
 # ----------------------------------------------------------------------------- the run
 
 
-def build_model(name: str, cfg: OfflineConfig, data: Trajectories, n_actions: int, return_scale: float,
+def build_model(name: str, cfg: OfflineConfig, data: Trajectories, actions: dict, return_scale: float,
                 max_timestep: int) -> DecisionModel:
-    return DecisionModel(data.obs_shape, n_actions=n_actions, backbone=name, d_model=cfg.d_model,
+    """actions: `action_size(env)`."""
+    return DecisionModel(data.obs_shape, **actions, backbone=name, d_model=cfg.d_model,
                          n_layers=cfg.n_layers, max_timestep=max_timestep, context=cfg.context,
                          return_scale=return_scale, dropout=cfg.dropout)
 
@@ -370,7 +387,7 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
     return_scale = cfg.return_scale or (float(np.abs(rets).max()) or 1.0)
     target = float(cfg.target_return) if cfg.target_return is not None else best
     max_timestep = cfg.max_timestep or int(data.episode_lengths().max())
-    n_actions = int(env.action_space.n)
+    actions = action_size(env)
     train_eps, val_eps = split_episodes(data.n_episodes, cfg.val_fraction, cfg.seed)
 
     out, previous, cfg_dict = open_run(cfg, "offline", Path(cfg.dataset).stem, _DATA_KEYS)
@@ -389,7 +406,7 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
         "config": cfg_dict,
         "dataset": {**dataset_summary(data, cfg.dataset), "train_episodes": int(len(train_eps)),
                     "val_episodes": int(len(val_eps))},
-        "env": {"id": env_name, "kwargs": env_kwargs, "n_actions": n_actions},
+        "env": {"id": env_name, "kwargs": env_kwargs, **actions},
         "settings": {"return_scale": return_scale, "target_return": target, "max_timestep": max_timestep,
                      "eval_seeds": [derive_seed(cfg.seed, 4, k) for k in range(cfg.eval_episodes)]},
         "reference": reference,
@@ -407,7 +424,7 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
         train_ds = DecisionSequences(data, rtg, episode_spans(data, train_eps, name, cfg))
         val_ds = DecisionSequences(data, rtg, episode_spans(data, val_eps, name, cfg)) if len(val_eps) else None
         seed_everything(cfg.seed)
-        model = build_model(name, cfg, data, n_actions, return_scale, max_timestep)
+        model = build_model(name, cfg, data, actions, return_scale, max_timestep)
         n_params = count_parameters(model)
         log(f"[train] {name} ({n_params} parameters, {len(train_ds)} training sequences)")
         t0 = time.perf_counter()

@@ -63,7 +63,8 @@ class RLConfig:
     """Settings of `rlts rl` and `rlts atari` (defaults: Drama's Atari100k schedule)."""
 
     env: str = "CartPole-v1"
-    """Gymnasium id (Box observations, Discrete actions) or an Atari game name (Pong, ALE/Pong-v5)."""
+    """Gymnasium id (Box observations, Discrete actions: the world model is built for those) or an Atari
+    game name (Pong, ALE/Pong-v5)."""
     steps: int = 100_000
     """Environment steps in all (summed over the environments); training stops there."""
     num_envs: int = 1
@@ -385,11 +386,11 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
     if previous.get("finished") and previous.get("steps", 0) >= cfg.steps:
         return previous
     device = select_device(cfg.device)
+    spec = env_spec(make_env(cfg.env, **env_kwargs(cfg)))  # before writing: a clear error for a bad env
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     seed_everything(cfg.seed)
 
-    spec = env_spec(make_env(cfg.env, **env_kwargs(cfg)))
     learner = Learner(cfg, spec, device)
     collector = Collector(cfg, learner.wm, device)
     buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape,

@@ -55,6 +55,32 @@ def test_pong_spec_and_protocol():
     env.close()
 
 
+def test_continuous_actions_rescaled_to_unit_box():
+    env = make_env("Pendulum-v1")  # torque in [-2, 2]
+    space = env.action_space
+    assert isinstance(space, gym.spaces.Box) and space.shape == (1,)
+    assert np.all(space.low == -1.0) and np.all(space.high == 1.0)
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and obs.shape == (3,)
+    env.step(np.array([1.0], np.float32))
+    # the wrapped env receives the rescaled torque: +1 -> +2 (the bound)
+    assert env.unwrapped.last_u == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="world-model agent needs a Discrete action space"):
+        env_spec(env)
+    env.close()
+
+
+@pytest.mark.parametrize("name,obs_dim,act_dim", [("HalfCheetah-v5", 17, 6), ("Hopper-v5", 11, 3)])
+def test_mujoco_envs(name, obs_dim, act_dim):
+    env = make_env(name)
+    assert env.observation_space.shape == (obs_dim,) and env.action_space.shape == (act_dim,)
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32
+    obs2, r, term, trunc, info = env.step(env.action_space.sample())
+    assert obs2.shape == (obs_dim,) and np.isfinite(r) and info["life_loss"] is False
+    env.close()
+
+
 def test_cartpole_spec():
     env = make_env("CartPole-v1")
     assert env_spec(env) == EnvSpec("CartPole-v1", False, (4,), np.dtype("float32"), 2)
@@ -109,7 +135,7 @@ def test_replay_actions_rejects_episode_ending_early():
     ("Pongg", r"unknown game or environment id 'Pongg'; did you mean Pong\?"),
     ("ALE/Pongg-v5", r"unknown game 'Pongg'.*ALE/Pong-v5"),
     ("CartPol-v1", r"unknown environment id 'CartPol-v1'; did you mean CartPole-v1"),
-    ("Pendulum-v1", "Discrete action space"),
+    ("Blackjack-v1", "a Box space is needed"),
 ])
 def test_errors(name, message):
     with pytest.raises(ValueError, match=message):

@@ -75,6 +75,19 @@ def test_non_random_dataset_measures_a_random_reference(dataset, tmp_path):
     assert state["settings"]["target_return"] == 100.0 and list(state["results"]) == ["gru"]
 
 
+def test_continuous_actions_end_to_end(tmp_path):
+    path = tmp_path / "pendulum.npz"
+    record("Pendulum-v1", "random", episodes=4, seed=0, out=path, progress=False)
+    data = load_trajectories(path)
+    assert not data.discrete and data.actions.shape == (800, 1) and np.abs(data.actions).max() <= 1.0
+    state = _run(["--dataset", str(path), "--config", "debug", "--models", "aaren,transformer",
+                  "--out", str(tmp_path / "o"), "--eval_episodes", "1", "--plots", "false"])
+    assert state["env"]["act_dim"] == 1 and "n_actions" not in state["env"]
+    for m in ("aaren", "transformer"):
+        r = state["results"][m]
+        assert r["lengths"] == [200] and np.isfinite(r["return_mean"]) and r["return_mean"] < 0  # Pendulum costs
+
+
 def test_training_sequences(dataset):
     data = load_trajectories(dataset)
     rtg = returns_to_go(data.rewards, 1.0, data.episode_starts)
@@ -127,7 +140,20 @@ def test_bad_input_is_one_line_and_keeps_out(dataset, tmp_path, capsys):
     cont = tmp_path / "cont.npz"
     save_trajectories(Trajectories.from_episodes([ep(actions=np.zeros((3, 2), np.float32))], {"env": "CartPole-v1"}),
                       cont)
-    assert "Discrete" in _cli_error(capsys, ["--dataset", str(cont), *base])
-    assert "Discrete" in _cli_error(capsys, ["--dataset", str(dataset), "--env", "Pendulum-v1", *base])
+    assert "actions are continuous, but 'CartPole-v1'" in _cli_error(capsys, ["--dataset", str(cont), *base])
+    pend = tmp_path / "pend.npz"  # Pendulum's (3,) observations with discrete actions
+    save_trajectories(Trajectories.from_episodes([ep(observations=np.zeros((3, 3), np.float32))], {"env": "Pendulum-v1"}),
+                      pend)
+    assert "actions are discrete, but 'Pendulum-v1'" in _cli_error(capsys, ["--dataset", str(pend), *base])
+    wide = tmp_path / "wide.npz"
+    save_trajectories(Trajectories.from_episodes(
+        [ep(observations=np.zeros((3, 3), np.float32), actions=np.zeros((3, 2), np.float32))], {"env": "Pendulum-v1"}),
+        wide)
+    assert "width 2" in _cli_error(capsys, ["--dataset", str(wide), *base])
+    big = tmp_path / "big.npz"
+    save_trajectories(Trajectories.from_episodes(
+        [ep(observations=np.zeros((3, 3), np.float32), actions=np.full((3, 1), 2.0, np.float32))],
+        {"env": "Pendulum-v1"}), big)
+    assert "[-1, 1]" in _cli_error(capsys, ["--dataset", str(big), *base])
     assert "do not match" in _cli_error(capsys, ["--dataset", str(dataset), "--env", "Acrobot-v1", *base])
     assert sorted(os.listdir(out)) == ["notes.txt"]
