@@ -39,8 +39,21 @@ import gymnasium as gym
 import numpy as np
 
 import ale_py
+import mujoco
 
 gym.register_envs(ale_py)  # registers the ALE/<Game>-v5 ids
+
+
+def _mujoco_warning(message: str) -> None:
+    """MuJoCo's warnings as Python RuntimeWarnings, instead of stderr plus a MUJOCO_LOG.TXT
+    written into the user's working directory. The deprecation of `settotalmass`, used by
+    Gymnasium's own HalfCheetah model, is dropped: nothing a user can act on."""
+    if "settotalmass" not in message:
+        warnings.warn(f"MuJoCo: {message.strip()}", RuntimeWarning, stacklevel=2)
+
+
+if mujoco.get_mju_user_warning() is None:  # leave a handler the user installed alone
+    mujoco.set_mju_user_warning(_mujoco_warning)
 
 ATARI100K_GAMES = (
     "Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout",

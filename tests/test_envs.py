@@ -180,3 +180,22 @@ def test_rebuild_vector_env(name):
     a, b = envs.step(nxt), rebuilt.step(nxt)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3])
+
+
+def test_mujoco_warnings_become_python_warnings(tmp_path, monkeypatch):
+    import warnings
+
+    import mujoco
+
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_env("HalfCheetah-v5").reset(seed=0)  # its XML uses the deprecated settotalmass
+        assert not [w for w in caught if "MuJoCo" in str(w.message)]
+        model = mujoco.MjModel.from_xml_string(
+            '<mujoco><worldbody><body><geom size=".1"/><joint type="free"/></body></worldbody></mujoco>')
+        data = mujoco.MjData(model)
+        data.qvel[:] = 1e20
+        mujoco.mj_step(model, data)
+    assert any("MuJoCo: Nan, Inf or huge value" in str(w.message) for w in caught)
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
