@@ -1,7 +1,7 @@
 """The `rlts` command: one subcommand per task.
 
 Each subcommand registers itself in SUBCOMMANDS as (help, add_arguments, run). Later tasks
-(forecast, classify, events, rl, atari, atari100k, offline) add theirs here.
+(forecast, classify, events, rl, atari, atari100k, record, behaviour, offline) add theirs here.
 """
 from __future__ import annotations
 
@@ -147,6 +147,23 @@ def _record(args: argparse.Namespace) -> int:
     return record_main(list(args.overrides))
 
 
+def _behaviour_args(p: argparse.ArgumentParser) -> None:
+    p.usage = ("rlts behaviour --env Hopper-v5 --steps 100000 --out DIR [--seed 0] [--save_every 10000] "
+               "[--learning_starts 10000] [--eval_episodes 10] [--key value ...] [--config debug]")
+    p.epilog = ("Every key of tasks.behaviour.BehaviourConfig is an option, e.g. --env HalfCheetah-v5|Hopper-v5|"
+                "Pendulum-v1 --batch_size 256 --net_arch 256 256 --progress false. Writes policies/step<N>.pt "
+                "snapshots (record a 'medium' dataset with `rlts record --policy DIR/policies/stepN.pt`), "
+                "results.json and, at the end, replay.npz (the 'medium-replay' dataset). --config debug applies "
+                "the overlay of tasks/configs/behaviour.yaml. Reusing --out resumes.")
+    p.set_defaults(overrides=[])
+
+
+def _behaviour(args: argparse.Namespace) -> int:
+    """Train a SAC behaviour policy (Stable-Baselines3) for D4RL-style offline datasets."""
+    from tasks.behaviour import cli_run
+    return cli_run(args)
+
+
 def _offline_args(p: argparse.ArgumentParser) -> None:
     p.usage = "rlts offline --dataset FILE.npz [--backbone aaren] [--target_return R] [--key value ...] [--config debug]"
     p.epilog = ("Every key of tasks.offline.OfflineConfig is an option, e.g. --dataset cartpole.npz --models aaren,transformer "
@@ -177,6 +194,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                   _atari100k_args, _atari100k),
     "record": ("record an offline RL dataset from a policy or a trained agent's replay buffer",
                _record_args, _record),
+    "behaviour": ("train a SAC behaviour policy (Stable-Baselines3) for D4RL-style medium / medium-replay datasets",
+                  _behaviour_args, _behaviour),
     "offline": ("train return-conditioned policies (DecisionAaren vs Decision Transformer) on an offline dataset",
                 _offline_args, _offline),
 }

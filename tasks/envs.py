@@ -245,14 +245,16 @@ def make_vector_env(name: str, num_envs: int, **make_env_kwargs) -> gym.vector.S
         autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 
 
-def replay_actions(env: gym.Env, seed: int, actions: Sequence[int]):
-    """Reset `env` with `seed` and step it through `actions` (the recorded actions of the
+def replay_actions(env: gym.Env, seed: int, actions: Sequence):
+    """Reset `env` with `seed` and step it through `actions` (ints, or (act_dim,) arrays for a
+    Box action space: the recorded actions of the
     episode in progress); return the last observation. The episode may end on the last action
     (the caller then resets with the next seed) but not before: that means the seed or the
     actions do not belong to one episode, and is a ValueError."""
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
     obs, _ = env.reset(seed=int(seed))
     for t, a in enumerate(actions):
-        obs, _, terminated, truncated, _ = env.step(int(a))
+        obs, _, terminated, truncated, _ = env.step(int(a) if discrete else np.asarray(a, env.action_space.dtype))
         if (terminated or truncated) and t < len(actions) - 1:
             raise ValueError(
                 f"the episode ended at action {t} of {len(actions)}: seed {seed} and the actions "

@@ -19,7 +19,10 @@ cut sequence still carries the rewards after the cut in its returns-to-go):
   has seen every earlier step, so they train on sequences that START at episode starts: one
   example per episode, its first `max_episode_len` steps (default: the whole episode). Steps
   after the cut are not trained on (there is no state to start a later chunk from without
-  replaying the episode's beginning); raise `max_episode_len` to cover them.
+  replaying the episode's beginning); raise `max_episode_len` to cover them. One example per
+  episode makes few, long examples, so these backbones take `recurrent_batch_size` episodes
+  per batch for `recurrent_epochs` epochs (defaults 8 and 100) instead of train.batch_size /
+  train.epochs.
 - the transformer acts with a sliding window of `context` steps, and trains on windows of
   `context` steps as the Decision Transformer does: the DT samples a window start uniformly
   over the dataset's steps; here every `window_stride`-th step of every episode starts one
@@ -78,7 +81,7 @@ RANDOM_POLICIES = ("random", "uniform random")
 # Config keys whose change makes earlier results in the same `out` incomparable.
 _DATA_KEYS = ("dataset", "env", "seed", "d_model", "n_layers", "context", "dropout", "return_scale",
               "max_timestep", "target_return", "eval_episodes", "max_episode_len", "window_stride",
-              "val_fraction", "train")
+              "recurrent_batch_size", "recurrent_epochs", "val_fraction", "train")
 
 
 @dataclass
@@ -120,6 +123,12 @@ class OfflineConfig:
     whole episodes."""
     window_stride: int = 1
     """The transformer's training windows start at every window_stride-th step of each episode."""
+    recurrent_batch_size: Optional[int] = 8
+    """Batch size (episodes) of the recurrent backbones, which train on one whole episode per
+    example: far fewer and longer examples than the transformer's windows, so smaller batches
+    to take as many gradient steps. None: train.batch_size."""
+    recurrent_epochs: Optional[int] = 100
+    """Epochs of the recurrent backbones (early stopping still applies). None: train.epochs."""
     val_fraction: float = 0.1
     """Fraction of the episodes (seeded choice, at least one when there are two or more) held
     out for early stopping; 0: no validation, no early stopping."""
@@ -154,7 +163,7 @@ def check_config(cfg: OfflineConfig) -> None:
     for key in ("d_model", "n_layers", "context", "eval_episodes", "window_stride"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    for key in ("max_episode_len", "max_timestep"):
+    for key in ("max_episode_len", "max_timestep", "recurrent_batch_size", "recurrent_epochs"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1 (or unset), got {getattr(cfg, key)}")
     if cfg.return_scale is not None and not (cfg.return_scale > 0 and math.isfinite(cfg.return_scale)):
@@ -354,6 +363,16 @@ def build_model(name: str, cfg: OfflineConfig, data: Trajectories, actions: dict
                          return_scale=return_scale, dropout=cfg.dropout)
 
 
+def train_config(cfg: OfflineConfig, backbone: str) -> TrainConfig:
+    """cfg.train with the run's seed and device; recurrent backbones get their own batch size
+    and epochs (recurrent_batch_size, recurrent_epochs) when set."""
+    kw = {**to_dict(cfg.train), "seed": cfg.seed, "device": cfg.device}
+    if backbone not in WINDOWED:
+        kw["batch_size"] = cfg.recurrent_batch_size or kw["batch_size"]
+        kw["epochs"] = cfg.recurrent_epochs or kw["epochs"]
+    return TrainConfig(**kw)
+
+
 def normalised(ret: float, random: float, best: float) -> Optional[float]:
     return 100.0 * (ret - random) / (best - random) if best != random else None
 
@@ -415,7 +434,6 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
     write_json_atomic(state, results_path)
 
     device = select_device(cfg.device)
-    train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": cfg.seed, "device": cfg.device})
     rtg = returns_to_go(data.rewards, 1.0, data.episode_starts)
     for name in models:
         if name in state["results"]:
@@ -428,7 +446,8 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
         n_params = count_parameters(model)
         log(f"[train] {name} ({n_params} parameters, {len(train_ds)} training sequences)")
         t0 = time.perf_counter()
-        trainer = Trainer(model, decision_loss, train_cfg, run_dir=out / name, collate_fn=collate_decision)
+        trainer = Trainer(model, decision_loss, train_config(cfg, name), run_dir=out / name,
+                          collate_fn=collate_decision)
         fit = trainer.fit(train_ds, val_ds)
         train_time = time.perf_counter() - t0
         ev = evaluate_policy(trainer.model, env, cfg.eval_episodes, cfg.seed, target, device)

@@ -125,8 +125,9 @@ def record(env_name: Optional[str], policy: Policy = "random", episodes: Optiona
     `policy` in `make_env(env_name)`; write them to `out` if given; return the Trajectories.
 
     policy: "random", a callable obs -> action (an optional `reset()` is called at each episode
-    start), or the path of an rl run folder (its agent acts; `greedy` picks the most likely action
-    instead of sampling). With a run folder `env_name` may be None (the run's env is used) and
+    start), the path of an rl run folder (its agent acts; `greedy` picks the most likely action
+    instead of sampling), or of an `rlts behaviour` run folder or snapshot (its SAC policy acts,
+    `greedy`: the mean action). With a run folder `env_name` may be None (the run's env is used) and
     the env is made with the run's settings (image size, no-ops, frame cap).
     """
     from tasks.rl import derive_seed
@@ -140,12 +141,19 @@ def record(env_name: Optional[str], policy: Policy = "random", episodes: Optiona
     if isinstance(policy, str) and policy == "random":
         act, description = None, "uniform random"
     elif isinstance(policy, (str, Path)):
-        act = AgentPolicy(policy, greedy=greedy, device=device)
+        from tasks.behaviour import BehaviourPolicy, is_behaviour_path
+
+        if is_behaviour_path(policy):  # a `rlts behaviour` run folder or policy snapshot
+            act = BehaviourPolicy(policy, greedy=greedy)
+            run_env = act.env
+        else:
+            act = AgentPolicy(policy, greedy=greedy, device=device)
+            run_env = act.cfg.env
+            kwargs = {**act.env_kwargs, **kwargs}
         description = act.description
-        if env_name is not None and env_name != act.cfg.env:
-            raise ValueError(f"the agent in {policy} was trained on {act.cfg.env!r}, not {env_name!r}")
-        env_name = act.cfg.env
-        kwargs = {**act.env_kwargs, **kwargs}
+        if env_name is not None and env_name != run_env:
+            raise ValueError(f"the agent in {policy} was trained on {run_env!r}, not {env_name!r}")
+        env_name = run_env
     elif callable(policy):
         act, description = policy, getattr(policy, "description", repr(policy))
     else:
@@ -330,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
         usage=("rlts record --env ENV --policy random|RUN_DIR (--episodes N | --steps N) [--seed S] [--greedy] "
                "--out FILE.npz\n       rlts record --from-replay RUN_DIR --out FILE.npz"))
     p.add_argument("--env", help="Gymnasium id or Atari game (default with a run folder: the run's env)")
-    p.add_argument("--policy", default="random", help="random, or the folder of an `rlts rl`/`rlts atari` run")
+    p.add_argument("--policy", default="random",
+                   help="random, the folder of an `rlts rl`/`rlts atari` run, or of an `rlts behaviour` run "
+                        "(its latest snapshot) or one of its policies/step<N>.pt")
     p.add_argument("--episodes", type=int, help="whole episodes to record")
     p.add_argument("--steps", type=int, help="transitions to record (the last episode is cut)")
     p.add_argument("--seed", type=int, default=0, help="seeds the episode resets and the policy's sampling")

@@ -199,3 +199,13 @@ def test_mujoco_warnings_become_python_warnings(tmp_path, monkeypatch):
         mujoco.mj_step(model, data)
     assert any("MuJoCo: Nan, Inf or huge value" in str(w.message) for w in caught)
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_replay_actions_continuous():
+    env = make_env("Hopper-v5")
+    env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, 3).astype(np.float32) for _ in range(15)]
+    for a in actions:
+        want, *_ = env.step(a)
+    assert np.array_equal(replay_actions(make_env("Hopper-v5"), 3, actions), want)

@@ -9,7 +9,7 @@ import pytest
 
 from rlts.data.trajectories import Trajectories, load_trajectories, returns_to_go, save_trajectories
 from tasks.offline import (DecisionSequences, OfflineConfig, collate_decision, cli_run, episode_spans,
-                           parse_offline_config, run_offline, split_episodes)
+                           parse_offline_config, run_offline, split_episodes, train_config)
 from tasks.record import record
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,6 +86,14 @@ def test_continuous_actions_end_to_end(tmp_path):
     for m in ("aaren", "transformer"):
         r = state["results"][m]
         assert r["lengths"] == [200] and np.isfinite(r["return_mean"]) and r["return_mean"] < 0  # Pendulum costs
+
+
+def test_recurrent_backbones_get_their_own_batches_and_epochs():
+    cfg = parse_offline_config(["--dataset", "x.npz", "--recurrent_batch_size", "5", "--train.epochs", "7"])
+    assert (train_config(cfg, "aaren").batch_size, train_config(cfg, "aaren").epochs) == (5, 100)
+    assert (train_config(cfg, "transformer").batch_size, train_config(cfg, "transformer").epochs) == (64, 7)
+    cfg.recurrent_batch_size = cfg.recurrent_epochs = None
+    assert (train_config(cfg, "gru").batch_size, train_config(cfg, "gru").epochs) == (64, 7)
 
 
 def test_training_sequences(dataset):

@@ -199,3 +199,27 @@ def test_main(run_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("rlts record: error: ") and message in err and "\n" not in err
     assert main(["--episodes", "x", "--out", str(out)]) == 2  # argparse's own message
+
+
+def test_main_behaviour_policy(tmp_path, capsys):
+    """`--policy` with an `rlts behaviour` run folder or snapshot records its SAC policy."""
+    from tasks.behaviour import parse_behaviour_config, train
+
+    run = tmp_path / "sac"
+    train(parse_behaviour_config(["--env", "Pendulum-v1", "--steps", "120", "--learning_starts", "100",
+                                  "--batch_size", "16", "--net_arch", "16", "--save_every", "120",
+                                  "--eval_episodes", "1", "--out", str(run), "--progress", "false"]))
+    out = tmp_path / "medium.npz"
+    assert main(["--policy", str(run / "policies" / "step120.pt"), "--steps", "50", "--out", str(out),
+                 "--no-progress"]) == 0
+    data = load_trajectories(out)
+    assert data.actions.shape == (50, 1) and data.actions.dtype == np.float32
+    assert data.metadata["env"] == "Pendulum-v1" and "SAC policy" in data.metadata["policy"]
+    capsys.readouterr()
+    for argv, message in [
+        (["--env", "CartPole-v1", "--policy", str(run)], "trained on 'Pendulum-v1', not 'CartPole-v1'"),
+        (["--policy", str(run / "checkpoints" / "last.pt")], "not a policy snapshot of `rlts behaviour`"),
+    ]:
+        assert main([*argv, "--steps", "5", "--out", str(tmp_path / "x.npz")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("rlts record: error: ") and message in err and "\n" not in err

@@ -1,0 +1,399 @@
+"""Behaviour policies for D4RL-style offline datasets: train SAC (Stable-Baselines3) on a
+continuous-control task, keep policy snapshots and the whole training replay.
+
+    rlts behaviour --env Hopper-v5 --steps 100000 --out runs/hopper_sac
+    rlts record --policy runs/hopper_sac/policies/step40000.pt --steps 100000 --out hopper_medium.npz
+    runs/hopper_sac/replay.npz                                  # every transition of training
+
+The D4RL recipe (Fu et al. 2020): train SAC, stop (or pick a snapshot) when its return is roughly a
+third to a half of an expert's; "medium" = that snapshot policy rolled out (sampling from it),
+"medium-replay" = the training replay buffer up to that snapshot. Here every `save_every` steps a
+snapshot `policies/step<N>.pt` is written and evaluated (results.json: step, eval mean/std), so
+pick the snapshot whose return fits and record it with `rlts record --policy`; train with
+`--steps N` equal to that snapshot's step to get the matching replay.npz.
+
+Procedure, per environment step (SB3's SAC defaults: lr 3e-4, batch 256, tau 0.005, gamma 0.99,
+one gradient step per environment step, automatic entropy tuning; buffer size = steps, so the
+buffer never wraps):
+1. act: uniform random (the env's action space, seeded from the run seed) for the first
+   `learning_starts` steps, then a sample of the SAC actor (torch RNG);
+2. step the env (`tasks.envs.make_env`: actions in [-1, 1]); add the transition to the SB3
+   replay buffer with `infos["TimeLimit.truncated"]`, so that a time-limit cut is not a terminal
+   for the critic (SB3 masks `dones` with `timeouts`); episode k is reset with
+   `tasks.rl.episode_seed(seed, 0, k)`;
+3. once past `learning_starts` steps, one `model.train` gradient step (SB3's own update).
+
+SB3's `model.learn` is not used: its collection loop cannot be resumed exactly. Our own loop can:
+`checkpoints/last.pt` holds (as tensors and plain data only, loadable with weights_only) the
+networks, the three optimisers, log(alpha), the buffer arrays, the counters, the torch / NumPy /
+Python and action-space RNG states, and the running episode's index and actions; on resume the
+env is reset with that episode's seed and the actions are replayed (checked against the stored
+observation). A killed run thus continues bit for bit as if it had never stopped.
+
+Outputs in `out`: checkpoints/last.pt, policies/step<N>.pt (actor weights, obs/act dims, net_arch,
+env), results.json (snapshots with their evaluation, training episode returns), tb/ (episode
+returns and SAC losses) and, at the end, replay.npz (rlts.data.trajectories format, source
+"behaviour-replay"; the episode running at the end is cut and marked truncated).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+
+from rlts.checkpoint import load, rng_state, save_atomic, set_rng_state
+from rlts.config import to_dict
+from rlts.data.trajectories import Trajectories, default_metadata, save_trajectories
+from tasks._runner import cli_main, load_results, output_folder, parse_task_config, write_json_atomic
+from tasks.envs import make_env, replay_actions
+from tasks.rl import derive_seed, episode_seed
+
+CONFIG_PATH = Path(__file__).parent / "configs" / "behaviour.yaml"
+# Settings a resumed run must share with its checkpoint (`steps` may grow: training continues).
+_RESUME_KEYS = ("env", "seed", "learning_starts", "batch_size", "net_arch")
+_BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+@dataclass
+class BehaviourConfig:
+    """Settings of `rlts behaviour` (SB3's SAC defaults unless said otherwise)."""
+
+    env: str = "Hopper-v5"
+    """Gymnasium id with 1-D Box actions (HalfCheetah-v5, Hopper-v5, Pendulum-v1, ...)."""
+    steps: int = 100_000
+    """Environment steps in all; also the replay buffer's size (nothing is overwritten)."""
+    seed: int = 0
+    """Seeds SAC's networks, the buffer sampling, the random actions and every episode's reset."""
+    learning_starts: int = 10_000
+    """Steps of uniformly random actions before SAC acts and trains."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    net_arch: List[int] = field(default_factory=lambda: [256, 256])
+    """Hidden layer widths of the actor and of each critic."""
+    save_every: int = 10_000
+    """Steps between checkpoints and policy snapshots (one more at the end)."""
+    eval_episodes: int = 10
+    """Greedy evaluation episodes of every snapshot (fixed seeds, the same for every snapshot)."""
+    out: Optional[str] = None
+    """Output folder (default: runs/behaviour-<env>-<time>); reusing it resumes the run."""
+    progress: bool = True
+    """Show a progress bar with ETA."""
+
+
+def check_config(cfg: BehaviourConfig) -> None:
+    for name in ("steps", "batch_size", "save_every", "eval_episodes"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"config key `{name}` must be >= 1, got {getattr(cfg, name)}")
+    if cfg.learning_starts < 0:
+        raise ValueError(f"config key `learning_starts` must be >= 0, got {cfg.learning_starts}")
+    if not cfg.net_arch or min(cfg.net_arch) < 1:
+        raise ValueError(f"config key `net_arch` must list positive layer widths, got {cfg.net_arch}")
+
+
+def check_env(name: str) -> tuple:
+    """(obs_dim, act_dim) of `make_env(name)`; a ValueError for an unknown env or non-Box actions."""
+    import gymnasium as gym
+
+    env = make_env(name)
+    try:
+        if not isinstance(env.action_space, gym.spaces.Box):
+            raise ValueError(f"{name!r} has action space {env.action_space}; SAC needs continuous (Box) actions")
+        return int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+    finally:
+        env.close()
+
+
+# ---------------------------------------------------------------------------------------------
+def act(actor: torch.nn.Module, obs: np.ndarray, greedy: bool) -> np.ndarray:
+    """One action (act_dim,) float32 in [-1, 1] of an SB3 SAC actor for obs (obs_dim,): its mean
+    action if greedy, else a sample (torch RNG)."""
+    with torch.no_grad():
+        return actor(torch.as_tensor(obs[None]), deterministic=greedy)[0].numpy()   # (act_dim,)
+
+
+def sac_actor(obs_dim: int, act_dim: int, net_arch: List[int]) -> torch.nn.Module:
+    """An SB3 SAC actor for (obs_dim,) observations and (act_dim,) actions in [-1, 1], to load
+    weights into; made on a forked torch RNG (its random init leaves the caller's stream alone)."""
+    import gymnasium as gym
+    from stable_baselines3.sac.policies import SACPolicy
+
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+    act_space = gym.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
+    with torch.random.fork_rng(devices=[]):
+        return SACPolicy(obs_space, act_space, lambda _: 0.0, net_arch=list(net_arch)).actor.eval()
+
+
+def is_behaviour_path(path: str | Path) -> bool:
+    """True for a `rlts behaviour` run folder (it has policies/) or a policy snapshot (.pt file)."""
+    path = Path(path)
+    return (path.is_dir() and (path / "policies").is_dir()) or (path.is_file() and path.suffix == ".pt")
+
+
+def latest_snapshot(run_dir: Path) -> Path:
+    """The snapshot of the highest step in run_dir/policies; a ValueError if there is none."""
+    snaps = [(int(m.group(1)), p) for p in (run_dir / "policies").glob("step*.pt")
+             if (m := re.fullmatch(r"step(\d+)\.pt", p.name))]
+    if not snaps:
+        raise ValueError(f"{run_dir} has no policy snapshot in policies/")
+    return max(snaps)[1]
+
+
+class BehaviourPolicy:
+    """A SAC policy snapshot of `rlts behaviour` as a policy for `tasks.record.record`:
+    obs (obs_dim,) -> action (act_dim,) float32, sampled (torch RNG) or the mean if greedy.
+    `path` is a run folder (its latest snapshot) or a policies/step<N>.pt file."""
+
+    def __init__(self, path: str | Path, greedy: bool = False):
+        path = Path(path)
+        file = latest_snapshot(path) if path.is_dir() else path
+        snap = load(file)
+        missing = [k for k in ("actor", "obs_dim", "act_dim", "net_arch", "env", "step") if k not in snap]
+        if missing:
+            raise ValueError(f"{file} lacks {missing}: not a policy snapshot of `rlts behaviour`")
+        self.actor = sac_actor(snap["obs_dim"], snap["act_dim"], snap["net_arch"])
+        self.actor.load_state_dict(snap["actor"])
+        self.env, self.step, self.greedy = snap["env"], int(snap["step"]), greedy
+        self.description = (f"SAC policy {file} (step {self.step} of training on {self.env}, "
+                            f"{'greedy' if greedy else 'sampling'})")
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return act(self.actor, np.asarray(obs, np.float32), self.greedy)
+
+
+def evaluate(policy: Callable, env_name: str, seed: int, episodes: int) -> List[float]:
+    """Returns of `episodes` full episodes of `policy` (obs -> action), episode k reset with
+    derive_seed(seed, 1, k); on a forked torch RNG (training's streams stay untouched)."""
+    env = make_env(env_name)
+    returns = []
+    with torch.random.fork_rng(devices=[]):
+        for k in range(episodes):
+            obs, _ = env.reset(seed=derive_seed(seed, 1, k))
+            total, done = 0.0, False
+            while not done:
+                obs, r, term, trunc, _ = env.step(policy(obs))
+                total, done = total + float(r), term or trunc
+            returns.append(total)
+    env.close()
+    return returns
+
+
+# ---------------------------------------------------------------------------------------------
+class Collector:
+    """The training env, its running episode (index, actions, return) and the finished
+    episodes' returns and lengths."""
+
+    def __init__(self, cfg: BehaviourConfig):
+        self.cfg = cfg
+        self.env = make_env(cfg.env)
+        self.env.action_space.seed(derive_seed(cfg.seed, 4))
+        self.episode, self.actions, self.ep_return = 0, [], 0.0
+        self.returns: List[float] = []
+        self.lengths: List[int] = []
+        self.obs, _ = self.env.reset(seed=episode_seed(cfg.seed, 0, 0))     # (obs_dim,)
+
+    def act(self, actor: torch.nn.Module, random: bool) -> np.ndarray:
+        """(act_dim,) float32 in [-1, 1]."""
+        return self.env.action_space.sample() if random else act(actor, self.obs, greedy=False)
+
+    def step(self, action: np.ndarray, buffer) -> Optional[tuple]:
+        """Step the env, add the transition to the SB3 buffer, reset a finished episode with its
+        seed. Returns (return, length) of a finished episode, else None."""
+        nxt, reward, term, trunc, _ = self.env.step(action)
+        buffer.add(self.obs[None], nxt[None], action[None], np.array([reward], np.float32),
+                   np.array([term or trunc]), [{"TimeLimit.truncated": bool(trunc and not term)}])
+        self.actions.append(action)
+        self.ep_return += float(reward)
+        if not (term or trunc):
+            self.obs = nxt
+            return None
+        finished = (self.ep_return, len(self.actions))
+        self.returns.append(finished[0])
+        self.lengths.append(finished[1])
+        self.episode, self.actions, self.ep_return = self.episode + 1, [], 0.0
+        self.obs, _ = self.env.reset(seed=episode_seed(self.cfg.seed, 0, self.episode))
+        return finished
+
+    def state_dict(self) -> dict:
+        act_dim = self.env.action_space.shape[0]
+        actions = np.stack(self.actions) if self.actions else np.zeros((0, act_dim), np.float32)
+        return {"episode": self.episode, "actions": torch.from_numpy(actions),       # (T, act_dim)
+                "ep_return": self.ep_return, "obs": torch.from_numpy(self.obs.copy()),
+                "returns": list(self.returns), "lengths": list(self.lengths),
+                "action_space_rng": self.env.action_space.np_random.bit_generator.state}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Rebuild the env: reset with the running episode's seed, replay its actions."""
+        self.episode, self.ep_return = int(d["episode"]), float(d["ep_return"])
+        self.returns, self.lengths = list(d["returns"]), list(d["lengths"])
+        self.actions = list(d["actions"].numpy())
+        obs = replay_actions(self.env, episode_seed(self.cfg.seed, 0, self.episode), self.actions)
+        if not np.array_equal(obs, d["obs"].numpy()):
+            raise ValueError(f"cannot resume exactly: replaying the current episode of {self.cfg.env} did not "
+                             "reproduce the stored observation (the env is not deterministic given its reset "
+                             "seed and actions)")
+        self.obs = obs
+        self.env.action_space.np_random.bit_generator.state = d["action_space_rng"]
+
+
+# ---------------------------------------------------------------------------------------------
+def make_sac(cfg: BehaviourConfig, tb_dir: Path):
+    """SB3 SAC with its defaults, buffer_size = steps, on CPU; logging to TensorBoard. Its env
+    only supplies the spaces: our Collector steps its own."""
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import configure
+
+    model = SAC("MlpPolicy", make_env(cfg.env), buffer_size=cfg.steps, learning_starts=cfg.learning_starts,
+                batch_size=cfg.batch_size, policy_kwargs={"net_arch": list(cfg.net_arch)}, seed=cfg.seed,
+                device="cpu")
+    model.set_logger(configure(str(tb_dir), ["tensorboard"]))
+    return model
+
+
+def sac_state(model, n: int) -> dict:
+    """Networks, optimisers, log(alpha), update count and the first n buffer entries, as tensors."""
+    buf = model.replay_buffer
+    return {"policy": model.policy.state_dict(), "actor_opt": model.actor.optimizer.state_dict(),
+            "critic_opt": model.critic.optimizer.state_dict(), "log_ent_coef": model.log_ent_coef.detach().clone(),
+            "ent_coef_opt": model.ent_coef_optimizer.state_dict(), "n_updates": model._n_updates,
+            "buffer": {k: torch.from_numpy(getattr(buf, k)[:n].copy()) for k in _BUFFER_ARRAYS}}
+
+
+def load_sac_state(model, d: dict, n: int) -> None:
+    model.policy.load_state_dict(d["policy"])
+    model.actor.optimizer.load_state_dict(d["actor_opt"])
+    model.critic.optimizer.load_state_dict(d["critic_opt"])
+    with torch.no_grad():
+        model.log_ent_coef.copy_(d["log_ent_coef"])
+    model.ent_coef_optimizer.load_state_dict(d["ent_coef_opt"])
+    model._n_updates = int(d["n_updates"])
+    buf = model.replay_buffer
+    for k in _BUFFER_ARRAYS:
+        getattr(buf, k)[:n] = d["buffer"][k].numpy()
+    buf.pos, buf.full = n % buf.buffer_size, n >= buf.buffer_size
+
+
+def replay_trajectories(model, n: int, cfg: BehaviourConfig) -> Trajectories:
+    """The first n buffer entries as episodes: boundaries and flags from the buffer's dones and
+    timeouts (termination = done and not a time-limit cut), the last episode cut (truncated)."""
+    buf = model.replay_buffer
+    obs, nxt = buf.observations[:n, 0], buf.next_observations[:n, 0]        # (n, obs_dim)
+    done, timeout = buf.dones[:n, 0] > 0, buf.timeouts[:n, 0] > 0           # (n,)
+    term, trunc = done & ~timeout, timeout.copy()
+    cut = not done[-1]
+    trunc[-1] |= cut
+    ends = np.flatnonzero(term | trunc) + 1                                   # (E,)
+    starts = np.concatenate([[0], ends[:-1]])
+    episodes = [{"observations": obs[a:b], "actions": buf.actions[a:b, 0], "rewards": buf.rewards[a:b, 0],
+                 "terminations": term[a:b], "truncations": trunc[a:b], "final_observation": nxt[b - 1]}
+                for a, b in zip(starts, ends)]
+    meta = default_metadata(
+        source="behaviour-replay", env=cfg.env, env_kwargs={}, seed=cfg.seed, steps=n,
+        learning_starts=cfg.learning_starts,
+        policy=(f"SAC training run: uniform random for the first {cfg.learning_starts} steps, then the "
+                "learning SAC policy (sampling)"),
+        episode_seeds=[episode_seed(cfg.seed, 0, k) for k in range(len(episodes))], last_episode_cut=cut,
+        flags=("terminations: the env's terminated; truncations: a time-limit cut (an episode both terminated "
+               "and cut counts as terminated, as in SB3), or the end of training (last_episode_cut)"))
+    return Trajectories.from_episodes(episodes, meta)
+
+
+def check_resumable(state: dict, cfg: BehaviourConfig, path: Path) -> None:
+    """A checkpoint of other settings, or beyond `steps`, cannot be continued: a clear error."""
+    old, new = state["config"], json.loads(json.dumps(to_dict(cfg)))
+    changed = [k for k in _RESUME_KEYS if old.get(k) != new[k]]
+    if changed:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+        raise ValueError(f"{path} is a checkpoint of a different setup ({diff}); use another --out")
+    if int(state["step"]) > cfg.steps:
+        raise ValueError(f"{path} is at step {int(state['step'])}, beyond --steps {cfg.steps}")
+
+
+# ---------------------------------------------------------------------------------------------
+def train(cfg: BehaviourConfig) -> dict:
+    """Train (or resume) SAC; returns the results object also written to results.json."""
+    check_config(cfg)
+    obs_dim, act_dim = check_env(cfg.env)
+    out = output_folder(cfg.out, "behaviour", cfg.env)
+    results_path, ckpt_path = out / "results.json", out / "checkpoints" / "last.pt"
+    previous = load_results(results_path, cfg, _RESUME_KEYS)
+    if previous.get("finished") and previous.get("steps", 0) >= cfg.steps:
+        return previous
+    state = load(ckpt_path) if ckpt_path.exists() else None
+    if state is not None:
+        check_resumable(state, cfg, ckpt_path)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = make_sac(cfg, out / "tb")
+    collector = Collector(cfg)
+    step, snapshots, wall = 0, [], 0.0
+    if state is not None:
+        step, snapshots, wall = int(state["step"]), list(state["snapshots"]), float(state["wall"])
+        load_sac_state(model, state["sac"], step)
+        collector.load_state_dict(state["collector"])
+        set_rng_state(state["rng"])
+        print(f"rlts behaviour: resumed at step {step:,} from {ckpt_path}")
+
+    def results(finished: bool) -> dict:
+        return {"config": to_dict(cfg), "env": cfg.env, "steps": step, "snapshots": snapshots,
+                "episode_returns": collector.returns, "episode_lengths": collector.lengths,
+                "train_wall_s": wall, "steps_per_s": step / max(wall, 1e-9), "finished": finished,
+                "replay": "replay.npz" if finished else None}
+
+    def save() -> None:
+        path = save_atomic({"actor": model.actor.state_dict(), "obs_dim": obs_dim, "act_dim": act_dim,
+                            "net_arch": list(cfg.net_arch), "env": cfg.env, "step": step, "seed": cfg.seed},
+                           out / "policies" / f"step{step}.pt")
+        returns = evaluate(BehaviourPolicy(path, greedy=True), cfg.env, cfg.seed, cfg.eval_episodes)
+        snapshots.append({"step": step, "policy": str(path.relative_to(out)), "eval_mean": float(np.mean(returns)),
+                          "eval_std": float(np.std(returns)), "eval_returns": returns})
+        model.logger.record("eval/return", snapshots[-1]["eval_mean"])
+        save_atomic({"config": to_dict(cfg), "step": step, "sac": sac_state(model, step),
+                     "collector": collector.state_dict(), "snapshots": snapshots, "wall": wall,
+                     "rng": rng_state()}, ckpt_path)
+        write_json_atomic(results(finished=False), results_path)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"behaviour {cfg.env}", unit="step", dynamic_ncols=True,
+               disable=not cfg.progress, leave=False)
+    t0 = time.time()
+    while step < cfg.steps:
+        action = collector.act(model.actor, random=step < cfg.learning_starts)       # (act_dim,)
+        finished = collector.step(action, model.replay_buffer)
+        step += 1
+        if step > cfg.learning_starts:
+            model._update_current_progress_remaining(step, cfg.steps)
+            model.train(gradient_steps=1, batch_size=cfg.batch_size)
+        if finished is not None:
+            model.logger.record("rollout/ep_return", finished[0])
+            model.logger.record("rollout/ep_length", finished[1])
+            model.logger.dump(step)
+            bar.set_postfix(ret=f"{finished[0]:.1f}")
+        bar.update(1)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            wall, t0 = wall + time.time() - t0, time.time()
+            save()
+    bar.close()
+    save_trajectories(replay_trajectories(model, step, cfg), out / "replay.npz")
+    final = results(finished=True)
+    write_json_atomic(final, results_path)
+    model.logger.close()
+    last = snapshots[-1]
+    print(f"rlts behaviour: {cfg.env} step {step:,}: eval return {last['eval_mean']:.1f} ± {last['eval_std']:.1f} "
+          f"({cfg.eval_episodes} greedy episodes); {step / max(wall, 1e-9):.0f} steps/s; wrote {out}")
+    return final
+
+
+def parse_behaviour_config(argv: List[str]) -> BehaviourConfig:
+    """BehaviourConfig from tasks/configs/behaviour.yaml and `--key value` args."""
+    return parse_task_config(BehaviourConfig, argv, CONFIG_PATH, {})
+
+
+def cli_run(args) -> int:
+    return cli_main("behaviour", lambda: train(parse_behaviour_config(list(args.overrides))))
