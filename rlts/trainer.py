@@ -6,7 +6,9 @@
 
 `loss_fn(model, batch) -> (loss, metrics)` owns everything task-specific: it unpacks the
 batch, runs the model and returns a scalar loss and a dict of per-batch metric values (means
-over the batch; `evaluate` weights them by batch size).
+over the batch; `evaluate` weights them by batch size, or, with `weight_key="n_steps"`, by that
+metric: the right mean when the loss averages over units of unequal number per example, such
+as the steps of episodes or the events of sequences of different lengths).
 
 What the loop guarantees:
 - resume: a checkpoint (`run_dir/last.pt`, written atomically) after every epoch holds the
@@ -76,8 +78,10 @@ def _dist_info() -> Tuple[int, int]:
 
 class Trainer:
     def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: Optional[TrainConfig] = None,
-                 run_dir: str | Path = "runs/train", collate_fn: Optional[Callable] = None):
+                 run_dir: str | Path = "runs/train", collate_fn: Optional[Callable] = None,
+                 weight_key: Optional[str] = None):
         self.cfg, self.loss_fn, self.collate_fn = cfg or TrainConfig(), loss_fn, collate_fn
+        self.weight_key = weight_key
         cfg = self.cfg
         self.rank, self.world = _dist_info()
         if self.world > 1 and torch.cuda.is_available():
@@ -178,16 +182,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, data: Dataset) -> Dict[str, float]:
-        """Example-weighted means of the loss and of loss_fn's metrics over `data` (all processes)."""
+        """Means of the loss and of loss_fn's metrics over `data` (all processes), each batch
+        weighted by its number of examples, or by its metric `weight_key` (which is then
+        reported as its total)."""
         self.net.eval()
         sums: Dict[str, float] = {}
         n = 0
         for batch in self._loader(data, False):
             batch = self._to_device(batch)
             loss, metrics = self.loss_fn(self.model, batch)
-            size = _batch_size(batch)
+            if self.weight_key is not None and self.weight_key not in metrics:
+                raise KeyError(f"Trainer: loss_fn returned no metric {self.weight_key!r} to weight batches by")
+            size = float(metrics[self.weight_key]) if self.weight_key is not None else _batch_size(batch)
             for k, v in {"loss": float(loss), **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * size
+                sums[k] = sums.get(k, 0.0) + (float(v) if k == self.weight_key else float(v) * size)
             n += size
         keys = sorted(sums)
         if self.world > 1:  # the padded examples of DistributedSampler count twice: negligible, documented
@@ -196,7 +204,7 @@ class Trainer:
             sums, n = dict(zip(keys, t[:-1].tolist())), t[-1].item()
         if n == 0:
             raise ValueError("Trainer.evaluate: the dataset is empty")
-        return {k: sums[k] / n for k in keys}
+        return {k: sums[k] if k == self.weight_key else sums[k] / n for k in keys}
 
 
 def _batch_size(batch) -> int:

@@ -266,7 +266,8 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
         model_dir = out / name
         log(f"[train] {name} ({n_params} parameters)")
         t0 = time.perf_counter()
-        trainer = Trainer(model, event_loss, train_cfg, run_dir=model_dir, collate_fn=collate_events)
+        trainer = Trainer(model, event_loss, train_cfg, run_dir=model_dir, collate_fn=collate_events,
+                          weight_key="n_events")  # early stopping on the per-event validation NLL
         fit = trainer.fit(train_ds, val_ds)
         train_time = time.perf_counter() - t0
         m = evaluate_events(trainer.model.to(device),  # EventModel moves each batch to its device

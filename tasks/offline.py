@@ -447,7 +447,7 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
         log(f"[train] {name} ({n_params} parameters, {len(train_ds)} training sequences)")
         t0 = time.perf_counter()
         trainer = Trainer(model, decision_loss, train_config(cfg, name), run_dir=out / name,
-                          collate_fn=collate_decision)
+                          collate_fn=collate_decision, weight_key="n_steps")  # per-step validation loss
         fit = trainer.fit(train_ds, val_ds)
         train_time = time.perf_counter() - t0
         ev = evaluate_policy(trainer.model, env, cfg.eval_episodes, cfg.seed, target, device)

@@ -127,3 +127,29 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-10, atol=1e-12)
     assert not torch.equal(one["0.weight"], _model()[0].weight.detach())  # training did move the weights
+
+
+def test_evaluate_weights_batches_by_a_metric(tmp_path):
+    """With weight_key, a batch's mean counts by the units it averages over (e.g. the real steps
+    of padded episodes), not by its number of examples."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    units = torch.tensor([1, 7, 2, 9, 1, 3, 8, 1, 1, 5])     # units per example
+
+    def loss_fn(model, batch):
+        xb, nb = batch
+        per = model(xb).squeeze(-1).pow(2) * nb                # the sum over each example's units
+        return per.sum() / nb.sum(), {"n_units": float(nb.sum())}
+
+    model = _model()
+    data = TensorDataset(x, units.double())
+    with torch.no_grad():
+        per_unit = model(x).squeeze(-1).pow(2)
+    weighted = Trainer(model, loss_fn, TrainConfig(batch_size=3, device="cpu"), tmp_path / "a",
+                       weight_key="n_units").evaluate(data)
+    assert weighted["loss"] == pytest.approx(float((per_unit * units).sum() / units.sum()))
+    assert weighted["n_units"] == float(units.sum())
+    plain = Trainer(model, loss_fn, TrainConfig(batch_size=3, device="cpu"), tmp_path / "b").evaluate(data)
+    assert plain["loss"] != pytest.approx(weighted["loss"])
+    with pytest.raises(KeyError, match="no metric 'steps'"):
+        Trainer(model, loss_fn, TrainConfig(batch_size=3, device="cpu"), tmp_path / "c", weight_key="steps").evaluate(data)

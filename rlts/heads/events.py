@@ -484,9 +484,9 @@ def event_loss(model: nn.Module, batch: Mapping) -> Tuple[torch.Tensor, Dict[str
 
     Metrics (per-event means over this batch): nll, nll_time, nll_mark, accuracy (next mark;
     trivially 1 for n_marks = 1); and the batch's sums n_events, sum_nll_time, sum_nll_mark,
-    n_correct. Trainer.evaluate averages each metric weighted by the batch size in
-    *sequences*, which is not the per-event mean when batches hold different numbers of
-    events: use `evaluate_events` for exact test numbers."""
+    n_correct. With `Trainer(..., weight_key="n_events")` Trainer.evaluate weights each batch by
+    its events, giving the per-event means (as `rlts events` does for early stopping); without
+    it, by its sequences. `evaluate_events` gives the exact test numbers either way."""
     core = _core(model)
     dist, logits = model(batch)   # through the wrapper (DDP) when there is one
     s = core.score(dist, logits, batch)
