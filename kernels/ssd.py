@@ -28,7 +28,6 @@ Implementations:
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -34,16 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import Table, fmt_bytes, machine_info, sync, verdict  # noqa: E402
 
 from rlts.heads.decision import DecisionModel  # noqa: E402
+from rlts.nn import state_nbytes  # noqa: E402
 
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah-v5
-
-
-def state_bytes(state) -> int:
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, (list, tuple)):
-        return sum(state_bytes(s) for s in state)
-    return 0
 
 
 def build(backbone: str, d_model: int, n_layers: int, context: int, max_timestep: int, device) -> DecisionModel:
@@ -81,7 +74,7 @@ def act_episode(model: DecisionModel, checkpoints, repeats: int, device, recompu
         acts[t] = a[0]
         r = r - rewards[t]
         if t + 1 in checkpoints:
-            out[t + 1] = (1e3 * statistics.median(times[-repeats:]), 0 if recompute else state_bytes(state))
+            out[t + 1] = (1e3 * statistics.median(times[-repeats:]), 0 if recompute else state_nbytes(state))
     return out
 
 

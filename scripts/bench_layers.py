@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import Table, fmt_bytes, machine_info, measure, verdict  # noqa: E402
 
 
-from rlts.nn import SequenceModel, count_parameters  # noqa: E402
+from rlts.nn import SequenceModel, count_parameters, state_nbytes  # noqa: E402
 
 RECURRENT = ("aaren", "mamba", "mamba2", "gru")
 PRESETS = {
@@ -42,14 +41,6 @@ OPTIONS = {"aaren": dict(n_heads=4), "transformer": dict(n_heads=4), "mamba": di
            "mamba2": dict(d_state=16, headdim=32, chunk_size=64), "gru": {}}
 WIDTHS = range(32, 1025, 16)  # candidate d_model: multiples of 16 suit every backbone (4 heads of even
 # width; Mamba-2 d_inner = 2 d_model divisible by headdim 32)
-
-
-def state_bytes(state) -> int:
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, (list, tuple)):
-        return sum(state_bytes(s) for s in state)
-    return 0
 
 
 def build(backbone: str, d_model: int, n_layers: int = 4) -> SequenceModel:
@@ -93,7 +84,7 @@ def streaming(backbones, contexts, steps, d_model) -> Table:
                 model.step(x, state)  # the same state each time: per-token cost at context L
 
             t = measure(one_step, budget=0.3, max_repeats=steps)
-            nbytes = state_bytes(state)
+            nbytes = state_nbytes(state)
             first = first or (t.ms, nbytes)
             flat = "" if bb not in ("aaren", "mamba", "mamba2") or L == contexts[0] else \
                 " " + verdict(nbytes == first[1] and t.ms <= 1.5 * first[0])

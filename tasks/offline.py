@@ -56,7 +56,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ from torch.utils.data import Dataset
 from rlts.config import to_dict
 from rlts.data.trajectories import Trajectories, load_trajectories, returns_to_go
 from rlts.heads.decision import DecisionModel, decision_loss
-from rlts.nn import count_parameters
+from rlts.nn import count_parameters, state_nbytes
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig
@@ -290,17 +290,6 @@ def action_size(env) -> dict:
     """DecisionModel keyword for the env's actions: {"n_actions": n} or {"act_dim": d}."""
     space = env.action_space
     return {"n_actions": int(space.n)} if hasattr(space, "n") else {"act_dim": int(space.shape[0])}
-
-
-def state_nbytes(state: Any) -> int:
-    """Bytes of every tensor in a (nested) acting state."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, (list, tuple)):
-        return sum(state_nbytes(s) for s in state)
-    if isinstance(state, dict):
-        return sum(state_nbytes(s) for s in state.values())
-    return 0
 
 
 def random_returns(env, episodes: int, seed: int) -> List[float]:

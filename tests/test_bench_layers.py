@@ -31,12 +31,12 @@ def test_state_bytes_recurrent_constant_transformer_grows():
     torch.manual_seed(0)
     for bb in ("aaren", "mamba", "mamba2"):
         model = bench.build(bb, 32)
-        sizes = {bench.state_bytes(bench.context_state(model, bb, L, piece=16)) for L in (8, 40)}
+        sizes = {bench.state_nbytes(bench.context_state(model, bb, L, piece=16)) for L in (8, 40)}
         assert len(sizes) == 1, bb
     model = bench.build("transformer", 32)
     small, big = (bench.context_state(model, "transformer", L) for L in (8, 40))
-    kv = lambda st: sum(bench.state_bytes((k, v)) for k, v, _pos in st)  # noqa: E731
-    assert kv(big) == 5 * kv(small) and bench.state_bytes(big) > bench.state_bytes(small)
+    kv = lambda st: sum(bench.state_nbytes((k, v)) for k, v, _pos in st)  # noqa: E731
+    assert kv(big) == 5 * kv(small) and bench.state_nbytes(big) > bench.state_nbytes(small)
 
 
 def test_width_for_matches_parameter_target():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlts.heads.decision import DecisionModel, decision_loss
+from rlts.nn import state_nbytes
 
 from _backbones import TINY_OPTIONS
 
@@ -51,14 +52,6 @@ def act_all(m, obs, actions, rtg, timesteps):
         preds.append(y)
         state = m.observe_action(actions[:, t], timesteps[:, t], state)
     return torch.stack(preds, 1), state
-
-
-def state_bytes(state):
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, (tuple, list)):
-        return sum(state_bytes(s) for s in state)
-    return 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -218,7 +211,7 @@ def test_constant_memory_while_acting():
             _, state = m.act(obs[:, t], rtg[:, t], timesteps[:, t], state)
             state = m.observe_action(actions[:, t], timesteps[:, t], state)
             if t + 1 in (2, n_small, n_big):
-                sizes[t + 1] = state_bytes(state)
+                sizes[t + 1] = state_nbytes(state)
         assert sizes[n_small] == sizes[n_big], backbone
         if backbone == "aaren":
             assert sizes[2] == sizes[n_big]

@@ -241,3 +241,11 @@ def test_bad_input_raises(name):
         for bad in (D + 1, D + 2):
             with pytest.raises(ValueError, match=rf"\(B, D\) with D = {D}"):
                 m.step(torch.randn(2, bad, dtype=F64), state)
+
+
+def test_state_nbytes_counts_every_tensor():
+    from rlts.nn import state_nbytes
+
+    state = (torch.zeros(2, 3), [torch.zeros(4, dtype=torch.float64), None], {"k": torch.zeros(5, dtype=torch.int8)})
+    assert state_nbytes(state) == 2 * 3 * 4 + 4 * 8 + 5
+    assert state_nbytes(None) == 0

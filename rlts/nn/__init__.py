@@ -9,13 +9,13 @@ Backbones by name for `SequenceModel(backbone=...)`:
     gru          GRUBlock (rlts.nn.baselines)
 """
 from rlts.nn.base import BACKBONES, MLP, SequenceLayer, register_backbone
-from rlts.nn.model import SequenceModel, count_parameters
+from rlts.nn.model import SequenceModel, count_parameters, state_nbytes
 from rlts.nn.aaren import Aaren, AarenBlock  # noqa: E402  (importing registers the backbones)
 from rlts.nn.baselines import GRU, CausalTransformer, CausalTransformerBlock, GRUBlock
 from rlts.nn.mamba import Mamba, MambaBlock
 from rlts.nn.mamba2 import Mamba2, Mamba2Block
 
 __all__ = [
-    "BACKBONES", "MLP", "SequenceLayer", "SequenceModel", "count_parameters", "register_backbone",
+    "BACKBONES", "MLP", "SequenceLayer", "SequenceModel", "count_parameters", "state_nbytes", "register_backbone",
     "Aaren", "AarenBlock", "CausalTransformer", "CausalTransformerBlock", "GRU", "GRUBlock", "Mamba", "MambaBlock", "Mamba2", "Mamba2Block",
 ]

@@ -57,3 +57,15 @@ class SequenceModel(SequenceLayer):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def state_nbytes(state) -> int:
+    """Bytes of every tensor in a (nested tuple / list / dict) recurrent state: the memory a
+    model holds between steps (the Transformer's KV cache, the others' fixed states)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(s) for s in state)
+    if isinstance(state, dict):
+        return sum(state_nbytes(s) for s in state.values())
+    return 0
