@@ -28,7 +28,6 @@ Implementations:
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
