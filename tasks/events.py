@@ -64,7 +64,7 @@ PLOT_EVENTS = 40
 """Events of the first test sequence shown in intensity.png."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
 _DATA_KEYS = ("data", "origin", "split", "shuffle", "seed", "d_model", "n_layers", "n_components",
-              "mark_dim", "dropout", "aaren_decay", "train", "true_hawkes")
+              "mark_dim", "dropout", "aaren_decay", "aaren_mass", "train", "true_hawkes")
 
 
 @dataclass
@@ -100,6 +100,9 @@ class EventsConfig:
     aaren_decay: bool = True
     """Aaren models: a learned per-head clock in the scores, so that older events weigh less
     (rlts.nn.aaren.Aaren, option decay); false: the paper's content-only attention."""
+    aaren_mass: bool = False
+    """Aaren models: each head also outputs its log attention mass (option mass), so the model
+    sees how much recent activity there is, not only its weighted mean."""
     true_hawkes: Optional[List[float]] = None
     """[mu, alpha, beta] of the process that generated the data, if known (synthetic data):
     adds the true process's NLL, the best achievable, to the table."""
@@ -198,7 +201,7 @@ def baseline_results(train, test, cfg: EventsConfig, n_marks: int, has_marks: bo
 
 
 def build_model(name: str, cfg: EventsConfig, n_marks: int) -> EventModel:
-    options = {"decay": cfg.aaren_decay} if name == "aaren" else {}
+    options = {"decay": cfg.aaren_decay, "mass": cfg.aaren_mass} if name == "aaren" else {}
     return EventModel(n_marks, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
                       n_components=cfg.n_components, mark_dim=cfg.mark_dim, dropout=cfg.dropout, **options)
 

@@ -129,23 +129,28 @@ def test_bad_options():
 
 def naive_decay(layer: Aaren, x: torch.Tensor) -> torch.Tensor:
     """Independent loop of Aaren with decay: o_t = sum_{i<=t} e^{s_i - (c_t - c_i)} v_i / (same
-    without v), c_t = sum_{j<=t} softplus(a . x_j + b), per head, in float64."""
+    without v), c_t = sum_{j<=t} softplus(a . x_j + b), per head, in float64; with `mass` also
+    g_t = log sum_{i<=t} e^{s_i - (c_t - c_i)} per head through mass_proj (no decay: c = 0)."""
     B, L, _ = x.shape
     H, Dh = layer.n_heads, layer.head_dim
     k, v = layer.kv_proj(x).view(B, L, 2, H, Dh).unbind(2)
     out = torch.zeros(B, L, H, Dh, dtype=x.dtype)
+    mass = torch.zeros(B, L, H, dtype=x.dtype)
     for b in range(B):
         for h in range(H):
             c = 0.0
             clocks, scores = [], []
             for t in range(L):
-                c = c + torch.nn.functional.softplus(layer.clock(x[b, t]))[h]
+                if layer.decay:
+                    c = c + torch.nn.functional.softplus(layer.clock(x[b, t]))[h]
                 clocks.append(c)
                 scores.append((k[b, t, h] * layer.query[h]).sum() / math.sqrt(Dh))
                 logits = torch.stack([scores[i] - (clocks[t] - clocks[i]) for i in range(t + 1)])
                 w = torch.softmax(logits, 0)
                 out[b, t, h] = (w[:, None] * v[b, : t + 1, h]).sum(0)
-    return layer.out_proj(out.reshape(B, L, H * Dh))
+                mass[b, t, h] = torch.logsumexp(logits, 0)
+    y = layer.out_proj(out.reshape(B, L, H * Dh))
+    return y + layer.mass_proj(mass) if layer.mass else y
 
 
 @pytest.mark.parametrize("L", [1, 9])
@@ -164,6 +169,40 @@ def test_decay_matches_a_naive_loop_and_forgets(L):
         x2[:, 0] += 5.0
         change = lambda m: (m(x2)[0][:, -1] - m(x)[0][:, -1]).abs().max().item()  # noqa: E731
         assert change(layer) < 0.1 * change(plain)
+
+
+@pytest.mark.parametrize("decay", [False, True])
+def test_mass_matches_a_naive_loop_forward_and_backward(decay):
+    torch.manual_seed(0)
+    layer = Aaren(8, n_heads=2, decay=decay, mass=True).double()
+    with torch.no_grad():
+        layer.mass_proj.weight.normal_()  # zero at init: make the mass term count
+    x = torch.randn(2, 11, 8, dtype=torch.float64, requires_grad=True)
+    y, _ = layer(x)
+    want = naive_decay(layer, x)
+    assert max_diff(y, want) < 1e-10
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad((y * g).sum(), (x, layer.mass_proj.weight))
+    wx, ww = torch.autograd.grad((want * g).sum(), (x, layer.mass_proj.weight))
+    assert max_diff(gx, wx) < 1e-9 and max_diff(gw, ww) < 1e-9
+
+
+def test_mass_counts_tokens_that_the_mean_cannot():
+    """Equal tokens: plain Aaren's output is the same after 1 or 50 of them (a mean); the mass
+    term grows like log t (no decay), so the layer tells them apart."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, dtype=torch.float64).expand(1, 50, 8).contiguous()
+    layer = Aaren(8, n_heads=2, mass=True).double()
+    with torch.no_grad():
+        y_plain = layer(x)[0]  # mass_proj starts at zero: plain Aaren
+        assert max_diff(y_plain[:, 0], y_plain[:, -1]) < 1e-12
+        layer.mass_proj.weight.fill_(1.0)  # every output unit gets sum_h g_t,h
+        y = layer(x)[0]
+        k = layer.kv_proj(x[0, 0]).view(2, 2, 4)[0]  # (H, Dh) the keys of the repeated token
+        s = (k * layer.query).sum(-1) * layer.scale  # (H,) its score
+        for t in (0, 9, 49):
+            want = float((s + math.log(t + 1)).sum())
+            assert float((y[0, t] - y_plain[0, t] - want).abs().max()) < 1e-9
 
 
 def test_decay_huge_clocks_stay_finite():

@@ -19,6 +19,15 @@ weighs e^{s_i - (c_t - c_i)} relative to token t: an exponential forgetting of o
 rate the input sets (with the inter-event time among its features, c can learn elapsed time, as
 a Hawkes kernel needs). Softmax is shift-invariant, so this is the same scan; the state gains
 the clock c (B, H).
+
+Option `mass` (an rlts extension, off by default): softmax attention returns a weighted MEAN,
+so it cannot tell one recent event from ten; a Hawkes intensity is a weighted SUM. With `mass`
+each head also reports its log attention mass g_t = log sum_{i<=t} e^{s_i + c_i} - c_t
+(= log sum_i e^{s_i - (c_t - c_i)}: the log of the decayed sum of the past tokens' weights;
+without decay, log sum_i e^{s_i}), mapped to d_model by a Linear (zero-initialised, so a new
+layer starts as plain Aaren) and added to the output. It is m + log u of the scan state, so the
+recurrent step gets it for free; the parallel form takes a logcumsumexp of the scores. No new
+state.
 """
 from __future__ import annotations
 
@@ -44,6 +53,8 @@ class Aaren(SequenceLayer):
         bias: biases in the key/value and output projections (default False).
         decay: a learned per-head clock that discounts older tokens (default False; see the
             module docstring).
+        mass: also output each head's log attention mass (default False; see the module
+            docstring).
 
     The queries q (H, head_dim) are initialised N(0, 1): with keys of unit-order entries the
     scores k . q / sqrt(head_dim) then have unit-order spread, as in ordinary attention, so
@@ -51,7 +62,7 @@ class Aaren(SequenceLayer):
     """
 
     def __init__(self, d_model: int, n_heads: int = 4, head_dim: Optional[int] = None, bias: bool = False,
-                 decay: bool = False):
+                 decay: bool = False, mass: bool = False):
         super().__init__()
         head_dim = head_dim or (d_model // n_heads if n_heads >= 1 else 0)
         if n_heads < 1 or head_dim < 1:
@@ -66,6 +77,10 @@ class Aaren(SequenceLayer):
         if decay:  # clock increments softplus(a . x + b), starting near 0.13 per token
             self.clock = nn.Linear(d_model, n_heads)
             nn.init.constant_(self.clock.bias, -2.0)
+        self.mass = mass
+        if mass:  # log attention mass per head -> d_model; zero: starts as plain Aaren
+            self.mass_proj = nn.Linear(n_heads, d_model, bias=False)
+            nn.init.zeros_(self.mass_proj.weight)
 
     def _split(self, state):
         """(scan state (m, u, w) or None, clock c (B, H) or None)."""
@@ -89,7 +104,19 @@ class Aaren(SequenceLayer):
         s = s.to(v.dtype)  # the scan takes one dtype (under autocast the fp32 query may promote s)
         o, state = softmax_scan(s, v.transpose(1, 2), scan_state, return_state=True)  # (B, H, L, Dh)
         y = self.out_proj(o.transpose(1, 2).reshape(B, L, H * Dh))  # (B, L, D)
+        if self.mass:
+            g = torch.logcumsumexp(s.to(state[1].dtype), dim=-1)  # (B, H, L) log sum_{i<=t} e^{s_i}
+            if scan_state is not None:  # the tokens before this call: m0 + log u0 (-inf when none)
+                m0, u0 = scan_state[0].to(g.dtype), scan_state[1].to(g.dtype)
+                prev = torch.where(u0 > 0, m0 + torch.log(u0.clamp_min(torch.finfo(g.dtype).tiny)), -math.inf)
+                g = torch.logaddexp(g, prev.unsqueeze(-1))
+            y = y + self._mass_out(g - c.to(g.dtype) if self.decay else g)
         return y, (*state, c[:, :, -1]) if self.decay else state
+
+    def _mass_out(self, g: torch.Tensor) -> torch.Tensor:
+        """Log masses (B, H, L) or (B, H) -> their contribution (B, L, D) or (B, D)."""
+        w = self.mass_proj.weight
+        return self.mass_proj(g.movedim(1, -1).to(w.dtype))
 
     def step(self, x_t: torch.Tensor, state: Optional[AarenState] = None) -> Tuple[torch.Tensor, AarenState]:
         check_input("Aaren.step", x_t, self.d_model, rank=2)
@@ -104,7 +131,11 @@ class Aaren(SequenceLayer):
             s = s + c
         o, scan_state = softmax_scan_step(s.to(v.dtype), v, scan_state)  # (B, H, Dh)
         new = (*scan_state, c) if self.decay else scan_state
-        return self.out_proj(o.reshape(B, H * Dh)), new  # (B, D)
+        y = self.out_proj(o.reshape(B, H * Dh))  # (B, D)
+        if self.mass:
+            g = scan_state[0] + torch.log(scan_state[1])  # (B, H): log sum_{i<=t} e^{s_i}
+            y = y + self._mass_out(g - c.to(g.dtype) if self.decay else g)
+        return y, new
 
     def init_state(self, batch_size: int, device: Optional[torch.device] = None,
                    dtype: Optional[torch.dtype] = None) -> AarenState:
@@ -132,16 +163,17 @@ class AarenBlock(SequenceLayer):
         dropout: dropout on both residual branches (default 0.0; training mode only).
         bias: biases in every Linear of the block (default False).
         decay: Aaren's learned per-head clock that discounts older tokens (default False).
+        mass: Aaren also outputs each head's log attention mass (default False).
 
     The state is the Aaren state (m, u, w) (+ the clock c with decay), see `Aaren`.
     """
 
     def __init__(self, d_model: int, n_heads: int = 4, head_dim: Optional[int] = None, mlp_ratio: float = 4,
-                 dropout: float = 0.0, bias: bool = False, decay: bool = False):
+                 dropout: float = 0.0, bias: bool = False, decay: bool = False, mass: bool = False):
         super().__init__()
         self.d_model = d_model
         self.norm1 = nn.RMSNorm(d_model)
-        self.attn = Aaren(d_model, n_heads=n_heads, head_dim=head_dim, bias=bias, decay=decay)
+        self.attn = Aaren(d_model, n_heads=n_heads, head_dim=head_dim, bias=bias, decay=decay, mass=mass)
         self.drop = nn.Dropout(dropout)
         self.norm2 = nn.RMSNorm(d_model)
         self.mlp = MLP(d_model, mlp_ratio, dropout, bias)
