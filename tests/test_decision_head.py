@@ -256,3 +256,10 @@ def test_clear_errors():
         DecisionModel((4, 4, 3), n_actions=2)
     with pytest.raises(ValueError, match="batch_size"):
         m.start(0)
+
+
+def test_decision_aaren_is_the_aaren_default():
+    from rlts.heads import DecisionAaren
+
+    m = DecisionAaren((4,), n_actions=2, d_model=16, n_layers=1)
+    assert isinstance(m, DecisionModel) and type(m.backbone.layers[0]).__name__ == "AarenBlock"

@@ -264,3 +264,8 @@ def decision_loss(model: nn.Module, batch: Mapping) -> Tuple[torch.Tensor, Dict[
     mask = batch.get("mask")
     pred = model(batch["observations"], batch["actions"], batch["returns_to_go"], batch["timesteps"], mask)
     return core.score(pred, batch["actions"], mask)
+
+
+DecisionAaren = DecisionModel
+"""DecisionAaren is DecisionModel with its default backbone="aaren"; backbone="transformer" gives
+the Decision Transformer baseline from the same code."""
