@@ -79,7 +79,7 @@ WINDOWED = ("transformer",)
 RANDOM_POLICIES = ("random", "uniform random")
 """Metadata `policy` values that mark a uniform-random dataset (its mean return is the random reference)."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
-_DATA_KEYS = ("dataset", "env", "seed", "d_model", "n_layers", "context", "dropout", "return_scale",
+_DATA_KEYS = ("dataset", "env", "seed", "d_model", "n_layers", "aaren_decay", "context", "dropout", "return_scale",
               "max_timestep", "target_return", "eval_episodes", "max_episode_len", "window_stride",
               "recurrent_batch_size", "recurrent_epochs", "val_fraction", "train")
 
@@ -102,6 +102,9 @@ class OfflineConfig:
     """Width of the sequence model."""
     n_layers: int = 3
     """Blocks in the sequence model."""
+    aaren_decay: bool = False
+    """Aaren models: a learned per-head clock in the scores, so that older tokens weigh less
+    (rlts.nn.aaren.Aaren, option decay); false: the paper's content-only attention."""
     context: int = 20
     """The transformer's window in env steps, for training windows and acting (KV cache of
     3 * context - 2 tokens). Unused by the recurrent backbones."""
@@ -347,9 +350,10 @@ def evaluate_policy(model: DecisionModel, env, episodes: int, seed: int, target_
 def build_model(name: str, cfg: OfflineConfig, data: Trajectories, actions: dict, return_scale: float,
                 max_timestep: int) -> DecisionModel:
     """actions: `action_size(env)`."""
+    options = {"decay": cfg.aaren_decay} if name == "aaren" else {}
     return DecisionModel(data.obs_shape, **actions, backbone=name, d_model=cfg.d_model,
                          n_layers=cfg.n_layers, max_timestep=max_timestep, context=cfg.context,
-                         return_scale=return_scale, dropout=cfg.dropout)
+                         return_scale=return_scale, dropout=cfg.dropout, **options)
 
 
 def train_config(cfg: OfflineConfig, backbone: str) -> TrainConfig:

@@ -96,6 +96,17 @@ def test_recurrent_backbones_get_their_own_batches_and_epochs():
     assert (train_config(cfg, "gru").batch_size, train_config(cfg, "gru").epochs) == (64, 7)
 
 
+def test_aaren_decay_option(dataset):
+    from tasks.offline import build_model
+
+    data = load_trajectories(dataset)
+    for flag in (False, True):
+        cfg = parse_offline_config(["--dataset", str(dataset), "--aaren_decay", str(flag).lower()])
+        m = build_model("aaren", cfg, data, {"n_actions": 2}, 500.0, 500)
+        assert m.backbone.layers[0].attn.decay is flag
+    assert build_model("transformer", cfg, data, {"n_actions": 2}, 500.0, 500) is not None  # option ignored
+
+
 def test_training_sequences(dataset):
     data = load_trajectories(dataset)
     rtg = returns_to_go(data.rewards, 1.0, data.episode_starts)
