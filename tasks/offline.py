@@ -21,7 +21,7 @@ cut sequence still carries the rewards after the cut in its returns-to-go):
   after the cut are not trained on (there is no state to start a later chunk from without
   replaying the episode's beginning); raise `max_episode_len` to cover them. One example per
   episode makes few, long examples, so these backbones take `recurrent_batch_size` episodes
-  per batch for `recurrent_epochs` epochs (defaults 8 and 100) instead of train.batch_size /
+  per batch for `recurrent_epochs` epochs (defaults 2 and 100) instead of train.batch_size /
   train.epochs.
 - the transformer acts with a sliding window of `context` steps, and trains on windows of
   `context` steps as the Decision Transformer does: the DT samples a window start uniformly
@@ -126,10 +126,11 @@ class OfflineConfig:
     whole episodes."""
     window_stride: int = 1
     """The transformer's training windows start at every window_stride-th step of each episode."""
-    recurrent_batch_size: Optional[int] = 8
+    recurrent_batch_size: Optional[int] = 2
     """Batch size (episodes) of the recurrent backbones, which train on one whole episode per
-    example: far fewer and longer examples than the transformer's windows, so smaller batches
-    to take as many gradient steps. None: train.batch_size."""
+    example: far fewer and longer examples than the transformer's windows, so small batches to
+    take enough gradient steps (2 against 8: HalfCheetah medium 1,444 against 898, Hopper medium
+    1,368 against 714; docs/results.md). None: train.batch_size."""
     recurrent_epochs: Optional[int] = 100
     """Epochs of the recurrent backbones (early stopping still applies). None: train.epochs."""
     val_fraction: float = 0.1
