@@ -1,18 +1,10 @@
 """The acting benchmark of return-conditioned policies runs end to end (tiny sizes) and reports
 what it claims: per-step time at each checkpoint, constant Aaren state, a growing KV cache."""
-import importlib.util
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from _scripts import load_script
 
 
 def _load():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("bench_decision", ROOT / "scripts" / "bench_decision.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_decision")
 
 
 def test_tiny_run_writes_table(tmp_path):
