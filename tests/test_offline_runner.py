@@ -104,7 +104,8 @@ def test_aaren_decay_option(dataset):
         cfg = parse_offline_config(["--dataset", str(dataset), "--aaren_decay", str(flag).lower()])
         m = build_model("aaren", cfg, data, {"n_actions": 2}, 500.0, 500)
         assert m.backbone.layers[0].attn.decay is flag
-    assert build_model("transformer", cfg, data, {"n_actions": 2}, 500.0, 500) is not None  # option ignored
+    dt = build_model("transformer", cfg, data, {"n_actions": 2}, 500.0, 500)  # the option is Aaren's only
+    assert type(dt.backbone.layers[0]).__name__ == "CausalTransformerBlock"
 
 
 def test_training_sequences(dataset):
