@@ -22,6 +22,7 @@ What the loop guarantees:
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
 from dataclasses import dataclass
@@ -73,7 +74,15 @@ def _dist_info() -> Tuple[int, int]:
         return 0, 1
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # Without an explicit teardown, gloo's threads can outlive the interpreter and abort
+        # the process at exit ("terminate called without an active exception").
+        atexit.register(_destroy_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class Trainer:
@@ -164,6 +173,8 @@ class Trainer:
                 done = epoch + 1
                 if self.is_main:
                     self.ckpt.save(done, self._state(done, best, bad, best_weights))
+            if self.world > 1:  # no process leaves before rank 0 has written the last checkpoint
+                dist.barrier()
         finally:
             if logger:
                 logger.close()
