@@ -22,7 +22,9 @@ cut sequence still carries the rewards after the cut in its returns-to-go):
   replaying the episode's beginning); raise `max_episode_len` to cover them. One example per
   episode makes few, long examples, so these backbones take `recurrent_batch_size` episodes
   per batch for `recurrent_epochs` epochs (defaults 2 and 100) instead of train.batch_size /
-  train.epochs.
+  train.epochs. With `recurrent_window` W they train on windows of W steps instead, as the
+  transformer below does (each window from a fresh state, timesteps still the index in the
+  episode), and still act from the episode start.
 - the transformer acts with a sliding window of `context` steps, and trains on windows of
   `context` steps as the Decision Transformer does: the DT samples a window start uniformly
   over the dataset's steps; here every `window_stride`-th step of every episode starts one
@@ -81,7 +83,7 @@ RANDOM_POLICIES = ("random", "uniform random")
 # Config keys whose change makes earlier results in the same `out` incomparable.
 _DATA_KEYS = ("dataset", "env", "seed", "d_model", "n_layers", "aaren_decay", "context", "dropout", "return_scale",
               "max_timestep", "target_return", "eval_episodes", "max_episode_len", "window_stride",
-              "recurrent_batch_size", "recurrent_epochs", "val_fraction", "train")
+              "recurrent_batch_size", "recurrent_epochs", "recurrent_window", "val_fraction", "train")
 
 
 @dataclass
@@ -133,6 +135,10 @@ class OfflineConfig:
     1,368 against 714; docs/results.md). None: train.batch_size."""
     recurrent_epochs: Optional[int] = 100
     """Epochs of the recurrent backbones (early stopping still applies). None: train.epochs."""
+    recurrent_window: Optional[int] = None
+    """Recurrent backbones train on windows of this many steps, as the transformer does (every
+    window_stride-th start, train.batch_size, train.epochs), each window seen from a fresh
+    state; they still act from the episode start with their whole state. None: whole episodes."""
     val_fraction: float = 0.1
     """Fraction of the episodes (seeded choice, at least one when there are two or more) held
     out for early stopping; 0: no validation, no early stopping."""
@@ -167,7 +173,7 @@ def check_config(cfg: OfflineConfig) -> None:
     for key in ("d_model", "n_layers", "context", "eval_episodes", "window_stride"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    for key in ("max_episode_len", "max_timestep", "recurrent_batch_size", "recurrent_epochs"):
+    for key in ("max_episode_len", "max_timestep", "recurrent_batch_size", "recurrent_epochs", "recurrent_window"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1 (or unset), got {getattr(cfg, key)}")
     if cfg.return_scale is not None and not (cfg.return_scale > 0 and math.isfinite(cfg.return_scale)):
@@ -233,10 +239,16 @@ def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> tuple:
 def episode_spans(data: Trajectories, episodes: np.ndarray, backbone: str, cfg: OfflineConfig) -> List[tuple]:
     """(start, length) of the training sequences of `episodes` for `backbone` (module docstring)."""
     starts, lengths = data.episode_starts[episodes], data.episode_lengths()[episodes]
-    if backbone not in WINDOWED:
+    window = train_window(cfg, backbone)
+    if window is None:
         cap = cfg.max_episode_len or int(lengths.max())
         return [(a, min(n, cap)) for a, n in zip(starts, lengths)]
-    return [(a + o, min(cfg.context, n - o)) for a, n in zip(starts, lengths) for o in range(0, n, cfg.window_stride)]
+    return [(a + o, min(window, n - o)) for a, n in zip(starts, lengths) for o in range(0, n, cfg.window_stride)]
+
+
+def train_window(cfg: OfflineConfig, backbone: str) -> Optional[int]:
+    """Steps per training window of `backbone`; None: it trains on whole episodes."""
+    return cfg.context if backbone in WINDOWED else cfg.recurrent_window
 
 
 def dataset_summary(data: Trajectories, path: str) -> dict:
@@ -358,10 +370,10 @@ def build_model(name: str, cfg: OfflineConfig, data: Trajectories, actions: dict
 
 
 def train_config(cfg: OfflineConfig, backbone: str) -> TrainConfig:
-    """cfg.train with the run's seed and device; recurrent backbones get their own batch size
-    and epochs (recurrent_batch_size, recurrent_epochs) when set."""
+    """cfg.train with the run's seed and device; backbones that train on whole episodes get
+    their own batch size and epochs (recurrent_batch_size, recurrent_epochs) when set."""
     kw = {**to_dict(cfg.train), "seed": cfg.seed, "device": cfg.device}
-    if backbone not in WINDOWED:
+    if train_window(cfg, backbone) is None:
         kw["batch_size"] = cfg.recurrent_batch_size or kw["batch_size"]
         kw["epochs"] = cfg.recurrent_epochs or kw["epochs"]
     return TrainConfig(**kw)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlts.data.trajectories import Trajectories, load_trajectories, returns_to_go, save_trajectories
-from tasks.offline import (DecisionSequences, OfflineConfig, collate_decision, cli_run, episode_spans,
+from tasks.offline import (DecisionSequences, OfflineConfig, check_config, collate_decision, cli_run, episode_spans,
                            parse_offline_config, run_offline, split_episodes, train_config)
 from tasks.record import record
 
@@ -94,6 +94,10 @@ def test_recurrent_backbones_get_their_own_batches_and_epochs():
     assert (train_config(cfg, "transformer").batch_size, train_config(cfg, "transformer").epochs) == (64, 7)
     cfg.recurrent_batch_size = cfg.recurrent_epochs = None
     assert (train_config(cfg, "gru").batch_size, train_config(cfg, "gru").epochs) == (64, 7)
+    windowed = parse_offline_config(["--dataset", "x.npz", "--recurrent_window", "9", "--train.epochs", "7"])
+    assert (train_config(windowed, "aaren").batch_size, train_config(windowed, "aaren").epochs) == (64, 7)
+    with pytest.raises(ValueError, match="recurrent_window must be at least 1"):
+        check_config(parse_offline_config(["--dataset", "x.npz", "--recurrent_window", "0"]))
 
 
 def test_aaren_decay_option(dataset):
@@ -128,6 +132,12 @@ def test_training_sequences(dataset):
     assert batch["timesteps"][1, :3].tolist() == [2, 3, 4]                  # index within the episode
     assert batch["returns_to_go"][0, 0].item() == pytest.approx(data.episode_returns()[0])
     assert batch["mask"][2].sum() == win[-1][1] and not batch["mask"][2, -1]  # the last window is short
+    # recurrent_window: the recurrent backbones take windows as the transformer does, of their own length
+    cfg.recurrent_window = 3
+    rwin = episode_spans(data, eps, "aaren", cfg)
+    assert [a for a, _ in rwin] == [a for a, _ in win] and all(1 <= n <= 3 for _, n in rwin)
+    assert [n for _, n in rwin] == [min(3, n) for _, n in win]
+    assert episode_spans(data, eps, "transformer", cfg) == win
     assert batch["actions"][0, :5].tolist() == data.actions[a:a + 5].tolist()
     tr, va = split_episodes(20, 0.1, 0)
     assert len(va) == 2 and sorted([*tr, *va]) == list(range(20))
