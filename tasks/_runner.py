@@ -66,12 +66,12 @@ def output_folder(out: Optional[str], task: str, stem: str) -> Path:
     return path
 
 
-def open_run(cfg, task: str, stem: str, data_keys: Sequence[str]):
+def open_run(cfg, task: str, stem: str, data_keys: Sequence[str], legacy: Optional[dict] = None):
     """The output folder of a run, created: (out, previous results object or {}, the config as
     a dict with the resolved `out`). Refuses (ValueError) a folder holding another setup's
-    results, before anything is written."""
+    results, before anything is written. `legacy`: see load_results."""
     out = output_folder(cfg.out, task, stem)
-    previous = load_results(out / "results.json", cfg, data_keys)
+    previous = load_results(out / "results.json", cfg, data_keys, legacy)
     out.mkdir(parents=True, exist_ok=True)
     cfg_dict = to_dict(cfg)
     cfg_dict["out"] = str(out)
@@ -91,11 +91,13 @@ _NEUTRAL_KEYS = ("progress", "device")
 """Settings inside a nested config that never change a result (compared without them)."""
 
 
-def load_results(path: Path, cfg, data_keys: Sequence[str]) -> dict:
+def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dict] = None) -> dict:
     """The results object of an earlier run in the same folder ({} if none). A ValueError if the
     file is not a results object, or if it was made with different `data_keys` settings (data or
     model settings: its numbers would not be comparable with the new ones, or would be reported
-    for settings they were not made with)."""
+    for settings they were not made with). A key missing from the old config is taken to have
+    been run with its value in `legacy`, or, when not there, the new value (a key added later
+    whose default keeps the old behaviour)."""
     if not path.exists():
         return {}
     try:
@@ -105,6 +107,7 @@ def load_results(path: Path, cfg, data_keys: Sequence[str]) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a results object; move it away or choose another --out")
     old, new = data.get("config", {}), json.loads(json.dumps(to_dict(cfg)))  # tuples as JSON lists
+    old = {**(legacy or {}), **old}
 
     def differs(a, b) -> bool:
         """Nested configs (train) are compared on the keys both have, except those that never

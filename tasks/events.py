@@ -64,7 +64,9 @@ PLOT_EVENTS = 40
 """Events of the first test sequence shown in intensity.png."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
 _DATA_KEYS = ("data", "origin", "split", "shuffle", "seed", "d_model", "n_layers", "n_components",
-              "mark_dim", "dropout", "aaren_decay", "aaren_mass", "train", "true_hawkes")
+              "mark_dim", "dropout", "aaren_decay", "aaren_mass", "repeat_mark", "train", "true_hawkes")
+_LEGACY = {"repeat_mark": False}
+"""What results written before a key existed were run with, where it is not the key's default."""
 
 
 @dataclass
@@ -103,6 +105,9 @@ class EventsConfig:
     aaren_mass: bool = False
     """Aaren models: each head also outputs its log attention mass (option mass), so the model
     sees how much recent activity there is, not only its weighted mean."""
+    repeat_mark: bool = True
+    """Marked data: a copy path in the mark decoder, one learned logit for "the same type as
+    the last event" (EventModel option repeat_mark)."""
     true_hawkes: Optional[List[float]] = None
     """[mu, alpha, beta] of the process that generated the data, if known (synthetic data):
     adds the true process's NLL, the best achievable, to the table."""
@@ -203,7 +208,8 @@ def baseline_results(train, test, cfg: EventsConfig, n_marks: int, has_marks: bo
 def build_model(name: str, cfg: EventsConfig, n_marks: int) -> EventModel:
     options = {"decay": cfg.aaren_decay, "mass": cfg.aaren_mass} if name == "aaren" else {}
     return EventModel(n_marks, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                      n_components=cfg.n_components, mark_dim=cfg.mark_dim, dropout=cfg.dropout, **options)
+                      n_components=cfg.n_components, mark_dim=cfg.mark_dim, dropout=cfg.dropout,
+                      repeat_mark=cfg.repeat_mark, **options)
 
 
 def _table_rows(results: dict, order: List[str]) -> List[dict]:
@@ -232,7 +238,7 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
     n_marks = int(max(int(s.marks.max()) for s in seqs)) + 1 if has_marks else 1
     scale = TimeScale.fit(train, cfg.origin)
 
-    out, previous, cfg_dict = open_run(cfg, "events", Path(cfg.data).stem, _DATA_KEYS)
+    out, previous, cfg_dict = open_run(cfg, "events", Path(cfg.data).stem, _DATA_KEYS, _LEGACY)
     results_path = out / "results.json"
     log_scale = math.log(scale.scale)
     state = {

@@ -205,9 +205,12 @@ def test_padding_invariance(backbone):
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_step_equals_forward(backbone):
-    m = model(backbone)
+@pytest.mark.parametrize("backbone,repeat", [(b, False) for b in BACKBONES] + [("aaren", True), ("gru", True)])
+def test_step_equals_forward(backbone, repeat):
+    m = model(backbone, repeat_mark=repeat)
+    if repeat:
+        torch.nn.init.normal_(m.repeat_head.weight)
+        torch.nn.init.normal_(m.repeat_head.bias)
     b = random_batch(B=2, L=6)
     dist, logits = m(b)
     with torch.no_grad():
@@ -368,3 +371,35 @@ def test_batches_from_collate_events(origin):
     assert ev["n_events"] == events.num_predicted_events(seqs, origin)
     mask = m.nll(batches[0])["scored"]
     torch.testing.assert_close(mask, events.predicted_mask(batches[0]["lengths"], mask.shape[1], origin))
+
+
+def test_repeat_mark_adds_the_copy_logit_to_the_previous_mark_only():
+    """repeat_mark against a direct float64 loop: logits[i] equal the plain decoder's, plus
+    repeat_head(h_i) at the previous event's mark (nothing at i = 0); zero-initialised, so a
+    fresh model predicts exactly as without it; gradients reach the copy head."""
+    m = model("aaren", n_marks=5, repeat_mark=True)
+    b = random_batch(B=2, L=6, n_marks=5)
+    plain = model("aaren", n_marks=5)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("repeat_head")})
+    torch.testing.assert_close(m(b)[1], plain(b)[1], rtol=0, atol=0)     # no-op at initialisation
+
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        m.repeat_head.weight.copy_(torch.randn(1, 16, generator=g, dtype=F64))
+        m.repeat_head.bias.fill_(0.7)
+    hs = []
+    hook = m.backbone.register_forward_hook(lambda mod, inp, out: hs.append(out[0]))
+    logits = m(b)[1]
+    hook.remove()
+    base = plain(b)[1]
+    h = hs[0]
+    for bi in range(2):
+        for i in range(6):
+            expect = base[bi, i].clone()
+            if i > 0:
+                prev = int(b["marks"][bi, i - 1])
+                expect[prev] += float((h[bi, i] @ m.repeat_head.weight[0]).detach()) + 0.7
+            torch.testing.assert_close(logits[bi, i], expect, rtol=1e-12, atol=1e-12)
+    m.nll(b)["mark_sum"].backward()
+    assert m.repeat_head.weight.grad.abs().sum() > 0 and m.repeat_head.bias.grad.abs() > 0
+    assert model("aaren", n_marks=1, repeat_mark=True).repeat_head is None  # unmarked: nothing to copy

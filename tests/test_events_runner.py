@@ -74,6 +74,16 @@ def test_marks_rerun_skips_and_time_unit_shift(tmp_path):
     again = _run(["--data", str(data), "--config", "debug", "--out", str(out), "--plots", "false"])
     assert again["results"]["aaren"] == r["aaren"]
     assert (out / "aaren" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+    # results written before repeat_mark existed were run without it: a rerun with the new
+    # default (on) is refused, one with it off continues them
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"].pop("repeat_mark") is True and r["aaren"]["params"] > 0
+    (out / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="repeat_mark: False -> True"):
+        _run(["--data", str(data), "--config", "debug", "--out", str(out), "--plots", "false"])
+    off = _run(["--data", str(data), "--config", "debug", "--out", str(out), "--plots", "false",
+                "--repeat_mark", "false"])
+    assert off["results"]["aaren"] == r["aaren"]
 
 
 def _cli_error(capsys, argv):
@@ -117,3 +127,11 @@ def test_aaren_models_use_the_learned_clock_unless_switched_off():
     assert blocks(on) and all(b.decay for b in blocks(on))
     assert blocks(off) and not any(b.decay for b in blocks(off))
     build_model("transformer", EventsConfig(d_model=16, n_layers=1), n_marks=1)  # the option is Aaren's only
+
+
+def test_marked_models_get_the_repeat_path_unless_switched_off():
+    from tasks.events import EventsConfig, build_model
+
+    for name in ("aaren", "transformer"):
+        assert build_model(name, EventsConfig(d_model=16, n_layers=1), n_marks=5).repeat_head is not None
+        assert build_model(name, EventsConfig(d_model=16, n_layers=1, repeat_mark=False), n_marks=5).repeat_head is None

@@ -216,6 +216,9 @@ class EventModel(nn.Module):
         the (n_marks, mark_dim) input mark embedding (tied), so 8227 marks cost
         8227 * mark_dim weights once, not twice. With n_marks = 1 there is no mark embedding and the logits are 0
         (mark NLL 0).
+        repeat_mark: a copy path, logits[m_{i-1}] += Linear(d_model, 1)(h_i) (zero at
+        initialisation; nothing for i = 0): the logit of "the same type as the last event"
+        from the history, which a tied embedding cannot express for thousands of rare types.
 
     Args:
         n_marks: number of event types M (1 for unmarked data).
@@ -224,6 +227,7 @@ class EventModel(nn.Module):
         n_layers: blocks in the sequence model.
         n_components: K, log-normal mixture components.
         mark_dim: width of the mark embedding; default min(32, d_model).
+        repeat_mark: add the copy path above (marked data only).
         dropout: dropout on the event embeddings and on h before the decoder.
         log_dt_mean, log_dt_std: initial time standardisation (see `set_time_scale`).
         eps: added to dt before the log in the time features; also the smallest dt scored
@@ -238,7 +242,7 @@ class EventModel(nn.Module):
     def __init__(self, n_marks: int, backbone: str = "aaren", d_model: int = 64, n_layers: int = 2,
                  n_components: int = 8, mark_dim: Optional[int] = None, dropout: float = 0.0,
                  log_dt_mean: float = 0.0, log_dt_std: float = 1.0, eps: float = 1e-6,
-                 **backbone_options):
+                 repeat_mark: bool = False, **backbone_options):
         super().__init__()
         name = "EventModel"
         if isinstance(n_marks, bool) or not isinstance(n_marks, int) or n_marks < 1:
@@ -269,6 +273,11 @@ class EventModel(nn.Module):
         if self.mark_dim:
             self.mark_head = nn.Linear(d_model, self.mark_dim)
             self.mark_bias = nn.Parameter(torch.zeros(n_marks))
+        self.repeat_head = None
+        if repeat_mark and self.mark_dim:
+            self.repeat_head = nn.Linear(d_model, 1)
+            nn.init.zeros_(self.repeat_head.weight)
+            nn.init.zeros_(self.repeat_head.bias)
 
     # -- time scale ----------------------------------------------------------------------------
 
@@ -318,8 +327,10 @@ class EventModel(nn.Module):
             feats.append(self.mark_embed(marks))                              # (..., mark_dim)
         return self.drop(self.embed(torch.cat(feats, dim=-1)))
 
-    def _decode(self, h: torch.Tensor) -> Tuple[LogNormalMixture, torch.Tensor]:
-        """Backbone outputs h (..., d_model) -> (LogNormalMixture over (...), logits (..., M))."""
+    def _decode(self, h: torch.Tensor, prev_marks: Optional[torch.Tensor] = None
+                ) -> Tuple[LogNormalMixture, torch.Tensor]:
+        """Backbone outputs h (..., d_model) and the previous event's mark (...) long (-1:
+        none) -> (LogNormalMixture over (...), logits (..., M))."""
         h = self.drop(h)
         logits, raw_loc, raw_scale = self.time_head(h).chunk(3, dim=-1)     # (..., K) each
         locs = self.log_dt_mean + self.log_dt_std * raw_loc
@@ -332,6 +343,9 @@ class EventModel(nn.Module):
         else:
             q = self.mark_head(h) / math.sqrt(self.mark_dim)                   # (..., mark_dim)
             mark_logits = q @ self.mark_embed.weight.T + self.mark_bias        # (..., M)
+            if self.repeat_head is not None and prev_marks is not None:
+                bonus = self.repeat_head(h) * (prev_marks >= 0).unsqueeze(-1)   # (..., 1)
+                mark_logits = mark_logits.scatter_add(-1, prev_marks.clamp_min(0).unsqueeze(-1), bonus)
         return LogNormalMixture(logits, locs, log_scales), mark_logits
 
     def check_batch(self, batch: Any) -> EventBatch:
@@ -397,7 +411,8 @@ class EventModel(nn.Module):
         e = self._embed(eb.dt[:, :-1], eb.marks[:, :-1])                       # (B, L-1, D)
         start = self.start_token.to(e.dtype).expand(B, 1, -1)                  # (B, 1, D)
         h, _ = self.backbone(torch.cat([start, e], dim=1))                     # (B, L, D)
-        return self._decode(h)
+        prev = torch.cat([eb.marks.new_full((B, 1), -1), eb.marks[:, :-1]], dim=1)  # (B, L)
+        return self._decode(h, prev)
 
     def score(self, dist: LogNormalMixture, mark_logits: torch.Tensor, batch: Mapping) -> Dict[str, torch.Tensor]:
         """Per-event NLL terms of `forward`'s outputs for `batch`:
@@ -463,7 +478,7 @@ class EventModel(nn.Module):
         batch = {"dt": dt_t[:, None], "marks": mark_t[:, None], "lengths": torch.ones(B, dtype=torch.long)}
         eb = self.check_batch(batch)
         h, state = self.backbone.step(self._embed(eb.dt[:, 0], eb.marks[:, 0]), state)
-        dist, logits = self._decode(h)
+        dist, logits = self._decode(h, eb.marks[:, 0])
         return dist, logits, state
 
 
