@@ -52,6 +52,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Run write(f) on a temporary file beside `path`, flush it to disk, then rename it over
     `path`: a reader sees the old file or the new, never half of one."""
@@ -59,6 +65,7 @@ def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode open() would
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

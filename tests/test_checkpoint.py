@@ -111,3 +111,20 @@ def test_write_text_atomic_replaces_whole_file(tmp_path):
     write_text_atomic('{"b": 2}', target)
     assert target.read_text() == '{"b": 2}'
     assert [p.name for p in target.parent.iterdir()] == ["results.json"]  # no temp file left
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_atomic_files_get_the_mode_a_plain_open_would(tmp_path):
+    """mkstemp creates 0600 files; results and checkpoints should be as readable as any file
+    the user writes (0666 minus the umask), like a plain open() gives."""
+    from rlts.checkpoint import write_text_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_text_atomic("x", tmp_path / "r.json")
+        save_atomic({"a": torch.zeros(1)}, tmp_path / "c.pt")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    for name in ("r.json", "c.pt", "plain.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
