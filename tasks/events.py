@@ -64,8 +64,8 @@ PLOT_EVENTS = 40
 """Events of the first test sequence shown in intensity.png."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
 _DATA_KEYS = ("data", "origin", "split", "shuffle", "seed", "d_model", "n_layers", "n_components",
-              "mark_dim", "dropout", "aaren_decay", "aaren_mass", "repeat_mark", "train", "true_hawkes")
-_LEGACY = {"repeat_mark": False}
+              "mark_dim", "dropout", "aaren_decay", "aaren_mass", "copy_marks", "train", "true_hawkes")
+_LEGACY = {"copy_marks": False}
 """What results written before a key existed were run with, where it is not the key's default."""
 
 
@@ -105,9 +105,9 @@ class EventsConfig:
     aaren_mass: bool = False
     """Aaren models: each head also outputs its log attention mass (option mass), so the model
     sees how much recent activity there is, not only its weighted mean."""
-    repeat_mark: bool = True
-    """Marked data: a copy path in the mark decoder, one learned logit for "the same type as
-    the last event" (EventModel option repeat_mark)."""
+    copy_marks: bool = True
+    """Marked data: a copy path in the mark decoder, learned logits for "the same type as the
+    last event" and "a type seen recently, often" (EventModel option copy_marks)."""
     true_hawkes: Optional[List[float]] = None
     """[mu, alpha, beta] of the process that generated the data, if known (synthetic data):
     adds the true process's NLL, the best achievable, to the table."""
@@ -209,7 +209,7 @@ def build_model(name: str, cfg: EventsConfig, n_marks: int) -> EventModel:
     options = {"decay": cfg.aaren_decay, "mass": cfg.aaren_mass} if name == "aaren" else {}
     return EventModel(n_marks, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
                       n_components=cfg.n_components, mark_dim=cfg.mark_dim, dropout=cfg.dropout,
-                      repeat_mark=cfg.repeat_mark, **options)
+                      copy_marks=cfg.copy_marks, **options)
 
 
 def _table_rows(results: dict, order: List[str]) -> List[dict]:

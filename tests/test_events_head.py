@@ -205,12 +205,11 @@ def test_padding_invariance(backbone):
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("backbone,repeat", [(b, False) for b in BACKBONES] + [("aaren", True), ("gru", True)])
-def test_step_equals_forward(backbone, repeat):
-    m = model(backbone, repeat_mark=repeat)
-    if repeat:
-        torch.nn.init.normal_(m.repeat_head.weight)
-        torch.nn.init.normal_(m.repeat_head.bias)
+@pytest.mark.parametrize("backbone,copy", [(b, False) for b in BACKBONES] + [("aaren", True), ("transformer", True)])
+def test_step_equals_forward(backbone, copy):
+    m = model(backbone, copy_marks=copy)
+    if copy:
+        _randomise_copy_path(m)
     b = random_batch(B=2, L=6)
     dist, logits = m(b)
     with torch.no_grad():
@@ -373,33 +372,58 @@ def test_batches_from_collate_events(origin):
     torch.testing.assert_close(mask, events.predicted_mask(batches[0]["lengths"], mask.shape[1], origin))
 
 
-def test_repeat_mark_adds_the_copy_logit_to_the_previous_mark_only():
-    """repeat_mark against a direct float64 loop: logits[i] equal the plain decoder's, plus
-    repeat_head(h_i) at the previous event's mark (nothing at i = 0); zero-initialised, so a
-    fresh model predicts exactly as without it; gradients reach the copy head."""
-    m = model("aaren", n_marks=5, repeat_mark=True)
-    b = random_batch(B=2, L=6, n_marks=5)
+def _randomise_copy_path(m, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        m.copy_head.weight.copy_(torch.randn(m.copy_head.weight.shape, generator=g, dtype=F64))
+        m.copy_head.bias.copy_(torch.tensor([0.7, -0.4], dtype=F64))
+        m.copy_decay.fill_(0.3)
+
+
+@pytest.mark.parametrize("L", [1, 9])
+def test_copy_marks_against_a_direct_loop(L):
+    """copy_marks against a direct float64 loop: logits[i] = the plain decoder's + a_i at the
+    previous event's mark + b_i * sum_{j<i} gamma^(i-1-j) at each earlier mark (nothing at
+    i = 0); zero-initialised, so a fresh model predicts exactly as without it; gradients reach
+    the copy head and gamma; chunked scatter = one chunk."""
+    b = random_batch(B=3, L=L, n_marks=5, lengths=[L, max(1, L - 4), L])
+    m = model("aaren", n_marks=5, copy_marks=True)
     plain = model("aaren", n_marks=5)
-    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("repeat_head")})
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("copy_")})
     torch.testing.assert_close(m(b)[1], plain(b)[1], rtol=0, atol=0)     # no-op at initialisation
 
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        m.repeat_head.weight.copy_(torch.randn(1, 16, generator=g, dtype=F64))
-        m.repeat_head.bias.fill_(0.7)
+    _randomise_copy_path(m)
     hs = []
-    hook = m.backbone.register_forward_hook(lambda mod, inp, out: hs.append(out[0]))
+    hook = m.backbone.register_forward_hook(lambda mod, inp, out: hs.append(out[0].detach()))
     logits = m(b)[1]
     hook.remove()
-    base = plain(b)[1]
-    h = hs[0]
-    for bi in range(2):
-        for i in range(6):
+    base, h = plain(b)[1].detach(), hs[0]
+    gamma = 1 / (1 + math.exp(-0.3))
+    W, bias = m.copy_head.weight.detach(), m.copy_head.bias.detach()
+    for bi in range(3):
+        marks = [int(v) for v in b["marks"][bi]]
+        for i in range(L):
             expect = base[bi, i].clone()
+            a_i = float(h[bi, i] @ W[0] + bias[0])
+            b_i = float(h[bi, i] @ W[1] + bias[1])
             if i > 0:
-                prev = int(b["marks"][bi, i - 1])
-                expect[prev] += float((h[bi, i] @ m.repeat_head.weight[0]).detach()) + 0.7
-            torch.testing.assert_close(logits[bi, i], expect, rtol=1e-12, atol=1e-12)
-    m.nll(b)["mark_sum"].backward()
-    assert m.repeat_head.weight.grad.abs().sum() > 0 and m.repeat_head.bias.grad.abs() > 0
-    assert model("aaren", n_marks=1, repeat_mark=True).repeat_head is None  # unmarked: nothing to copy
+                expect[marks[i - 1]] += a_i
+            for j in range(i):
+                expect[marks[j]] += b_i * gamma ** (i - 1 - j)
+            if i < int(b["lengths"][bi]):  # padded entries are never scored
+                torch.testing.assert_close(logits[bi, i], expect, rtol=1e-12, atol=1e-12)
+    if L > 1:
+        m.nll(b)["mark_sum"].backward()
+        assert m.copy_head.weight.grad.abs().sum() > 0 and m.copy_decay.grad.abs() > 0
+    assert model("aaren", n_marks=1, copy_marks=True).copy_head is None  # unmarked: nothing to copy
+
+
+def test_copy_marks_chunks_long_sequences(monkeypatch):
+    """The scatter runs in row chunks to bound memory: tiny chunks give the same logits."""
+    m = model("gru", n_marks=4, copy_marks=True)
+    _randomise_copy_path(m)
+    b = random_batch(B=2, L=13, n_marks=4)
+    whole = m(b)[1]
+    import rlts.heads.events as ev
+    monkeypatch.setattr(ev, "_COPY_SCATTER_ELEMENTS", 5)  # rows of 1 at B * L = 26
+    torch.testing.assert_close(m(b)[1], whole, rtol=0, atol=0)

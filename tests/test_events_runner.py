@@ -74,15 +74,15 @@ def test_marks_rerun_skips_and_time_unit_shift(tmp_path):
     again = _run(["--data", str(data), "--config", "debug", "--out", str(out), "--plots", "false"])
     assert again["results"]["aaren"] == r["aaren"]
     assert (out / "aaren" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
-    # results written before repeat_mark existed were run without it: a rerun with the new
+    # results written before copy_marks existed were run without it: a rerun with the new
     # default (on) is refused, one with it off continues them
     res = json.loads((out / "results.json").read_text())
-    assert res["config"].pop("repeat_mark") is True and r["aaren"]["params"] > 0
+    assert res["config"].pop("copy_marks") is True and r["aaren"]["params"] > 0
     (out / "results.json").write_text(json.dumps(res))
-    with pytest.raises(ValueError, match="repeat_mark: False -> True"):
+    with pytest.raises(ValueError, match="copy_marks: False -> True"):
         _run(["--data", str(data), "--config", "debug", "--out", str(out), "--plots", "false"])
     off = _run(["--data", str(data), "--config", "debug", "--out", str(out), "--plots", "false",
-                "--repeat_mark", "false"])
+                "--copy_marks", "false"])
     assert off["results"]["aaren"] == r["aaren"]
 
 
@@ -129,9 +129,9 @@ def test_aaren_models_use_the_learned_clock_unless_switched_off():
     build_model("transformer", EventsConfig(d_model=16, n_layers=1), n_marks=1)  # the option is Aaren's only
 
 
-def test_marked_models_get_the_repeat_path_unless_switched_off():
+def test_marked_models_get_the_copy_path_unless_switched_off():
     from tasks.events import EventsConfig, build_model
 
     for name in ("aaren", "transformer"):
-        assert build_model(name, EventsConfig(d_model=16, n_layers=1), n_marks=5).repeat_head is not None
-        assert build_model(name, EventsConfig(d_model=16, n_layers=1, repeat_mark=False), n_marks=5).repeat_head is None
+        assert build_model(name, EventsConfig(d_model=16, n_layers=1), n_marks=5).copy_head is not None
+        assert build_model(name, EventsConfig(d_model=16, n_layers=1, copy_marks=False), n_marks=5).copy_head is None

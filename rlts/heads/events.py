@@ -40,6 +40,7 @@ import math
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rlts.nn.model import SequenceModel
@@ -193,6 +194,10 @@ def _is_int(t: torch.Tensor) -> bool:
 # The model
 
 
+_COPY_SCATTER_ELEMENTS = 1 << 22
+"""The copy path scatters at most about this many (batch, row, column) entries at a time."""
+
+
 class EventModel(nn.Module):
     """Neural temporal point process: a sequence model over past events, a log-normal mixture
     for the next inter-event time and a softmax over the next mark.
@@ -216,9 +221,13 @@ class EventModel(nn.Module):
         the (n_marks, mark_dim) input mark embedding (tied), so 8227 marks cost
         8227 * mark_dim weights once, not twice. With n_marks = 1 there is no mark embedding and the logits are 0
         (mark NLL 0).
-        repeat_mark: a copy path, logits[m_{i-1}] += Linear(d_model, 1)(h_i) (zero at
-        initialisation; nothing for i = 0): the logit of "the same type as the last event"
-        from the history, which a tied embedding cannot express for thousands of rare types.
+        copy_marks: a copy path from the marks of earlier events, which a tied embedding
+        cannot express for thousands of rare types: with (a_i, b_i) = Linear(d_model, 2)(h_i)
+        (zero at initialisation) and a learned gamma = sigmoid(g) in (0, 1),
+            logits_i[m] += a_i [m = m_{i-1}] + b_i c_i[m],
+            c_i[m] = sum_{j < i, m_j = m} gamma^(i-1-j)     (decayed counts of each mark),
+        i.e. "the same type as the last event" and "a type seen recently, often". Streaming
+        keeps c (B, M) in the state: constant in the sequence length.
 
     Args:
         n_marks: number of event types M (1 for unmarked data).
@@ -227,7 +236,7 @@ class EventModel(nn.Module):
         n_layers: blocks in the sequence model.
         n_components: K, log-normal mixture components.
         mark_dim: width of the mark embedding; default min(32, d_model).
-        repeat_mark: add the copy path above (marked data only).
+        copy_marks: add the copy path above (marked data only).
         dropout: dropout on the event embeddings and on h before the decoder.
         log_dt_mean, log_dt_std: initial time standardisation (see `set_time_scale`).
         eps: added to dt before the log in the time features; also the smallest dt scored
@@ -242,7 +251,7 @@ class EventModel(nn.Module):
     def __init__(self, n_marks: int, backbone: str = "aaren", d_model: int = 64, n_layers: int = 2,
                  n_components: int = 8, mark_dim: Optional[int] = None, dropout: float = 0.0,
                  log_dt_mean: float = 0.0, log_dt_std: float = 1.0, eps: float = 1e-6,
-                 repeat_mark: bool = False, **backbone_options):
+                 copy_marks: bool = False, **backbone_options):
         super().__init__()
         name = "EventModel"
         if isinstance(n_marks, bool) or not isinstance(n_marks, int) or n_marks < 1:
@@ -273,11 +282,12 @@ class EventModel(nn.Module):
         if self.mark_dim:
             self.mark_head = nn.Linear(d_model, self.mark_dim)
             self.mark_bias = nn.Parameter(torch.zeros(n_marks))
-        self.repeat_head = None
-        if repeat_mark and self.mark_dim:
-            self.repeat_head = nn.Linear(d_model, 1)
-            nn.init.zeros_(self.repeat_head.weight)
-            nn.init.zeros_(self.repeat_head.bias)
+        self.copy_head = None
+        if copy_marks and self.mark_dim:
+            self.copy_head = nn.Linear(d_model, 2)
+            nn.init.zeros_(self.copy_head.weight)
+            nn.init.zeros_(self.copy_head.bias)
+            self.copy_decay = nn.Parameter(torch.tensor(math.log(9.0)))        # gamma = 0.9
 
     # -- time scale ----------------------------------------------------------------------------
 
@@ -327,10 +337,9 @@ class EventModel(nn.Module):
             feats.append(self.mark_embed(marks))                              # (..., mark_dim)
         return self.drop(self.embed(torch.cat(feats, dim=-1)))
 
-    def _decode(self, h: torch.Tensor, prev_marks: Optional[torch.Tensor] = None
-                ) -> Tuple[LogNormalMixture, torch.Tensor]:
-        """Backbone outputs h (..., d_model) and the previous event's mark (...) long (-1:
-        none) -> (LogNormalMixture over (...), logits (..., M))."""
+    def _decode(self, h: torch.Tensor) -> Tuple[LogNormalMixture, torch.Tensor]:
+        """Backbone outputs h (..., d_model) -> (LogNormalMixture over (...), logits (..., M)),
+        without the copy path."""
         h = self.drop(h)
         logits, raw_loc, raw_scale = self.time_head(h).chunk(3, dim=-1)     # (..., K) each
         locs = self.log_dt_mean + self.log_dt_std * raw_loc
@@ -343,10 +352,26 @@ class EventModel(nn.Module):
         else:
             q = self.mark_head(h) / math.sqrt(self.mark_dim)                   # (..., mark_dim)
             mark_logits = q @ self.mark_embed.weight.T + self.mark_bias        # (..., M)
-            if self.repeat_head is not None and prev_marks is not None:
-                bonus = self.repeat_head(h) * (prev_marks >= 0).unsqueeze(-1)   # (..., 1)
-                mark_logits = mark_logits.scatter_add(-1, prev_marks.clamp_min(0).unsqueeze(-1), bonus)
         return LogNormalMixture(logits, locs, log_scales), mark_logits
+
+    def _copy_history(self, logits: torch.Tensor, h: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
+        """The copy path of `forward` (class docstring): logits (B, L, M), h (B, L, D), marks
+        (B, L) of events 0..L-1 (entry i reads marks 0..i-1) -> logits with the copy terms."""
+        B, L, M = logits.shape
+        ab = self.copy_head(self.drop(h))                                        # (B, L, 2)
+        a, b = ab[..., 0], ab[..., 1]                                            # (B, L) each
+        lag = torch.arange(L, device=h.device)[:, None] - 1 - torch.arange(L, device=h.device)[None, :]
+        log_gamma = F.logsigmoid(self.copy_decay).to(h.dtype)
+        w = torch.where(lag >= 0, torch.exp(lag.clamp_min(0).to(h.dtype) * log_gamma), 0.0)  # (L, L): gamma^(i-1-j)
+        rows = max(1, _COPY_SCATTER_ELEMENTS // (B * L))  # scatter (B, rows, L) at a time: bounded memory
+        out = []
+        for s in range(0, L, rows):
+            e = min(L, s + rows)
+            vals = b[:, s:e, None] * w[None, s:e]                                # (B, r, L)
+            vals = vals + a[:, s:e, None] * (lag[None, s:e] == 0).to(h.dtype)   # the previous mark
+            idx = marks[:, None, :].expand(B, e - s, L)                          # (B, r, L)
+            out.append(logits[:, s:e].scatter_add(-1, idx, vals))
+        return torch.cat(out, dim=1)
 
     def check_batch(self, batch: Any) -> EventBatch:
         """Validate a batch dict (see the module docstring) and move it to the model's device;
@@ -411,8 +436,10 @@ class EventModel(nn.Module):
         e = self._embed(eb.dt[:, :-1], eb.marks[:, :-1])                       # (B, L-1, D)
         start = self.start_token.to(e.dtype).expand(B, 1, -1)                  # (B, 1, D)
         h, _ = self.backbone(torch.cat([start, e], dim=1))                     # (B, L, D)
-        prev = torch.cat([eb.marks.new_full((B, 1), -1), eb.marks[:, :-1]], dim=1)  # (B, L)
-        return self._decode(h, prev)
+        dist, logits = self._decode(h)
+        if self.copy_head is not None:
+            logits = self._copy_history(logits, h, eb.marks)
+        return dist, logits
 
     def score(self, dist: LogNormalMixture, mark_logits: torch.Tensor, batch: Mapping) -> Dict[str, torch.Tensor]:
         """Per-event NLL terms of `forward`'s outputs for `batch`:
@@ -448,19 +475,23 @@ class EventModel(nn.Module):
 
     # -- streaming -------------------------------------------------------------------------------
 
-    def start(self, batch_size: int) -> Tuple[LogNormalMixture, torch.Tensor, List[Any]]:
+    def start(self, batch_size: int) -> Tuple[LogNormalMixture, torch.Tensor, "StreamState"]:
         """Begin B streams: (prediction of event 0: LogNormalMixture over (B,), mark logits
-        (B, M), state). The state is the backbone's (one entry per layer): constant size for
-        aaren / mamba / mamba2 / gru, a growing KV cache for the transformer."""
+        (B, M), state). The state holds the backbone's (one entry per layer): constant size for
+        aaren / mamba / mamba2 / gru, a growing KV cache for the transformer; and with
+        copy_marks the decayed mark counts c (B, M)."""
         if batch_size < 1:
             raise ValueError(f"EventModel.start: batch_size must be >= 1, got {batch_size}")
         x = self.start_token.expand(batch_size, -1)                            # (B, D)
         h, state = self.backbone.step(x, None)
         dist, logits = self._decode(h)
-        return dist, logits, state
+        counts = None
+        if self.copy_head is not None:
+            counts = logits.new_zeros(batch_size, self.n_marks)                # (B, M): nothing seen
+        return dist, logits, StreamState(state, counts)
 
-    def step(self, dt_t: torch.Tensor, mark_t: Optional[torch.Tensor], state: List[Any]
-             ) -> Tuple[LogNormalMixture, torch.Tensor, List[Any]]:
+    def step(self, dt_t: torch.Tensor, mark_t: Optional[torch.Tensor], state: "StreamState"
+             ) -> Tuple[LogNormalMixture, torch.Tensor, "StreamState"]:
         """Read one more event per stream: dt_t (B,) >= 0, mark_t (B,) long (None when
         n_marks = 1) -> (prediction of the following event: LogNormalMixture over (B,), mark
         logits (B, M), new state). Running `start` then `step` over events 0..L-2 reproduces
@@ -477,9 +508,25 @@ class EventModel(nn.Module):
             raise ValueError(f"{name}: mark_t must be an integer tensor of shape (B,) = ({B},), got {_shape(mark_t)}")
         batch = {"dt": dt_t[:, None], "marks": mark_t[:, None], "lengths": torch.ones(B, dtype=torch.long)}
         eb = self.check_batch(batch)
-        h, state = self.backbone.step(self._embed(eb.dt[:, 0], eb.marks[:, 0]), state)
-        dist, logits = self._decode(h, eb.marks[:, 0])
-        return dist, logits, state
+        if not isinstance(state, StreamState):
+            raise ValueError(f"{name}: state must be the StreamState returned by start or step, got {type(state).__name__}")
+        h, inner = self.backbone.step(self._embed(eb.dt[:, 0], eb.marks[:, 0]), state.backbone)
+        dist, logits = self._decode(h)
+        counts = None
+        if self.copy_head is not None:
+            last = F.one_hot(eb.marks[:, 0], self.n_marks).to(logits.dtype)    # (B, M)
+            counts = torch.sigmoid(self.copy_decay).to(logits.dtype) * state.counts + last
+            ab = self.copy_head(self.drop(h))                                  # (B, 2)
+            logits = logits + ab[:, :1] * last + ab[:, 1:] * counts
+        return dist, logits, StreamState(inner, counts)
+
+
+class StreamState(NamedTuple):
+    """EventModel's streaming state: the backbone's (one entry per layer) and, with
+    copy_marks, the decayed counts of each mark (B, M); None without."""
+
+    backbone: List[Any]
+    counts: Optional[torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------------
