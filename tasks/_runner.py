@@ -14,7 +14,7 @@ import math
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from rlts.checkpoint import write_text_atomic
 from rlts.config import parse_config, to_dict
@@ -76,6 +76,13 @@ def open_run(cfg, task: str, stem: str, data_keys: Sequence[str], legacy: Option
     cfg_dict = to_dict(cfg)
     cfg_dict["out"] = str(out)
     return out, previous, cfg_dict
+
+
+def table_order(first: Sequence, stored: Iterable) -> list:
+    """`first` in its order, then every other name in `stored` in its order: a results table
+    lists what this run asked for first, then what earlier runs into the same folder added (a
+    rerun with other models or horizons still tables all of them)."""
+    return [*first, *(n for n in stored if n not in first)]
 
 
 def write_json_atomic(obj: dict, path: Path) -> None:

@@ -61,7 +61,7 @@ from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
-                           split_names, write_json_atomic)
+                           split_names, table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "classify.yaml"
@@ -497,7 +497,8 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
         log(f"[done] {name}: accuracy {accuracy:.4f} ({train_time:.1f} s)")
 
     write_json_atomic(state, results_path)
-    md = write_table(_table_rows(state["results"], models), out / "results.csv", out / "results.md")
+    md = write_table(_table_rows(state["results"], table_order(models, state["results"])),
+                     out / "results.csv", out / "results.md")
     if cfg.plots:
         plot_confusion(out / "confusion_matrix.png", state, models)
     log(md)

@@ -54,7 +54,7 @@ from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
-                           write_json_atomic)
+                           table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "events.yaml"
@@ -290,7 +290,7 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
         log(f"[done] {name}: nll {state['results'][name]['nll']:.4f} ({train_time:.1f} s)")
 
     write_json_atomic(state, results_path)
-    order = [*models, *BASELINES]
+    order = [*table_order(models, [m for m in state["results"] if m not in BASELINES]), *BASELINES]
     md = write_table(_table_rows(state["results"], order), out / "results.csv", out / "results.md")
     if cfg.plots:
         plot_intensity(out / "intensity.png", test[0], cfg, scale, state, models, out, n_marks, device)

@@ -37,7 +37,7 @@ from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
-                           split_names, write_json_atomic)
+                           split_names, table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "forecast.yaml"
@@ -293,7 +293,9 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
             log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f} ({train_time:.1f} s)")
 
     write_json_atomic(state, results_path)
-    md = write_table(_table_rows(state["results"], models, horizons), out / "results.csv", out / "results.md")
+    stored_horizons = sorted({int(h) for r in state["results"].values() for h in r})
+    md = write_table(_table_rows(state["results"], table_order(models, state["results"]),
+                                 table_order(horizons, stored_horizons)), out / "results.csv", out / "results.md")
     if cfg.plots:
         plot_predictions(out / "predictions.png", values, table, cfg.window, horizons[0], all_borders[horizons[0]],
                          {m: out / f"{m}-h{horizons[0]}" / "samples.json" for m in models})

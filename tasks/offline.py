@@ -72,7 +72,7 @@ from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
-                           write_json_atomic)
+                           table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "offline.yaml"
@@ -469,7 +469,8 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
         write_json_atomic(state, results_path)
         log(f"[done] {name}: return {mean:.2f} +- {np.std(ev['returns']):.2f} ({train_time:.1f} s training)")
 
-    md = write_table(_table_rows(state["results"], models), out / "results.csv", out / "results.md")
+    md = write_table(_table_rows(state["results"], table_order(models, state["results"])),
+                     out / "results.csv", out / "results.md")
     if cfg.plots:
         plot_returns(out / "returns.png", state, models)
     log(f"target return {target:g}; random reference {reference['random']:g}; dataset best {best:g}")

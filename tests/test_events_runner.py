@@ -84,6 +84,18 @@ def test_marks_rerun_skips_and_time_unit_shift(tmp_path):
     off = _run(["--data", str(data), "--config", "debug", "--out", str(out), "--plots", "false",
                 "--copy_marks", "false"])
     assert off["results"]["aaren"] == r["aaren"]
+    # another model into the same folder: the table lists both, this run's first
+    _run(["--data", str(data), "--config", "debug", "--out", str(out), "--plots", "false",
+          "--copy_marks", "false", "--models", "gru"])
+    rows = [line.split("|")[1].strip() for line in (out / "results.md").read_text().splitlines()[2:]]
+    assert rows == ["gru", "aaren", "poisson", "hawkes", "repeat-mark"]
+
+
+def test_table_order():
+    from tasks._runner import table_order
+
+    assert table_order(["b", "a"], ["a", "c", "b", "d"]) == ["b", "a", "c", "d"]
+    assert table_order([96], [96, 192]) == [96, 192] and table_order([], []) == []
 
 
 def _cli_error(capsys, argv):
