@@ -100,6 +100,17 @@ def test_recurrent_backbones_get_their_own_batches_and_epochs():
         check_config(parse_offline_config(["--dataset", "x.npz", "--recurrent_window", "0"]))
 
 
+def test_recurrent_window_end_to_end(dataset, tmp_path):
+    """Aaren trained on windows still acts from the episode start with its fixed-size state."""
+    state = _run(["--dataset", str(dataset), "--config", "debug", "--models", "aaren", "--recurrent_window", "4",
+                  "--out", str(tmp_path / "w"), "--plots", "false"])
+    r = state["results"]["aaren"]
+    data = load_trajectories(dataset)
+    n_train = sum((n + 1) // 2 for n in data.episode_lengths()[np.sort(split_episodes(20, 0.1, 0)[0])])
+    assert r["train_sequences"] == n_train  # windows every window_stride (debug: 2) steps, not 18 episodes
+    assert r["state_bytes_after_steps"] == max(r["lengths"]) and np.isfinite(r["return_mean"])
+
+
 def test_aaren_decay_option(dataset):
     from tasks.offline import build_model
 
