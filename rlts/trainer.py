@@ -2,6 +2,7 @@
 
     trainer = Trainer(model, loss_fn, TrainConfig(epochs=20), run_dir="runs/x")
     summary = trainer.fit(train_set, val_set)     # early stopping on the validation loss
+    # summary: epochs, best_val_loss, early_stopped, train_time_s (summed over resumes)
     metrics = trainer.evaluate(test_set)          # mean of loss_fn's metrics over a dataset
 
 `loss_fn(model, batch) -> (loss, metrics)` owns everything task-specific: it unpacks the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -116,9 +118,9 @@ class Trainer:
         sampler.set_epoch(epoch)
         return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self.collate_fn)
 
-    def _state(self, epoch: int, best: float, bad_epochs: int, best_weights: dict) -> dict:
+    def _state(self, epoch: int, best: float, bad_epochs: int, best_weights: dict, train_time: float) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "epoch": epoch,
-                "best": best, "bad_epochs": bad_epochs, "best_model": best_weights}
+                "best": best, "bad_epochs": bad_epochs, "best_model": best_weights, "train_time_s": train_time}
 
     def fit(self, train: Dataset, val: Optional[Dataset] = None) -> Dict[str, float]:
         cfg = self.cfg
@@ -126,13 +128,15 @@ class Trainer:
             raise ValueError("Trainer.fit: the training set is empty")
         if not 0.0 < cfg.lr_decay <= 1.0:
             raise ValueError(f"TrainConfig.lr_decay must lie in (0, 1], got {cfg.lr_decay}")
+        t_start = time.perf_counter()
         seed_everything(cfg.seed)
-        start, best, bad, best_weights = 0, math.inf, 0, None
+        start, best, bad, best_weights, earlier = 0, math.inf, 0, None, 0.0
         state = self.ckpt.load_latest(map_location=self.device)
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
             start, best, bad, best_weights = state["epoch"], state["best"], state["bad_epochs"], state["best_model"]
+            earlier = float(state.get("train_time_s", 0.0))  # time spent before an interruption
         steps_per_epoch = len(self._loader(train, True))
         step = start * steps_per_epoch
         logger = RunLogger(self.run_dir, total=cfg.epochs * steps_per_epoch, initial=step, desc="train",
@@ -172,7 +176,8 @@ class Trainer:
                     group["lr"] *= cfg.lr_decay
                 done = epoch + 1
                 if self.is_main:
-                    self.ckpt.save(done, self._state(done, best, bad, best_weights))
+                    spent = earlier + time.perf_counter() - t_start
+                    self.ckpt.save(done, self._state(done, best, bad, best_weights, spent))
             if self.world > 1:  # no process leaves before rank 0 has written the last checkpoint
                 dist.barrier()
         finally:
@@ -180,7 +185,8 @@ class Trainer:
                 logger.close()
         if best_weights is not None:
             self.model.load_state_dict(best_weights)
-        return {"epochs": done, "best_val_loss": best, "early_stopped": bool(stopped)}
+        return {"epochs": done, "best_val_loss": best, "early_stopped": bool(stopped),
+                "train_time_s": earlier + time.perf_counter() - t_start}
 
     def _to_device(self, batch):
         if isinstance(batch, torch.Tensor):

@@ -485,7 +485,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             log(f"[{'resume' if resumed else 'train'}] {name} ({n_params} parameters)")
             trainer = Trainer(model, classification_loss, train_cfg, run_dir=model_dir, collate_fn=collate_unequal)
             fit = trainer.fit(fit_ds, val_ds)
-            train_time = time.perf_counter() - t0
+            train_time = fit["train_time_s"]  # summed over interrupted runs
             pred = predict(trainer.model, test_ds, cfg.eval_batch_size, device)
             extra = {"params": n_params, "epochs": fit["epochs"],
                      "best_val_loss": json_float(fit["best_val_loss"]) if val_ds is not None else None,

@@ -274,11 +274,10 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
         n_params = count_parameters(model)
         model_dir = out / name
         log(f"[train] {name} ({n_params} parameters)")
-        t0 = time.perf_counter()
         trainer = Trainer(model, event_loss, train_cfg, run_dir=model_dir, collate_fn=collate_events,
                           weight_key="n_events")  # early stopping on the per-event validation NLL
         fit = trainer.fit(train_ds, val_ds)
-        train_time = time.perf_counter() - t0
+        train_time = fit["train_time_s"]  # summed over interrupted runs
         m = evaluate_events(trainer.model.to(device),  # EventModel moves each batch to its device
                             DataLoader(test_ds, batch_size=cfg.eval_batch_size, collate_fn=collate_events))
         state["results"][name] = {

@@ -454,11 +454,10 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
         model = build_model(name, cfg, data, actions, return_scale, max_timestep)
         n_params = count_parameters(model)
         log(f"[train] {name} ({n_params} parameters, {len(train_ds)} training sequences)")
-        t0 = time.perf_counter()
         trainer = Trainer(model, decision_loss, train_config(cfg, name), run_dir=out / name,
                           collate_fn=collate_decision, weight_key="n_steps")  # per-step validation loss
         fit = trainer.fit(train_ds, val_ds)
-        train_time = time.perf_counter() - t0
+        train_time = fit["train_time_s"]  # summed over interrupted runs
         ev = evaluate_policy(trainer.model, env, cfg.eval_episodes, cfg.seed, target, device)
         mean = float(np.mean(ev["returns"]))
         state["results"][name] = {

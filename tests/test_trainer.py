@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -82,11 +83,16 @@ def test_resume_after_kill_mid_epoch_equals_uninterrupted(tmp_path):
 
     with pytest.raises(_Kill):
         Trainer(_model(dropout=0.3), dying, cfg, tmp_path / "b").fit(_data(), _data(16, seed=1))
-    assert load(tmp_path / "b" / "checkpoints" / "last.pt")["epoch"] == 2
+    killed = load(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert killed["epoch"] == 2 and killed["train_time_s"] > 0
     torch.manual_seed(99)  # a new process: other RNG state, fresh model
     resumed = Trainer(_model(dropout=0.3), mse, cfg, tmp_path / "b")
-    resumed.fit(_data(), _data(16, seed=1))
+    t0 = time.perf_counter()
+    summary = resumed.fit(_data(), _data(16, seed=1))
+    outside = time.perf_counter() - t0
     assert torch.equal(_params(whole.model), _params(resumed.model))
+    # the reported train time includes the epochs before the kill: more than this call took
+    assert summary["train_time_s"] > outside and summary["train_time_s"] <= killed["train_time_s"] + outside
 
 
 def test_bad_input_and_divergence_are_named(tmp_path):
