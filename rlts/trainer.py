@@ -34,6 +34,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rlts.checkpoint import Checkpointer
@@ -68,6 +69,10 @@ class TrainConfig:
     """auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    ema: float = 0.0
+    """Decay per step of an exponential moving average of the weights (e.g. 0.99: an average
+    over about the last 100 steps); 0 turns it off. When on, the average is what is
+    validated, kept as the best weights and returned, and the raw weights only train."""
 
 
 def _dist_info() -> Tuple[int, int]:
@@ -118,9 +123,11 @@ class Trainer:
         sampler.set_epoch(epoch)
         return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self.collate_fn)
 
-    def _state(self, epoch: int, best: float, bad_epochs: int, best_weights: dict, train_time: float) -> dict:
+    def _state(self, epoch: int, best: float, bad_epochs: int, best_weights: dict, train_time: float,
+               ema: Optional[AveragedModel]) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "epoch": epoch,
-                "best": best, "bad_epochs": bad_epochs, "best_model": best_weights, "train_time_s": train_time}
+                "best": best, "bad_epochs": bad_epochs, "best_model": best_weights, "train_time_s": train_time,
+                "ema": ema.state_dict() if ema is not None else None}
 
     def fit(self, train: Dataset, val: Optional[Dataset] = None) -> Dict[str, float]:
         cfg = self.cfg
@@ -128,6 +135,12 @@ class Trainer:
             raise ValueError("Trainer.fit: the training set is empty")
         if not 0.0 < cfg.lr_decay <= 1.0:
             raise ValueError(f"TrainConfig.lr_decay must lie in (0, 1], got {cfg.lr_decay}")
+        if not 0.0 <= cfg.ema < 1.0:
+            raise ValueError(f"TrainConfig.ema must lie in [0, 1), got {cfg.ema}")
+        # The averaged copy (torch's AveragedModel, buffers averaged too) is what is validated.
+        ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+               if cfg.ema > 0 else None)
+        judged = ema.module if ema is not None else self.model
         t_start = time.perf_counter()
         seed_everything(cfg.seed)
         start, best, bad, best_weights, earlier = 0, math.inf, 0, None, 0.0
@@ -137,6 +150,11 @@ class Trainer:
             self.opt.load_state_dict(state["opt"])
             start, best, bad, best_weights = state["epoch"], state["best"], state["bad_epochs"], state["best_model"]
             earlier = float(state.get("train_time_s", 0.0))  # time spent before an interruption
+            if ema is not None:
+                if state.get("ema") is None:
+                    raise ValueError(f"Trainer: the checkpoint in {self.ckpt.dir} was written without "
+                                     f"TrainConfig.ema; resume with ema = 0 or start a new run folder")
+                ema.load_state_dict(state["ema"])
         steps_per_epoch = len(self._loader(train, True))
         step = start * steps_per_epoch
         logger = RunLogger(self.run_dir, total=cfg.epochs * steps_per_epoch, initial=step, desc="train",
@@ -158,17 +176,19 @@ class Trainer:
                     if cfg.grad_clip > 0:
                         nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                     self.opt.step()
+                    if ema is not None:
+                        ema.update_parameters(self.model)
                     step += 1
                     if logger:
                         logger.scalars(step, {"train/loss": loss.item()}, show=["train/loss"])
                         logger.advance()
                 if val is not None:
-                    metrics = self.evaluate(val)
+                    metrics = self.evaluate(val, judged)
                     if logger:
                         logger.scalars(step, {f"val/{k}": v for k, v in metrics.items()})
                     if metrics["loss"] < best:
                         best, bad = metrics["loss"], 0
-                        best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                        best_weights = {k: v.detach().clone() for k, v in judged.state_dict().items()}
                     else:
                         bad += 1
                     stopped = cfg.patience > 0 and bad >= cfg.patience
@@ -177,12 +197,14 @@ class Trainer:
                 done = epoch + 1
                 if self.is_main:
                     spent = earlier + time.perf_counter() - t_start
-                    self.ckpt.save(done, self._state(done, best, bad, best_weights, spent))
+                    self.ckpt.save(done, self._state(done, best, bad, best_weights, spent, ema))
             if self.world > 1:  # no process leaves before rank 0 has written the last checkpoint
                 dist.barrier()
         finally:
             if logger:
                 logger.close()
+        if best_weights is None and ema is not None:
+            best_weights = ema.module.state_dict()  # no validation set: the final average
         if best_weights is not None:
             self.model.load_state_dict(best_weights)
         return {"epochs": done, "best_val_loss": best, "early_stopped": bool(stopped),
@@ -198,16 +220,18 @@ class Trainer:
         return batch
 
     @torch.no_grad()
-    def evaluate(self, data: Dataset) -> Dict[str, float]:
-        """Means of the loss and of loss_fn's metrics over `data` (all processes), each batch
-        weighted by its number of examples, or by its metric `weight_key` (which is then
-        reported as its total)."""
+    def evaluate(self, data: Dataset, model: Optional[nn.Module] = None) -> Dict[str, float]:
+        """Means of the loss and of loss_fn's metrics of `model` (default: the trained model)
+        over `data` (all processes), each batch weighted by its number of examples, or by its
+        metric `weight_key` (which is then reported as its total)."""
+        model = self.model if model is None else model
         self.net.eval()
+        model.eval()
         sums: Dict[str, float] = {}
         n = 0
         for batch in self._loader(data, False):
             batch = self._to_device(batch)
-            loss, metrics = self.loss_fn(self.model, batch)
+            loss, metrics = self.loss_fn(model, batch)
             if self.weight_key is not None and self.weight_key not in metrics:
                 raise KeyError(f"Trainer: loss_fn returned no metric {self.weight_key!r} to weight batches by")
             size = float(metrics[self.weight_key]) if self.weight_key is not None else _batch_size(batch)

@@ -68,8 +68,9 @@ def test_lr_decays_per_epoch(tmp_path):
         Trainer(_model(), mse, TrainConfig(lr_decay=0.0, progress=False), tmp_path / "z").fit(_data())
 
 
-def test_resume_after_kill_mid_epoch_equals_uninterrupted(tmp_path):
-    cfg = TrainConfig(epochs=4, batch_size=8, lr=1e-2, lr_decay=0.7, patience=0, progress=False)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_kill_mid_epoch_equals_uninterrupted(tmp_path, ema):
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=1e-2, lr_decay=0.7, patience=0, progress=False, ema=ema)
     whole = Trainer(_model(dropout=0.3), mse, cfg, tmp_path / "a")
     whole.fit(_data(), _data(16, seed=1))
 
@@ -93,6 +94,47 @@ def test_resume_after_kill_mid_epoch_equals_uninterrupted(tmp_path):
     assert torch.equal(_params(whole.model), _params(resumed.model))
     # the reported train time includes the epochs before the kill: more than this call took
     assert summary["train_time_s"] > outside and summary["train_time_s"] <= killed["train_time_s"] + outside
+
+
+def test_ema_returns_the_moving_average_of_the_trained_weights(tmp_path):
+    """Reference: the raw weights after every step of an EMA-less run with the same seed (the
+    average must not change training), averaged by a plain loop: e_1 = w_1,
+    e_k = d e_(k-1) + (1 - d) w_k."""
+    seen = []
+
+    def recording(model, batch):
+        seen.append(_params(model).clone())  # the weights after the previous step
+        return mse(model, batch)
+
+    d = 0.8
+    base = dict(epochs=3, batch_size=8, lr=1e-2, patience=0, progress=False)
+    raw = Trainer(_model(), recording, TrainConfig(**base), tmp_path / "raw")
+    raw.fit(_data())
+    trajectory = seen[1:] + [_params(raw.model)]  # w_1 .. w_K
+    ema = trajectory[0]
+    for w in trajectory[1:]:
+        ema = d * ema + (1 - d) * w
+    averaged = Trainer(_model(), mse, TrainConfig(**base, ema=d), tmp_path / "ema")
+    averaged.fit(_data())  # no validation set: the final average is returned
+    assert len(trajectory) == 3 * 8
+    torch.testing.assert_close(_params(averaged.model), ema, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(ema, trajectory[-1])  # the test can tell the two apart
+
+
+def test_ema_is_what_validation_judges_and_keeps(tmp_path):
+    cfg = TrainConfig(epochs=6, batch_size=8, lr=3e-2, patience=0, progress=False, ema=0.9)
+    tr = Trainer(_model(), mse, cfg, tmp_path)
+    out = tr.fit(_data(), _data(32, seed=1))
+    assert out["best_val_loss"] == pytest.approx(tr.evaluate(_data(32, seed=1))["loss"])
+    saved = load(tmp_path / "checkpoints" / "last.pt")
+    assert saved["ema"] is not None and not torch.equal(saved["ema"]["module.0.weight"], saved["model"]["0.weight"])
+    with pytest.raises(ValueError, match=r"ema must lie in \[0, 1\), got 1.0"):
+        Trainer(_model(), mse, TrainConfig(ema=1.0, progress=False), tmp_path / "z").fit(_data())
+    plain = TrainConfig(epochs=1, batch_size=8, progress=False)
+    Trainer(_model(), mse, plain, tmp_path / "p").fit(_data())
+    with pytest.raises(ValueError, match="written without TrainConfig.ema"):
+        Trainer(_model(), mse, TrainConfig(epochs=2, batch_size=8, progress=False, ema=0.9),
+                tmp_path / "p").fit(_data())
 
 
 def test_bad_input_and_divergence_are_named(tmp_path):
