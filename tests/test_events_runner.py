@@ -147,3 +147,11 @@ def test_marked_models_get_the_copy_path_unless_switched_off():
     for name in ("aaren", "transformer"):
         assert build_model(name, EventsConfig(d_model=16, n_layers=1), n_marks=5).copy_head is not None
         assert build_model(name, EventsConfig(d_model=16, n_layers=1, copy_marks=False), n_marks=5).copy_head is None
+
+
+def test_few_sequences_overlay_sets_small_batches_and_weight_averaging():
+    base = parse_events_config(["--data", "x.jsonl"])
+    few = parse_events_config(["--data", "x.jsonl", "--config", "few_sequences"])
+    assert (base.train.batch_size, base.train.ema) == (16, 0.0)
+    assert (few.train.batch_size, few.train.ema) == (4, 0.97)
+    assert few.d_model == base.d_model and few.train.epochs == base.train.epochs  # nothing else changes

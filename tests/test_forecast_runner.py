@@ -211,3 +211,9 @@ def test_interrupted_run_keeps_written_pairs_and_resumes(tmp_path, monkeypatch):
         "[skip] linear h=12", "[skip] naive h=12", "[resume] linear h=24 (2352 parameters)",
         "[done] linear h=24", "[done] naive h=24"]
     assert all(set(state["results"][m]) == {"12", "24"} for m in ("linear", "naive"))
+
+
+def test_forecast_defaults_average_the_weights():
+    from tasks.forecast import parse_forecast_config
+    cfg = parse_forecast_config(["--csv", "x.csv"])
+    assert cfg.train.ema == 0.99 and parse_forecast_config(["--csv", "x.csv", "--train.ema", "0"]).train.ema == 0.0
