@@ -122,8 +122,10 @@ def _check_training_params(est: Any, name: str) -> None:
         if not isinstance(value, numbers.Real) or (value <= 0 if low is None else value < low):
             raise ValueError(f"{name}: {param} must be a {'positive' if low is None else 'non-negative'} "
                              f"number, got {value!r}")
-    if not (isinstance(est.dropout, numbers.Real) and 0 <= est.dropout < 1):
-        raise ValueError(f"{name}: dropout must lie in [0, 1), got {est.dropout!r}")
+    for param in ("dropout", "ema"):
+        value = getattr(est, param)
+        if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real) and 0 <= value < 1):
+            raise ValueError(f"{name}: {param} must lie in [0, 1), got {value!r}")
     if est.backbone_kwargs is not None and not isinstance(est.backbone_kwargs, dict):
         raise ValueError(f"{name}: backbone_kwargs must be a dict or None, got "
                          f"{type(est.backbone_kwargs).__name__}")
@@ -134,7 +136,7 @@ def _train(est: Any, model: torch.nn.Module, loss_fn, data, seed: int, collate_f
     """Run `rlts.trainer.Trainer` on `data` (no validation set: a fixed number of epochs) in a
     temporary run directory that is removed afterwards. Returns the Trainer's summary."""
     cfg = TrainConfig(epochs=int(est.epochs), batch_size=int(est.batch_size), lr=float(est.lr),
-                      weight_decay=float(est.weight_decay), patience=0, seed=seed,
+                      weight_decay=float(est.weight_decay), ema=float(est.ema), patience=0, seed=seed,
                       device=est.device, progress=False)
     with tempfile.TemporaryDirectory(prefix="rlts-sktime-") as run_dir:
         summary = Trainer(model, loss_fn, cfg, run_dir=run_dir, collate_fn=collate_fn).fit(data)
@@ -206,6 +208,10 @@ class SequenceForecaster(BaseForecaster):
         AdamW learning rate.
     weight_decay : float, default=0.0
         AdamW weight decay.
+    ema : float, default=0.0
+        Decay per step of a moving average of the weights, which becomes the fitted model
+        (e.g. 0.99 averages about the last 100 steps; use it only when a fit has many more
+        steps than that). 0 turns it off.
     random_state : int, numpy RandomState / Generator or None, default=None
         Seeds the weight initialisation and the shuffling: an int gives identical fits.
         None draws a fresh seed each fit.
@@ -261,7 +267,8 @@ class SequenceForecaster(BaseForecaster):
     def __init__(self, backbone: str = "aaren", d_model: int = 32, n_layers: int = 2, window: int = 32,
                  channel_mode: str = "independent", revin: bool = True, patch_len: int = 8, skip: bool = True,
                  dropout: float = 0.0, backbone_kwargs: Optional[dict] = None, epochs: int = 10, batch_size: int = 32,
-                 lr: float = 1e-3, weight_decay: float = 0.0, random_state=None, device: str = "cpu"):
+                 lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0, random_state=None,
+                 device: str = "cpu"):
         self.backbone = backbone
         self.d_model = d_model
         self.n_layers = n_layers
@@ -276,6 +283,7 @@ class SequenceForecaster(BaseForecaster):
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
+        self.ema = ema
         self.random_state = random_state
         self.device = device
         super().__init__()
@@ -379,7 +387,7 @@ class SequenceForecaster(BaseForecaster):
             {"backbone": "gru", "d_model": 4, "n_layers": 1, "window": 4, "patch_len": 2, "epochs": 1,
              "batch_size": 64, "random_state": 0},
             {"backbone": "aaren", "d_model": 4, "n_layers": 2, "window": 3, "patch_len": 1, "skip": False,
-             "epochs": 1, "batch_size": 64, "channel_mode": "mixing", "revin": False,
+             "epochs": 2, "batch_size": 64, "channel_mode": "mixing", "revin": False, "ema": 0.5,
              "backbone_kwargs": {"n_heads": 1}, "random_state": 1},
         ]
 
@@ -431,6 +439,10 @@ class SequenceClassifier(BaseClassifier):
         AdamW learning rate.
     weight_decay : float, default=0.0
         AdamW weight decay.
+    ema : float, default=0.0
+        Decay per step of a moving average of the weights, which becomes the fitted model
+        (e.g. 0.99 averages about the last 100 steps; use it only when a fit has many more
+        steps than that). 0 turns it off.
     random_state : int, numpy RandomState / Generator or None, default=None
         Seeds the weight initialisation and the shuffling: an int gives identical fits.
         None draws a fresh seed each fit.
@@ -483,8 +495,8 @@ class SequenceClassifier(BaseClassifier):
 
     def __init__(self, backbone: str = "mamba", d_model: int = 32, n_layers: int = 2, pooling: str = "last",
                  patch_len: int = 8, dropout: float = 0.0, backbone_kwargs: Optional[dict] = None, epochs: int = 20,
-                 batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, random_state=None,
-                 device: str = "cpu"):
+                 batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
+                 random_state=None, device: str = "cpu"):
         self.backbone = backbone
         self.d_model = d_model
         self.n_layers = n_layers
@@ -496,6 +508,7 @@ class SequenceClassifier(BaseClassifier):
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
+        self.ema = ema
         self.random_state = random_state
         self.device = device
         super().__init__()
@@ -563,6 +576,6 @@ class SequenceClassifier(BaseClassifier):
         return [
             {"backbone": "gru", "d_model": 4, "n_layers": 1, "epochs": 1, "batch_size": 64,
              "patch_len": 1, "random_state": 0},
-            {"backbone": "mamba", "d_model": 4, "n_layers": 1, "pooling": "mean", "epochs": 1,
-             "batch_size": 64, "backbone_kwargs": {"d_state": 4}, "random_state": 1},
+            {"backbone": "mamba", "d_model": 4, "n_layers": 1, "pooling": "mean", "epochs": 2,
+             "batch_size": 64, "ema": 0.5, "backbone_kwargs": {"d_state": 4}, "random_state": 1},
         ]

@@ -346,3 +346,16 @@ def test_unknown_label_against_fitted_classes():
     assert codes.tolist() == [1, 0]
     with pytest.raises(ValueError, match=r"label 'sideways' is not one of the training classes \['falling', 'rising'\]"):
         encode_labels(["rising", "sideways"], clf.classes_)
+
+
+def test_ema_is_passed_to_the_trainer_and_checked():
+    """The averaged weights become the fitted model (the average itself is tested against a
+    loop in tests/test_trainer.py): with averaging the forecasts change, and bad values are named."""
+    y = periodic(80)
+    plain = small_forecaster(random_state=3).fit(y, fh=[1, 2]).predict()
+    averaged = small_forecaster(random_state=3, ema=0.5).fit(y, fh=[1, 2]).predict()
+    assert not np.allclose(plain.to_numpy(), averaged.to_numpy())
+    X, labels = rising_falling(8, seed=0)
+    for est, args in ((small_forecaster(ema=1.0), (y,)), (small_classifier(ema=-0.1), (X, labels))):
+        with pytest.raises(ValueError, match=r"ema must lie in \[0, 1\), got"):
+            est.fit(*args, **({"fh": 1} if len(args) == 1 else {}))
