@@ -9,6 +9,7 @@ resumable results.json, and turning a ValueError into one clear command-line mes
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -98,13 +99,24 @@ _NEUTRAL_KEYS = ("progress", "device")
 """Settings inside a nested config that never change a result (compared without them)."""
 
 
+def _defaults(section) -> dict:
+    """The field defaults of a nested config dataclass as plain data ({} if it has no
+    argument-free constructor)."""
+    try:
+        return json.loads(json.dumps(to_dict(type(section)())))
+    except TypeError:
+        return {}
+
+
 def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dict] = None) -> dict:
     """The results object of an earlier run in the same folder ({} if none). A ValueError if the
     file is not a results object, or if it was made with different `data_keys` settings (data or
     model settings: its numbers would not be comparable with the new ones, or would be reported
     for settings they were not made with). A key missing from the old config is taken to have
     been run with its value in `legacy`, or, when not there, the new value (a key added later
-    whose default keeps the old behaviour)."""
+    whose default keeps the old behaviour). A key missing from an old nested config (train) is
+    taken to have been run with its dataclass default: a field added later defaults to the old
+    behaviour even where a task's YAML now sets it otherwise (as `train.ema` for forecasting)."""
     if not path.exists():
         return {}
     try:
@@ -115,10 +127,14 @@ def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dic
         raise ValueError(f"{path} does not hold a results object; move it away or choose another --out")
     old, new = data.get("config", {}), json.loads(json.dumps(to_dict(cfg)))  # tuples as JSON lists
     old = {**(legacy or {}), **old}
+    for k, value in old.items():
+        section = getattr(cfg, k, None)
+        if isinstance(value, dict) and dataclasses.is_dataclass(section):
+            old[k] = {**_defaults(section), **value}
 
     def differs(a, b) -> bool:
         """Nested configs (train) are compared on the keys both have, except those that never
-        change a result; a key added to rlts later defaults to the old behaviour."""
+        change a result."""
         if isinstance(a, dict) and isinstance(b, dict):
             return any(a[k] != b[k] for k in a.keys() & b.keys() if k not in _NEUTRAL_KEYS)
         return a != b

@@ -120,6 +120,22 @@ def test_rerun_refuses_changed_model_settings_but_not_new_models(tmp_path):
     assert set(state["results"]) == {"naive", "linear"}
 
 
+def test_rerun_refuses_a_folder_made_before_a_training_setting_existed(tmp_path):
+    """Results written before `train.ema` existed were made without weight averaging; the
+    forecast defaults now average (0.99), so they must not be resumed as if made with it."""
+    csv = _write_series(tmp_path / "sines.csv")
+    out = tmp_path / "out"
+    argv = ["--csv", str(csv), "--config", "debug", "--models", "naive", "--horizon", "12", "--plots", "false",
+            "--out", str(out)]
+    _run(argv + ["--train.ema", "0"])
+    data = json.loads((out / "results.json").read_text())
+    del data["config"]["train"]["ema"]  # as written by rlts before the key existed
+    (out / "results.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"different setup \(train: .*'ema': 0.99"):
+        _run(argv)
+    assert set(_run(argv + ["--train.ema", "0"])["results"]) == {"naive"}
+
+
 def _cli_error(capsys, argv):
     code = main(["forecast", *argv])
     err = capsys.readouterr().err.strip()
