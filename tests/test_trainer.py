@@ -153,7 +153,7 @@ DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_trainer import _data, _model, mse
     from rlts.trainer import TrainConfig, Trainer
-    cfg = TrainConfig(epochs=2, batch_size={batch}, lr=1e-2, patience=0, progress=False)
+    cfg = TrainConfig(epochs=2, batch_size={batch}, lr=1e-2, patience=0, progress=False, ema=0.9)
     Trainer(_model(), mse, cfg, {out!r}).fit(_data(), _data(16, seed=1))
 """)
 
@@ -168,10 +168,12 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
                "--master_addr", "127.0.0.1", "--master_port", str(29500 + nproc + os.getpid() % 1000), str(script)]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
         assert res.returncode == 0, res.stderr[-3000:]
-        return load(out / "checkpoints" / "last.pt")["model"]
+        state = load(out / "checkpoints" / "last.pt")
+        return {**state["model"], **state["ema"]}  # the trained weights and their average
 
     one = run(1, 8, tmp_path / "one")
     two = run(2, 4, tmp_path / "two")
+    assert "module.0.weight" in one and "0.weight" in one
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-10, atol=1e-12)
     assert not torch.equal(one["0.weight"], _model()[0].weight.detach())  # training did move the weights
