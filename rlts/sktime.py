@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 
 from rlts.data.panel import PanelDataset, as_series_list, encode_labels, fit_panel_scaler
 from rlts.data.timeseries import StandardScaler, WindowDataset
-from rlts.heads.classify import POOLINGS, SequenceClassifier as _ClassifierHead
+from rlts.heads.classify import POOLINGS, STEMS, SequenceClassifier as _ClassifierHead
 from rlts.heads.classify import classification_loss, collate_unequal
 from rlts.heads.forecast import CHANNEL_MODES, SequenceForecaster as _ForecasterHead
 from rlts.heads.forecast import forecast_loss
@@ -424,8 +424,12 @@ class SequenceClassifier(BaseClassifier):
         How a series' outputs become one vector: "last" (the output at its last time step)
         or "mean" (the average over its time steps).
     patch_len : int, default=8
-        Time steps per backbone token (patches from each series' start, the last one completed
-        with zeros; 1 = one token per step). `rlts classify` uses 8 as well (docs/results.md).
+        Time steps per backbone token (patches end at each series' last step, the first one
+        completed with zeros in front; 1 = one token per step).
+    stem : str, default="none"
+        "none", or "conv": three causal convolutions with batch norm (kernels 8, 5, 3) before
+        the patches, which give the backbone features of local shape
+        (`rlts.nn.conv.ConvStem`; `rlts classify`'s default, docs/results.md).
     dropout : float, default=0.0
         Dropout on the pooled vector.
     backbone_kwargs : dict or None, default=None
@@ -494,14 +498,15 @@ class SequenceClassifier(BaseClassifier):
     }
 
     def __init__(self, backbone: str = "mamba", d_model: int = 32, n_layers: int = 2, pooling: str = "last",
-                 patch_len: int = 8, dropout: float = 0.0, backbone_kwargs: Optional[dict] = None, epochs: int = 20,
-                 batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
+                 patch_len: int = 8, stem: str = "none", dropout: float = 0.0, backbone_kwargs: Optional[dict] = None,
+                 epochs: int = 20, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
                  random_state=None, device: str = "cpu"):
         self.backbone = backbone
         self.d_model = d_model
         self.n_layers = n_layers
         self.pooling = pooling
         self.patch_len = patch_len
+        self.stem = stem
         self.dropout = dropout
         self.backbone_kwargs = backbone_kwargs
         self.epochs = epochs
@@ -519,6 +524,7 @@ class SequenceClassifier(BaseClassifier):
         _check_training_params(self, name)
         _check_choice(name, "pooling", self.pooling, POOLINGS)
         _check_positive_int(name, "patch_len", self.patch_len)
+        _check_choice(name, "stem", self.stem, STEMS)
         series = as_series_list(X, "X")                                   # N arrays (L_i, C)
         codes, classes = encode_labels(y, name="y")                       # (N,) in 0 .. K-1
         if not np.array_equal(classes, self.classes_):  # both np.unique(y): a guard, not a branch
@@ -532,7 +538,7 @@ class SequenceClassifier(BaseClassifier):
             self.network_ = _ClassifierHead(
                 n_channels=series[0].shape[1], n_classes=len(classes), backbone=self.backbone,
                 d_model=self.d_model, n_layers=self.n_layers, pooling=self.pooling,
-                patch_len=self.patch_len, dropout=self.dropout, **(self.backbone_kwargs or {}))
+                patch_len=self.patch_len, stem=self.stem, dropout=self.dropout, **(self.backbone_kwargs or {}))
             self.train_summary_ = _train(self, self.network_, classification_loss, data, seed,
                                          collate_fn=collate_unequal)
         self.n_channels_ = series[0].shape[1]
@@ -571,11 +577,11 @@ class SequenceClassifier(BaseClassifier):
         Returns
         -------
         params : list of dict
-            Parameters of two test instances (different backbones and poolings).
+            Parameters of two test instances (different backbones, poolings and stems).
         """
         return [
             {"backbone": "gru", "d_model": 4, "n_layers": 1, "epochs": 1, "batch_size": 64,
              "patch_len": 1, "random_state": 0},
-            {"backbone": "mamba", "d_model": 4, "n_layers": 1, "pooling": "mean", "epochs": 2,
+            {"backbone": "mamba", "d_model": 4, "n_layers": 1, "pooling": "mean", "stem": "conv", "epochs": 2,
              "batch_size": 64, "ema": 0.5, "backbone_kwargs": {"d_state": 4}, "random_state": 1},
         ]

@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader
 from rlts.checkpoint import save_atomic
 from rlts.config import to_dict
 from rlts.data.panel import PanelDataset, as_series_list, encode_labels, fit_panel_scaler
-from rlts.heads.classify import POOLINGS, SequenceClassifier, classification_loss, collate_unequal
+from rlts.heads.classify import POOLINGS, STEMS, SequenceClassifier, classification_loss, collate_unequal
 from rlts.nn import BACKBONES, count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
@@ -73,7 +73,9 @@ SUBSET_SEED = 0
 """Seed of the max_train / max_test subsets: the same instances whatever the training seed."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
 _DATA_KEYS = ("dataset", "train_file", "test_file", "max_train", "max_test", "d_model", "n_layers",
-              "pooling", "patch_len", "dropout", "val_fraction", "train", "minirocket_kernels", "seed")
+              "pooling", "patch_len", "dropout", "val_fraction", "train", "minirocket_kernels", "seed", "stem")
+_LEGACY = {"stem": "none"}
+"""Values of config keys added later, for result folders written before them."""
 
 
 @dataclass
@@ -104,6 +106,9 @@ class ClassifyConfig:
     patch_len: int = 8
     """Time steps per backbone token (backbone models; patches end at each series' last step;
     1 = one token per step)."""
+    stem: str = "none"
+    """Before the patches (backbone models): none, or conv (three causal convolutions with batch
+    norm, kernels 8, 5, 3: local shape features for the backbone; rlts.nn.conv.ConvStem)."""
     val_fraction: float = 0.0
     """Share of the training set held out (stratified, seeded) for early stopping of the backbone
     models; 0 (default): no validation, train for all train.epochs on the whole training set (the
@@ -151,6 +156,8 @@ def check_config(cfg: ClassifyConfig) -> None:
         raise ValueError("no data given; pass --dataset NAME or --train FILE.ts --test FILE.ts")
     if cfg.pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {cfg.pooling!r}; use one of {', '.join(POOLINGS)}")
+    if cfg.stem not in STEMS:
+        raise ValueError(f"unknown stem {cfg.stem!r}; use one of {', '.join(STEMS)}")
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in [0, 1), got {cfg.val_fraction}")
     if not 0.0 <= cfg.dropout < 1.0:
@@ -174,7 +181,7 @@ def check_config(cfg: ClassifyConfig) -> None:
 
 def build_model(name: str, cfg: ClassifyConfig, n_channels: int, n_classes: int) -> SequenceClassifier:
     return SequenceClassifier(n_channels, n_classes, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                              pooling=cfg.pooling, dropout=cfg.dropout, patch_len=cfg.patch_len)
+                              pooling=cfg.pooling, dropout=cfg.dropout, patch_len=cfg.patch_len, stem=cfg.stem)
 
 
 # ----------------------------------------------------------------------------- data
@@ -409,7 +416,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
                              "lower it or set it to 0")
 
     stem = cfg.dataset or Path(cfg.train_file).stem
-    out, previous, cfg_dict = open_run(cfg, "classify", stem, _DATA_KEYS)
+    out, previous, cfg_dict = open_run(cfg, "classify", stem, _DATA_KEYS, _LEGACY)
     results_path = out / "results.json"
 
     scaler = fit_panel_scaler(train_x)

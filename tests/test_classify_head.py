@@ -30,6 +30,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny(backbone, pooling="last", n_channels=3, n_classes=4, **kw):
     model = SequenceClassifier(n_channels, n_classes, backbone=backbone, d_model=16, n_layers=1,
                                pooling=pooling, **OPTIONS[backbone], **kw)
+    if model.stem is not None:  # batch-norm statistics other than the identity (0, 1) at init
+        with torch.no_grad():
+            for norm in model.stem.norms:
+                norm.running_mean.normal_()
+                norm.running_var.uniform_(0.5, 2.0)
     return model.double().eval()
 
 
@@ -46,11 +51,12 @@ def pad(seqs, fill):
     return x
 
 
+@pytest.mark.parametrize("stem", ["none", "conv"])
 @pytest.mark.parametrize("patch_len", [1, 4])
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_padded_batch_equals_each_sequence_alone(backbone, pooling, patch_len):
-    model = tiny(backbone, pooling, patch_len=patch_len)
+def test_padded_batch_equals_each_sequence_alone(backbone, pooling, patch_len, stem):
+    model = tiny(backbone, pooling, patch_len=patch_len, stem=stem)
     seqs = ragged()
     x = pad(seqs, "garbage")
     lengths = torch.tensor(LENGTHS)
@@ -97,6 +103,44 @@ def test_patches_are_tokens_of_consecutive_steps_zero_completed(pooling):
             torch.testing.assert_close(got[i], want, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="patch_len must be >= 1, got 0"):
         SequenceClassifier(3, 2, patch_len=0)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_conv_stem_feeds_the_patches(pooling):
+    """stem="conv": the stem's features of each series alone, cut into patches of 4 as the raw
+    steps are without a stem, are what the backbone reads."""
+    model = tiny("gru", pooling, patch_len=4, stem="conv")
+    seqs = ragged()
+    with torch.no_grad():
+        got = model.features(pad(seqs, "garbage"), torch.tensor(LENGTHS))
+        for i, s in enumerate(seqs):
+            h = model.stem(s[None], torch.ones(1, s.shape[0], dtype=torch.bool))[0]   # (L_i, 16)
+            n_tok = -(-s.shape[0] // 4)
+            full = torch.zeros(n_tok * 4, h.shape[1], dtype=F64)
+            full[n_tok * 4 - s.shape[0]:] = h
+            y, _ = model.model(model.embed(full.reshape(n_tok, 4 * h.shape[1])[None]))
+            want = y[0, -1] if pooling == "last" else y[0].mean(dim=0)
+            torch.testing.assert_close(got[i], want, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="stem must be one of none, conv, got 'fcn'"):
+        SequenceClassifier(3, 2, stem="fcn")
+
+
+def test_conv_stem_trains_on_padded_batches():
+    """Training mode (batch statistics over the valid steps): finite loss and gradients, and
+    padding garbage changes nothing."""
+    seqs = ragged()
+    labels = torch.tensor([0, 1, 2, 3])
+    grads = []
+    for fill in ("garbage", "nan"):
+        torch.manual_seed(0)
+        model = tiny("aaren", "mean", stem="conv").train()
+        x = pad(seqs, fill)
+        batch = (x, labels) if fill == "nan" else (x, torch.tensor(LENGTHS), labels)
+        loss, _ = classification_loss(model, batch)
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.isfinite(grads[0]).all()
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("backbone", ["mamba2", "gru"])

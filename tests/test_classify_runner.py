@@ -288,3 +288,21 @@ def test_short_options_map_to_their_keys():
     assert (cfg.train_file, cfg.test_file, cfg.train.epochs, cfg.train.lr) == ("a.ts", "b.ts", 7, 0.01)
     assert cfg.models == ["gru", "minirocket", "aaren"]
     assert parse_classify_config([]).models == ["backbone", "minirocket"]
+
+
+def test_folder_from_before_the_stem_key_counts_as_no_stem(tmp_path):
+    """results.json written before `stem` existed holds models run without a stem: resumed under
+    --stem none, refused under --stem conv (its numbers would be reported for the wrong model)."""
+    train, test = _toy_pair(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--train", str(train), "--test", str(test), "--config", "debug", "--models", "gru", "--epochs", "1",
+            "--plots", "false", "--out", str(out)]
+    _run([*argv, "--stem", "none"])
+    results = json.loads((out / "results.json").read_text())
+    del results["config"]["stem"]
+    (out / "results.json").write_text(json.dumps(results))
+    log = []
+    _run([*argv, "--stem", "none"], log=log.append)
+    assert any("[skip] gru" in line for line in log)
+    with pytest.raises(ValueError, match="different setup \\(stem: 'none' -> 'conv'\\)"):
+        _run([*argv, "--stem", "conv"])

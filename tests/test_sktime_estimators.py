@@ -323,6 +323,12 @@ def test_classifier_unknown_pooling():
         small_classifier(pooling="max").fit(X, y)
 
 
+def test_classifier_unknown_stem():
+    X, y = rising_falling(6, seed=0)
+    with pytest.raises(ValueError, match="unknown stem 'fcn'; choose one of conv, none"):
+        small_classifier(stem="fcn").fit(X, y)
+
+
 def test_classifier_nan_in_x():
     X = np.random.default_rng(0).standard_normal((8, 2, 20))
     X[3, 1, 5] = np.nan

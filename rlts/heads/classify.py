@@ -6,7 +6,8 @@
     loader = DataLoader(list_of_(x_i, label_i), batch_size=32, collate_fn=collate_unequal)
     trainer = Trainer(model, classification_loss, cfg, collate_fn=collate_unequal)
 
-Architecture: a Linear(patch_len * C, d_model) embedding of each patch of `patch_len` time steps
+Architecture: optionally a causal convolutional stem (stem="conv": `rlts.nn.conv.ConvStem`, C ->
+d_model features per step), a Linear embedding of each patch of `patch_len` time steps
 (patch_len = 1: one token per step), `rlts.nn.SequenceModel` (any registered backbone), pooling
 over the tokens ("last" or "mean"), dropout, Linear(d_model, n_classes). Patches end at each
 series' last step, so the last token holds its final patch_len steps; the first one is
@@ -20,7 +21,9 @@ Unequal lengths are handled by right padding plus `lengths`, never by truncation
 - "last" reads the output at index lengths[b] - 1 of each sequence; this is exact because every
   backbone is causal, so the padding after it cannot change it;
 - "mean" averages the outputs over the valid positions 0 .. lengths[b] - 1 only.
-So each sequence of a padded batch gets the logits it would get alone and unpadded.
+So each sequence of a padded batch gets the logits it would get alone and unpadded. With
+stem="conv" this holds in eval mode; in training mode its batch norm takes statistics over the
+valid positions of the whole batch (padding never enters them).
 
 NaN padding (sktime's convention for unequal-length panels): with `lengths=None`, trailing time
 steps whose channels are all NaN are taken as padding and the lengths are inferred from them
@@ -39,9 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlts.nn.conv import ConvStem
 from rlts.nn.model import SequenceModel
 
 POOLINGS = ("last", "mean")
+STEMS = ("none", "conv")
 
 
 def _shape(x: Any) -> Any:
@@ -101,6 +106,9 @@ class SequenceClassifier(nn.Module):
         dropout: dropout on the pooled features, before the output layer.
         patch_len: time steps per backbone token (1: one token per step). Patches shorten the
             sequence the backbone runs over and give each token a local shape.
+        stem: "none" (the patches go straight to the embedding) or "conv" (`rlts.nn.conv.ConvStem`:
+            three causal convolutions with batch norm, widths d_model, 2 d_model, d_model, before
+            the patches; features of local shape for the backbone).
         **backbone_options: passed to every backbone block (d_state, n_heads, headdim, ...).
 
     Inputs are cast to the parameters' dtype. Standardising channels is the caller's job.
@@ -108,7 +116,7 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, n_channels: int, n_classes: int, backbone: str = "mamba", d_model: int = 64,
                  n_layers: int = 2, pooling: str = "last", dropout: float = 0.0, patch_len: int = 1,
-                 **backbone_options):
+                 stem: str = "none", **backbone_options):
         super().__init__()
         if n_channels < 1 or n_classes < 1:
             raise ValueError(f"SequenceClassifier needs n_channels >= 1 and n_classes >= 1, got {n_channels}, {n_classes}")
@@ -118,8 +126,11 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         if patch_len < 1:
             raise ValueError(f"patch_len must be >= 1, got {patch_len}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         self.n_channels, self.n_classes, self.pooling, self.patch_len = n_channels, n_classes, pooling, patch_len
-        self.embed = nn.Linear(n_channels * patch_len, d_model)
+        self.stem = ConvStem(n_channels, d_model) if stem == "conv" else None
+        self.embed = nn.Linear((d_model if self.stem is not None else n_channels) * patch_len, d_model)
         self.model = SequenceModel(backbone, d_model=d_model, n_layers=n_layers, **backbone_options)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(d_model, n_classes)
@@ -141,6 +152,8 @@ class SequenceClassifier(nn.Module):
         x = x.to(dtype)
         valid = torch.arange(L, device=x.device) < lengths[:, None]          # (B, L)
         x = torch.where(valid[..., None], x, torch.zeros((), dtype=dtype, device=x.device))
+        if self.stem is not None:
+            x = self.stem(x, valid)                                           # (B, L, d_model)
         p = self.patch_len
         if p > 1:  # (B, L, C) -> (B, T, p*C): each series' patches end at its last step
             tokens = torch.div(lengths + p - 1, p, rounding_mode="floor")     # (B,) T_b = ceil(L_b / p)
