@@ -11,9 +11,10 @@ Protocol, the same for every model:
 - the archive's own train/test split; the test set is used once, for the reported accuracy;
 - every channel standardised with the mean and std of all training time steps (the test set
   never enters the statistics); every model sees the same standardised series;
-- backbone models (any rlts.nn backbone: SequenceClassifier = embedding, sequence model, mean
-  or last pooling, linear read-out): a stratified, seeded `val_fraction` holdout of the
-  training set drives early stopping (the best validation weights are kept); unequal lengths
+- backbone models (any rlts.nn backbone: SequenceClassifier = a causal convolutional stem
+  (`stem`), embedding, sequence model, mean or last pooling, linear read-out): trained for
+  train.epochs on the whole training set, or, with `val_fraction` > 0, with early stopping on a
+  stratified, seeded holdout of it (the best validation weights are kept); unequal lengths
   are right-padded per batch and masked, never truncated;
 - minirocket (Dempster et al. 2021, sktime's implementation): `minirocket_kernels` (10 000)
   features, then RidgeClassifierCV(alphas=logspace(-3, 3, 10)) on features scaled to unit
@@ -98,15 +99,15 @@ class ClassifyConfig:
     """Width of the sequence model (backbone models)."""
     n_layers: int = 2
     """Blocks in the sequence model (backbone models)."""
-    pooling: str = "last"
+    pooling: str = "mean"
     """How the backbone's outputs become one vector per series: last (the output at the last
     valid step, which has seen the whole series) or mean (over the valid steps)."""
-    dropout: float = 0.1
+    dropout: float = 0.0
     """Dropout on the pooled features, before the read-out (backbone models)."""
-    patch_len: int = 8
+    patch_len: int = 1
     """Time steps per backbone token (backbone models; patches end at each series' last step;
     1 = one token per step)."""
-    stem: str = "none"
+    stem: str = "conv"
     """Before the patches (backbone models): none, or conv (three causal convolutions with batch
     norm, kernels 8, 5, 3: local shape features for the backbone; rlts.nn.conv.ConvStem)."""
     val_fraction: float = 0.0
