@@ -32,7 +32,7 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     the same affine map; callers mask them afterwards."""
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if not (self.training or not self.track_running_stats):
+        if not self.training and self.track_running_stats:
             mean, var = self.running_mean, self.running_var
         else:
             w = valid.to(x.dtype)[..., None]                         # (B, L, 1)
