@@ -72,7 +72,7 @@ def randomise(stem):
 @pytest.mark.parametrize("offset", [0.0, 1e4])
 def test_conv_stem_matches_a_naive_loop_forward_and_backward(training, offset):
     torch.manual_seed(0)
-    stem = randomise(ConvStem(3, 4, kernels=(4, 3, 2), widths=(2, 3, 1)).double()).train(training)
+    stem = randomise(ConvStem(3, 4, kernels=(4, 3, 2), hidden=(2, 3)).double()).train(training)
     seqs = [offset + torch.randn(n, 3, dtype=F64) for n in LENGTHS]
     x = padded(seqs).requires_grad_(True)
     out = stem(x, valid_mask(LENGTHS, x.shape[1]))
@@ -128,8 +128,8 @@ def test_conv_stem_is_causal_and_padding_independent_in_eval_mode():
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(ValueError, match="one positive width per positive kernel size"):
-        ConvStem(2, 4, kernels=(8, 5), widths=(1, 2, 1))
+    with pytest.raises(ValueError, match="one positive hidden width per kernel but the last"):
+        ConvStem(2, 4, kernels=(8, 5), hidden=(1, 2))
     with pytest.raises(ValueError, match="n_channels >= 1 and d_out >= 1"):
         ConvStem(0, 4)
     with pytest.raises(ValueError, match="at least 2 valid positions"):

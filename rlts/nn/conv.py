@@ -7,7 +7,7 @@ Three causal Conv1d layers with kernels 8, 5 and 3 and widths d_out, 2 d_out, d_
 followed by batch normalisation and ReLU: the layout of the fully convolutional network (FCN)
 of Wang et al. 2017, "Time series classification from scratch with deep neural networks",
 with causal (left) padding, so the output at step t depends on steps <= t only. It gives a
-sequence model local shape features to work on (tests/test_classify_head.py).
+sequence model local shape features to work on (its effect on classification: docs/results.md).
 
 Padding is exact: positions where `valid` is False are set to 0 before every convolution, and
 `MaskedBatchNorm1d` takes its batch statistics over the valid positions only. In eval mode
@@ -59,30 +59,29 @@ class ConvStem(nn.Module):
 
     Args:
         n_channels: C, input channels.
-        d_out: output width; the hidden widths are `widths` times d_out.
+        d_out: output width, the width of the last layer.
         kernels: kernel size of each layer (FCN: 8, 5, 3).
-        widths: width of each layer as a multiple of d_out (FCN's 128, 256, 128 is 1, 2, 1);
-            the last one is forced to 1 so the output has d_out channels.
+        hidden: width of each layer before the last, as a multiple of d_out (FCN's 128, 256
+            before its last 128 is 1, 2); one fewer than `kernels`.
     """
 
     def __init__(self, n_channels: int, d_out: int, kernels: Sequence[int] = (8, 5, 3),
-                 widths: Sequence[int] = (1, 2, 1)):
+                 hidden: Sequence[int] = (1, 2)):
         super().__init__()
         if n_channels < 1 or d_out < 1:
             raise ValueError(f"ConvStem needs n_channels >= 1 and d_out >= 1, got {n_channels}, {d_out}")
-        if len(kernels) < 1 or len(kernels) != len(widths) or min(kernels) < 1 or min(widths) < 1:
-            raise ValueError(f"ConvStem needs one positive width per positive kernel size, got kernels "
-                             f"{tuple(kernels)} and widths {tuple(widths)}")
-        sizes = [n_channels] + [w * d_out for w in widths[:-1]] + [d_out]
-        self.kernels = tuple(int(k) for k in kernels)
-        self.convs = nn.ModuleList(nn.Conv1d(i, o, k) for i, o, k in zip(sizes[:-1], sizes[1:], self.kernels))
+        if len(kernels) != len(hidden) + 1 or min(kernels) < 1 or min(hidden, default=1) < 1:
+            raise ValueError(f"ConvStem needs positive kernel sizes and one positive hidden width per kernel "
+                             f"but the last, got kernels {tuple(kernels)} and hidden {tuple(hidden)}")
+        sizes = [n_channels] + [w * d_out for w in hidden] + [d_out]
+        self.convs = nn.ModuleList(nn.Conv1d(i, o, k) for i, o, k in zip(sizes[:-1], sizes[1:], kernels))
         self.norms = nn.ModuleList(MaskedBatchNorm1d(o) for o in sizes[1:])
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         keep = valid[..., None]                                      # (B, L, 1)
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        for conv, norm, k in zip(self.convs, self.norms, self.kernels):
+        for conv, norm in zip(self.convs, self.norms):
             h = torch.where(keep, x, zero).transpose(1, 2)           # (B, C_in, L)
-            h = conv(F.pad(h, (k - 1, 0))).transpose(1, 2)           # (B, L, C_out), causal
+            h = conv(F.pad(h, (conv.kernel_size[0] - 1, 0))).transpose(1, 2)   # (B, L, C_out), causal
             x = F.relu(norm(h, valid))
         return torch.where(keep, x, zero)
