@@ -37,9 +37,14 @@ atomically after each model), results.csv / results.md (the table), one folder p
 parameters, feature scaling and ridge weights as tensors, torch.load(..., weights_only=True)) and
 confusion_matrix.png (one panel per model).
 
-Running the same command with the same `out` again skips the models already in results.json
-and resumes an interrupted one from its last checkpoint; a different dataset in the same
-`out` is refused.
+Seeds: `--seeds N` runs every model N times, with seeds seed .. seed + N - 1, each run exactly
+what `--seed S` alone gives (folders `out/<model>/seed<S>`). results.json then holds each
+model's mean accuracy, its sample standard deviation (`accuracy_std`) and every run (`runs`);
+a model whose runs are not all done keeps the finished ones under `partial`.
+
+Running the same command with the same `out` again skips the models (and seeds) already in
+results.json and resumes an interrupted one from its last checkpoint; a different dataset or
+setup in the same `out` is refused.
 """
 from __future__ import annotations
 
@@ -74,8 +79,9 @@ SUBSET_SEED = 0
 """Seed of the max_train / max_test subsets: the same instances whatever the training seed."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
 _DATA_KEYS = ("dataset", "train_file", "test_file", "max_train", "max_test", "d_model", "n_layers",
-              "pooling", "patch_len", "dropout", "val_fraction", "train", "minirocket_kernels", "seed", "stem")
-_LEGACY = {"stem": "none"}
+              "pooling", "patch_len", "dropout", "val_fraction", "train", "minirocket_kernels", "seed", "stem",
+              "seeds")
+_LEGACY = {"stem": "none", "seeds": 1}
 """Values of config keys added later, for result folders written before them."""
 
 
@@ -132,6 +138,11 @@ class ClassifyConfig:
     """Output folder; default runs/classify-<dataset or train file stem>-<timestamp>. Reuse it to resume."""
     seed: int = 0
     """Seeds model initialisation, training, the validation holdout and MiniRocket."""
+    seeds: int = 1
+    """Runs per model, with seeds seed, seed + 1, ..., seed + seeds - 1 (each run is exactly
+    what `--seed S` alone gives); the table reports their mean accuracy and standard
+    deviation, results.json every run. On the small UCR/UEA training sets one run can move by
+    15 points or more (docs/results.md)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     plots: bool = True
@@ -167,7 +178,8 @@ def check_config(cfg: ClassifyConfig) -> None:
         v = getattr(cfg, key)
         if v is not None and v < 1:
             raise ValueError(f"{key} must be at least 1 or none, got {v}")
-    for key in ("d_model", "n_layers", "patch_len", "eval_batch_size", "minirocket_kernels", "train.epochs", "train.batch_size"):
+    for key in ("d_model", "n_layers", "patch_len", "eval_batch_size", "minirocket_kernels", "seeds", "train.epochs",
+                "train.batch_size"):
         v = getattr(cfg.train, key[6:]) if key.startswith("train.") else getattr(cfg, key)
         if v < 1:
             raise ValueError(f"{key} must be at least 1, got {v}")
@@ -341,14 +353,16 @@ def _minirocket_input(series: List[np.ndarray], variant: str):
     return np.stack([x.T for x in series])
 
 
-def fit_minirocket(train_x: List[np.ndarray], train_y: np.ndarray, variant: str, cfg: ClassifyConfig):
-    """(fitted transform, fitted classifier) on standardised training series."""
+def fit_minirocket(train_x: List[np.ndarray], train_y: np.ndarray, variant: str, cfg: ClassifyConfig,
+                   seed: Optional[int] = None):
+    """(fitted transform, fitted classifier) on standardised training series; `seed` (default
+    cfg.seed) draws the biases."""
     from sklearn.linear_model import RidgeClassifierCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sktime.transformations import rocket
 
-    common = dict(num_kernels=cfg.minirocket_kernels, random_state=cfg.seed, n_jobs=1)
+    common = dict(num_kernels=cfg.minirocket_kernels, random_state=cfg.seed if seed is None else seed, n_jobs=1)
     if variant == "MiniRocketMultivariateVariable":
         common["pad_value_short_series"] = 0.0
     transform = getattr(rocket, variant)(**common)
@@ -386,13 +400,35 @@ def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray
     return m
 
 
+def summarise_runs(runs: List[dict]) -> dict:
+    """A model's results entry from its runs (dicts with "seed"). One run is the entry itself.
+    Several: their mean accuracy and its sample standard deviation, the parameters, the
+    training time summed over runs, the confusion counts summed over every run's predictions,
+    and the runs themselves (each with its epochs, validation loss, ...)."""
+    if len(runs) == 1:
+        return {k: v for k, v in runs[0].items() if k != "seed"}
+    acc = np.array([r["accuracy"] for r in runs])
+    return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)), "params": runs[0]["params"],
+            "train_time_s": round(sum(r["train_time_s"] for r in runs), 3),
+            "confusion_matrix": np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist(), "runs": runs}
+
+
 def _table_rows(results: dict, models: List[str]) -> List[dict]:
+    several = any("runs" in results[m] for m in models if m in results)
     rows = []
     for m in models:
         r = results.get(m)
-        if r is not None:
-            rows.append({"model": m, "accuracy": r["accuracy"], "params": "-" if r["params"] is None else r["params"],
-                         "epochs": "-" if r["epochs"] is None else r["epochs"], "train_time_s": r["train_time_s"]})
+        if r is None:
+            continue
+        runs = r.get("runs", [r])
+        epochs = sorted({e["epochs"] for e in runs if e["epochs"] is not None})
+        row = {"model": m, "accuracy": r["accuracy"]}
+        if several:
+            row.update({"std": r.get("accuracy_std", "-"), "seeds": len(runs)})
+        row.update({"params": "-" if r["params"] is None else r["params"],
+                    "epochs": "-" if not epochs else "-".join(str(e) for e in sorted({epochs[0], epochs[-1]})),
+                    "train_time_s": r["train_time_s"]})
+        rows.append(row)
     return rows
 
 
@@ -421,15 +457,10 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
     results_path = out / "results.json"
 
     scaler = fit_panel_scaler(train_x)
-    order = stratified_order(train_y, cfg.seed)
-    val_idx, fit_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-    fit_ds = PanelDataset([train_x[i] for i in fit_idx], train_y[fit_idx], scaler)
-    val_ds = PanelDataset([train_x[i] for i in val_idx], train_y[val_idx], scaler) if n_val else None
     test_ds = PanelDataset(test_x, test_y, scaler)
     std_train = [scaler.transform(x) for x in train_x]  # MiniRocket sees the same standardised series
     std_test = [scaler.transform(x) for x in test_x]
     device = select_device(cfg.device)
-    train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": cfg.seed, "device": cfg.device})
 
     lengths = [x.shape[0] for x in train_x + test_x]
     classes = data.classes.tolist()
@@ -462,35 +493,37 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
                    "with 0" if padded else "")
                 + "; metric: accuracy on the test set"
                 + (f" (a stratified subset of {len(test_y)} of {n_test_all})" if len(test_y) < n_test_all else "")),
-            "n_fit": len(fit_idx), "n_val": n_val,
+            "n_fit": len(train_y) - n_val, "n_val": n_val,
             "minirocket_variant": variant,
             "scaler": scaler.to_dict(),
         },
         "results": previous.get("results", {}),
+        "partial": previous.get("partial", {}),
     }
 
-    for name in models:
-        if name in state["results"]:
-            log(f"[skip] {name}: already in {results_path}")
-            continue
-        model_dir = out / name
-        seed_everything(cfg.seed)
+    def fit_and_score(name: str, seed: int, model_dir: Path) -> dict:
+        """One run of model `name` with `seed`: train, predict the test set, return its entry."""
+        seed_everything(seed)
         t0 = time.perf_counter()
         if name == "minirocket":
-            log(f"[train] minirocket ({cfg.minirocket_kernels} kernels)")
-            transform, classifier = fit_minirocket(std_train, train_y, variant, cfg)
+            log(f"[train] minirocket ({cfg.minirocket_kernels} kernels, seed {seed})")
+            transform, classifier = fit_minirocket(std_train, train_y, variant, cfg, seed)
             train_time = time.perf_counter() - t0
             save_atomic(minirocket_state(transform, classifier, variant, classes, scaler), model_dir / "model.pt")
             pred = predict_minirocket(transform, classifier, std_test, variant)
-            ridge = classifier[-1]
             extra = {"params": None, "epochs": None, "best_val_loss": None, "early_stopped": False, "variant": variant,
-                     "features": int(classifier[0].n_features_in_), "ridge_alpha": float(ridge.alpha_)}
+                     "features": int(classifier[0].n_features_in_), "ridge_alpha": float(classifier[-1].alpha_)}
         else:
+            order = stratified_order(train_y, seed)  # the holdout, seeded like everything else
+            val_idx, fit_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+            fit_ds = PanelDataset([train_x[i] for i in fit_idx], train_y[fit_idx], scaler)
+            val_ds = PanelDataset([train_x[i] for i in val_idx], train_y[val_idx], scaler) if n_val else None
             model = build_model(name, cfg, n_channels, len(classes))
             n_params = count_parameters(model)
             ckpt = model_dir / "checkpoints"
             resumed = ckpt.exists() and any(ckpt.iterdir())
-            log(f"[{'resume' if resumed else 'train'}] {name} ({n_params} parameters)")
+            log(f"[{'resume' if resumed else 'train'}] {name} ({n_params} parameters, seed {seed})")
+            train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
             trainer = Trainer(model, classification_loss, train_cfg, run_dir=model_dir, collate_fn=collate_unequal)
             fit = trainer.fit(fit_ds, val_ds)
             train_time = fit["train_time_s"]  # summed over interrupted runs
@@ -499,10 +532,30 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
                      "best_val_loss": json_float(fit["best_val_loss"]) if val_ds is not None else None,
                      "early_stopped": fit["early_stopped"]}
         accuracy = float((pred == test_y).mean())
-        state["results"][name] = {"accuracy": accuracy, **extra, "train_time_s": round(train_time, 3),
-                                  "confusion_matrix": confusion(test_y, pred, len(classes)).tolist()}
-        write_json_atomic(state, results_path)
         log(f"[done] {name}: accuracy {accuracy:.4f} ({train_time:.1f} s)")
+        return {"accuracy": accuracy, **extra, "train_time_s": round(train_time, 3),
+                "confusion_matrix": confusion(test_y, pred, len(classes)).tolist()}
+
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    for name in models:
+        if name in state["results"]:
+            log(f"[skip] {name}: already in {results_path}")
+            continue
+        runs = state["partial"].get(name, [])  # the finished runs of a model whose seeds are not all done
+        for seed in seeds[len(runs):]:
+            # One run: the folder of a single-seed run; several: a folder per seed inside it.
+            model_dir = out / name if cfg.seeds == 1 else out / name / f"seed{seed}"
+            runs.append({"seed": seed, **fit_and_score(name, seed, model_dir)})
+            if len(runs) < len(seeds):
+                state["partial"][name] = runs
+                write_json_atomic(state, results_path)
+        state["partial"].pop(name, None)
+        state["results"][name] = summarise_runs(runs)
+        write_json_atomic(state, results_path)
+        if len(runs) > 1:
+            r = state["results"][name]
+            log(f"[done] {name}: mean accuracy {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} over seeds "
+                f"{seeds[0]}..{seeds[-1]}")
 
     write_json_atomic(state, results_path)
     md = write_table(_table_rows(state["results"], table_order(models, state["results"])),
@@ -514,7 +567,8 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
 
 
 def plot_confusion(path: Path, state: dict, models: List[str]) -> None:
-    """One panel per model: test-set counts, row = true class, column = predicted class."""
+    """One panel per model: test-set counts, row = true class, column = predicted class (summed
+    over the seeds of a model run with several)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -539,7 +593,10 @@ def plot_confusion(path: Path, state: dict, models: List[str]) -> None:
         ax.set_yticks(ticks, [classes[t] for t in ticks], fontsize=7)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{m}: accuracy {state['results'][m]['accuracy']:.3f}", fontsize=9)
+        r = state["results"][m]
+        ax.set_title(f"{m}: accuracy {r['accuracy']:.3f}" if "runs" not in r else
+                     f"{m}: accuracy {r['accuracy']:.3f} ± {r['accuracy_std']:.3f}\n"
+                     f"(counts of {len(r['runs'])} seeds)", fontsize=9)
     data = state["dataset"]
     src = data.get("dataset") or Path(data["test_file"]).name
     fig.suptitle(f"{src}: confusion matrices on {data['n_test']} of {data['n_test_available']} test series",

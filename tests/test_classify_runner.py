@@ -198,6 +198,68 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         assert state["results"]["aaren"][key] == fresh["results"]["aaren"][key], key
 
 
+def test_seeds_are_the_single_seed_runs_summarised(tmp_path):
+    """--seeds 2 --seed 3 = the runs of --seed 3 and --seed 4 (the holdout seeded too), stored
+    per run, with their mean, sample standard deviation and summed confusion counts."""
+    train, test = _toy_pair(tmp_path, (12, 40))
+    argv = ["--train", str(train), "--test", str(test), "--config", "debug", "--models", "gru,minirocket",
+            "--epochs", "2", "--val_fraction", "0.2", "--plots", "false"]
+    out = tmp_path / "seeds"
+    state = _run([*argv, "--seeds", "2", "--seed", "3", "--out", str(out)])
+    singles = [_run([*argv, "--seed", str(s), "--out", str(tmp_path / f"s{s}")])["results"] for s in (3, 4)]
+    for name in ("gru", "minirocket"):
+        r = state["results"][name]
+        assert [run["seed"] for run in r["runs"]] == [3, 4]
+        for run, single in zip(r["runs"], singles):
+            assert {k: v for k, v in run.items() if k not in ("seed", "train_time_s")} == \
+                   {k: v for k, v in single[name].items() if k != "train_time_s"}
+        acc = [single[name]["accuracy"] for single in singles]
+        assert r["accuracy"] == pytest.approx(np.mean(acc))
+        assert r["accuracy_std"] == pytest.approx(np.std(acc, ddof=1))
+        assert r["confusion_matrix"] == (np.array(singles[0][name]["confusion_matrix"])
+                                         + np.array(singles[1][name]["confusion_matrix"])).tolist()
+    assert singles[0]["gru"]["best_val_loss"] != singles[1]["gru"]["best_val_loss"]  # the seeds differ
+    assert list((out / "gru" / "seed4" / "checkpoints").glob("*.pt")) and (out / "minirocket" / "seed3" / "model.pt").exists()
+    assert state["partial"] == {}
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["model", "accuracy", "std", "seeds"]
+
+
+def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
+    import tasks.classify as classify
+
+    train, test = _toy_pair(tmp_path)
+    argv = ["--train", str(train), "--test", str(test), "--config", "debug", "--models", "gru", "--epochs", "2",
+            "--seeds", "3", "--plots", "false"]
+    real_loss = classify.classification_loss
+    started = []
+
+    def log(line):
+        if line.startswith("[train] gru"):
+            started.append(line)
+
+    def loss_killed_in_the_third_seed(model, batch):
+        if len(started) == 3:
+            raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(classify, "classification_loss", loss_killed_in_the_third_seed)
+    with pytest.raises(KeyboardInterrupt):
+        _run([*argv, "--out", str(out)], log=log)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"] == {} and [r["seed"] for r in saved["partial"]["gru"]] == [0, 1]
+    monkeypatch.setattr(classify, "classification_loss", real_loss)
+    lines = []
+    state = _run([*argv, "--out", str(out)], log=lines.append)
+    assert [line.split(" (")[0] for line in lines if line.startswith(("[train]", "[resume]"))] == ["[train] gru"]
+    assert "seed 2" in next(line for line in lines if line.startswith("[train]"))
+    fresh = _run([*argv, "--out", str(tmp_path / "fresh")])
+    strip = lambda runs: [{k: v for k, v in r.items() if k != "train_time_s"} for r in runs]  # noqa: E731
+    assert strip(state["results"]["gru"]["runs"]) == strip(fresh["results"]["gru"]["runs"])
+    assert state["partial"] == {}
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -265,6 +327,8 @@ def test_cli_errors_are_one_line_and_keep_out(tmp_path, capsys, monkeypatch):
     assert "'max'" in err
     err = _cli_error(capsys, ["--dataset", "GunPoint", "--epochs", "0", *base])
     assert "train.epochs" in err
+    err = _cli_error(capsys, ["--dataset", "GunPoint", "--seeds", "0", *base])
+    assert "seeds must be at least 1, got 0" in err
 
     assert keep.read_text() == "mine" and sorted(os.listdir(out)) == ["notes.txt"]
 
