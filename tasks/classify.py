@@ -426,7 +426,7 @@ def _table_rows(results: dict, models: List[str]) -> List[dict]:
         if several:
             row.update({"std": r.get("accuracy_std", "-"), "seeds": len(runs)})
         row.update({"params": "-" if r["params"] is None else r["params"],
-                    "epochs": "-" if not epochs else "-".join(str(e) for e in sorted({epochs[0], epochs[-1]})),
+                    "epochs": "-" if not epochs else f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}",
                     "train_time_s": r["train_time_s"]})
         rows.append(row)
     return rows
