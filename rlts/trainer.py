@@ -2,7 +2,7 @@
 
     trainer = Trainer(model, loss_fn, TrainConfig(epochs=20), run_dir="runs/x")
     summary = trainer.fit(train_set, val_set)     # early stopping on the validation loss
-    # summary: epochs, best_val_loss, early_stopped, train_time_s (summed over resumes)
+    # summary: epochs, best_val_loss, best_train_loss, early_stopped, train_time_s (summed over resumes)
     metrics = trainer.evaluate(test_set)          # mean of loss_fn's metrics over a dataset
 
 `loss_fn(model, batch) -> (loss, metrics)` owns everything task-specific: it unpacks the
@@ -16,7 +16,9 @@ What the loop guarantees:
   model, optimiser, epoch, early-stopping state, best weights and RNG states; running `fit`
   again with the same run_dir continues from it, and the result equals an uninterrupted run
   (shuffles are seeded per epoch, so a kill mid-epoch repeats that epoch exactly);
-- early stopping with `patience`, and the best validation weights restored at the end;
+- early stopping with `patience`, and the best weights restored at the end: best by the
+  validation loss, or, with `monitor="train"`, by the epoch's mean training loss (for data too
+  small to hold out a validation set); the same loss can halve the learning rate on a plateau;
 - TensorBoard scalars (`train/loss`, `val/loss`, `val/<metric>`) and a tqdm bar;
 - `torchrun --nproc_per_node N ...`: DistributedDataParallel (gloo on CPU, nccl on GPU), each
   process taking 1/N of every global batch of `batch_size * N`; only rank 0 logs and writes.
@@ -59,6 +61,18 @@ class TrainConfig:
     lr_decay: float = 1.0
     """Multiply the learning rate by this after every epoch (1: constant; Time-Series-Library's
     default schedule halves it: 0.5)."""
+    monitor: str = "val"
+    """The loss that picks the weights returned, stops early and drives the plateau schedule:
+    "val" (the validation loss; with no validation set the last epoch's weights are returned)
+    or "train" (the epoch's mean training loss: the protocol of the FCN/ResNet time-series
+    classification baselines, which train on the whole training set)."""
+    plateau_patience: int = 0
+    """Epochs without a better monitored loss before the learning rate is multiplied by
+    plateau_factor (torch's ReduceLROnPlateau); 0 turns it off."""
+    plateau_factor: float = 0.5
+    """Factor of a plateau reduction of the learning rate."""
+    min_lr: float = 0.0
+    """Floor of the plateau reductions."""
     grad_clip: float = 1.0
     """Largest gradient norm; 0 turns clipping off."""
     patience: int = 3
@@ -124,10 +138,19 @@ class Trainer:
         return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self.collate_fn)
 
     def _state(self, epoch: int, best: float, bad_epochs: int, best_weights: dict, train_time: float,
-               ema: Optional[AveragedModel]) -> dict:
+               ema: Optional[AveragedModel], plateau, best_val: float) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "epoch": epoch,
                 "best": best, "bad_epochs": bad_epochs, "best_model": best_weights, "train_time_s": train_time,
-                "ema": ema.state_dict() if ema is not None else None}
+                "ema": ema.state_dict() if ema is not None else None,
+                "plateau": plateau.state_dict() if plateau is not None else None, "best_val": best_val}
+
+    def _global_mean(self, total: float, count: float) -> float:
+        """total / count summed over all processes."""
+        if self.world > 1:
+            t = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            total, count = t.tolist()
+        return total / count
 
     def fit(self, train: Dataset, val: Optional[Dataset] = None) -> Dict[str, float]:
         cfg = self.cfg
@@ -137,18 +160,29 @@ class Trainer:
             raise ValueError(f"TrainConfig.lr_decay must lie in (0, 1], got {cfg.lr_decay}")
         if not 0.0 <= cfg.ema < 1.0:
             raise ValueError(f"TrainConfig.ema must lie in [0, 1), got {cfg.ema}")
+        if cfg.monitor not in ("val", "train"):
+            raise ValueError(f"TrainConfig.monitor must be 'val' or 'train', got {cfg.monitor!r}")
+        if cfg.plateau_patience < 0 or not 0.0 < cfg.plateau_factor < 1.0:
+            raise ValueError(f"TrainConfig: plateau_patience must be >= 0 and plateau_factor in (0, 1), "
+                             f"got {cfg.plateau_patience} and {cfg.plateau_factor}")
         # The averaged copy (torch's AveragedModel, buffers averaged too) is what is validated.
         ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
                if cfg.ema > 0 else None)
         judged = ema.module if ema is not None else self.model
         t_start = time.perf_counter()
         seed_everything(cfg.seed)
-        start, best, bad, best_weights, earlier = 0, math.inf, 0, None, 0.0
+        plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+            if cfg.plateau_patience > 0 else None)
+        start, best, bad, best_weights, earlier, best_val = 0, math.inf, 0, None, 0.0, math.inf
         state = self.ckpt.load_latest(map_location=self.device)
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
             start, best, bad, best_weights = state["epoch"], state["best"], state["bad_epochs"], state["best_model"]
+            best_val = state.get("best_val", best)  # older checkpoints: only the validation loss was tracked
+            if plateau is not None and state.get("plateau") is not None:
+                plateau.load_state_dict(state["plateau"])
             earlier = float(state.get("train_time_s", 0.0))  # time spent before an interruption
             if ema is not None:
                 if state.get("ema") is None:
@@ -166,8 +200,10 @@ class Trainer:
                 if stopped:
                     break
                 self.net.train()
+                loss_sum, n_seen = 0.0, 0  # the epoch's training loss, for monitor="train"
                 for batch in self._loader(train, True, epoch):
-                    loss, _ = self.loss_fn(self.net, self._to_device(batch))
+                    batch = self._to_device(batch)
+                    loss, _ = self.loss_fn(self.net, batch)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss.item()} at step {step} "
                                                  f"(epoch {epoch}); lower the learning rate or check the data")
@@ -179,25 +215,38 @@ class Trainer:
                     if ema is not None:
                         ema.update_parameters(self.model)
                     step += 1
+                    if cfg.monitor == "train":
+                        size = _batch_size(batch)
+                        loss_sum, n_seen = loss_sum + loss.item() * size, n_seen + size
                     if logger:
                         logger.scalars(step, {"train/loss": loss.item()}, show=["train/loss"])
                         logger.advance()
+                monitored = None
                 if val is not None:
                     metrics = self.evaluate(val, judged)
                     if logger:
                         logger.scalars(step, {f"val/{k}": v for k, v in metrics.items()})
-                    if metrics["loss"] < best:
-                        best, bad = metrics["loss"], 0
+                    best_val = min(best_val, metrics["loss"])
+                    monitored = metrics["loss"] if cfg.monitor == "val" else None
+                if cfg.monitor == "train":
+                    monitored = self._global_mean(loss_sum, n_seen)
+                    if logger:
+                        logger.scalars(step, {"train/epoch_loss": monitored})
+                if monitored is not None:
+                    if monitored < best:
+                        best, bad = monitored, 0
                         best_weights = {k: v.detach().clone() for k, v in judged.state_dict().items()}
                     else:
                         bad += 1
                     stopped = cfg.patience > 0 and bad >= cfg.patience
+                    if plateau is not None:
+                        plateau.step(monitored)
                 for group in self.opt.param_groups:  # saved with the optimiser: resumes exactly
                     group["lr"] *= cfg.lr_decay
                 done = epoch + 1
                 if self.is_main:
                     spent = earlier + time.perf_counter() - t_start
-                    self.ckpt.save(done, self._state(done, best, bad, best_weights, spent, ema))
+                    self.ckpt.save(done, self._state(done, best, bad, best_weights, spent, ema, plateau, best_val))
             if self.world > 1:  # no process leaves before rank 0 has written the last checkpoint
                 dist.barrier()
         finally:
@@ -207,7 +256,8 @@ class Trainer:
             best_weights = ema.module.state_dict()  # no validation set: the final average
         if best_weights is not None:
             self.model.load_state_dict(best_weights)
-        return {"epochs": done, "best_val_loss": best, "early_stopped": bool(stopped),
+        return {"epochs": done, "best_val_loss": best_val,
+                "best_train_loss": best if cfg.monitor == "train" else math.inf, "early_stopped": bool(stopped),
                 "train_time_s": earlier + time.perf_counter() - t_start}
 
     def _to_device(self, batch):

@@ -68,9 +68,70 @@ def test_lr_decays_per_epoch(tmp_path):
         Trainer(_model(), mse, TrainConfig(lr_decay=0.0, progress=False), tmp_path / "z").fit(_data())
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_after_kill_mid_epoch_equals_uninterrupted(tmp_path, ema):
-    cfg = TrainConfig(epochs=4, batch_size=8, lr=1e-2, lr_decay=0.7, patience=0, progress=False, ema=ema)
+def _recorded_epochs(cfg: TrainConfig, run_dir, n_epochs: int):
+    """Fit with a loss function that records every step: (the trainer, each epoch's mean
+    training loss by a plain loop, the weights at the end of each epoch, the lr of each epoch)."""
+    losses, starts, lrs = [], [], []
+    trainer = None
+
+    def recording(model, batch):
+        if model.training:
+            starts.append(_params(model).clone())  # the weights before this step
+            lrs.append(trainer.opt.param_groups[0]["lr"])
+        loss, metrics = mse(model, batch)
+        if model.training:
+            losses.append(loss.item())
+        return loss, metrics
+
+    trainer = Trainer(_model(), recording, cfg, run_dir)
+    trainer.fit(_data())
+    per_epoch = len(losses) // n_epochs  # 64 examples in batches of 8: equal batches, a plain mean
+    means = [sum(losses[e * per_epoch:(e + 1) * per_epoch]) / per_epoch for e in range(n_epochs)]
+    ends = [starts[(e + 1) * per_epoch] for e in range(n_epochs - 1)] + [None]
+    return trainer, means, ends, lrs[::per_epoch]
+
+
+def test_monitor_train_returns_the_weights_of_the_epoch_with_the_lowest_training_loss(tmp_path):
+    base = dict(epochs=8, batch_size=8, lr=1.0, patience=0, progress=False)  # a large lr: the loss jumps
+    _, means, ends, _ = _recorded_epochs(TrainConfig(**base), tmp_path / "plain", 8)
+    best = min(range(8), key=means.__getitem__)
+    assert best < 7, "the test needs a run whose last epoch is not its best"
+    tr = Trainer(_model(), mse, TrainConfig(**base, monitor="train"), tmp_path / "train")
+    out = tr.fit(_data())
+    assert out["best_train_loss"] == pytest.approx(means[best], rel=1e-12)
+    assert torch.equal(_params(tr.model), ends[best])  # selection does not change training
+    assert out["best_val_loss"] == float("inf") and out["epochs"] == 8
+
+
+def test_plateau_cuts_the_lr_after_patience_epochs_without_a_better_loss(tmp_path):
+    """Reference: the plateau rule as documented for torch's ReduceLROnPlateau (mode min,
+    relative threshold 1e-4), run by a plain loop over the epoch losses of the same run."""
+    patience, factor, floor, lr = 1, 0.5, 0.05, 0.3
+    cfg = TrainConfig(epochs=10, batch_size=8, lr=lr, patience=0, progress=False, monitor="train",
+                      plateau_patience=patience, plateau_factor=factor, min_lr=floor)
+    _, means, _, lrs = _recorded_epochs(cfg, tmp_path, 10)
+    expected, best, bad = [lr], float("inf"), 0
+    for m in means[:-1]:
+        if m < best * (1 - 1e-4):
+            best, bad = m, 0
+        else:
+            bad += 1
+        if bad > patience:
+            lr, bad = max(lr * factor, floor), 0
+        expected.append(lr)
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert expected[-1] < expected[0]  # the run did hit a plateau
+    with pytest.raises(ValueError, match="monitor must be 'val' or 'train', got 'test'"):
+        Trainer(_model(), mse, TrainConfig(monitor="test", progress=False), tmp_path / "z").fit(_data())
+    with pytest.raises(ValueError, match="plateau_factor in \\(0, 1\\), got 2 and 1.5"):
+        Trainer(_model(), mse, TrainConfig(plateau_patience=2, plateau_factor=1.5, progress=False),
+                tmp_path / "y").fit(_data())
+
+
+@pytest.mark.parametrize("extra", [dict(ema=0.0), dict(ema=0.9),
+                                   dict(lr=1.0, monitor="train", plateau_patience=1)])
+def test_resume_after_kill_mid_epoch_equals_uninterrupted(tmp_path, extra):
+    cfg = TrainConfig(**{**dict(epochs=4, batch_size=8, lr=1e-2, lr_decay=0.7, patience=0, progress=False), **extra})
     whole = Trainer(_model(dropout=0.3), mse, cfg, tmp_path / "a")
     whole.fit(_data(), _data(16, seed=1))
 
@@ -92,6 +153,9 @@ def test_resume_after_kill_mid_epoch_equals_uninterrupted(tmp_path, ema):
     summary = resumed.fit(_data(), _data(16, seed=1))
     outside = time.perf_counter() - t0
     assert torch.equal(_params(whole.model), _params(resumed.model))
+    assert whole.opt.param_groups[0]["lr"] == resumed.opt.param_groups[0]["lr"]
+    if cfg.plateau_patience:
+        assert whole.opt.param_groups[0]["lr"] < cfg.lr * cfg.lr_decay ** 4  # the plateau state mattered
     # the reported train time includes the epochs before the kill: more than this call took
     assert summary["train_time_s"] > outside and summary["train_time_s"] <= killed["train_time_s"] + outside
 
@@ -153,7 +217,8 @@ DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_trainer import _data, _model, mse
     from rlts.trainer import TrainConfig, Trainer
-    cfg = TrainConfig(epochs=2, batch_size={batch}, lr=1e-2, patience=0, progress=False, ema=0.9)
+    cfg = TrainConfig(epochs=2, batch_size={batch}, lr=1e-2, patience=0, progress=False, ema=0.9,
+                      monitor="train", plateau_patience=1)
     Trainer(_model(), mse, cfg, {out!r}).fit(_data(), _data(16, seed=1))
 """)
 
