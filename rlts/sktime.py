@@ -107,9 +107,10 @@ def _check_choice(name: str, param: str, value: Any, choices) -> None:
         raise ValueError(f"{name}: unknown {param} {value!r}; choose one of {', '.join(sorted(choices))}")
 
 
-def _check_positive_int(name: str, param: str, value: Any) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: {param} must be a positive int, got {value!r}")
+def _check_positive_int(name: str, param: str, value: Any, low: int = 1) -> None:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}: {param} must be {'a positive' if low == 1 else 'a non-negative'} int, "
+                         f"got {value!r}")
 
 
 def _check_training_params(est: Any, name: str) -> None:
@@ -132,12 +133,14 @@ def _check_training_params(est: Any, name: str) -> None:
     select_device(est.device)  # ValueError for an unknown or unavailable device
 
 
-def _train(est: Any, model: torch.nn.Module, loss_fn, data, seed: int, collate_fn=None) -> Dict[str, float]:
-    """Run `rlts.trainer.Trainer` on `data` (no validation set: a fixed number of epochs) in a
-    temporary run directory that is removed afterwards. Returns the Trainer's summary."""
-    cfg = TrainConfig(epochs=int(est.epochs), batch_size=int(est.batch_size), lr=float(est.lr),
-                      weight_decay=float(est.weight_decay), ema=float(est.ema), patience=0, seed=seed,
-                      device=est.device, progress=False)
+def _train(est: Any, model: torch.nn.Module, loss_fn, data, seed: int, collate_fn=None,
+           **options) -> Dict[str, float]:
+    """Run `rlts.trainer.Trainer` on `data` (no validation set; by default a fixed number of
+    epochs, the last one's weights kept; `options`: other TrainConfig fields) in a temporary run
+    directory that is removed afterwards. Returns the Trainer's summary."""
+    cfg = TrainConfig(**{**dict(epochs=int(est.epochs), batch_size=int(est.batch_size), lr=float(est.lr),
+                                weight_decay=float(est.weight_decay), ema=float(est.ema), patience=0, seed=seed,
+                                device=est.device, progress=False), **options})
     with tempfile.TemporaryDirectory(prefix="rlts-sktime-") as run_dir:
         summary = Trainer(model, loss_fn, cfg, run_dir=run_dir, collate_fn=collate_fn).fit(data)
     model.eval()
@@ -416,27 +419,28 @@ class SequenceClassifier(BaseClassifier):
     backbone : str, default="mamba"
         Sequence layer, any name in `rlts.nn.BACKBONES`: "aaren", "mamba", "mamba2",
         "transformer", "gru".
-    d_model : int, default=32
+    d_model : int, default=64
         Width of the sequence model.
     n_layers : int, default=2
         Number of backbone blocks.
-    pooling : str, default="last"
+    pooling : str, default="mean"
         How a series' outputs become one vector: "last" (the output at its last time step)
         or "mean" (the average over its time steps).
-    patch_len : int, default=8
+    patch_len : int, default=1
         Time steps per backbone token (patches end at each series' last step, the first one
         completed with zeros in front; 1 = one token per step).
-    stem : str, default="none"
+    stem : str, default="conv"
         "none", or "conv": three causal convolutions with batch norm (kernels 8, 5, 3) before
         the patches, which give the backbone features of local shape
-        (`rlts.nn.conv.ConvStem`; `rlts classify`'s default, docs/results.md).
+        (`rlts.nn.conv.ConvStem`).
     dropout : float, default=0.0
         Dropout on the pooled vector.
     backbone_kwargs : dict or None, default=None
         Extra options for every backbone block, e.g. {"headdim": 16, "d_state": 16} for mamba2
         (whose headdim must divide 2 * d_model) or {"n_heads": 2} for aaren / transformer.
-    epochs : int, default=20
-        Passes over the training series.
+    epochs : int, default=200
+        Most passes over the training series. The fitted network has the weights of the
+        epoch with the lowest mean training loss (there is no validation set).
     batch_size : int, default=16
         Series per optimisation step.
     lr : float, default=1e-3
@@ -447,11 +451,18 @@ class SequenceClassifier(BaseClassifier):
         Decay per step of a moving average of the weights, which becomes the fitted model
         (e.g. 0.99 averages about the last 100 steps; use it only when a fit has many more
         steps than that). 0 turns it off.
+    plateau_patience : int, default=10
+        Epochs without a lower mean training loss before the learning rate is halved (not
+        below 1e-4); 0 keeps it constant.
+    patience : int, default=50
+        Epochs without a lower mean training loss before training stops; 0: all epochs.
     random_state : int, numpy RandomState / Generator or None, default=None
         Seeds the weight initialisation and the shuffling: an int gives identical fits.
         None draws a fresh seed each fit.
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
+
+    The defaults are those of `rlts classify` (docs/results.md, where they are measured).
 
     Attributes
     ----------
@@ -497,10 +508,10 @@ class SequenceClassifier(BaseClassifier):
         "y_inner_mtype": "numpy1D",
     }
 
-    def __init__(self, backbone: str = "mamba", d_model: int = 32, n_layers: int = 2, pooling: str = "last",
-                 patch_len: int = 8, stem: str = "none", dropout: float = 0.0, backbone_kwargs: Optional[dict] = None,
-                 epochs: int = 20, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
-                 random_state=None, device: str = "cpu"):
+    def __init__(self, backbone: str = "mamba", d_model: int = 64, n_layers: int = 2, pooling: str = "mean",
+                 patch_len: int = 1, stem: str = "conv", dropout: float = 0.0, backbone_kwargs: Optional[dict] = None,
+                 epochs: int = 200, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
+                 plateau_patience: int = 10, patience: int = 50, random_state=None, device: str = "cpu"):
         self.backbone = backbone
         self.d_model = d_model
         self.n_layers = n_layers
@@ -514,6 +525,8 @@ class SequenceClassifier(BaseClassifier):
         self.lr = lr
         self.weight_decay = weight_decay
         self.ema = ema
+        self.plateau_patience = plateau_patience
+        self.patience = patience
         self.random_state = random_state
         self.device = device
         super().__init__()
@@ -525,6 +538,8 @@ class SequenceClassifier(BaseClassifier):
         _check_choice(name, "pooling", self.pooling, POOLINGS)
         _check_positive_int(name, "patch_len", self.patch_len)
         _check_choice(name, "stem", self.stem, STEMS)
+        _check_positive_int(name, "plateau_patience", self.plateau_patience, low=0)
+        _check_positive_int(name, "patience", self.patience, low=0)
         series = as_series_list(X, "X")                                   # N arrays (L_i, C)
         codes, classes = encode_labels(y, name="y")                       # (N,) in 0 .. K-1
         if not np.array_equal(classes, self.classes_):  # both np.unique(y): a guard, not a branch
@@ -540,7 +555,8 @@ class SequenceClassifier(BaseClassifier):
                 d_model=self.d_model, n_layers=self.n_layers, pooling=self.pooling,
                 patch_len=self.patch_len, stem=self.stem, dropout=self.dropout, **(self.backbone_kwargs or {}))
             self.train_summary_ = _train(self, self.network_, classification_loss, data, seed,
-                                         collate_fn=collate_unequal)
+                                         collate_fn=collate_unequal, monitor="train", min_lr=1e-4,
+                                         plateau_patience=int(self.plateau_patience), patience=int(self.patience))
         self.n_channels_ = series[0].shape[1]
         return self
 
@@ -580,8 +596,8 @@ class SequenceClassifier(BaseClassifier):
             Parameters of two test instances (different backbones, poolings and stems).
         """
         return [
-            {"backbone": "gru", "d_model": 4, "n_layers": 1, "epochs": 1, "batch_size": 64,
-             "patch_len": 1, "random_state": 0},
+            {"backbone": "gru", "d_model": 4, "n_layers": 1, "epochs": 1, "batch_size": 64, "pooling": "last",
+             "patch_len": 4, "stem": "none", "plateau_patience": 0, "random_state": 0},
             {"backbone": "mamba", "d_model": 4, "n_layers": 1, "pooling": "mean", "stem": "conv", "epochs": 2,
              "batch_size": 64, "ema": 0.5, "backbone_kwargs": {"d_state": 4}, "random_state": 1},
         ]

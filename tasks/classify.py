@@ -118,9 +118,11 @@ class ClassifyConfig:
     norm, kernels 8, 5, 3: local shape features for the backbone; rlts.nn.conv.ConvStem)."""
     val_fraction: float = 0.0
     """Share of the training set held out (stratified, seeded) for early stopping of the backbone
-    models; 0 (default): no validation, train for all train.epochs on the whole training set (the
-    UCR/UEA training sets are small: 36-270 series; early stopping on a few held-out series
-    stopped runs far too early). MiniRocket always fits on the whole set."""
+    models: with a holdout, its loss picks the weights kept and stops early whatever
+    train.monitor says. 0 (default): no holdout; the backbone trains on the whole training set and
+    train.monitor (default: train, the epoch's mean training loss) picks the weights (the UCR/UEA
+    training sets are small: 36-270 series; early stopping on a few held-out series stopped runs
+    far too early). MiniRocket always fits on the whole set."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
     train.device are replaced by the top-level seed and device."""
@@ -483,8 +485,12 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
         "protocol": {
             "description": (
                 "the dataset's own train/test split; channels standardised with the training set's "
-                "per-channel mean/std (every model sees the same series); backbone models: early stopping on a "
-                f"stratified, seeded holdout of {n_val} training series (best validation weights kept)"
+                "per-channel mean/std (every model sees the same series); backbone models: "
+                + (f"early stopping on a stratified, seeded holdout of {n_val} training series (best validation "
+                   "weights kept)" if n_val else
+                   "trained on the whole training set, "
+                   + ("the weights of the epoch with the lowest mean training loss kept"
+                      if cfg.train.monitor == "train" else "the last epoch's weights kept"))
                 + (", unequal lengths padded per batch and masked" if len(set(lengths)) > 1 else "")
                 + f"; minirocket: {variant} features + RidgeClassifierCV(alphas=logspace(-3,3,10)) on "
                 "unit-variance features, fitted on the whole training set"
@@ -523,7 +529,8 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             ckpt = model_dir / "checkpoints"
             resumed = ckpt.exists() and any(ckpt.iterdir())
             log(f"[{'resume' if resumed else 'train'}] {name} ({n_params} parameters, seed {seed})")
-            train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
+            monitor = "val" if val_ds is not None else cfg.train.monitor
+            train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device, "monitor": monitor})
             trainer = Trainer(model, classification_loss, train_cfg, run_dir=model_dir, collate_fn=collate_unequal)
             fit = trainer.fit(fit_ds, val_ds)
             train_time = fit["train_time_s"]  # summed over interrupted runs

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlts.checkpoint import load
 from tasks.cli import main
 from tasks.classify import parse_classify_config, run_classify, stratified_order
 
@@ -136,10 +137,15 @@ def test_ts_files_learn_the_easy_task(tmp_path, lengths, val_fraction):
     assert lengths[0] <= data["min_length"] <= data["max_length"] <= lengths[1]
     r = state["results"]["aaren"]
     assert r["epochs"] == 8  # patience 0: no early stopping
+    kept = load(tmp_path / "out" / "aaren" / "checkpoints" / "last.pt")  # the loss that picked the weights
     if val_fraction == "0":  # no holdout: all 60 series train, no validation loss
         assert state["protocol"]["n_val"] == 0 and r["best_val_loss"] is None
-    else:
+        assert kept["best_val"] == float("inf") and 0 < kept["best"] < 10  # the default: training loss
+        assert "lowest mean training loss kept" in state["protocol"]["description"]
+    else:  # the holdout decides, although the default config monitors the training loss
         assert state["protocol"]["n_val"] == 12 and r["best_val_loss"] > 0
+        assert kept["best"] == kept["best_val"] == pytest.approx(r["best_val_loss"])
+        assert "best validation weights kept" in state["protocol"]["description"]
     assert r["accuracy"] >= 0.8, r  # chance: 1/3
 
 

@@ -366,3 +366,24 @@ def test_ema_is_passed_to_the_trainer_and_checked():
     X, labels = rising_falling(8, seed=0)
     with pytest.raises(ValueError, match=r"SequenceClassifier: ema must lie in \[0, 1\), got -0.1"):
         small_classifier(ema=-0.1).fit(X, labels)
+
+
+def test_classifier_defaults_are_rlts_classify_defaults():
+    """`SequenceClassifier()` is the model docs/results.md measures with `rlts classify`."""
+    from tasks.classify import parse_classify_config
+
+    cfg = parse_classify_config(["--dataset", "GunPoint"])
+    params = SequenceClassifier().get_params()
+    for key in ("backbone", "d_model", "n_layers", "pooling", "patch_len", "stem", "dropout"):
+        assert params[key] == getattr(cfg, key), key
+    for key in ("epochs", "batch_size", "lr", "weight_decay", "ema", "plateau_patience", "patience"):
+        assert params[key] == getattr(cfg.train, key), key
+    assert (cfg.val_fraction, cfg.train.monitor, cfg.train.min_lr) == (0.0, "train", 1e-4)  # fixed in _fit
+
+
+def test_classifier_monitors_the_training_loss():
+    X, y = rising_falling(20, seed=4)
+    clf = small_classifier(epochs=6, lr=0.5, plateau_patience=1, patience=0).fit(X, y)  # lr: the loss jumps
+    assert clf.train_summary_["epochs"] == 6 and np.isfinite(clf.train_summary_["best_train_loss"])
+    with pytest.raises(ValueError, match="plateau_patience must be a non-negative int, got -1"):
+        small_classifier(plateau_patience=-1).fit(X, y)
