@@ -12,10 +12,12 @@ Protocol, the same for every model:
 - every channel standardised with the mean and std of all training time steps (the test set
   never enters the statistics); every model sees the same standardised series;
 - backbone models (any rlts.nn backbone: SequenceClassifier = a causal convolutional stem
-  (`stem`), embedding, sequence model, mean or last pooling, linear read-out): trained for
-  train.epochs on the whole training set, or, with `val_fraction` > 0, with early stopping on a
-  stratified, seeded holdout of it (the best validation weights are kept); unequal lengths
-  are right-padded per batch and masked, never truncated;
+  (`stem`), embedding, sequence model, mean or last pooling, linear read-out): trained on the
+  whole training set for at most train.epochs, keeping the weights of the epoch with the lowest
+  mean training loss and halving the learning rate on its plateaus (the defaults,
+  `train.monitor: train`, `train.plateau_patience`), or, with `val_fraction` > 0, with early
+  stopping on a stratified, seeded holdout of it (the best validation weights are kept);
+  unequal lengths are right-padded per batch and masked, never truncated;
 - minirocket (Dempster et al. 2021, sktime's implementation): `minirocket_kernels` (10 000)
   features, then RidgeClassifierCV(alphas=logspace(-3, 3, 10)) on features scaled to unit
   variance (sktime's RocketClassifier recipe), fitted on the whole training set (ridge chooses
