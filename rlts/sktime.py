@@ -107,7 +107,7 @@ def _check_choice(name: str, param: str, value: Any, choices) -> None:
         raise ValueError(f"{name}: unknown {param} {value!r}; choose one of {', '.join(sorted(choices))}")
 
 
-def _check_positive_int(name: str, param: str, value: Any, low: int = 1) -> None:
+def _check_int(name: str, param: str, value: Any, low: int = 1) -> None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}: {param} must be {'a positive' if low == 1 else 'a non-negative'} int, "
                          f"got {value!r}")
@@ -117,7 +117,7 @@ def _check_training_params(est: Any, name: str) -> None:
     """Checks shared by both estimators (hyper-parameters only, no data)."""
     _check_choice(name, "backbone", est.backbone, BACKBONES)
     for param in ("d_model", "n_layers", "epochs", "batch_size"):
-        _check_positive_int(name, param, getattr(est, param))
+        _check_int(name, param, getattr(est, param))
     for param, low in (("lr", None), ("weight_decay", 0.0)):
         value = getattr(est, param)
         if not isinstance(value, numbers.Real) or (value <= 0 if low is None else value < low):
@@ -318,9 +318,9 @@ class SequenceForecaster(BaseForecaster):
         """Fit the network to every stride-1 window of y (T, C); X is ignored."""
         name = "SequenceForecaster"
         _check_training_params(self, name)
-        _check_positive_int(name, "window", self.window)
+        _check_int(name, "window", self.window)
         _check_choice(name, "channel_mode", self.channel_mode, CHANNEL_MODES)
-        _check_positive_int(name, "patch_len", self.patch_len)
+        _check_int(name, "patch_len", self.patch_len)
         if self.patch_len > self.window:
             raise ValueError(f"{name}: patch_len ({self.patch_len}) must not exceed window ({self.window})")
         horizon = int(self._steps(fh).max())
@@ -536,10 +536,10 @@ class SequenceClassifier(BaseClassifier):
         name = "SequenceClassifier"
         _check_training_params(self, name)
         _check_choice(name, "pooling", self.pooling, POOLINGS)
-        _check_positive_int(name, "patch_len", self.patch_len)
+        _check_int(name, "patch_len", self.patch_len)
         _check_choice(name, "stem", self.stem, STEMS)
-        _check_positive_int(name, "plateau_patience", self.plateau_patience, low=0)
-        _check_positive_int(name, "patience", self.patience, low=0)
+        _check_int(name, "plateau_patience", self.plateau_patience, low=0)
+        _check_int(name, "patience", self.patience, low=0)
         series = as_series_list(X, "X")                                   # N arrays (L_i, C)
         codes, classes = encode_labels(y, name="y")                       # (N,) in 0 .. K-1
         if not np.array_equal(classes, self.classes_):  # both np.unique(y): a guard, not a branch
