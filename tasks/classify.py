@@ -121,7 +121,7 @@ class ClassifyConfig:
     val_fraction: float = 0.0
     """Share of the training set held out (stratified, seeded) for early stopping of the backbone
     models: with a holdout, its loss picks the weights kept and stops early whatever
-    train.monitor says. 0 (default): no holdout; the backbone trains on the whole training set and
+    train.monitor says (results.json then records train.monitor: val). 0 (default): no holdout; the backbone trains on the whole training set and
     train.monitor (default: train, the epoch's mean training loss) picks the weights (the UCR/UEA
     training sets are small: 36-270 series; early stopping on a few held-out series stopped runs
     far too early). MiniRocket always fits on the whole set."""
@@ -456,6 +456,9 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             raise ValueError(f"val_fraction {cfg.val_fraction} leaves no training series out of {len(train_y)}; "
                              "lower it or set it to 0")
 
+    if n_val and cfg.train.monitor != "val":  # the holdout decides; record the loss that really does
+        cfg = replace(cfg, train=replace(cfg.train, monitor="val"))
+
     stem = cfg.dataset or Path(cfg.train_file).stem
     out, previous, cfg_dict = open_run(cfg, "classify", stem, _DATA_KEYS, _LEGACY)
     results_path = out / "results.json"
@@ -531,8 +534,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             ckpt = model_dir / "checkpoints"
             resumed = ckpt.exists() and any(ckpt.iterdir())
             log(f"[{'resume' if resumed else 'train'}] {name} ({n_params} parameters, seed {seed})")
-            monitor = "val" if val_ds is not None else cfg.train.monitor
-            train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device, "monitor": monitor})
+            train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
             trainer = Trainer(model, classification_loss, train_cfg, run_dir=model_dir, collate_fn=collate_unequal)
             fit = trainer.fit(fit_ds, val_ds)
             train_time = fit["train_time_s"]  # summed over interrupted runs

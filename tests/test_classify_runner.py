@@ -142,10 +142,12 @@ def test_ts_files_learn_the_easy_task(tmp_path, lengths, val_fraction):
         assert state["protocol"]["n_val"] == 0 and r["best_val_loss"] is None
         assert kept["best_val"] == float("inf") and 0 < kept["best"] < 10  # the default: training loss
         assert "lowest mean training loss kept" in state["protocol"]["description"]
+        assert state["config"]["train"]["monitor"] == "train"
     else:  # the holdout decides, although the default config monitors the training loss
         assert state["protocol"]["n_val"] == 12 and r["best_val_loss"] > 0
         assert kept["best"] == kept["best_val"] == pytest.approx(r["best_val_loss"])
         assert "best validation weights kept" in state["protocol"]["description"]
+        assert state["config"]["train"]["monitor"] == "val"  # what is recorded is what decided
     assert r["accuracy"] >= 0.8, r  # chance: 1/3
 
 
