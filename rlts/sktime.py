@@ -433,6 +433,9 @@ class SequenceClassifier(BaseClassifier):
         "none", or "conv": three causal convolutions with batch norm (kernels 8, 5, 3) before
         the patches, which give the backbone features of local shape
         (`rlts.nn.conv.ConvStem`).
+    bidirectional : bool, default=False
+        Add a second backbone that reads each series backwards; its pooled features are added
+        to the first's (twice the backbone's parameters and time).
     dropout : float, default=0.0
         Dropout on the pooled vector.
     backbone_kwargs : dict or None, default=None
@@ -509,7 +512,8 @@ class SequenceClassifier(BaseClassifier):
     }
 
     def __init__(self, backbone: str = "mamba", d_model: int = 64, n_layers: int = 2, pooling: str = "mean",
-                 patch_len: int = 1, stem: str = "conv", dropout: float = 0.0, backbone_kwargs: Optional[dict] = None,
+                 patch_len: int = 1, stem: str = "conv", bidirectional: bool = False,
+                 dropout: float = 0.0, backbone_kwargs: Optional[dict] = None,
                  epochs: int = 200, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
                  plateau_patience: int = 10, patience: int = 50, random_state=None, device: str = "cpu"):
         self.backbone = backbone
@@ -518,6 +522,7 @@ class SequenceClassifier(BaseClassifier):
         self.pooling = pooling
         self.patch_len = patch_len
         self.stem = stem
+        self.bidirectional = bidirectional
         self.dropout = dropout
         self.backbone_kwargs = backbone_kwargs
         self.epochs = epochs
@@ -538,6 +543,8 @@ class SequenceClassifier(BaseClassifier):
         _check_choice(name, "pooling", self.pooling, POOLINGS)
         _check_int(name, "patch_len", self.patch_len)
         _check_choice(name, "stem", self.stem, STEMS)
+        if not isinstance(self.bidirectional, (bool, np.bool_)):
+            raise ValueError(f"{name}: bidirectional must be True or False, got {self.bidirectional!r}")
         _check_int(name, "plateau_patience", self.plateau_patience, low=0)
         _check_int(name, "patience", self.patience, low=0)
         series = as_series_list(X, "X")                                   # N arrays (L_i, C)
@@ -553,7 +560,8 @@ class SequenceClassifier(BaseClassifier):
             self.network_ = _ClassifierHead(
                 n_channels=series[0].shape[1], n_classes=len(classes), backbone=self.backbone,
                 d_model=self.d_model, n_layers=self.n_layers, pooling=self.pooling,
-                patch_len=self.patch_len, stem=self.stem, dropout=self.dropout, **(self.backbone_kwargs or {}))
+                patch_len=self.patch_len, stem=self.stem, bidirectional=bool(self.bidirectional),
+                dropout=self.dropout, **(self.backbone_kwargs or {}))
             self.train_summary_ = _train(self, self.network_, classification_loss, data, seed,
                                          collate_fn=collate_unequal, monitor="train", min_lr=1e-4,
                                          plateau_patience=int(self.plateau_patience), patience=int(self.patience))
@@ -593,11 +601,13 @@ class SequenceClassifier(BaseClassifier):
         Returns
         -------
         params : list of dict
-            Parameters of two test instances (different backbones, poolings and stems).
+            Parameters of two test instances (different backbones, poolings and stems; one
+            bidirectional).
         """
         return [
             {"backbone": "gru", "d_model": 4, "n_layers": 1, "epochs": 1, "batch_size": 64, "pooling": "last",
              "patch_len": 4, "stem": "none", "plateau_patience": 0, "random_state": 0},
             {"backbone": "mamba", "d_model": 4, "n_layers": 1, "pooling": "mean", "stem": "conv", "epochs": 2,
-             "batch_size": 64, "ema": 0.5, "backbone_kwargs": {"d_state": 4}, "random_state": 1},
+             "batch_size": 64, "ema": 0.5, "backbone_kwargs": {"d_state": 4}, "bidirectional": True,
+             "random_state": 1},
         ]

@@ -82,8 +82,8 @@ SUBSET_SEED = 0
 # Config keys whose change makes earlier results in the same `out` incomparable.
 _DATA_KEYS = ("dataset", "train_file", "test_file", "max_train", "max_test", "d_model", "n_layers",
               "pooling", "patch_len", "dropout", "val_fraction", "train", "minirocket_kernels", "seed", "stem",
-              "seeds")
-_LEGACY = {"stem": "none", "seeds": 1}
+              "seeds", "bidirectional")
+_LEGACY = {"stem": "none", "seeds": 1, "bidirectional": False}
 """Values of config keys added later, for result folders written before them."""
 
 
@@ -118,6 +118,9 @@ class ClassifyConfig:
     stem: str = "conv"
     """Before the patches (backbone models): none, or conv (three causal convolutions with batch
     norm, kernels 8, 5, 3: local shape features for the backbone; rlts.nn.conv.ConvStem)."""
+    bidirectional: bool = False
+    """Backbone models: a second backbone reads each series backwards and its pooled features
+    are added to the first's (twice the backbone's parameters and time; rlts.heads.classify)."""
     val_fraction: float = 0.0
     """Share of the training set held out (stratified, seeded) for early stopping of the backbone
     models: with a holdout, its loss picks the weights kept and stops early whatever
@@ -198,7 +201,8 @@ def check_config(cfg: ClassifyConfig) -> None:
 
 def build_model(name: str, cfg: ClassifyConfig, n_channels: int, n_classes: int) -> SequenceClassifier:
     return SequenceClassifier(n_channels, n_classes, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                              pooling=cfg.pooling, dropout=cfg.dropout, patch_len=cfg.patch_len, stem=cfg.stem)
+                              pooling=cfg.pooling, dropout=cfg.dropout, patch_len=cfg.patch_len, stem=cfg.stem,
+                              bidirectional=cfg.bidirectional)
 
 
 # ----------------------------------------------------------------------------- data

@@ -51,12 +51,13 @@ def pad(seqs, fill):
     return x
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("stem", ["none", "conv"])
 @pytest.mark.parametrize("patch_len", [1, 4])
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_padded_batch_equals_each_sequence_alone(backbone, pooling, patch_len, stem):
-    model = tiny(backbone, pooling, patch_len=patch_len, stem=stem)
+def test_padded_batch_equals_each_sequence_alone(backbone, pooling, patch_len, stem, bidirectional):
+    model = tiny(backbone, pooling, patch_len=patch_len, stem=stem, bidirectional=bidirectional)
     seqs = ragged()
     x = pad(seqs, "garbage")
     lengths = torch.tensor(LENGTHS)
@@ -82,6 +83,30 @@ def test_pooling_reads_the_right_positions(pooling):
             y, _ = model.model(model.embed(s[None]))
             want = y[0, -1] if pooling == "last" else y[0].mean(dim=0)
             torch.testing.assert_close(got[i], want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("patch_len", [1, 4])
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_bidirectional_adds_the_reverse_model_on_the_flipped_tokens(pooling, patch_len):
+    """Reference per series, unpadded: the forward model on the tokens plus the second model on
+    the same tokens flipped in time, each pooled ("last": the reverse model's last output is the
+    one at the series' first token)."""
+    model = tiny("gru", pooling, patch_len=patch_len, bidirectional=True)
+    assert model.model_rev is not None and tiny("gru", pooling).model_rev is None
+    seqs = ragged()
+    with torch.no_grad():
+        got = model.features(pad(seqs, "garbage"), torch.tensor(LENGTHS))
+        for i, s in enumerate(seqs):
+            n_tok = -(-s.shape[0] // patch_len)
+            full = torch.zeros(n_tok * patch_len, s.shape[1], dtype=F64)
+            full[n_tok * patch_len - s.shape[0]:] = s
+            tokens = model.embed(full.reshape(n_tok, patch_len * s.shape[1])[None])   # (1, T, 16)
+            y, _ = model.model(tokens)
+            y_rev, _ = model.model_rev(torch.flip(tokens, dims=[1]))
+            pool = (lambda h: h[0, -1]) if pooling == "last" else (lambda h: h[0].mean(dim=0))
+            torch.testing.assert_close(got[i], pool(y) + pool(y_rev), rtol=0, atol=1e-12)
+            # the reverse model is not a no-op: without it the features differ
+            assert (got[i] - pool(y)).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])

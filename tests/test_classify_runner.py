@@ -124,11 +124,13 @@ def test_japanese_vowels_multivariate_unequal_with_minirocket(tmp_path):
 # ----------------------------------------------------------------------------- .ts files
 
 
-@pytest.mark.parametrize("lengths,val_fraction", [((30, 30), "0"), ((12, 40), "0.2")], ids=["equal", "unequal"])
-def test_ts_files_learn_the_easy_task(tmp_path, lengths, val_fraction):
+@pytest.mark.parametrize("lengths,val_fraction,bidirectional", [((30, 30), "0", "false"), ((12, 40), "0.2", "true")],
+                         ids=["equal", "unequal-bidirectional"])
+def test_ts_files_learn_the_easy_task(tmp_path, lengths, val_fraction, bidirectional):
     train, test = _toy_pair(tmp_path, lengths)
     state = _run(["--train", str(train), "--test", str(test), "--config", "debug", "--models", "aaren",
                   "--train.epochs", "8", "--patience", "0", "--val_fraction", val_fraction, "--plots", "false",
+                  "--bidirectional", bidirectional,
                   "--out", str(tmp_path / "out")])
     data = state["dataset"]
     assert data["train_file"] == str(train) and data["test_file"] == str(test)
@@ -137,6 +139,8 @@ def test_ts_files_learn_the_easy_task(tmp_path, lengths, val_fraction):
     assert lengths[0] <= data["min_length"] <= data["max_length"] <= lengths[1]
     r = state["results"]["aaren"]
     assert r["epochs"] == 8  # patience 0: no early stopping
+    kept_params = load(tmp_path / "out" / "aaren" / "checkpoints" / "last.pt")["model"]
+    assert any(k.startswith("model_rev.") for k in kept_params) == (bidirectional == "true")
     kept = load(tmp_path / "out" / "aaren" / "checkpoints" / "last.pt")  # the loss that picked the weights
     if val_fraction == "0":  # no holdout: all 60 series train, no validation loss
         assert state["protocol"]["n_val"] == 0 and r["best_val_loss"] is None

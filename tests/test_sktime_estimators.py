@@ -323,6 +323,14 @@ def test_classifier_unknown_pooling():
         small_classifier(pooling="max").fit(X, y)
 
 
+def test_classifier_bidirectional_must_be_a_bool():
+    X, y = rising_falling(8, seed=0)
+    with pytest.raises(ValueError, match="SequenceClassifier: bidirectional must be True or False, got 'yes'"):
+        small_classifier(bidirectional="yes").fit(X, y)
+    clf = small_classifier(bidirectional=True).fit(X, y)
+    assert clf.network_.model_rev is not None and clf.predict(X).shape == (len(y),)
+
+
 def test_classifier_unknown_stem():
     X, y = rising_falling(6, seed=0)
     with pytest.raises(ValueError, match="unknown stem 'fcn'; choose one of conv, none"):
@@ -374,7 +382,7 @@ def test_classifier_defaults_are_rlts_classify_defaults():
 
     cfg = parse_classify_config(["--dataset", "GunPoint"])
     params = SequenceClassifier().get_params()
-    for key in ("backbone", "d_model", "n_layers", "pooling", "patch_len", "stem", "dropout"):
+    for key in ("backbone", "d_model", "n_layers", "pooling", "patch_len", "stem", "bidirectional", "dropout"):
         assert params[key] == getattr(cfg, key), key
     for key in ("epochs", "batch_size", "lr", "weight_decay", "ema", "plateau_patience", "patience"):
         assert params[key] == getattr(cfg.train, key), key

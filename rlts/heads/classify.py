@@ -9,7 +9,10 @@
 Architecture: optionally a causal convolutional stem (stem="conv": `rlts.nn.conv.ConvStem`, C ->
 d_model features per step), a Linear embedding of each patch of `patch_len` time steps
 (patch_len = 1: one token per step), `rlts.nn.SequenceModel` (any registered backbone), pooling
-over the tokens ("last" or "mean"), dropout, Linear(d_model, n_classes). Patches end at each
+over the tokens ("last" or "mean"), dropout, Linear(d_model, n_classes). With bidirectional=True
+a second SequenceModel reads each series' tokens in reverse order (its own valid tokens
+reversed, the padding left at the end) and its pooled features are added to the first's: "last"
+then adds the reverse model's output at the first token, so both have read the whole series. Patches end at each
 series' last step, so the last token holds its final patch_len steps; the first one is
 completed with zeros in front (a series of length L_i has ceil(L_i / patch_len) tokens).
 The head does not normalise its input: standardise each channel (e.g. with the training set's
@@ -109,6 +112,8 @@ class SequenceClassifier(nn.Module):
         stem: "none" (the patches go straight to the embedding) or "conv" (`rlts.nn.conv.ConvStem`:
             three causal convolutions with batch norm, widths d_model, 2 d_model, d_model, before
             the patches; features of local shape for the backbone).
+        bidirectional: add a second backbone over the reversed tokens (twice the backbone's
+            parameters and time); the classifier then no longer reads the series causally.
         **backbone_options: passed to every backbone block (d_state, n_heads, headdim, ...).
 
     Inputs are cast to the parameters' dtype. Standardising channels is the caller's job.
@@ -116,7 +121,7 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, n_channels: int, n_classes: int, backbone: str = "mamba", d_model: int = 64,
                  n_layers: int = 2, pooling: str = "last", dropout: float = 0.0, patch_len: int = 1,
-                 stem: str = "none", **backbone_options):
+                 stem: str = "none", bidirectional: bool = False, **backbone_options):
         super().__init__()
         if n_channels < 1 or n_classes < 1:
             raise ValueError(f"SequenceClassifier needs n_channels >= 1 and n_classes >= 1, got {n_channels}, {n_classes}")
@@ -132,6 +137,8 @@ class SequenceClassifier(nn.Module):
         self.stem = ConvStem(n_channels, d_model) if stem == "conv" else None
         self.embed = nn.Linear((d_model if self.stem is not None else n_channels) * patch_len, d_model)
         self.model = SequenceModel(backbone, d_model=d_model, n_layers=n_layers, **backbone_options)
+        self.model_rev = (SequenceModel(backbone, d_model=d_model, n_layers=n_layers, **backbone_options)
+                          if bidirectional else None)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(d_model, n_classes)
 
@@ -166,9 +173,20 @@ class SequenceClassifier(nn.Module):
             x = x.reshape(B, T, p * x.shape[-1])
             lengths = tokens
             valid = torch.arange(T, device=x.device) < lengths[:, None]      # (B, T)
-        y, _ = self.model(self.embed(x))                                      # (B, T, d_model)
+        e = self.embed(x)                                                     # (B, T, d_model)
+        y, _ = self.model(e)                                                  # (B, T, d_model)
+        pooled = self._pool(y, lengths, valid)
+        if self.model_rev is not None:  # token t of series b <-> token lengths[b] - 1 - t; padding stays
+            t = torch.arange(e.shape[1], device=e.device)
+            rev = torch.where(valid, lengths[:, None] - 1 - t, t)[..., None].expand_as(e)   # (B, T, d_model)
+            y_rev, _ = self.model_rev(e.gather(1, rev))                       # (B, T, d_model), reversed order
+            pooled = pooled + self._pool(y_rev, lengths, valid)
+        return pooled
+
+    def _pool(self, y: torch.Tensor, lengths: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """y (B, T, D) -> (B, D): the output at each sequence's last valid token, or the mean over its valid tokens."""
         if self.pooling == "last":
-            return y[torch.arange(B, device=y.device), lengths - 1]
+            return y[torch.arange(y.shape[0], device=y.device), lengths - 1]
         y = torch.where(valid[..., None], y, torch.zeros((), dtype=y.dtype, device=y.device))
         return y.sum(dim=1) / lengths[:, None].to(y.dtype)
 
