@@ -124,10 +124,11 @@ class ClassifyConfig:
     val_fraction: float = 0.0
     """Share of the training set held out (stratified, seeded) for early stopping of the backbone
     models: with a holdout, its loss picks the weights kept and stops early whatever
-    train.monitor says (results.json then records train.monitor: val). 0 (default): no holdout; the backbone trains on the whole training set and
-    train.monitor (default: train, the epoch's mean training loss) picks the weights (the UCR/UEA
-    training sets are small: 36-270 series; early stopping on a few held-out series stopped runs
-    far too early). MiniRocket always fits on the whole set."""
+    train.monitor says (results.json then records train.monitor: val). 0 (default): no holdout;
+    the backbone trains on the whole training set and train.monitor (default: train, the epoch's
+    mean training loss) picks the weights (the UCR/UEA training sets are small: 36-270 series;
+    early stopping on a few held-out series stopped runs far too early). MiniRocket always fits
+    on the whole set."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
     train.device are replaced by the top-level seed and device."""

@@ -9,12 +9,13 @@
 Architecture: optionally a causal convolutional stem (stem="conv": `rlts.nn.conv.ConvStem`, C ->
 d_model features per step), a Linear embedding of each patch of `patch_len` time steps
 (patch_len = 1: one token per step), `rlts.nn.SequenceModel` (any registered backbone), pooling
-over the tokens ("last" or "mean"), dropout, Linear(d_model, n_classes). With bidirectional=True
-a second SequenceModel reads each series' tokens in reverse order (its own valid tokens
-reversed, the padding left at the end) and its pooled features are added to the first's: "last"
-then adds the reverse model's output at the first token, so both have read the whole series. Patches end at each
+over the tokens ("last" or "mean"), dropout, Linear(d_model, n_classes). Patches end at each
 series' last step, so the last token holds its final patch_len steps; the first one is
 completed with zeros in front (a series of length L_i has ceil(L_i / patch_len) tokens).
+With bidirectional=True a second SequenceModel reads each series' tokens in reverse order (its
+own valid tokens reversed, the padding left at the end) and its pooled features are added to
+the first's: "last" then adds the reverse model's output at the first token, so both have read
+the whole series.
 The head does not normalise its input: standardise each channel (e.g. with the training set's
 per-channel mean and standard deviation) before calling it.
 
