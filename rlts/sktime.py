@@ -433,7 +433,7 @@ class SequenceClassifier(BaseClassifier):
         "none", or "conv": three causal convolutions with batch norm (kernels 8, 5, 3) before
         the patches, which give the backbone features of local shape
         (`rlts.nn.conv.ConvStem`).
-    bidirectional : bool, default=False
+    bidirectional : bool, default=True
         Add a second backbone that reads each series backwards; its pooled features are added
         to the first's (twice the backbone's parameters and time).
     dropout : float, default=0.0
@@ -457,7 +457,7 @@ class SequenceClassifier(BaseClassifier):
     plateau_patience : int, default=10
         Epochs without a lower mean training loss before the learning rate is halved (not
         below 1e-4); 0 keeps it constant.
-    patience : int, default=50
+    patience : int, default=0
         Epochs without a lower mean training loss before training stops; 0: all epochs.
     random_state : int, numpy RandomState / Generator or None, default=None
         Seeds the weight initialisation and the shuffling: an int gives identical fits.
@@ -512,10 +512,10 @@ class SequenceClassifier(BaseClassifier):
     }
 
     def __init__(self, backbone: str = "mamba", d_model: int = 64, n_layers: int = 2, pooling: str = "mean",
-                 patch_len: int = 1, stem: str = "conv", bidirectional: bool = False,
+                 patch_len: int = 1, stem: str = "conv", bidirectional: bool = True,
                  dropout: float = 0.0, backbone_kwargs: Optional[dict] = None,
                  epochs: int = 200, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
-                 plateau_patience: int = 10, patience: int = 50, random_state=None, device: str = "cpu"):
+                 plateau_patience: int = 10, patience: int = 0, random_state=None, device: str = "cpu"):
         self.backbone = backbone
         self.d_model = d_model
         self.n_layers = n_layers

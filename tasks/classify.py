@@ -12,9 +12,10 @@ Protocol, the same for every model:
 - every channel standardised with the mean and std of all training time steps (the test set
   never enters the statistics); every model sees the same standardised series;
 - backbone models (any rlts.nn backbone: SequenceClassifier = a causal convolutional stem
-  (`stem`), embedding, sequence model, mean or last pooling, linear read-out): trained on the
-  whole training set for at most train.epochs, keeping the weights of the epoch with the lowest
-  mean training loss and halving the learning rate on its plateaus (the defaults,
+  (`stem`), embedding, sequence model (with `bidirectional`, the default, a second one reading
+  each series backwards), mean or last pooling, linear read-out): trained on the whole
+  training set for train.epochs (`train.patience: 0`: no early stop), keeping the weights of
+  the epoch with the lowest mean training loss and halving the learning rate on its plateaus (the defaults,
   `train.monitor: train`, `train.plateau_patience`), or, with `val_fraction` > 0, with early
   stopping on a stratified, seeded holdout of it (the best validation weights are kept);
   unequal lengths are right-padded per batch and masked, never truncated;
@@ -36,13 +37,16 @@ Outputs in `out`: results.json (config, dataset summary, protocol, and per model
 accuracy, confusion matrix, parameters, training time, epochs, best validation loss; rewritten
 atomically after each model), results.csv / results.md (the table), one folder per model
 (backbones: Trainer checkpoints and TensorBoard logs; minirocket: model.pt, its kernel
-parameters, feature scaling and ridge weights as tensors, torch.load(..., weights_only=True)) and
-confusion_matrix.png (one panel per model).
+parameters, feature scaling and ridge weights as tensors, torch.load(..., weights_only=True);
+every model: test_scores.pt, its class scores on the test set) and confusion_matrix.png (one
+panel per model).
 
 Seeds: `--seeds N` runs every model N times, with seeds seed .. seed + N - 1, each run exactly
 what `--seed S` alone gives (folders `out/<model>/seed<S>`). results.json then holds each
-model's mean accuracy, its sample standard deviation (`accuracy_std`) and every run (`runs`);
-a model whose runs are not all done keeps the finished ones under `partial`.
+model's mean accuracy, its sample standard deviation (`accuracy_std`), every run (`runs`)
+and `ensemble_accuracy`: the accuracy of the runs' test scores averaged (probabilities for a
+backbone, ridge decision values for MiniRocket; InceptionTime's ensemble of seeds). A model
+whose runs are not all done keeps the finished ones under `partial`.
 
 Running the same command with the same `out` again skips the models (and seeds) already in
 results.json and resumes an interrupted one from its last checkpoint; a different dataset or
@@ -60,6 +64,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from rlts.checkpoint import load as load_checkpoint
 from rlts.checkpoint import save_atomic
 from rlts.config import to_dict
 from rlts.data.panel import PanelDataset, as_series_list, encode_labels, fit_panel_scaler
@@ -79,6 +84,8 @@ MINIROCKET_MIN_LENGTH = 9
 """MiniRocket's kernels span 9 steps; shorter series are right-padded to this length with 0."""
 SUBSET_SEED = 0
 """Seed of the max_train / max_test subsets: the same instances whatever the training seed."""
+SCORES_FILE = "test_scores.pt"
+"""Per run, in its model folder: the test set's class scores (N_test, n_classes), for the ensemble."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
 _DATA_KEYS = ("dataset", "train_file", "test_file", "max_train", "max_test", "d_model", "n_layers",
               "pooling", "patch_len", "dropout", "val_fraction", "train", "minirocket_kernels", "seed", "stem",
@@ -118,7 +125,7 @@ class ClassifyConfig:
     stem: str = "conv"
     """Before the patches (backbone models): none, or conv (three causal convolutions with batch
     norm, kernels 8, 5, 3: local shape features for the backbone; rlts.nn.conv.ConvStem)."""
-    bidirectional: bool = False
+    bidirectional: bool = True
     """Backbone models: a second backbone reads each series backwards and its pooled features
     are added to the first's (twice the backbone's parameters and time; rlts.heads.classify)."""
     val_fraction: float = 0.0
@@ -149,7 +156,8 @@ class ClassifyConfig:
     seeds: int = 1
     """Runs per model, with seeds seed, seed + 1, ..., seed + seeds - 1 (each run is exactly
     what `--seed S` alone gives); the table reports their mean accuracy and standard
-    deviation, results.json every run. On the small UCR/UEA training sets one run can move by
+    deviation and the accuracy of their averaged class scores (the seed ensemble),
+    results.json every run. On the small UCR/UEA training sets one run can move by
     15 points or more (docs/results.md)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
@@ -338,12 +346,14 @@ def _subset(x: List[np.ndarray], y: np.ndarray, limit: Optional[int]) -> Tuple[L
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: PanelDataset, batch_size: int, device: torch.device) -> np.ndarray:
-    """Predicted class index of every series of `data`, in order."""
+def predict_scores(model: torch.nn.Module, data: PanelDataset, batch_size: int, device: torch.device) -> np.ndarray:
+    """Class probabilities (N, n_classes), float64, of every series of `data`, in order; the
+    prediction is their argmax."""
     model.eval()
     out = []
     for x, lengths, _ in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_unequal):
-        out.append(model(x.to(device), lengths.to(device)).argmax(dim=-1).cpu())
+        logits = model(x.to(device), lengths.to(device))                 # (B, n_classes)
+        out.append(torch.softmax(logits.double(), dim=-1).cpu())
     return torch.cat(out).numpy()
 
 
@@ -395,11 +405,29 @@ def minirocket_state(transform, classifier, variant: str, classes: list, scaler)
             "ridge_intercept": torch.as_tensor(np.atleast_1d(ridge.intercept_)), "ridge_alpha": float(ridge.alpha_)}
 
 
-def predict_minirocket(transform, classifier, series: List[np.ndarray], variant: str) -> np.ndarray:
+def minirocket_scores(transform, classifier, series: List[np.ndarray], variant: str,
+                      n_classes: int) -> np.ndarray:
+    """The ridge classifier's decision values (N, n_classes), float64, whose argmax is its
+    prediction (two classes: its one decision value d becomes the columns -d, d; a class absent
+    from the training series scores -inf)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         features = np.asarray(transform.transform(_minirocket_input(series, variant)))
-    return classifier.predict(features)
+    d = np.asarray(classifier.decision_function(features), dtype=np.float64)
+    d = np.stack([-d, d], axis=1) if d.ndim == 1 else d                   # (N, classes seen)
+    scores = np.full((len(series), n_classes), -np.inf)
+    scores[:, classifier[-1].classes_] = d
+    return scores
+
+
+def ensemble_accuracy(score_files: List[Path], truth: np.ndarray) -> Optional[float]:
+    """Accuracy of the argmax of the runs' class scores averaged (InceptionTime's ensemble of
+    seeds: probabilities for the backbones, decision values for MiniRocket); None when a run
+    has no scores file (it was run before rlts wrote one)."""
+    if not all(f.is_file() for f in score_files):
+        return None
+    mean = np.mean([load_checkpoint(f)["scores"].numpy() for f in score_files], axis=0)  # (N, n_classes)
+    return float((mean.argmax(axis=1) == truth).mean())
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -433,7 +461,9 @@ def _table_rows(results: dict, models: List[str]) -> List[dict]:
         epochs = sorted({e["epochs"] for e in runs if e["epochs"] is not None})
         row = {"model": m, "accuracy": r["accuracy"]}
         if several:
-            row.update({"std": r.get("accuracy_std", "-"), "seeds": len(runs)})
+            ensemble = r.get("ensemble_accuracy")
+            row.update({"std": r.get("accuracy_std", "-"), "seeds": len(runs),
+                        "ensemble": "-" if ensemble is None else ensemble})
         row.update({"params": "-" if r["params"] is None else r["params"],
                     "epochs": "-" if not epochs else f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}",
                     "train_time_s": r["train_time_s"]})
@@ -526,7 +556,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             transform, classifier = fit_minirocket(std_train, train_y, variant, cfg, seed)
             train_time = time.perf_counter() - t0
             save_atomic(minirocket_state(transform, classifier, variant, classes, scaler), model_dir / "model.pt")
-            pred = predict_minirocket(transform, classifier, std_test, variant)
+            scores = minirocket_scores(transform, classifier, std_test, variant, len(classes))
             extra = {"params": None, "epochs": None, "best_val_loss": None, "early_stopped": False, "variant": variant,
                      "features": int(classifier[0].n_features_in_), "ridge_alpha": float(classifier[-1].alpha_)}
         else:
@@ -543,10 +573,12 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             trainer = Trainer(model, classification_loss, train_cfg, run_dir=model_dir, collate_fn=collate_unequal)
             fit = trainer.fit(fit_ds, val_ds)
             train_time = fit["train_time_s"]  # summed over interrupted runs
-            pred = predict(trainer.model, test_ds, cfg.eval_batch_size, device)
+            scores = predict_scores(trainer.model, test_ds, cfg.eval_batch_size, device)
             extra = {"params": n_params, "epochs": fit["epochs"],
                      "best_val_loss": json_float(fit["best_val_loss"]) if val_ds is not None else None,
                      "early_stopped": fit["early_stopped"]}
+        save_atomic({"scores": torch.from_numpy(scores), "classes": classes}, model_dir / SCORES_FILE)
+        pred = scores.argmax(axis=1)                                      # (N_test,)
         accuracy = float((pred == test_y).mean())
         log(f"[done] {name}: accuracy {accuracy:.4f} ({train_time:.1f} s)")
         return {"accuracy": accuracy, **extra, "train_time_s": round(train_time, 3),
@@ -567,11 +599,13 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
                 write_json_atomic(state, results_path)
         state["partial"].pop(name, None)
         state["results"][name] = summarise_runs(runs)
-        write_json_atomic(state, results_path)
         if len(runs) > 1:
             r = state["results"][name]
+            files = [out / name / f"seed{seed}" / SCORES_FILE for seed in seeds]
+            r["ensemble_accuracy"] = ensemble = ensemble_accuracy(files, test_y)
             log(f"[done] {name}: mean accuracy {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} over seeds "
-                f"{seeds[0]}..{seeds[-1]}")
+                f"{seeds[0]}..{seeds[-1]}" + (f"; their ensemble {ensemble:.4f}" if ensemble is not None else ""))
+        write_json_atomic(state, results_path)
 
     write_json_atomic(state, results_path)
     md = write_table(_table_rows(state["results"], table_order(models, state["results"])),

@@ -10,7 +10,7 @@ import torch
 
 from rlts.checkpoint import load
 from tasks.cli import main
-from tasks.classify import parse_classify_config, run_classify, stratified_order
+from tasks.classify import ensemble_accuracy, parse_classify_config, run_classify, stratified_order
 
 LEVELS = (-1.5, 0.0, 1.5)  # the synthetic classes: easy to tell apart, chance is 1/3
 
@@ -233,7 +233,73 @@ def test_seeds_are_the_single_seed_runs_summarised(tmp_path):
     assert list((out / "gru" / "seed4" / "checkpoints").glob("*.pt")) and (out / "minirocket" / "seed3" / "model.pt").exists()
     assert state["partial"] == {}
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
-    assert header[:4] == ["model", "accuracy", "std", "seeds"]
+    assert header[:5] == ["model", "accuracy", "std", "seeds", "ensemble"]
+
+
+def _naive_ensemble_accuracy(score_sets, truth):
+    """Reference: per test series, add up the runs' scores class by class; the largest sum wins
+    (the first class on a tie, as argmax)."""
+    right = 0
+    for i, label in enumerate(truth):
+        totals = [sum(float(scores[i][k]) for scores in score_sets) for k in range(len(score_sets[0][i]))]
+        right += int(max(range(len(totals)), key=lambda k: (totals[k], -k)) == label)
+    return right / len(truth)
+
+
+def test_seed_ensemble_averages_the_runs_class_scores(tmp_path):
+    """Every run keeps its test scores; with several seeds, results.json adds the accuracy of
+    their average (probabilities for a backbone, ridge decision values for MiniRocket), each
+    run's argmax being that run's own predictions."""
+    train, test = _toy_pair(tmp_path, (12, 40))
+    out = tmp_path / "out"
+    state = _run(["--train", str(train), "--test", str(test), "--config", "debug", "--models", "gru,minirocket",
+                  "--epochs", "1", "--seeds", "3", "--plots", "false", "--out", str(out)])
+    truth = [i % 3 for i in range(45)]  # _write_ts: series i has class i % 3; classes a, b, c -> 0, 1, 2
+    for name in ("gru", "minirocket"):
+        r = state["results"][name]
+        score_sets = []
+        for run in r["runs"]:
+            saved = load(out / name / f"seed{run['seed']}" / "test_scores.pt")
+            scores = saved["scores"]                                      # (45, 3), float64
+            assert saved["classes"] == ["a", "b", "c"] and scores.shape == (45, 3) and scores.dtype == torch.float64
+            pred = scores.argmax(dim=1).numpy()
+            assert np.mean(pred == truth) == pytest.approx(run["accuracy"])
+            cm = np.zeros((3, 3), dtype=int)
+            np.add.at(cm, (truth, pred), 1)
+            assert cm.tolist() == run["confusion_matrix"]
+            if name == "gru":  # class probabilities
+                assert torch.all(scores >= 0) and torch.allclose(scores.sum(dim=1), torch.ones(45, dtype=torch.float64))
+            score_sets.append(scores.tolist())
+        assert r["ensemble_accuracy"] == pytest.approx(_naive_ensemble_accuracy(score_sets, truth))
+    # One epoch leaves the three GRUs far apart, so their average is a model of its own.
+    assert len({run["accuracy"] for run in state["results"]["gru"]["runs"]}) > 1
+    row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| gru |"))
+    assert f"{state['results']['gru']['ensemble_accuracy']:.4g}" in row
+    # A run without its scores (written before rlts kept them): no ensemble rather than a wrong one.
+    files = [out / "gru" / f"seed{s}" / "test_scores.pt" for s in range(3)]
+    files[1].unlink()
+    assert ensemble_accuracy(files, np.array(truth)) is None
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_minirocket_scores_rank_classes_as_the_ridge_predicts(n_classes):
+    """Two classes: the ridge's one decision value d becomes the scores (-d, d); a class with no
+    training series scores -inf. The argmax is always the classifier's own prediction."""
+    from tasks.classify import fit_minirocket, minirocket_scores
+
+    rng = np.random.default_rng(n_classes)
+    cfg = parse_classify_config(["--dataset", "GunPoint", "--minirocket_kernels", "84"])
+    make = lambda k: np.cumsum(rng.standard_normal((30, 1)), axis=0) + 0.5 * k  # noqa: E731  (L, C)
+    train_y = np.arange(24) % n_classes
+    train_x = [make(k) for k in train_y]
+    test_x = [make(k) for k in np.arange(15) % n_classes]
+    transform, classifier = fit_minirocket(train_x, train_y, "MiniRocket", cfg, seed=0)
+    scores = minirocket_scores(transform, classifier, test_x, "MiniRocket", n_classes + 1)  # class n_classes unseen
+    features = np.asarray(transform.transform(np.stack([x.T for x in test_x])))
+    assert scores.shape == (15, n_classes + 1) and np.all(scores[:, -1] == -np.inf)
+    assert np.array_equal(scores.argmax(axis=1), classifier.predict(features))
+    if n_classes == 2:
+        assert np.array_equal(scores[:, 1], -scores[:, 0])
 
 
 def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
@@ -265,6 +331,7 @@ def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
     state = _run([*argv, "--out", str(out)], log=lines.append)
     assert [line.split(" (")[0] for line in lines if line.startswith(("[train]", "[resume]"))] == ["[train] gru"]
     assert "seed 2" in next(line for line in lines if line.startswith("[train]"))
+    assert state["results"]["gru"]["ensemble_accuracy"] is not None  # the finished seeds kept their scores
     fresh = _run([*argv, "--out", str(tmp_path / "fresh")])
     strip = lambda runs: [{k: v for k, v in r.items() if k != "train_time_s"} for r in runs]  # noqa: E731
     assert strip(state["results"]["gru"]["runs"]) == strip(fresh["results"]["gru"]["runs"])

@@ -214,7 +214,9 @@ def test_forecaster_learns_a_periodic_series(revin):
 
 
 def test_classifier_learns_unequal_length_multivariate():
-    X_train, y_train = rising_falling(60, seed=0)
+    # 120 training series: on 60 the default bidirectional GRU overfits the noise channel (0.80-0.875
+    # over four seeds, against 0.875-1.0 causal); on 120 both read the trend (0.925-1.0).
+    X_train, y_train = rising_falling(120, seed=0)
     X_test, y_test = rising_falling(40, seed=1)
     assert len({len(x) for x in X_train}) > 1
     clf = SequenceClassifier(backbone="gru", d_model=16, n_layers=1, epochs=40, lr=1e-2, random_state=0)
