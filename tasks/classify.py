@@ -16,8 +16,9 @@ Protocol, the same for every model:
   each series backwards), mean or last pooling, linear read-out): trained on the whole
   training set for train.epochs (`train.patience: 0`: no early stop), keeping the weights of
   the epoch with the lowest mean training loss and halving the learning rate on its plateaus (the defaults,
-  `train.monitor: train`, `train.plateau_patience`), or, with `val_fraction` > 0, with early
-  stopping on a stratified, seeded holdout of it (the best validation weights are kept);
+  `train.monitor: train`, `train.plateau_patience`), or, with `val_fraction` > 0, those with the
+  lowest loss on a stratified, seeded holdout of it (with `train.patience` > 0, also stopping
+  early on it);
   unequal lengths are right-padded per batch and masked, never truncated;
 - minirocket (Dempster et al. 2021, sktime's implementation): `minirocket_kernels` (10 000)
   features, then RidgeClassifierCV(alphas=logspace(-3, 3, 10)) on features scaled to unit
@@ -129,9 +130,9 @@ class ClassifyConfig:
     """Backbone models: a second backbone reads each series backwards and its pooled features
     are added to the first's (twice the backbone's parameters and time; rlts.heads.classify)."""
     val_fraction: float = 0.0
-    """Share of the training set held out (stratified, seeded) for early stopping of the backbone
-    models: with a holdout, its loss picks the weights kept and stops early whatever
-    train.monitor says (results.json then records train.monitor: val). 0 (default): no holdout;
+    """Share of the training set held out (stratified, seeded) to judge the backbone models: with a
+    holdout, its loss picks the weights kept whatever train.monitor says (results.json then
+    records train.monitor: val), and with train.patience > 0 stops training early. 0 (default): no holdout;
     the backbone trains on the whole training set and train.monitor (default: train, the epoch's
     mean training loss) picks the weights (the UCR/UEA training sets are small: 36-270 series;
     early stopping on a few held-out series stopped runs far too early). MiniRocket always fits
@@ -353,7 +354,7 @@ def predict_scores(model: torch.nn.Module, data: PanelDataset, batch_size: int, 
     out = []
     for x, lengths, _ in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_unequal):
         logits = model(x.to(device), lengths.to(device))                 # (B, n_classes)
-        out.append(torch.softmax(logits.double(), dim=-1).cpu())
+        out.append(torch.softmax(logits.cpu().double(), dim=-1))        # float64 on the CPU (not on MPS)
     return torch.cat(out).numpy()
 
 
@@ -526,8 +527,10 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             "description": (
                 "the dataset's own train/test split; channels standardised with the training set's "
                 "per-channel mean/std (every model sees the same series); backbone models: "
-                + (f"early stopping on a stratified, seeded holdout of {n_val} training series (best validation "
-                   "weights kept)" if n_val else
+                + (f"judged on a stratified, seeded holdout of {n_val} training series"
+                   + (f", stopped after {cfg.train.patience} epochs without a lower validation loss"
+                      if cfg.train.patience > 0 else ", all epochs")
+                   + " (best validation weights kept)" if n_val else
                    "trained on the whole training set, "
                    + ("the weights of the epoch with the lowest mean training loss kept"
                       if cfg.train.monitor == "train" else "the last epoch's weights kept"))
@@ -603,6 +606,10 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             r = state["results"][name]
             files = [out / name / f"seed{seed}" / SCORES_FILE for seed in seeds]
             r["ensemble_accuracy"] = ensemble = ensemble_accuracy(files, test_y)
+            missing = [str(f.relative_to(out)) for f in files if not f.is_file()]
+            if missing:
+                log(f"[note] {name}: no seed ensemble, these runs predate rlts keeping test scores: "
+                    f"{', '.join(missing)}")
             log(f"[done] {name}: mean accuracy {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} over seeds "
                 f"{seeds[0]}..{seeds[-1]}" + (f"; their ensemble {ensemble:.4f}" if ensemble is not None else ""))
         write_json_atomic(state, results_path)

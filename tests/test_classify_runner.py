@@ -281,25 +281,47 @@ def test_seed_ensemble_averages_the_runs_class_scores(tmp_path):
     assert ensemble_accuracy(files, np.array(truth)) is None
 
 
-@pytest.mark.parametrize("n_classes", [2, 3])
-def test_minirocket_scores_rank_classes_as_the_ridge_predicts(n_classes):
+@pytest.mark.parametrize("seen", [(0, 2), (0, 1, 3)], ids=["binary", "three-classes"])
+def test_minirocket_scores_rank_classes_as_the_ridge_predicts(seen):
     """Two classes: the ridge's one decision value d becomes the scores (-d, d); a class with no
-    training series scores -inf. The argmax is always the classifier's own prediction."""
+    training series (here one between or before the others) scores -inf. The argmax is always
+    the classifier's own prediction."""
     from tasks.classify import fit_minirocket, minirocket_scores
 
-    rng = np.random.default_rng(n_classes)
+    rng = np.random.default_rng(len(seen))
+    n_classes = max(seen) + 1
     cfg = parse_classify_config(["--dataset", "GunPoint", "--minirocket_kernels", "84"])
     make = lambda k: np.cumsum(rng.standard_normal((30, 1)), axis=0) + 0.5 * k  # noqa: E731  (L, C)
-    train_y = np.arange(24) % n_classes
+    train_y = np.array(seen)[np.arange(24) % len(seen)]
     train_x = [make(k) for k in train_y]
-    test_x = [make(k) for k in np.arange(15) % n_classes]
+    test_x = [make(k) for k in np.array(seen)[np.arange(15) % len(seen)]]
     transform, classifier = fit_minirocket(train_x, train_y, "MiniRocket", cfg, seed=0)
-    scores = minirocket_scores(transform, classifier, test_x, "MiniRocket", n_classes + 1)  # class n_classes unseen
+    scores = minirocket_scores(transform, classifier, test_x, "MiniRocket", n_classes)
     features = np.asarray(transform.transform(np.stack([x.T for x in test_x])))
-    assert scores.shape == (15, n_classes + 1) and np.all(scores[:, -1] == -np.inf)
+    unseen = [k for k in range(n_classes) if k not in seen]
+    assert scores.shape == (15, n_classes) and np.all(scores[:, unseen] == -np.inf)
+    assert np.all(np.isfinite(scores[:, list(seen)]))
     assert np.array_equal(scores.argmax(axis=1), classifier.predict(features))
-    if n_classes == 2:
-        assert np.array_equal(scores[:, 1], -scores[:, 0])
+    if len(seen) == 2:
+        assert np.array_equal(scores[:, seen[1]], -scores[:, seen[0]])
+        assert np.array_equal(scores[:, seen[1]], classifier.decision_function(features))
+
+
+def test_ensemble_accuracy_averages_scores_not_votes(tmp_path):
+    """Three runs, two series (true classes 0 and 1), a third class no run can pick (-inf). Each
+    run is right once; a majority vote misses series 0, the largest single score misses series 1;
+    the average gets both."""
+    inf = float("inf")
+    runs = [[[0.90, 0.10, -inf], [0.90, 0.10, -inf]],
+            [[0.40, 0.60, -inf], [0.25, 0.75, -inf]],
+            [[0.45, 0.55, -inf], [0.25, 0.75, -inf]]]
+    files = []
+    for k, scores in enumerate(runs):
+        files.append(tmp_path / f"run{k}.pt")
+        torch.save({"scores": torch.tensor(scores, dtype=torch.float64), "classes": ["a", "b", "c"]}, files[-1])
+    truth = np.array([0, 1])
+    assert ensemble_accuracy(files, truth) == _naive_ensemble_accuracy(runs, truth) == 1.0
+    assert ensemble_accuracy(files[1:], truth) == 0.5  # two runs that agree: series 0 is lost
 
 
 def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
@@ -331,8 +353,9 @@ def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
     state = _run([*argv, "--out", str(out)], log=lines.append)
     assert [line.split(" (")[0] for line in lines if line.startswith(("[train]", "[resume]"))] == ["[train] gru"]
     assert "seed 2" in next(line for line in lines if line.startswith("[train]"))
-    assert state["results"]["gru"]["ensemble_accuracy"] is not None  # the finished seeds kept their scores
     fresh = _run([*argv, "--out", str(tmp_path / "fresh")])
+    # The seeds finished before the interruption kept their scores: the ensemble is the full one.
+    assert state["results"]["gru"]["ensemble_accuracy"] == fresh["results"]["gru"]["ensemble_accuracy"]
     strip = lambda runs: [{k: v for k, v in r.items() if k != "train_time_s"} for r in runs]  # noqa: E731
     assert strip(state["results"]["gru"]["runs"]) == strip(fresh["results"]["gru"]["runs"])
     assert state["partial"] == {}
