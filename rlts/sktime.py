@@ -602,11 +602,11 @@ class SequenceClassifier(BaseClassifier):
         -------
         params : list of dict
             Parameters of two test instances (different backbones, poolings and stems; one
-            bidirectional).
+            causal, one bidirectional).
         """
         return [
             {"backbone": "gru", "d_model": 4, "n_layers": 1, "epochs": 1, "batch_size": 64, "pooling": "last",
-             "patch_len": 4, "stem": "none", "plateau_patience": 0, "random_state": 0},
+             "patch_len": 4, "stem": "none", "plateau_patience": 0, "bidirectional": False, "random_state": 0},
             {"backbone": "mamba", "d_model": 4, "n_layers": 1, "pooling": "mean", "stem": "conv", "epochs": 2,
              "batch_size": 64, "ema": 0.5, "backbone_kwargs": {"d_state": 4}, "bidirectional": True,
              "random_state": 1},

@@ -88,6 +88,9 @@ def test_test_params_are_tiny_and_varied():
         assert len(params) >= 2
         assert len({p["backbone"] for p in params}) == len(params)
         assert all(p["d_model"] <= 8 and p["epochs"] <= 2 for p in params)
+    # check_estimator covers the classifier both ways, whatever the default
+    assert {p.get("bidirectional", SequenceClassifier().bidirectional)
+            for p in SequenceClassifier.get_test_params()} == {False, True}
 
 
 # --------------------------------------------------------------------------------------------
