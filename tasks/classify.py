@@ -606,10 +606,9 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             r = state["results"][name]
             files = [out / name / f"seed{seed}" / SCORES_FILE for seed in seeds]
             r["ensemble_accuracy"] = ensemble = ensemble_accuracy(files, test_y)
-            missing = [str(f.relative_to(out)) for f in files if not f.is_file()]
-            if missing:
-                log(f"[note] {name}: no seed ensemble, these runs predate rlts keeping test scores: "
-                    f"{', '.join(missing)}")
+            if ensemble is None:
+                missing = ", ".join(str(f.relative_to(out)) for f in files if not f.is_file())
+                log(f"[note] {name}: no seed ensemble, these runs predate rlts keeping test scores: {missing}")
             log(f"[done] {name}: mean accuracy {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} over seeds "
                 f"{seeds[0]}..{seeds[-1]}" + (f"; their ensemble {ensemble:.4f}" if ensemble is not None else ""))
         write_json_atomic(state, results_path)
