@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sktime.classification.ensemble import WeightedEnsembleClassifier
 from sktime.datasets import load_UCR_UEA_dataset
 from sktime.forecasting.compose import ForecastingPipeline, TransformedTargetForecaster
 from sktime.forecasting.model_evaluation import evaluate
@@ -266,6 +267,21 @@ def test_classifier_in_pipeline_with_panel_transformer():
     y_pred = pipe.predict(X)
     assert y_pred.shape == (30,) and set(y_pred) <= {"falling", "rising"}
     assert pipe.predict_proba(X).shape == (30, 2)
+
+
+@pytest.mark.filterwarnings("ignore:Data seen by WeightedEnsembleClassifier.*unequal length")
+def test_classifier_seed_ensemble_is_sktimes_weighted_ensemble():
+    """`rlts classify --seeds N`'s ensemble, inside sktime: WeightedEnsembleClassifier with no
+    weights averages its members' probabilities, here networks that differ only by their seed.
+    (sktime warns that the ensemble itself is not tagged for unequal lengths; its members are.)"""
+    X, y = rising_falling(24, seed=4)
+    X_test, _ = rising_falling(16, seed=5)
+    members = [small_classifier(random_state=s, epochs=3) for s in (0, 1, 2)]
+    ensemble = WeightedEnsembleClassifier(members).fit(X, y)
+    alone = [m.clone().fit(X, y).predict_proba(X_test) for m in members]  # (N, 2) each
+    assert not np.allclose(alone[0], alone[1])  # the seeds give different networks
+    np.testing.assert_allclose(ensemble.predict_proba(X_test), np.mean(alone, axis=0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(ensemble.predict(X_test), np.array(sorted(set(y)))[np.mean(alone, axis=0).argmax(1)])
 
 
 def test_classifier_on_japanese_vowels():
