@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -75,6 +76,34 @@ def test_fill_interpolates_in_time(tmp_path):
     np.testing.assert_allclose(by_row.values[:, 0], [0, 1, 2, 3])
 
 
+def test_saved_pandas_index_dropped(tmp_path):
+    frame = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=5, freq="h"),
+                          "a": np.arange(5.0), "OT": np.arange(5.0) + 100})
+    frame.to_csv(tmp_path / "saved.csv")  # with its index: an empty header, 0..4
+    with pytest.warns(UserWarning, match=r"saved\.csv: dropped column 1 \(no header, values 0\.\.4\)"):
+        table = load_csv(tmp_path / "saved.csv")
+    assert table.columns == ["a", "OT"] and table.dates.name == "date" and table.values.shape == (5, 2)
+    # saved twice (read back without index_col, saved again): two index columns
+    pd.read_csv(tmp_path / "saved.csv").to_csv(tmp_path / "twice.csv")
+    with pytest.warns(UserWarning, match="dropped column") as caught:
+        assert load_csv(tmp_path / "twice.csv").columns == ["a", "OT"]
+    assert ["dropped column 1" in str(w.message) for w in caught] == [True, False]
+    with pytest.warns(UserWarning, match=r"values 1\.\.3"):
+        assert load_csv(write(tmp_path, ",x,y\n1,5,6\n2,7,8\n3,9,10\n")).columns == ["x", "y"]
+
+
+def test_date_format_day_first(tmp_path):
+    path = write(tmp_path, "date,a\n10/01/2020,1\n11/01/2020,2\n12/01/2020,3\n13/01/2020,4\n")
+    with pytest.raises(ValueError, match="date_format"):
+        load_csv(path)
+    table = load_csv(path, date_format="%d/%m/%Y")
+    assert [str(d.date()) for d in table.dates] == ["2020-01-10", "2020-01-11", "2020-01-12", "2020-01-13"]
+    # detected by value (no date-like name) with the format
+    dots = write(tmp_path, "when,a\n31.12.2020,1\n01.01.2021,2\n", "dots.csv")
+    other = load_csv(dots, date_format="%d.%m.%Y")
+    assert other.columns == ["a"] and str(other.dates[1].date()) == "2021-01-01"
+
+
 BAD_INPUTS = [
     # (file text or None for a missing file, load_csv kwargs, message pattern)
     (None, {}, r"missing\.csv: file not found"),
@@ -85,7 +114,7 @@ BAD_INPUTS = [
     ("date,a,b\n2020-01-01,1,2\n2020-01-02,1,x7\n", {},
      r"bad\.csv: column 'b' is not numeric: row 2 \(line 3\) holds 'x7'"),
     ("date,a,b\n2020-01-01,1,\n2020-01-02,,\n2020-01-03,3,4\n", {},
-     r"bad\.csv: missing values \(NaN\) in columns 'a': 1, 'b': 2; pass fill=True"),
+     r"bad\.csv: missing values \(NaN\) in columns 'a': 1, 'b': 2; pass fill=True \(--fill on the command line\)"),
     ("date,a,b\n2020-01-01,1,2\n", {"features": "X"}, r"bad\.csv: unknown features mode 'X'"),
     ("d,a\n2020-01-01,1\nnot a date,2\n", {"date_column": "d"},
      r"bad\.csv: date column 'd' holds 'not a date' at row 2 \(line 3\)"),
@@ -96,6 +125,22 @@ BAD_INPUTS = [
     ("date,a\n2020-01-01,1\n,2\n", {}, r"bad\.csv: date column 'date' has no value at row 2 \(line 3\)"),
     ("date,a\n2020-01-01,1\n", {"target": "date"},
      r"bad\.csv: target column 'date' is the date column; columns: a"),
+    # columns without a header that are not a saved row index
+    (",a\n5,1\n6,2\n", {}, r"bad\.csv: column 1 has no header \(pandas reads it as 'Unnamed: 0'\); give it a name"),
+    ("a,,b\n1,0,2\n3,1,4\n", {}, r"bad\.csv: column 2 has no header .*'Unnamed: 1'"),  # 0, 1 but not leading: not an index
+    ("a,b,\n1,2,\n3,4,\n", {}, r"bad\.csv: column 3 has no header"),  # trailing commas
+    # day-first dates without / with a wrong date_format
+    ("date,a\n10/01/2020,1\n11/01/2020,2\n12/01/2020,3\n13/01/2020,4\n", {},
+     r"bad\.csv: dates in column 'date' are not increasing: row 4 .*day-first dates .*date_format='%d/%m/%Y'"),
+    ("date,a\n10/01/2020,1\n13/01/2020,2\n", {"date_format": "%m/%d/%Y"},
+     r"bad\.csv: date column 'date' holds '13/01/2020' at row 2 \(line 3\), which does not match date_format '%m/%d/%Y'"),
+    ("when,a\n10/01/2020,1\n13/01/2020,2\n", {"date_format": "%Y-%m-%d"},
+     r"bad\.csv: no column matches date_format '%Y-%m-%d'; columns: when, a"),
+    ("date,a\n10/01/2020,1\n", {"date_format": "%Q"}, r"bad\.csv: date_format '%Q' is not a valid format"),
+    # other separators
+    ("date;a;b\n2020-01-01;1;2\n2020-01-02;3;4\n", {},
+     r"bad\.csv: the file reads as one column 'date;a;b'; it looks separated by ';' .*reads comma-separated files"),
+    ("date\ta\n2020-01-01\t1\n", {}, r"bad\.csv: .*one column 'date\\ta'; it looks separated by tabs"),
 ]
 
 

@@ -18,6 +18,7 @@ Every bad input stops with a ValueError that names the file and the column or va
 from __future__ import annotations
 
 import fnmatch
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ PROTOCOLS = ("auto", "ett-hour", "ett-minute", "ratio")
 ETT_HOUR_ROWS = (8640, 2880, 2880)
 """Train / validation / test rows of the ETTh protocol (12 / 4 / 4 months of 30 days)."""
 STD_FLOOR = 1e-8
+UNNAMED = re.compile(r"(Unnamed: \d+(\.\d+)?)?")
+"""Header pandas gives a column with an empty name ("Unnamed: 3"; "Unnamed: 0.1" for a repeat)."""
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -82,8 +85,10 @@ def _row(i: int) -> str:
     return f"row {i + 1} (line {i + 2})"
 
 
-def _parse_dates(values: pd.Series, name: str, path: Path, strict: bool) -> Optional[pd.DatetimeIndex]:
-    """Timestamps of a column, or None (strict=False) / a ValueError (strict=True) if any fails."""
+def _parse_dates(values: pd.Series, name: str, path: Path, strict: bool,
+                 date_format: Optional[str] = None) -> Optional[pd.DatetimeIndex]:
+    """Timestamps of a column, or None (strict=False) / a ValueError (strict=True) if any fails.
+    date_format: pandas.to_datetime's `format` (e.g. "%d/%m/%Y"); None infers it."""
     text = values.astype("string")
     missing = text.isna() | (text.str.strip() == "")
     if missing.any():
@@ -91,6 +96,18 @@ def _parse_dates(values: pd.Series, name: str, path: Path, strict: bool) -> Opti
             return None
         i = int(np.flatnonzero(missing.to_numpy())[0])
         raise ValueError(f"{path}: date column {name!r} has no value at {_row(i)}")
+    if date_format is not None:
+        try:
+            parsed = pd.to_datetime(text, format=date_format, errors="coerce")
+        except ValueError as e:
+            raise ValueError(f"{path}: date_format {date_format!r} is not a valid format: {e}") from None
+        if not parsed.isna().any():
+            return pd.DatetimeIndex(parsed)
+        if not strict:
+            return None
+        i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise ValueError(f"{path}: date column {name!r} holds {text.iloc[i]!r} at {_row(i)}, "
+                         f"which does not match date_format {date_format!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:  # one format inferred from the first value: fast
@@ -110,19 +127,63 @@ def _parse_dates(values: pd.Series, name: str, path: Path, strict: bool) -> Opti
                      "which does not parse as a date")
 
 
-def _find_date_column(frame: pd.DataFrame, path: Path) -> Tuple[Optional[str], Optional[pd.DatetimeIndex]]:
+def _find_date_column(frame: pd.DataFrame, path: Path,
+                      date_format: Optional[str] = None) -> Tuple[Optional[str], Optional[pd.DatetimeIndex]]:
     """A non-numeric column named date/time/timestamp/datetime, else the first non-numeric
     column whose values all parse as dates, else none. Numeric columns are never taken (epoch
     numbers and plain features cannot be told apart)."""
     text_columns = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     for c in text_columns:
         if str(c).strip().lower() in DATE_NAMES:
-            return c, _parse_dates(frame[c], c, path, strict=True)
+            return c, _parse_dates(frame[c], c, path, strict=True, date_format=date_format)
     for c in text_columns:
-        dates = _parse_dates(frame[c], c, path, strict=False)
+        dates = _parse_dates(frame[c], c, path, strict=False, date_format=date_format)
         if dates is not None:
             return c, dates
     return None, None
+
+
+def _check_separator(frame: pd.DataFrame, path: Path) -> None:
+    """A ValueError for a file read as one column whose header holds ';' or tabs."""
+    if len(frame.columns) != 1:
+        return
+    header = str(frame.columns[0])
+    counts = {";": header.count(";"), "\t": header.count("\t")}
+    sep = max(counts, key=counts.get)
+    if counts[sep]:
+        what = "';' (semicolons)" if sep == ";" else "tabs"
+        raise ValueError(f"{path}: the file reads as one column {header!r}; it looks separated by {what}, "
+                         f"and rlts reads comma-separated files: save it with commas, e.g. "
+                         f"pandas.read_csv(path, sep={sep!r}).to_csv(new_path, index=False)")
+
+
+def _first_row_number(column: pd.Series) -> Optional[int]:
+    """0 or 1 when a column holds exactly the row numbers 0..n-1 or 1..n, else None."""
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return None
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    for first in (0, 1):
+        if np.array_equal(values, np.arange(first, first + len(values))):
+            return first
+    return None
+
+
+def _drop_saved_index(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Drop leading columns without a header (pandas' "Unnamed: N") that hold the row numbers,
+    an index saved by pandas' to_csv, with a warning; a ValueError for any other such column."""
+    keep = []
+    for k, c in enumerate(frame.columns):
+        if not UNNAMED.fullmatch(str(c).strip()):
+            keep.append(c)
+            continue
+        first = None if keep else _first_row_number(frame[c])  # pandas writes the index first
+        if first is None:
+            raise ValueError(f"{path}: column {k + 1} has no header (pandas reads it as {str(c)!r}); "
+                             "give it a name in the header row, or remove it (a pandas index: "
+                             "to_csv(..., index=False))")
+        warnings.warn(f"{path}: dropped column {k + 1} (no header, values {first}..{first + len(frame) - 1}): "
+                      "a row index saved by pandas (to_csv without index=False)", stacklevel=3)
+    return frame[keep] if len(keep) < len(frame.columns) else frame
 
 
 def _numeric(frame: pd.DataFrame, name: str, path: Path) -> np.ndarray:
@@ -149,14 +210,17 @@ def _fill(data: np.ndarray, dates: Optional[pd.DatetimeIndex]) -> np.ndarray:
 
 
 def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: Optional[str] = None,
-             features: str = "M", fill: bool = False) -> SeriesTable:
-    """Read a CSV with a header row into a SeriesTable.
+             features: str = "M", fill: bool = False, date_format: Optional[str] = None) -> SeriesTable:
+    """Read a comma-separated file with a header row into a SeriesTable.
 
     date_column: named, or detected (see `_find_date_column`); a file without one is allowed.
-    Every other column is a feature and must be numeric. target: the column to predict
-    (default: the last feature column). features: "M" all features in and out, "S" the
-    target only, "MS" all in and the target out. fill: interpolate missing values (linearly
-    in time, the ends carried) instead of stopping on them.
+    date_format: the dates' format for pandas.to_datetime (e.g. "%d/%m/%Y" for day-first
+    dates); None infers it. A leading column without a header holding the row numbers (an
+    index saved by pandas) is dropped with a warning. Every other column is a feature and
+    must be numeric. target: the column to predict (default: the last feature column).
+    features: "M" all features in and out, "S" the target only, "MS" all in and the target
+    out. fill: interpolate missing values (linearly in time, the ends carried) instead of
+    stopping on them.
     """
     path = Path(path)
     if features not in FEATURE_MODES:
@@ -173,20 +237,28 @@ def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: 
     if len(frame) == 0:
         raise ValueError(f"{path}: the file has a header ({', '.join(map(str, frame.columns))}) "
                          "but no data rows")
+    _check_separator(frame, path)
+    frame = _drop_saved_index(frame, path)
     available = ", ".join(map(str, frame.columns))
 
     if date_column is not None:
         if date_column not in frame.columns:
             raise ValueError(f"{path}: no date column {date_column!r}; columns: {available}")
-        dates = _parse_dates(frame[date_column], date_column, path, strict=True)
+        dates = _parse_dates(frame[date_column], date_column, path, strict=True, date_format=date_format)
     else:
-        date_column, dates = _find_date_column(frame, path)
+        date_column, dates = _find_date_column(frame, path, date_format)
+        if dates is None and date_format is not None:
+            raise ValueError(f"{path}: no column matches date_format {date_format!r}; columns: {available} "
+                             "(name the date column with date_column)")
     if dates is not None:
         step = np.diff(dates.asi8)
         if (step <= 0).any():
             i = int(np.flatnonzero(step <= 0)[0]) + 1
+            hint = ("" if date_format is not None else
+                    "; day-first dates (e.g. 13/01/2020) need date_format, e.g. date_format='%d/%m/%Y' "
+                    "(--date_format %d/%m/%Y on the command line)")
             raise ValueError(f"{path}: dates in column {date_column!r} are not increasing: {_row(i)} "
-                             f"({dates[i]}) does not come after {_row(i - 1)} ({dates[i - 1]})")
+                             f"({dates[i]}) does not come after {_row(i - 1)} ({dates[i - 1]}){hint}")
 
     candidates = [str(c) for c in frame.columns if c != date_column]
     if not candidates:
@@ -212,7 +284,7 @@ def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: 
         if not fill:
             counts = ", ".join(f"{c!r}: {n}" for c, n in zip(columns, nans) if n)
             raise ValueError(f"{path}: missing values (NaN) in columns {counts}; "
-                             "pass fill=True to interpolate them")
+                             "pass fill=True (--fill on the command line) to interpolate them")
         data = _fill(data, dates)
     return SeriesTable(values=data.astype(np.float32), columns=columns, dates=dates,
                        target_index=columns.index(target), path=path, features=features)
