@@ -73,6 +73,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         args = typing.get_args(tp)
         inner = args[0] if args else str
         items = value if isinstance(value, (list, tuple)) else [value]
+        if inner in (int, float):  # numbers may come comma-separated too: --horizons 96,192
+            items = [p for v in items for p in (v.split(",") if isinstance(v, str) else [v]) if p != ""]
         out = [_coerce(key, v, inner) for v in items]
         return tuple(out) if origin is tuple else out
     if tp is bool:

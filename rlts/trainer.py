@@ -89,6 +89,27 @@ class TrainConfig:
     validated, kept as the best weights and returned, and the raw weights only train."""
 
 
+def check_train_config(cfg: TrainConfig, name: str = "TrainConfig") -> None:
+    """A ValueError naming the first setting of `cfg` out of its range. Trainer.fit checks; the
+    task runners call it with name="train" (their `--train.KEY` spelling) before writing anything."""
+    at_least = {"epochs": 1, "batch_size": 1, "patience": 0, "plateau_patience": 0}
+    for key, low in at_least.items():
+        if getattr(cfg, key) < low:
+            raise ValueError(f"{name}.{key} must be at least {low}, got {getattr(cfg, key)}")
+    for key in ("lr", "weight_decay", "min_lr", "grad_clip"):
+        v = getattr(cfg, key)
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}.{key} must be non-negative, got {v}")
+    if not 0.0 < cfg.lr_decay <= 1.0:
+        raise ValueError(f"{name}.lr_decay must lie in (0, 1], got {cfg.lr_decay}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"{name}.ema must lie in [0, 1), got {cfg.ema}")
+    if cfg.monitor not in ("val", "train"):
+        raise ValueError(f"{name}.monitor must be 'val' or 'train', got {cfg.monitor!r}")
+    if not 0.0 < cfg.plateau_factor < 1.0:
+        raise ValueError(f"{name}.plateau_factor must lie in (0, 1), got {cfg.plateau_factor}")
+
+
 def _dist_info() -> Tuple[int, int]:
     """(rank, world size), initialising the process group under torchrun."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -113,6 +134,7 @@ class Trainer:
         self.cfg, self.loss_fn, self.collate_fn = cfg or TrainConfig(), loss_fn, collate_fn
         self.weight_key = weight_key
         cfg = self.cfg
+        check_train_config(cfg)
         self.rank, self.world = _dist_info()
         if self.world > 1 and torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -156,15 +178,6 @@ class Trainer:
         cfg = self.cfg
         if len(train) == 0:
             raise ValueError("Trainer.fit: the training set is empty")
-        if not 0.0 < cfg.lr_decay <= 1.0:
-            raise ValueError(f"TrainConfig.lr_decay must lie in (0, 1], got {cfg.lr_decay}")
-        if not 0.0 <= cfg.ema < 1.0:
-            raise ValueError(f"TrainConfig.ema must lie in [0, 1), got {cfg.ema}")
-        if cfg.monitor not in ("val", "train"):
-            raise ValueError(f"TrainConfig.monitor must be 'val' or 'train', got {cfg.monitor!r}")
-        if cfg.plateau_patience < 0 or not 0.0 < cfg.plateau_factor < 1.0:
-            raise ValueError(f"TrainConfig: plateau_patience must be >= 0 and plateau_factor in (0, 1), "
-                             f"got {cfg.plateau_patience} and {cfg.plateau_factor}")
         # The averaged copy (torch's AveragedModel, buffers averaged too) is what is validated.
         ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
                if cfg.ema > 0 else None)

@@ -51,6 +51,13 @@ def test_defaults_overlays_and_overrides_apply_in_order(cfg_file):
     assert cfg.horizons == (96, 192) and cfg.amp is True and cfg.note == "x"
 
 
+def test_number_lists_may_be_comma_separated(cfg_file):
+    assert parse_config(Run, ["--horizons", "96,192", "336"], yaml_path=cfg_file).horizons == (96, 192, 336)
+    assert parse_config(Run, ["--horizons=96,192"], yaml_path=cfg_file).horizons == (96, 192)
+    with pytest.raises(ValueError, match="`horizons` expects an integer, got 'x'"):
+        parse_config(Run, ["--horizons", "96,x"], yaml_path=cfg_file)
+
+
 def test_without_file_uses_dataclass_defaults():
     cfg = parse_config(Run, ["--steps=1e3", "--lr", "0.5"])
     assert cfg.steps == 1000 and cfg.lr == 0.5 and cfg.model.d_model == 64

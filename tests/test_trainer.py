@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from rlts.checkpoint import load
-from rlts.trainer import TrainConfig, Trainer
+from rlts.trainer import TrainConfig, Trainer, check_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_plateau_cuts_the_lr_after_patience_epochs_without_a_better_loss(tmp_pat
     assert expected[-1] < expected[0]  # the run did hit a plateau
     with pytest.raises(ValueError, match="monitor must be 'val' or 'train', got 'test'"):
         Trainer(_model(), mse, TrainConfig(monitor="test", progress=False), tmp_path / "z").fit(_data())
-    with pytest.raises(ValueError, match="plateau_factor in \\(0, 1\\), got 2 and 1.5"):
+    with pytest.raises(ValueError, match="plateau_factor must lie in \\(0, 1\\), got 1.5"):
         Trainer(_model(), mse, TrainConfig(plateau_patience=2, plateau_factor=1.5, progress=False),
                 tmp_path / "y").fit(_data())
 
@@ -268,3 +268,24 @@ def test_evaluate_weights_batches_by_a_metric(tmp_path):
     assert plain["loss"] != pytest.approx(weighted["loss"])
     with pytest.raises(KeyError, match="no metric 'steps'"):
         Trainer(model, loss_fn, TrainConfig(batch_size=3, device="cpu"), tmp_path / "c", weight_key="steps").evaluate(data)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("epochs", 0, "epochs must be at least 1, got 0"),
+    ("batch_size", 0, "batch_size must be at least 1, got 0"),
+    ("patience", -1, "patience must be at least 0, got -1"),
+    ("plateau_patience", -2, "plateau_patience must be at least 0, got -2"),
+    ("lr", -1e-3, "lr must be non-negative, got -0.001"),
+    ("lr", float("nan"), "lr must be non-negative, got nan"),
+    ("weight_decay", -1e-4, "weight_decay must be non-negative, got -0.0001"),
+    ("grad_clip", float("inf"), "grad_clip must be non-negative, got inf"),
+    ("plateau_factor", 1.0, r"plateau_factor must lie in \(0, 1\), got 1.0"),
+])
+def test_check_train_config_names_the_setting(tmp_path, key, value, match):
+    cfg = TrainConfig(progress=False, **{key: value})
+    with pytest.raises(ValueError, match=rf"^train\.{match}"):
+        check_train_config(cfg, "train")
+    with pytest.raises(ValueError, match=rf"^TrainConfig\.{match}"):  # the Trainer checks before anything
+        Trainer(_model(), mse, cfg, tmp_path).fit(_data())
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    check_train_config(TrainConfig())  # the defaults pass
