@@ -29,8 +29,9 @@ Protocol, the same for every model:
   (the training mean after standardisation).
 Every model therefore accepts unequal lengths; none is refused for them.
 
-Bad input (unknown dataset, missing or unparseable file, channel-count mismatch, test labels
-outside the training classes, missing values, a single class) stops with one message naming
+Bad input (unknown dataset, missing, unparseable or non-.ts file, a class label its file's
+@classLabel line does not declare, channel-count mismatch, test labels outside the training
+classes, missing values, a single class) stops with one message naming
 the file, dataset or value (`rlts classify: error: ...`, exit code 2) before anything is
 written to `out`.
 
@@ -73,7 +74,7 @@ from rlts.heads.classify import POOLINGS, STEMS, SequenceClassifier, classificat
 from rlts.nn import BACKBONES, count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
-from rlts.trainer import Trainer, TrainConfig
+from rlts.trainer import Trainer, TrainConfig, check_train_config
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            split_names, table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
@@ -195,9 +196,9 @@ def check_config(cfg: ClassifyConfig) -> None:
         v = getattr(cfg, key)
         if v is not None and v < 1:
             raise ValueError(f"{key} must be at least 1 or none, got {v}")
-    for key in ("d_model", "n_layers", "patch_len", "eval_batch_size", "minirocket_kernels", "seeds", "train.epochs",
-                "train.batch_size"):
-        v = getattr(cfg.train, key[6:]) if key.startswith("train.") else getattr(cfg, key)
+    check_train_config(cfg.train, "train")
+    for key in ("d_model", "n_layers", "patch_len", "eval_batch_size", "minirocket_kernels", "seeds"):
+        v = getattr(cfg, key)
         if v < 1:
             raise ValueError(f"{key} must be at least 1, got {v}")
     for name in resolve_models(cfg):
@@ -270,12 +271,30 @@ def load_named(name: str) -> Tuple[str, tuple, tuple]:
     return canonical, train, test
 
 
+def _ts_header(path: Path, role: str) -> List[List[str]]:
+    """The words of each line before a .ts file's @data line; ValueError naming the file when it
+    has no @data line (then it is no .ts file, and sktime's parser would fail obscurely)."""
+    header: List[List[str]] = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            words = line.split()
+            if words[:1] and words[0].lower() == "@data":
+                return header
+            header.append(words)
+    first = next((" ".join(w) for w in header if w), "")
+    raise ValueError(f"{role} file {path} is not a .ts file: it has no @data line (sktime's .ts format: header lines "
+                     "starting with @, such as @problemName and @classLabel true A B, then @data and one series a "
+                     "line)" + (f"; its first line reads {first[:60]!r}" if first else "; it is empty"))
+
+
 def load_ts(path: str, role: str) -> tuple:
-    """(X, y) of a labelled .ts file; ValueError naming the file when it is missing or does not parse."""
+    """(X, y) of a labelled .ts file; ValueError naming the file when it is missing, is no .ts
+    file, does not parse or has labels that its @classLabel line does not declare."""
     from sktime.datasets import load_from_tsfile
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{role} file {path} does not exist")
+    header = _ts_header(p, role)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -288,6 +307,13 @@ def load_ts(path: str, role: str) -> tuple:
         raise ValueError(f"{role} file {path} holds a regression target (@targetLabel), not class labels")
     if y is None or len(y) != len(X):
         raise ValueError(f"{role} file {path} has no class labels (@classLabel true ... is needed)")
+    # sktime checks the labels against @classLabel only in files with time stamps; it reads them in lower case.
+    declared = next(([w.lower() for w in words[2:]] for words in header
+                     if [w.lower() for w in words[:2]] == ["@classlabel", "true"]), None)
+    undeclared = [] if declared is None else sorted(set(map(str, y)) - set(declared))
+    if undeclared:
+        raise ValueError(f"{role} file {path} has class labels that its @classLabel line does not declare: "
+                         f"{', '.join(map(repr, undeclared))} (declared: {', '.join(map(repr, declared))})")
     return X, y
 
 
@@ -392,6 +418,18 @@ def fit_minirocket(train_x: List[np.ndarray], train_y: np.ndarray, variant: str,
         features = np.asarray(transform.fit_transform(_minirocket_input(train_x, variant)))
     classifier.fit(features, train_y)
     return transform, classifier
+
+
+def warm_up_minirocket(series: List[np.ndarray], variant: str) -> None:
+    """Run the `variant` transform once on two of `series` with its fewest kernels (84), so that
+    numba compiles (or loads from its cache) the functions that fit_minirocket then calls."""
+    from sktime.transformations import rocket
+
+    extra = {"pad_value_short_series": 0.0} if variant == "MiniRocketMultivariateVariable" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        getattr(rocket, variant)(num_kernels=84, random_state=0, n_jobs=1, **extra).fit_transform(
+            _minirocket_input(series[:2], variant))
 
 
 def minirocket_state(transform, classifier, variant: str, classes: list, scaler) -> dict:
@@ -552,6 +590,8 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
 
     def fit_and_score(name: str, seed: int, model_dir: Path) -> dict:
         """One run of model `name` with `seed`: train, predict the test set, return its entry."""
+        if name == "minirocket":  # numba compiles MiniRocket on its first use in a process: not training time
+            warm_up_minirocket(std_train, variant)
         seed_everything(seed)
         t0 = time.perf_counter()
         if name == "minirocket":
@@ -622,28 +662,28 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
     return state
 
 
-def plot_confusion(path: Path, state: dict, models: List[str]) -> None:
+def plot_confusion(path: Path, state: dict, models: List[str]) -> Optional["matplotlib.figure.Figure"]:
     """One panel per model: test-set counts, row = true class, column = predicted class (summed
-    over the seeds of a model run with several)."""
+    over the seeds of a model run with several). Returns the (closed) figure, None without models."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = [m for m in models if m in state["results"]]
     if not done:
-        return
+        return None
     classes = state["dataset"]["classes"]
     k = len(classes)
     size = min(2.0 + 0.35 * k, 9.0)
     fig, axes = plt.subplots(1, len(done), figsize=(size * len(done), size), squeeze=False)
     for ax, m in zip(axes[0], done):
         counts = np.asarray(state["results"][m]["confusion_matrix"])
-        ax.imshow(counts, cmap="Blues")
+        image = ax.imshow(counts, cmap="Blues")
         if k <= 20:
             for i in range(k):
-                for j in range(k):
+                for j in range(k):  # light text on the darker half of the colour scale (vmin..vmax), dark on the rest
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if counts[i, j] > counts.max() / 2 else "black")
+                            color="white" if image.norm(counts[i, j]) > 0.5 else "black")
         ticks = np.arange(k) if k <= 30 else np.linspace(0, k - 1, 10).round().astype(int)
         ax.set_xticks(ticks, [classes[t] for t in ticks], fontsize=7, rotation=90 if k > 10 else 0)
         ax.set_yticks(ticks, [classes[t] for t in ticks], fontsize=7)
@@ -660,6 +700,7 @@ def plot_confusion(path: Path, state: dict, models: List[str]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return fig
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -10,7 +10,7 @@ import torch
 
 from rlts.checkpoint import load
 from tasks.cli import main
-from tasks.classify import ensemble_accuracy, parse_classify_config, run_classify, stratified_order
+from tasks.classify import ensemble_accuracy, parse_classify_config, plot_confusion, run_classify, stratified_order
 
 LEVELS = (-1.5, 0.0, 1.5)  # the synthetic classes: easy to tell apart, chance is 1/3
 
@@ -432,6 +432,45 @@ def test_cli_errors_are_one_line_and_keep_out(tmp_path, capsys, monkeypatch):
     assert "seeds must be at least 1, got 0" in err
 
     assert keep.read_text() == "mine" and sorted(os.listdir(out)) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("name,text,expect", [
+    ("good.csv", "a,b,c\n1,2,3\n4,5,6\n", ["is not a .ts file", "no @data line", "'a,b,c'"]),
+    ("letters_TRAIN.ts", None, ["not a readable labelled .ts file", "could not convert string to float"]),
+    ("dims_TRAIN.ts", None, ["not a readable labelled .ts file", "inconsistent number of dimensions"]),
+    ("zebra_TRAIN.ts", None, ["does not declare: 'zebra' (declared: 'a', 'b', 'c')"]),
+], ids=["csv", "not-a-number", "missing-channel", "undeclared-label"])
+def test_bad_train_file_is_one_line_error_naming_it(tmp_path, capsys, name, text, expect):
+    """A CSV (sktime's parser fails on it with a TypeError), a .ts file sktime cannot parse, and
+    one whose rows carry a label its @classLabel line lacks (sktime accepts that silently)."""
+    _, test = _toy_pair(tmp_path)
+    rows = {"letters_TRAIN.ts": ["1,2,3,4:1,2,3,4:a", "1,2,x,4:1,2,3,4:b"],
+            "dims_TRAIN.ts": ["1,2,3,4:1,2,3,4:a", "1,2,3,4:b"],
+            "zebra_TRAIN.ts": ["1,2,3,4:1,2,3,4:a", "1,2,3,4:1,2,3,4:b", "1,2,3,4:1,2,3,4:zebra"]}
+    train = tmp_path / name
+    if text is None:
+        _write_ts(train, rows=rows[name], lengths=(4, 4))
+    else:
+        train.write_text(text)
+    err = _cli_error(capsys, ["--train", str(train), "--test", str(test), "--config", "debug",
+                              "--out", str(tmp_path / "out")])
+    assert f"train file {train} " in err and "TypeError" not in err
+    for part in expect:
+        assert part in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_confusion_text_is_dark_on_light_cells(tmp_path):
+    """The text colour follows the cell's place in the colour scale (vmin..vmax), not max / 2:
+    with 52 the smallest count, 52 and 56 sit on near-white cells."""
+    state = {"dataset": {"classes": ["1", "2"], "dataset": "GunPoint", "n_test": 150, "n_test_available": 150},
+             "results": {"mamba": {"accuracy": 0.64, "confusion_matrix": [[100, 52], [56, 92]]},
+                         "aaren": {"accuracy": 0.81, "confusion_matrix": [[150, 1], [56, 93]]}}}
+    fig = plot_confusion(tmp_path / "cm.png", state, ["mamba", "aaren"])
+    colours = [{t.get_text(): t.get_color() for t in ax.texts} for ax in fig.axes]
+    assert colours == [{"100": "white", "52": "black", "56": "black", "92": "white"},
+                       {"150": "white", "1": "black", "56": "black", "93": "white"}]
+    assert (tmp_path / "cm.png").stat().st_size > 0
 
 
 def test_other_dataset_in_same_out_is_refused(tmp_path, capsys):
