@@ -10,6 +10,7 @@ resumable results.json, and turning a ValueError into one clear command-line mes
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -67,15 +68,38 @@ def output_folder(out: Optional[str], task: str, stem: str) -> Path:
     return path
 
 
-def open_run(cfg, task: str, stem: str, data_keys: Sequence[str], legacy: Optional[dict] = None):
+def file_digests(cfg, file_keys: Sequence[str]) -> Dict[str, str]:
+    """{key: sha256 of the file cfg.<key> names} for the keys that name an existing file."""
+    digests = {}
+    for key in file_keys:
+        name = getattr(cfg, key, None)
+        if name and Path(name).is_file():
+            with open(name, "rb") as f:
+                digests[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
+
+
+def open_run(cfg, task: str, stem: str, data_keys: Sequence[str], legacy: Optional[dict] = None,
+             file_keys: Sequence[str] = ()):
     """The output folder of a run, created: (out, previous results object or {}, the config as
-    a dict with the resolved `out`). Refuses (ValueError) a folder holding another setup's
-    results, before anything is written. `legacy`: see load_results."""
+    a dict with the resolved `out` and `data_sha256`, the digests of the input files named by
+    `file_keys`). Refuses (ValueError), before anything is written, a folder holding another
+    setup's results (for `file_keys`, other file contents, whatever the path's spelling), or
+    files but no results.json: not a run of this command, whose files would be overwritten.
+    `legacy`: see load_results."""
     out = output_folder(cfg.out, task, stem)
-    previous = load_results(out / "results.json", cfg, data_keys, legacy)
+    digests = file_digests(cfg, file_keys)
+    previous = load_results(out / "results.json", cfg, data_keys, legacy, digests)
+    if not previous and out.is_dir():
+        files = sorted(p.name for p in out.iterdir() if not p.is_dir())
+        if files:
+            raise ValueError(f"--out {out} already holds {', '.join(files[:5])}{' ...' if len(files) > 5 else ''} "
+                             f"but no results.json of an `rlts {task}` run, so they would be overwritten; "
+                             "choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     cfg_dict = to_dict(cfg)
     cfg_dict["out"] = str(out)
+    cfg_dict["data_sha256"] = digests
     return out, previous, cfg_dict
 
 
@@ -108,7 +132,8 @@ def _defaults(section) -> dict:
         return {}
 
 
-def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dict] = None) -> dict:
+def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dict] = None,
+                 digests: Optional[Dict[str, str]] = None) -> dict:
     """The results object of an earlier run in the same folder ({} if none). A ValueError if the
     file is not a results object, or if it was made with different `data_keys` settings (data or
     model settings: its numbers would not be comparable with the new ones, or would be reported
@@ -116,7 +141,9 @@ def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dic
     been run with its value in `legacy`, or, when not there, the new value (a key added later
     whose default keeps the old behaviour). A key missing from an old nested config (train) is
     taken to have been run with its dataclass default: a field added later defaults to the old
-    behaviour even where a task's YAML now sets it otherwise (as `train.ema` for forecasting)."""
+    behaviour even where a task's YAML now sets it otherwise (as `train.ema` for forecasting).
+    `digests` ({config key: sha256} of the input files): where the old config recorded them too,
+    those files are compared by their contents instead of by the paths' spelling."""
     if not path.exists():
         return {}
     try:
@@ -139,9 +166,23 @@ def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dic
             return any(a[k] != b[k] for k in a.keys() & b.keys() if k not in _NEUTRAL_KEYS)
         return a != b
 
+    old_digests, digests = old.get("data_sha256"), digests or {}
+    if isinstance(old_digests, dict):
+        for k in digests:
+            if k in old_digests and old_digests[k] != digests[k]:
+                raise ValueError(f"{path} holds results made on another {k} file ({old.get(k)!r}: sha256 "
+                                 f"{old_digests[k][:12]}..., now {new[k]!r}: {digests[k][:12]}...); use another --out")
+        data_keys = [k for k in data_keys if k not in digests or k not in old_digests]
     changed = [k for k in data_keys if k in old and differs(old[k], new[k])]
     if changed:
-        diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+        def show(k: str) -> str:
+            a, b = old[k], new[k]
+            if isinstance(a, dict) and isinstance(b, dict):  # only the nested keys that differ
+                return ", ".join(f"{k}.{n}: {a[n]!r} -> {b[n]!r}" for n in sorted(a.keys() & b.keys())
+                                 if n not in _NEUTRAL_KEYS and a[n] != b[n])
+            return f"{k}: {a!r} -> {b!r}"
+
+        diff = ", ".join(show(k) for k in changed)
         raise ValueError(f"{path} holds results of a different setup ({diff}); use another --out")
     return data
 

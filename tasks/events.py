@@ -52,7 +52,7 @@ from rlts.heads.events import EventModel, evaluate_events, event_loss
 from rlts.nn import count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
-from rlts.trainer import Trainer, TrainConfig
+from rlts.trainer import Trainer, TrainConfig, check_train_config
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
@@ -133,6 +133,7 @@ def resolve_models(cfg: EventsConfig) -> List[str]:
 
 def check_config(cfg: EventsConfig) -> None:
     """ValueErrors for settings that cannot work, before anything is read or written."""
+    check_train_config(cfg.train, "train")
     if not cfg.data:
         raise ValueError("no event file given; pass --data FILE.jsonl")
     if cfg.origin not in ORIGINS:
@@ -238,7 +239,7 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
     n_marks = int(max(int(s.marks.max()) for s in seqs)) + 1 if has_marks else 1
     scale = TimeScale.fit(train, cfg.origin)
 
-    out, previous, cfg_dict = open_run(cfg, "events", Path(cfg.data).stem, _DATA_KEYS, _LEGACY)
+    out, previous, cfg_dict = open_run(cfg, "events", Path(cfg.data).stem, _DATA_KEYS, _LEGACY, file_keys=("data",))
     results_path = out / "results.json"
     log_scale = math.log(scale.scale)
     state = {

@@ -34,7 +34,7 @@ from rlts.heads.forecast import CHANNEL_MODES, DLinear, NaiveForecaster, Sequenc
 from rlts.nn import count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
-from rlts.trainer import Trainer, TrainConfig
+from rlts.trainer import Trainer, TrainConfig, check_train_config
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            split_names, table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
@@ -45,7 +45,7 @@ BASELINES = ("linear", "naive")
 PLOT_WINDOWS = 3
 # Config keys whose change makes earlier results in the same `out` incomparable (models and
 # horizons may change: a rerun adds the missing pairs).
-_DATA_KEYS = ("csv", "target", "date_column", "features", "fill", "window", "protocol", "d_model",
+_DATA_KEYS = ("csv", "target", "date_column", "date_format", "features", "fill", "window", "protocol", "d_model",
               "n_layers", "channel_mode", "patch_len", "skip", "dropout", "train", "max_train_windows",
               "max_val_windows", "seed")
 
@@ -64,6 +64,9 @@ class ForecastConfig:
     """M: all columns in and out; S: the target only; MS: all columns in, the target out."""
     fill: bool = False
     """Interpolate missing values instead of stopping on them."""
+    date_format: Optional[str] = None
+    """Format of the dates for pandas.to_datetime, e.g. %d/%m/%Y for day-first dates; default:
+    inferred."""
     protocol: str = "auto"
     """Split protocol: auto (ETTh*/ETTm* files: TSLib 12/4/4 months, else 70/10/20 %),
     ett-hour, ett-minute or ratio."""
@@ -117,6 +120,7 @@ def resolve_models(cfg) -> List[str]:
 
 def check_config(cfg: ForecastConfig) -> None:
     """ValueErrors for settings that cannot work, before anything is read or written."""
+    check_train_config(cfg.train, "train")
     if not cfg.csv:
         raise ValueError("no CSV file given; pass --csv FILE")
     if cfg.features not in FEATURE_MODES:
@@ -206,14 +210,15 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     models = resolve_models(cfg)
     horizons = list(dict.fromkeys(cfg.horizons))
     table = load_csv(cfg.csv, target=cfg.target, date_column=cfg.date_column, features=cfg.features,
-                     fill=cfg.fill)
+                     fill=cfg.fill, date_format=cfg.date_format)
     n_rows, n_channels = table.values.shape
     # Validate every horizon's splits before writing anything.
     all_borders = {h: split_borders(n_rows, cfg.window, cfg.protocol, path=table.path, horizon=h) for h in horizons}
     borders = all_borders[horizons[0]]  # the ranges do not depend on the horizon
     protocol = protocol_for(table.path) if cfg.protocol == "auto" else cfg.protocol
 
-    out, previous, cfg_dict = open_run(cfg, "forecast", Path(cfg.csv).stem, _DATA_KEYS)
+    out, previous, cfg_dict = open_run(cfg, "forecast", Path(cfg.csv).stem, _DATA_KEYS, {"date_format": None},
+                                       file_keys=("csv",))
     results_path = out / "results.json"
 
     scaler = StandardScaler().fit(table.values[slice(*borders["train"])])
@@ -296,7 +301,8 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                                  table_order(horizons, stored_horizons)), out / "results.csv", out / "results.md")
     if cfg.plots:
         plot_predictions(out / "predictions.png", values, table, cfg.window, horizons[0], all_borders[horizons[0]],
-                         {m: out / f"{m}-h{horizons[0]}" / "samples.json" for m in models})
+                         {m: out / f"{m}-h{horizons[0]}" / "samples.json"  # earlier runs' models too
+                          for m in table_order(models, state["results"])})
     log(md)
     return state
 

@@ -70,7 +70,7 @@ from rlts.heads.decision import DecisionModel, decision_loss
 from rlts.nn import count_parameters, state_nbytes
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
-from rlts.trainer import Trainer, TrainConfig
+from rlts.trainer import Trainer, TrainConfig, check_train_config
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
@@ -171,6 +171,7 @@ def resolve_models(cfg: OfflineConfig) -> List[str]:
 
 def check_config(cfg: OfflineConfig) -> None:
     """ValueErrors for settings that cannot work, before anything is read or written."""
+    check_train_config(cfg.train, "train")
     if not cfg.dataset:
         raise ValueError("no dataset given; pass --dataset FILE.npz (record one with `rlts record`)")
     for key in ("d_model", "n_layers", "context", "eval_episodes", "window_stride"):
@@ -418,7 +419,7 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
     actions = action_size(env)
     train_eps, val_eps = split_episodes(data.n_episodes, cfg.val_fraction, cfg.seed)
 
-    out, previous, cfg_dict = open_run(cfg, "offline", Path(cfg.dataset).stem, _DATA_KEYS)
+    out, previous, cfg_dict = open_run(cfg, "offline", Path(cfg.dataset).stem, _DATA_KEYS, file_keys=("dataset",))
     results_path = out / "results.json"
     reference = previous.get("reference")
     if reference is None:

@@ -131,7 +131,7 @@ def test_rerun_refuses_a_folder_made_before_a_training_setting_existed(tmp_path)
     data = json.loads((out / "results.json").read_text())
     del data["config"]["train"]["ema"]  # as written by rlts before the key existed
     (out / "results.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"different setup \(train: .*'ema': 0.99"):
+    with pytest.raises(ValueError, match=r"different setup \(train\.ema: 0\.0 -> 0\.99\)"):
         _run(argv)
     assert set(_run(argv + ["--train.ema", "0"])["results"]) == {"naive"}
 
@@ -143,6 +143,59 @@ def _cli_error(capsys, argv):
     assert len(err.splitlines()) == 1 and err.startswith("rlts forecast: error: ")
     assert "Traceback" not in err
     return err
+
+
+def test_rerun_compares_the_csv_by_content_not_by_its_path(tmp_path, monkeypatch):
+    """Another file under the same name is refused (its results would be mixed with the old
+    ones in one table); the same file spelled another way resumes."""
+    csv = _write_series(tmp_path / "sines.csv")
+    out = tmp_path / "out"
+    argv = ["--config", "debug", "--models", "naive", "--horizon", "12", "--plots", "false", "--out", str(out)]
+    _run(["--csv", str(csv), *argv])
+    assert len(json.loads((out / "results.json").read_text())["config"]["data_sha256"]["csv"]) == 64
+    monkeypatch.chdir(tmp_path)
+    log = []
+    _run(["--csv", "./sines.csv", *argv], log=log.append)  # relative spelling: the same file
+    assert any(line.startswith("[skip] naive h=12") for line in log)
+    written = (out / "results.json").read_text()
+    _write_series(csv, n=N_ROWS - 50)  # other contents, same path
+    with pytest.raises(ValueError, match=r"holds results made on another csv file \('.*sines.csv': sha256"):
+        _run(["--csv", str(csv), *argv])
+    assert (out / "results.json").read_text() == written
+
+
+def test_out_folder_with_files_but_no_results_is_refused(tmp_path):
+    csv = _write_series(tmp_path / "sines.csv")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.md").write_text("my own table")
+    with pytest.raises(ValueError, match=r"already holds results.md but no results.json .* would be overwritten"):
+        _run(["--csv", str(csv), "--config", "debug", "--models", "naive", "--horizon", "12", "--out", str(out)])
+    assert sorted(os.listdir(out)) == ["results.md"] and (out / "results.md").read_text() == "my own table"
+
+
+def test_added_models_keep_the_earlier_models_in_the_plot(tmp_path, monkeypatch):
+    import tasks.forecast as forecast
+
+    plotted = []
+    monkeypatch.setattr(forecast, "plot_predictions", lambda path, *a: plotted.append(sorted(a[-1])))
+    csv = _write_series(tmp_path / "sines.csv")
+    argv = ["--csv", str(csv), "--config", "debug", "--horizon", "12", "--out", str(tmp_path / "out")]
+    _run([*argv, "--models", "naive"])
+    _run([*argv, "--models", "linear"])
+    assert plotted == [["naive"], ["linear", "naive"]]
+
+
+def test_day_first_dates_need_and_take_date_format(tmp_path, capsys):
+    csv = _write_series(tmp_path / "sines.csv")
+    frame = pd.read_csv(csv)
+    frame["date"] = pd.to_datetime(frame["date"]).dt.strftime("%d/%m/%Y %H:%M")  # 13/01/2021 ...
+    frame.to_csv(csv, index=False)
+    argv = ["--csv", str(csv), "--config", "debug", "--models", "naive", "--horizon", "12", "--plots", "false"]
+    err = _cli_error(capsys, [*argv, "--out", str(tmp_path / "a")])
+    assert "not increasing" in err and "--date_format %d/%m/%Y" in err
+    state = _run([*argv, "--date_format", "%d/%m/%Y %H:%M", "--out", str(tmp_path / "b")])
+    assert np.isfinite(state["results"]["naive"]["12"]["mse"])
 
 
 def test_cli_errors_are_one_line_and_keep_out(tmp_path, capsys):
@@ -172,6 +225,9 @@ def test_cli_errors_are_one_line_and_keep_out(tmp_path, capsys):
 
     err = _cli_error(capsys, ["--csv", str(csv), "--patch_len", "49", *base])  # debug window: 48
     assert "patch_len must lie in [1, window] = [1, 48], got 49" in err
+
+    err = _cli_error(capsys, ["--csv", str(csv), "--epochs", "0", *base])
+    assert "train.epochs must be at least 1, got 0" in err
 
     assert keep.read_text() == "mine" and sorted(os.listdir(out)) == ["notes.txt"]
 
