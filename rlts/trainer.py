@@ -90,8 +90,9 @@ class TrainConfig:
 
 
 def check_train_config(cfg: TrainConfig, name: str = "TrainConfig") -> None:
-    """A ValueError naming the first setting of `cfg` out of its range. Trainer.fit checks; the
-    task runners call it with name="train" (their `--train.KEY` spelling) before writing anything."""
+    """A ValueError naming the first setting of `cfg` out of its range. The Trainer checks when it
+    is made; the task runners call it with name="train" (their `--train.KEY` spelling) before
+    they write anything."""
     at_least = {"epochs": 1, "batch_size": 1, "patience": 0, "plateau_patience": 0}
     for key, low in at_least.items():
         if getattr(cfg, key) < low:

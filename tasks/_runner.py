@@ -90,7 +90,7 @@ def open_run(cfg, task: str, stem: str, data_keys: Sequence[str], legacy: Option
     out = output_folder(cfg.out, task, stem)
     digests = file_digests(cfg, file_keys)
     previous = load_results(out / "results.json", cfg, data_keys, legacy, digests)
-    if not previous and out.is_dir():
+    if out.is_dir() and not (out / "results.json").exists():
         files = sorted(p.name for p in out.iterdir() if not p.is_dir())
         if files:
             raise ValueError(f"--out {out} already holds {', '.join(files[:5])}{' ...' if len(files) > 5 else ''} "
@@ -171,7 +171,8 @@ def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dic
         for k in digests:
             if k in old_digests and old_digests[k] != digests[k]:
                 raise ValueError(f"{path} holds results made on another {k} file ({old.get(k)!r}: sha256 "
-                                 f"{old_digests[k][:12]}..., now {new[k]!r}: {digests[k][:12]}...); use another --out")
+                                 f"{old_digests[k][:12]}..., now {new[k]!r}: {digests[k][:12]}...); "
+                                 "use another --out")
         data_keys = [k for k in data_keys if k not in digests or k not in old_digests]
     changed = [k for k in data_keys if k in old and differs(old[k], new[k])]
     if changed:

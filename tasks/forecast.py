@@ -45,8 +45,8 @@ BASELINES = ("linear", "naive")
 PLOT_WINDOWS = 3
 # Config keys whose change makes earlier results in the same `out` incomparable (models and
 # horizons may change: a rerun adds the missing pairs).
-_DATA_KEYS = ("csv", "target", "date_column", "date_format", "features", "fill", "window", "protocol", "d_model",
-              "n_layers", "channel_mode", "patch_len", "skip", "dropout", "train", "max_train_windows",
+_DATA_KEYS = ("csv", "target", "date_column", "date_format", "features", "fill", "window", "protocol",
+              "d_model", "n_layers", "channel_mode", "patch_len", "skip", "dropout", "train", "max_train_windows",
               "max_val_windows", "seed")
 
 
