@@ -16,8 +16,11 @@ stop with a ValueError that names the key.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -205,3 +208,49 @@ def parse_config(
     elif names:
         raise ValueError(f"--config {','.join(names)} given but this command has no config file")
     return apply_dict(cfg, updates)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{field: its docstring} of a dataclass (and its dataclass bases): the string literal
+    written under each field, as in this project's configs ({} where the source is missing)."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        except (OSError, TypeError, IndexError, SyntaxError):
+            continue
+        for stmt, nxt in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+def _show(value: Any) -> str:
+    """A value as it is written on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else "''"
+
+
+def describe_config(cfg: Any, prefix: str = "", width: int = 100) -> str:
+    """Every key of a config instance as `--key VALUE` (its value in `cfg`, e.g. the YAML
+    defaults applied) followed by its docstring, nested dataclasses as `--section.key`: the
+    option list of a command's --help."""
+    docs = field_docs(type(cfg))
+    lines: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(describe_config(value, f"{prefix}{f.name}.", width))
+            continue
+        shown = " ".join(map(_show, value)) if isinstance(value, (list, tuple)) else _show(value)
+        lines.append(f"  --{prefix}{f.name} {shown}")
+        doc = " ".join(docs.get(f.name, "").split())
+        if doc:
+            lines.append(textwrap.fill(doc, width, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                       break_on_hyphens=False))
+    return "\n".join(lines)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import textwrap
+from pathlib import Path
 from typing import Callable, Sequence
 
 
@@ -201,6 +203,48 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 }
 
 
+def _config(module: str, cls: str, yaml_name: str, overlays: Sequence[str] = ()) -> Callable[[], object]:
+    """A function giving the config a command starts from: the dataclass with its YAML file's
+    defaults (and `overlays`) applied. Imported only when --help asks for it."""
+    def make():
+        import importlib
+
+        from rlts.config import parse_config
+        klass = getattr(importlib.import_module(module), cls)
+        return parse_config(klass, [], yaml_path=Path(__file__).parent / "configs" / yaml_name, overlays=overlays)
+    return make
+
+
+CONFIGS: dict[str, Callable[[], object]] = {
+    "forecast": _config("tasks.forecast", "ForecastConfig", "forecast.yaml"),
+    "classify": _config("tasks.classify", "ClassifyConfig", "classify.yaml"),
+    "events": _config("tasks.events", "EventsConfig", "events.yaml"),
+    "rl": _config("tasks.rl", "RLConfig", "rl.yaml"),
+    "atari": _config("tasks.rl", "RLConfig", "atari.yaml"),
+    "behaviour": _config("tasks.behaviour", "BehaviourConfig", "behaviour.yaml"),
+    "offline": _config("tasks.offline", "OfflineConfig", "offline.yaml"),
+}
+"""The commands whose --help lists every config key with its default and docstring."""
+
+
+class _HelpWithOptions(argparse.Action):
+    """-h/--help that adds every config key of the command, with its default and docstring."""
+
+    def __init__(self, option_strings, dest, make_config: Callable[[], object], **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show this help and exit")
+        self.make_config = make_config
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from rlts.config import describe_config
+
+        summary = textwrap.fill(parser.epilog or "", 100, break_on_hyphens=False)
+        parser.epilog = (f"{summary}\n\nOptions (--key value; the defaults shown are those of the YAML file, "
+                         f"before any --config overlay):\n{describe_config(self.make_config())}")
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.print_help()
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlts",
@@ -208,7 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, add_args, _) in SUBCOMMANDS.items():
-        add_args(sub.add_parser(name, help=help_, description=help_))
+        p = sub.add_parser(name, help=help_, description=help_, add_help=name not in CONFIGS)
+        if name in CONFIGS:
+            p.add_argument("-h", "--help", action=_HelpWithOptions, make_config=CONFIGS[name])
+        add_args(p)
     return parser
 
 

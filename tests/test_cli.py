@@ -1,5 +1,8 @@
+import re
 import subprocess
 import sys
+
+import pytest
 
 from tasks.cli import main
 
@@ -18,3 +21,46 @@ def test_info_reports_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "scans" in out
+
+
+def _keys(cls, prefix=""):
+    """Every option a config dataclass accepts, nested sections as section.key (independent
+    of rlts.config: read from the dataclass fields)."""
+    import dataclasses
+    keys = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        keys += _keys(type(default), f"{prefix}{f.name}.") if dataclasses.is_dataclass(default) \
+            else [prefix + f.name]
+    return keys
+
+
+@pytest.mark.parametrize("command, module, cls", [
+    ("forecast", "tasks.forecast", "ForecastConfig"), ("classify", "tasks.classify", "ClassifyConfig"),
+    ("events", "tasks.events", "EventsConfig"), ("rl", "tasks.rl", "RLConfig"), ("atari", "tasks.rl", "RLConfig"),
+    ("behaviour", "tasks.behaviour", "BehaviourConfig"), ("offline", "tasks.offline", "OfflineConfig"),
+])
+def test_command_help_lists_every_config_key_with_its_default_and_doc(capsys, command, module, cls):
+    import importlib
+    klass = getattr(importlib.import_module(module), cls)
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: rlts {command}")
+    listed = re.findall(r"^  --(\S+)", out, flags=re.M)
+    assert set(_keys(klass)) <= set(listed)
+    for key in _keys(klass):  # each key is followed by its docstring
+        assert re.search(rf"^  --{re.escape(key)} .*\n {{6}}\S", out, flags=re.M), key
+
+
+def test_help_shows_the_yaml_defaults_and_the_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["classify", "--help"])
+    out = capsys.readouterr().out
+    assert "  --bidirectional true\n" in out and "  --train.patience 0\n" in out  # classify.yaml, not the dataclass
+    with pytest.raises(SystemExit):
+        main(["forecast", "--help"])
+    out = capsys.readouterr().out
+    assert "  --train.ema 0.99\n" in out and "  --target none\n" in out and "  --csv ''\n" in out
+    assert re.search(r"--date_format none\n +Format of the dates for pandas.to_datetime, e.g. %d/%m/%Y", out)
