@@ -535,6 +535,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
 
     stem = cfg.dataset or Path(cfg.train_file).stem
     out, previous, cfg_dict = open_run(cfg, "classify", stem, _DATA_KEYS, _LEGACY)
+    log(f"[out] {out}")
     results_path = out / "results.json"
 
     scaler = fit_panel_scaler(train_x)

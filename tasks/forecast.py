@@ -219,6 +219,7 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
 
     out, previous, cfg_dict = open_run(cfg, "forecast", Path(cfg.csv).stem, _DATA_KEYS, {"date_format": None},
                                        file_keys=("csv",))
+    log(f"[out] {out}")
     results_path = out / "results.json"
 
     scaler = StandardScaler().fit(table.values[slice(*borders["train"])])

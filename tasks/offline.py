@@ -420,6 +420,7 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
     train_eps, val_eps = split_episodes(data.n_episodes, cfg.val_fraction, cfg.seed)
 
     out, previous, cfg_dict = open_run(cfg, "offline", Path(cfg.dataset).stem, _DATA_KEYS, file_keys=("dataset",))
+    log(f"[out] {out}")
     results_path = out / "results.json"
     reference = previous.get("reference")
     if reference is None:

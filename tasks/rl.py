@@ -384,6 +384,8 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
     results_path = out / "results.json"
     previous = load_results(results_path, cfg, _RESULT_KEYS)
     if previous.get("finished") and previous.get("steps", 0) >= cfg.steps:
+        print(f"rlts {task}: {out} already holds a finished run of {previous['steps']:,} steps (eval_return "
+              f"{previous['eval_return']:.2f}); nothing to do (a larger --steps continues it)")
         return previous
     device = select_device(cfg.device)
     spec = env_spec(make_env(cfg.env, **env_kwargs(cfg)))  # before writing: a clear error for a bad env
@@ -413,9 +415,9 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
         set_rng_state(state["rng"])
         print(f"rlts {task}: resumed at step {env_steps:,} from {ckpt.last_path}")
 
-    def save() -> None:
+    def save(final: Optional[dict] = None) -> None:
         ckpt.save(env_steps, {"config": to_dict(cfg), "learner": learner.state_dict(), "buffer": buffer.state_dict(),
-                              "collector": collector.state_dict(), "curve": curve, "wall": wall})
+                              "collector": collector.state_dict(), "curve": curve, "wall": wall, "final": final})
 
     def run_eval(episodes: int) -> dict:
         returns = evaluate(learner.wm, learner.ac, cfg, episodes, len(curve), device)
@@ -451,7 +453,11 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
                 wall += time.time() - t0
                 t0, steps0 = time.time(), env_steps
                 save()
-        final = run_eval(cfg.final_eval_episodes)
+        if state is not None and state.get("final") is not None and int(state["step"]) == env_steps:
+            final = state["final"]  # stopped after its final evaluation: not evaluated twice
+        else:
+            final = run_eval(cfg.final_eval_episodes)
+            save(final)  # the final point is kept: a later, longer run (--steps) continues from here
     wall += time.time() - t0
     write_table(curve, out / "eval.csv", out / "eval.md")
     plot_curve(curve, out / "eval.png", f"{cfg.env}, world model {cfg.world_model.backbone}")

@@ -64,8 +64,24 @@ def test_cartpole_debug_run_through_the_command(tmp_path, capsys):
         assert (out / f).is_file(), f
     assert list((out / "tb").iterdir())
     # the same command again: the finished run is reported, not redone
+    capsys.readouterr()
     assert main(["rl", "--config", "debug", "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text()) == res
+    assert "already holds a finished run of 300 steps" in capsys.readouterr().out
+
+
+def test_a_longer_rerun_keeps_every_evaluation_and_none_runs_twice(tmp_path, monkeypatch):
+    first = run(tmp_path, "a", [])
+    assert [p["step"] for p in first["curve"]] == [150, 300]
+    # killed after the final evaluation but before results.json: the rerun does not evaluate again
+    (tmp_path / "a" / "results.json").unlink()
+    monkeypatch.setattr(rl, "evaluate", lambda *a: pytest.fail("evaluated twice"))
+    again = run(tmp_path, "a", [])
+    assert again["curve"] == first["curve"] and again["eval_returns"] == first["eval_returns"]
+    monkeypatch.undo()
+    longer = run(tmp_path, "a", ["--steps", "400"])
+    assert [p["step"] for p in longer["curve"]] == [150, 300, 400]
+    assert longer["curve"][:2] == first["curve"] and longer["steps"] == 400
 
 
 @pytest.mark.parametrize("num_envs", [1, 2])
