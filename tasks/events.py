@@ -240,6 +240,7 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
     scale = TimeScale.fit(train, cfg.origin)
 
     out, previous, cfg_dict = open_run(cfg, "events", Path(cfg.data).stem, _DATA_KEYS, _LEGACY, file_keys=("data",))
+    log(f"[out] {out}")
     results_path = out / "results.json"
     log_scale = math.log(scale.scale)
     state = {
@@ -290,10 +291,13 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
         log(f"[done] {name}: nll {state['results'][name]['nll']:.4f} ({train_time:.1f} s)")
 
     write_json_atomic(state, results_path)
-    order = [*table_order(models, [m for m in state["results"] if m not in BASELINES]), *BASELINES]
-    md = write_table(_table_rows(state["results"], order), out / "results.csv", out / "results.md")
-    if cfg.plots:
-        plot_intensity(out / "intensity.png", test[0], cfg, scale, state, models, out, n_marks, device)
+    neural = table_order(models, [m for m in state["results"] if m not in BASELINES])
+    md = write_table(_table_rows(state["results"], [*neural, *BASELINES]), out / "results.csv", out / "results.md")
+    if cfg.plots:  # every neural model in results.json, this run's and earlier runs' into `out`
+        plotted = plot_intensity(out / "intensity.png", test[0], cfg, scale, state, neural, out, n_marks, device)
+        for name in neural:
+            if name not in plotted:
+                log(f"[plot] {name}: no checkpoint in {out / name / 'checkpoints'}, left out of intensity.png")
     log(f"time unit: {cfg.time_unit}; scale {scale.scale:.6g}")
     log(md)
     return state
@@ -301,9 +305,11 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
 
 @torch.no_grad()
 def plot_intensity(path: Path, seq, cfg: EventsConfig, scale: TimeScale, state: dict, models: List[str],
-                   out: Path, n_marks: int, device: torch.device) -> None:
-    """The conditional intensity lambda(t) (data units) of each model between the first
-    PLOT_EVENTS events of a test sequence, with the events as ticks."""
+                   out: Path, n_marks: int, device: torch.device) -> List[str]:
+    """The conditional intensity lambda(t) (data units) of each of `models` between the first
+    PLOT_EVENTS events of a test sequence, with the events as ticks. Each model is loaded from
+    its checkpoint in `out`/<name> (so models of earlier runs into `out` are drawn too); returns
+    the names drawn (a model without a checkpoint is left out)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -317,10 +323,12 @@ def plot_intensity(path: Path, seq, cfg: EventsConfig, scale: TimeScale, state: 
     grid_per = 30
     item = EventDataset([type(seq)(times, None if seq.marks is None else seq.marks[:n])], scale, cfg.origin)[0]
     batch = collate_events([item])
+    plotted = []
     for name in models:
-        ckpt = Checkpointer(out / name / "checkpoints").load_latest(map_location="cpu")
+        ckpt = Checkpointer(out / name / "checkpoints").load_latest(map_location="cpu", restore_rng=False)
         if ckpt is None:
             continue
+        plotted.append(name)
         model = build_model(name, cfg, n_marks)
         model.load_state_dict(ckpt["best_model"] or ckpt["model"])
         model.eval()
@@ -355,6 +363,7 @@ def plot_intensity(path: Path, seq, cfg: EventsConfig, scale: TimeScale, state: 
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return plotted
 
 
 # ----------------------------------------------------------------------------- CLI

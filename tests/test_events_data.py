@@ -60,11 +60,17 @@ def test_round_trip_with_and_without_marks(tmp_path):
     ('{"times": [0, true]}', "is not a number"),
     ('{"times": [0, NaN]}', "times[1] = nan is not finite"),
     ('{"times": [0, Infinity]}', "is not finite"),
-    ('{"times": [0, 2, 1]}', "times decrease at index 2"),
+    ('{"times": [0, 2, 1]}', "times decrease at index 2 (2.0 -> 1.0)"),
+    ('{"times": [0, 1.0663, 0.9]}', "times decrease at index 2 (1.0663 -> 0.9)"),  # plain floats
     ('{"times": [0, 1], "marks": [1]}', "'marks' has length 1 but 'times' has 2"),
     ('{"times": [0, 1], "marks": [1, -1]}', "marks[1] = -1 is not a non-negative integer"),
     ('{"times": [0, 1], "marks": [1, 1.5]}', "marks[1] = 1.5"),
     ('{"times": [0, 1], "marks": [1, "x"]}', "marks[1] = 'x'"),
+    # marks are indices 0..M-1 with M <= 2**20: a raw id is refused before anything is allocated
+    ('{"times": [1, 2, 3], "marks": [0, 1, 1000000000000]}', "marks[2] = 1000000000000 is too large"),
+    ('{"times": [1, 2], "marks": [0, 1048576]}', "at most M = 2**20 = 1048576 types"),
+    ('{"times": [1, 2], "marks": [0, 1e300]}', "marks[1] = 1e+300 is too large"),
+    ('{"times": [1, 2], "marks": [0, 100000000000000000000000]}', "is too large"),  # beyond int64
 ])
 def test_bad_lines_name_file_and_line(tmp_path, line, message):
     path = write(tmp_path, ['{"times": [0.5, 1.0]}', line], name="bad.jsonl")
@@ -73,6 +79,30 @@ def test_bad_lines_name_file_and_line(tmp_path, line, message):
     with pytest.raises(ValueError) as e:
         load_events(path)
     assert "bad.jsonl, line 2" in str(e.value) and message in str(e.value), str(e.value)
+    assert "np." not in str(e.value), str(e.value)  # numbers as plain floats, not np.float64(...)
+
+
+def test_largest_allowed_mark_loads(tmp_path):
+    from rlts.data.events import MAX_MARKS
+
+    seqs = load_events(write(tmp_path, ['{"times": [1, 2], "marks": [0, %d]}' % (MAX_MARKS - 1)]))
+    assert MAX_MARKS == 2 ** 20 and int(seqs[0].marks[1]) == MAX_MARKS - 1
+
+
+def test_other_messages_print_plain_floats():
+    msgs = []
+    for call in (lambda: split_sequences(list(range(3)), np.array([0.5, 0.5, 0.5])),
+                 lambda: split_sequences(list(range(2)), np.array([0.9, 0.05, 0.05])),
+                 lambda: EventDataset([EventSequence(np.array([-1.5, 0.0]))], origin="zero")[0],
+                 lambda: poisson_nll_per_event([EventSequence(np.array([0.0, 1.0]))], np.float64(-2.0)),
+                 lambda: hawkes_log_likelihood(np.array([0.0, 1.0]), np.float64(-1.0), 0.5, 1.0),
+                 lambda: simulate_hawkes(1.0, np.float64(1.5), 1.0, t_end=5.0)):
+        with pytest.raises(ValueError) as e:
+            call()
+        msgs.append(str(e.value))
+    assert all("np." not in m for m in msgs), msgs
+    assert "[0.5, 0.5, 0.5]" in msgs[0] and "fraction 0.05)" in msgs[1] and "t_0 = -1.5" in msgs[2]
+    assert "got -2.0" in msgs[3] and "got -1.0, 0.5, 1.0" in msgs[4] and "alpha = 1.5 >= 1" in msgs[5]
 
 
 def test_missing_file_and_inconsistent_marks(tmp_path):

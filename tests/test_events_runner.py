@@ -91,6 +91,36 @@ def test_marks_rerun_skips_and_time_unit_shift(tmp_path):
     assert rows == ["gru", "aaren", "poisson", "hawkes", "repeat-mark"]
 
 
+def test_rerun_with_fewer_models_plots_every_model(tmp_path, monkeypatch):
+    import tasks.events as ev
+
+    data = _hawkes_file(tmp_path / "h.jsonl", n_seq=6, n_events=40)
+    out = tmp_path / "out"
+    drawn, real = [], ev.plot_intensity
+
+    def spy(*args, **kwargs):
+        drawn.append(real(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(ev, "plot_intensity", spy)
+    lines = []
+    base = ["--data", str(data), "--config", "debug", "--out", str(out)]
+    run_events(parse_events_config([*base, "--models", "aaren,transformer"]), log=lines.append)
+    assert lines[0] == f"[out] {out}"  # where results go, right after the folder is opened
+    (out / "intensity.png").unlink()
+    lines.clear()
+    run_events(parse_events_config([*base, "--models", "transformer"]), log=lines.append)
+    assert drawn == [["aaren", "transformer"], ["transformer", "aaren"]]  # the earlier run's model too
+    assert (out / "intensity.png").exists() and not any(x.startswith("[plot]") for x in lines)
+    # a model whose checkpoint is gone is left out of the plot, with a note
+    (out / "aaren" / "checkpoints" / "last.pt").unlink()
+    _run([*base, "--models", "transformer"])
+    assert drawn[-1] == ["transformer"]
+    lines.clear()
+    run_events(parse_events_config([*base, "--models", "transformer"]), log=lines.append)
+    assert any(x.startswith("[plot] aaren: no checkpoint") for x in lines), lines
+
+
 def test_table_order():
     from tasks._runner import table_order
 
@@ -127,6 +157,11 @@ def test_bad_input_is_one_line_and_keeps_out(tmp_path, capsys):
     single = tmp_path / "single.jsonl"  # five sequences of one event: with origin first, nothing to predict
     single.write_text("".join('{"times": [%d]}\n' % i for i in range(5)))
     assert "no event to predict" in _cli_error(capsys, ["--data", str(single), *base])
+    huge = tmp_path / "huge.jsonl"  # a raw id as a mark: 10**12 types, refused before any allocation
+    huge.write_text("".join('{"times": [1, 2, 3], "marks": [0, 1, %d]}\n' % (10 ** 12 if i == 3 else 1)
+                            for i in range(6)))
+    err = _cli_error(capsys, ["--data", str(huge), *base])
+    assert "huge.jsonl, line 4" in err and "marks[2] = 1000000000000 is too large" in err and "2**20" in err
     assert sorted(os.listdir(out)) == ["notes.txt"]
 
 

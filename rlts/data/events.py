@@ -15,7 +15,8 @@ classical baselines (homogeneous Poisson, exponential-kernel Hawkes) with exact 
     poisson = poisson_nll_per_event(test, fit_poisson_rate(train))
 
 File format: JSON lines, one sequence per line, `{"times": [...], "marks": [...]}`; times are
-non-decreasing real numbers, marks (optional, all lines or none) non-negative integers.
+non-decreasing real numbers, marks (optional, all lines or none) category indices 0..M-1 with
+M <= MAX_MARKS (models have one embedding row and one output logit per mark).
 
 Conventions (shared with the neural model head, `rlts.heads.events`):
 
@@ -60,6 +61,10 @@ from rlts.checkpoint import write_text_atomic
 ORIGINS = ("first", "zero")
 """How the first event is treated; see the module docstring."""
 DEFAULT_ORIGIN = "first"
+MAX_MARKS = 2 ** 20
+"""Most mark types a file may imply (max mark + 1). The largest real data set used, Wikipedia,
+has 8,227; a larger index is taken as a data error (raw ids or timestamps as marks), caught
+before a model allocates one embedding row and one logit per mark."""
 
 # ----------------------------------------------------------------------------- sequences
 
@@ -108,7 +113,7 @@ def _parse_line(obj, where: str) -> EventSequence:
     bad = np.flatnonzero(np.diff(t) < 0)
     if bad.size:
         j = int(bad[0]) + 1
-        raise ValueError(f"{where}: times decrease at index {j} ({t[j - 1]!r} -> {t[j]!r})")
+        raise ValueError(f"{where}: times decrease at index {j} ({float(t[j - 1])!r} -> {float(t[j])!r})")
     marks = obj.get("marks")
     if marks is None:
         return EventSequence(t, None)
@@ -119,6 +124,10 @@ def _parse_line(obj, where: str) -> EventSequence:
         is_int = isinstance(m, int) or (isinstance(m, float) and m.is_integer())
         if isinstance(m, bool) or not is_int or m < 0:
             raise ValueError(f"{where}: marks[{j}] = {m!r} is not a non-negative integer")
+        if m >= MAX_MARKS:
+            raise ValueError(f"{where}: marks[{j}] = {m!r} is too large: marks are category indices "
+                             f"0..M-1 with at most M = 2**20 = {MAX_MARKS} types (one embedding row and "
+                             "one logit each); renumber the mark types to 0..M-1")
     return EventSequence(t, np.asarray(marks, dtype=np.int64))
 
 
@@ -127,7 +136,9 @@ def load_events(path: Union[str, Path]) -> List[EventSequence]:
 
     Every bad input raises ValueError naming the file and the 1-based line number: a missing
     file, bad JSON, a missing/empty/non-numeric/non-finite/decreasing "times", "marks" of the
-    wrong length or not non-negative integers, or marks present on some lines only.
+    wrong length, not non-negative integers or >= MAX_MARKS (2**20: marks are category indices
+    0..M-1, so a larger one implies over a million types, a data error), or marks present on
+    some lines only.
     """
     path = Path(path)
     if not path.is_file():
@@ -184,7 +195,7 @@ def split_sequences(seqs: Sequence[EventSequence], fractions: Sequence[float] = 
     """
     fr = np.asarray(fractions, dtype=np.float64)
     if fr.ndim != 1 or fr.size == 0 or np.any(fr < 0) or abs(fr.sum() - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be non-negative and sum to 1, got {tuple(fractions)}")
+        raise ValueError(f"fractions must be non-negative and sum to 1, got {fr.tolist()}")
     n = len(seqs)
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     bounds = np.rint(np.cumsum(fr) * n).astype(int)
@@ -193,7 +204,7 @@ def split_sequences(seqs: Sequence[EventSequence], fractions: Sequence[float] = 
     out = []
     for k, (a, b) in enumerate(zip(starts, bounds)):
         if fr[k] > 0 and b <= a:
-            raise ValueError(f"split {k} (fraction {fr[k]}) is empty with {n} sequences")
+            raise ValueError(f"split {k} (fraction {float(fr[k])}) is empty with {n} sequences")
         out.append([seqs[i] for i in order[a:b]])
     return tuple(out)
 
@@ -206,7 +217,7 @@ def predicted_intervals(times: np.ndarray, origin: str) -> np.ndarray:
     "zero" (whose first interval is t_0 - 0)."""
     if origin == "zero":
         if times[0] < 0:
-            raise ValueError(f"origin 'zero' needs times >= 0, got t_0 = {times[0]}")
+            raise ValueError(f"origin 'zero' needs times >= 0, got t_0 = {float(times[0])}")
         return np.diff(times, prepend=0.0)
     return np.diff(times)
 
@@ -294,7 +305,7 @@ class EventDataset(Dataset):
         dt = np.empty(len(s), dtype=np.float64)
         dt[0] = s.times[0] if self.origin == "zero" else 0.0
         if self.origin == "zero" and s.times[0] < 0:
-            raise ValueError(f"sequence {i}: origin 'zero' needs times >= 0, got t_0 = {s.times[0]}")
+            raise ValueError(f"sequence {i}: origin 'zero' needs times >= 0, got t_0 = {float(s.times[0])}")
         dt[1:] = np.diff(s.times)
         marks = s.marks if s.marks is not None else np.zeros(len(s), dtype=np.int64)
         return {"dt": torch.from_numpy(dt / self.scale).to(torch.float32),
@@ -360,7 +371,7 @@ def poisson_nll_per_event(seqs: Sequence[EventSequence], rate: float,
     -(1/N) sum_i [log rate - rate * tau_i] over the predicted intervals tau_i, pooled."""
     _check_origin(origin)
     if not rate > 0:
-        raise ValueError(f"rate must be positive, got {rate}")
+        raise ValueError(f"rate must be positive, got {float(rate)}")
     dts = [predicted_intervals(s.times, origin) for s in seqs]
     n = sum(d.size for d in dts)
     if n == 0:
@@ -455,7 +466,7 @@ def _times_list(seqs) -> List[np.ndarray]:
 
 def _check_params(mu, alpha, beta):
     if not (mu > 0 and alpha >= 0 and beta > 0):
-        raise ValueError(f"need mu > 0, alpha >= 0, beta > 0; got {mu}, {alpha}, {beta}")
+        raise ValueError(f"need mu > 0, alpha >= 0, beta > 0; got {float(mu)}, {float(alpha)}, {float(beta)}")
 
 
 def hawkes_log_densities(times, mu: float, alpha: float, beta: float,
@@ -543,7 +554,7 @@ def simulate_hawkes(mu: float, alpha: float, beta: float, n_events: Optional[int
     if n_events is None and t_end is None:
         raise ValueError("give n_events or t_end")
     if alpha >= 1 and n_events is None:
-        raise ValueError(f"alpha = {alpha} >= 1 (non-stationary): give n_events")
+        raise ValueError(f"alpha = {float(alpha)} >= 1 (non-stationary): give n_events")
     rng = np.random.default_rng() if rng is None else rng
     n_max = n_events if n_events is not None else np.inf
     t_stop = t_end if t_end is not None else np.inf
