@@ -135,11 +135,13 @@ def _atari100k(args: argparse.Namespace) -> int:
 
 
 def _record_args(p: argparse.ArgumentParser) -> None:
-    p.usage = ("rlts record --env NAME --policy random|RUN_DIR (--episodes N | --steps N) [--seed 0] [--greedy] "
-               "--out FILE.npz | rlts record --from-replay RUN_DIR --out FILE.npz")
-    p.epilog = ("Writes an offline RL dataset (rlts.data.trajectories: one .npz with observations, actions, rewards, "
-                "terminations, truncations, episode starts and JSON metadata). --policy RUN_DIR acts with a trained "
-                "`rlts rl`/`rlts atari` agent; --from-replay exports that run's replay buffer.")
+    # tasks.record parses the arguments itself (they arrive as overrides); --help shows its parser,
+    # imported only then (it imports torch).
+    def record_help() -> str:
+        from tasks.record import build_parser
+        return build_parser().format_help()
+
+    p.format_help = record_help
     p.set_defaults(overrides=[])
 
 

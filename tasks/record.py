@@ -39,6 +39,7 @@ Two sources:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Union
@@ -59,6 +60,26 @@ def _progress(total: int, desc: str, unit: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def check_out(out: str | Path) -> Path:
+    """`out` as a Path if a new dataset can be written there, else a ValueError: it must end in
+    .npz, not exist yet (nothing already written is overwritten) and be in a folder that exists or
+    can be created. Writes nothing."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a file path ending in .npz, e.g. {path / 'data.npz'}")
+    if path.exists() or path.is_symlink():
+        raise ValueError(f"{path} already exists; choose another --out or remove it")
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"--out {path}: a dataset file must end in .npz")
+    parent = path.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())  # "." or "/" at worst
+    if not existing.is_dir():
+        raise ValueError(f"cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: the folder {existing} is not writable")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +158,8 @@ def record(env_name: Optional[str], policy: Policy = "random", episodes: Optiona
     budget = episodes if episodes is not None else steps
     if budget < 1:
         raise ValueError(f"{'episodes' if episodes is not None else 'steps'} must be >= 1, got {budget}")
+    if out is not None:
+        check_out(out)
     kwargs = dict(env_kwargs or {})
     if isinstance(policy, str) and policy == "random":
         act, description = None, "uniform random"
@@ -203,7 +226,7 @@ def record(env_name: Optional[str], policy: Policy = "random", episodes: Optiona
                "by the step budget (last_episode_cut); life_losses: info['life_loss']"))
     data = Trajectories.from_episodes(eps, meta)
     if out is not None:
-        save_trajectories(data, out)
+        save_trajectories(data, check_out(out))  # again: a file may have appeared meanwhile
     return data
 
 
@@ -264,6 +287,8 @@ def export_replay(run_dir: str | Path, out: Optional[str | Path] = None, reconst
     else split by flags), "always" (a ValueError if it cannot) or "never" (flags only)."""
     if reconstruct not in ("auto", "always", "never"):
         raise ValueError(f"reconstruct must be auto, always or never, got {reconstruct!r}")
+    if out is not None:
+        check_out(out)
     cfg, payload = load_run(run_dir)
     buf = payload.get("buffer")
     if not isinstance(buf, dict) or any(k not in buf for k in ("obs", "action", "reward", "terminated", "size", "steps")):
@@ -327,29 +352,39 @@ def export_replay(run_dir: str | Path, out: Optional[str | Path] = None, reconst
         life_losses=cat("life_losses") if reconstructed else None, metadata=meta)
     data.validate(f"replay buffer of {run_dir}")
     if out is not None:
-        save_trajectories(data, out)
+        save_trajectories(data, check_out(out))  # again: a file may have appeared meanwhile
     return data
 
 
 # ---------------------------------------------------------------------------------------------
+# Options that only recording a policy uses, as (dest, flag); --from-replay refuses them.
+_POLICY_ONLY = (("env", "--env"), ("policy", "--policy"), ("episodes", "--episodes"), ("steps", "--steps"),
+                ("seed", "--seed"), ("greedy", "--greedy"), ("device", "--device"))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `rlts record` (also what `rlts record --help` shows). The options whose
+    default is None are filled in by `main`, so that it can tell which were given."""
     p = argparse.ArgumentParser(
         prog="rlts record", description="Record an offline dataset (.npz, rlts.data.trajectories format).",
         usage=("rlts record --env ENV --policy random|RUN_DIR (--episodes N | --steps N) [--seed S] [--greedy] "
-               "--out FILE.npz\n       rlts record --from-replay RUN_DIR --out FILE.npz"))
+               "--out FILE.npz\n       rlts record --from-replay RUN_DIR [--reconstruct auto|always|never] "
+               "--out FILE.npz"),
+        epilog=("Writes one .npz (observations, actions, rewards, terminations, truncations, episode starts and "
+                "JSON metadata), never over an existing file. --policy RUN_DIR acts with a trained `rlts rl`/"
+                "`rlts atari` agent; --from-replay exports that run's replay buffer."))
     p.add_argument("--env", help="Gymnasium id or Atari game (default with a run folder: the run's env)")
-    p.add_argument("--policy", default="random",
-                   help="random, the folder of an `rlts rl`/`rlts atari` run, or of an `rlts behaviour` run "
-                        "(its latest snapshot) or one of its policies/step<N>.pt")
+    p.add_argument("--policy", help="random (the default), the folder of an `rlts rl`/`rlts atari` run, or of an "
+                                    "`rlts behaviour` run (its latest snapshot) or one of its policies/step<N>.pt")
     p.add_argument("--episodes", type=int, help="whole episodes to record")
     p.add_argument("--steps", type=int, help="transitions to record (the last episode is cut)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the episode resets and the policy's sampling")
-    p.add_argument("--greedy", action="store_true", help="a run's agent takes its most likely action")
+    p.add_argument("--seed", type=int, help="seeds the episode resets and the policy's sampling (default 0)")
+    p.add_argument("--greedy", action="store_true", default=None, help="a run's agent takes its most likely action")
     p.add_argument("--from-replay", metavar="RUN_DIR", help="export the replay buffer of an rl run instead")
-    p.add_argument("--reconstruct", choices=("auto", "always", "never"), default="auto",
+    p.add_argument("--reconstruct", choices=("auto", "always", "never"),
                    help="--from-replay: recover the true episode flags by replaying the env (default auto)")
-    p.add_argument("--out", required=True, help="output file (.npz)")
-    p.add_argument("--device", default="cpu", help="device of a run's agent")
+    p.add_argument("--out", required=True, help="output file (.npz; must not exist yet)")
+    p.add_argument("--device", help="device of a run's agent (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -362,16 +397,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(e.code or 0)
     try:
         if args.from_replay:
-            if args.episodes is not None or args.steps is not None or args.policy != "random" or args.greedy:
-                raise ValueError("--from-replay takes no --policy, --episodes, --steps or --greedy")
-            data = export_replay(args.from_replay, args.out, args.reconstruct, progress=not args.no_progress)
+            extra = [flag for dest, flag in _POLICY_ONLY if getattr(args, dest) is not None]
+            if extra:
+                raise ValueError(f"--from-replay takes no {', '.join(extra)}: the run's replay buffer fixes the "
+                                 "environment, policy, length and seeds")
+            data = export_replay(args.from_replay, args.out, args.reconstruct or "auto",
+                                 progress=not args.no_progress)
         else:
+            if args.reconstruct is not None:
+                raise ValueError("--reconstruct applies only to --from-replay")
             if args.episodes is None and args.steps is None:
                 raise ValueError("give --episodes N or --steps N")
-            if args.policy == "random" and not args.env:
+            policy = args.policy or "random"
+            if policy == "random" and not args.env:
                 raise ValueError("--env is required with --policy random")
-            data = record(args.env, args.policy, args.episodes, args.steps, args.seed, args.out,
-                          greedy=args.greedy, device=args.device, progress=not args.no_progress)
+            data = record(args.env, policy, args.episodes, args.steps, 0 if args.seed is None else args.seed,
+                          args.out, greedy=bool(args.greedy), device=args.device or "cpu",
+                          progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as e:
         print(f"rlts record: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -188,17 +188,110 @@ def test_main(run_dir, tmp_path, capsys):
                  "--no-progress"]) == 0
     assert len(load_trajectories(tmp_path / "c.npz")) == 30
     capsys.readouterr()
+    new = tmp_path / "new.npz"
     for argv, message in [
-        (["--env", "CartPole-v1", "--out", str(out)], "give --episodes N or --steps N"),
-        (["--episodes", "1", "--out", str(out)], "--env is required"),
-        (["--from-replay", str(tmp_path / "none"), "--out", str(out)], "is not a run folder"),
-        (["--from-replay", str(run_dir), "--episodes", "2", "--out", str(out)], "--from-replay takes no"),
-        (["--env", "Nope-v0", "--episodes", "1", "--out", str(out)], "unknown environment id 'Nope-v0'"),
+        (["--env", "CartPole-v1", "--out", str(new)], "give --episodes N or --steps N"),
+        (["--episodes", "1", "--out", str(new)], "--env is required"),
+        (["--from-replay", str(tmp_path / "none"), "--out", str(new)], "is not a run folder"),
+        (["--from-replay", str(run_dir), "--episodes", "2", "--out", str(new)], "--from-replay takes no"),
+        (["--env", "Nope-v0", "--episodes", "1", "--out", str(new)], "unknown environment id 'Nope-v0'"),
     ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("rlts record: error: ") and message in err and "\n" not in err
-    assert main(["--episodes", "x", "--out", str(out)]) == 2  # argparse's own message
+    assert not new.exists()
+    assert main(["--episodes", "x", "--out", str(new)]) == 2  # argparse's own message
+
+
+def one_line_error(capsys) -> str:
+    """The single stderr line of a failed `main`, without its prefix."""
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("rlts record: error: ") and "\n" not in err and not captured.out, err
+    return err[len("rlts record: error: "):]
+
+
+def test_main_checks_out_before_recording(tmp_path, capsys, monkeypatch):
+    """--out must be a new .npz file in a folder that exists or can be made: checked before the
+    env is made, and nothing already there is changed."""
+    import tasks.record
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    existing = tmp_path / "old.npz"
+    existing.write_bytes(b"earlier dataset")
+    blocker = tmp_path / "blocker"
+    blocker.write_bytes(b"a file")
+    before = sorted(tmp_path.rglob("*"))
+
+    def no_env(*args, **kwargs):
+        raise AssertionError("recording started")
+
+    monkeypatch.setattr(tasks.record, "make_env", no_env)
+    for out, message in [
+        (folder, f"--out {folder} is a folder; give a file path ending in .npz"),
+        (existing, f"{existing} already exists; choose another --out or remove it"),
+        (tmp_path / "data.csv", "a dataset file must end in .npz"),
+        (tmp_path / "data", "a dataset file must end in .npz"),
+        (blocker / "sub" / "x.npz", f"cannot write {blocker / 'sub' / 'x.npz'}: {blocker} is a file, not a folder"),
+    ]:
+        assert main(["--env", "CartPole-v1", "--episodes", "2", "--out", str(out), "--no-progress"]) == 2
+        assert message in one_line_error(capsys)
+    assert main(["--from-replay", str(tmp_path / "none"), "--out", str(existing)]) == 2
+    assert "already exists" in one_line_error(capsys)
+    with pytest.raises(ValueError, match="already exists"):
+        record("CartPole-v1", "random", episodes=1, out=existing, progress=False)
+    with pytest.raises(ValueError, match="already exists"):
+        export_replay(tmp_path / "none", existing, progress=False)
+    assert sorted(tmp_path.rglob("*")) == before and existing.read_bytes() == b"earlier dataset"
+    assert list(folder.iterdir()) == []
+    monkeypatch.undo()
+    # a missing parent folder is made
+    out = tmp_path / "a" / "b" / "x.npz"
+    assert main(["--env", "CartPole-v1", "--episodes", "1", "--out", str(out), "--no-progress"]) == 0
+    assert load_trajectories(out).n_episodes == 1
+
+
+def test_main_from_replay_refuses_recording_options(run_dir, tmp_path, capsys):
+    """--from-replay names every option it would ignore (even one given its default value);
+    --reconstruct without --from-replay is refused too; nothing is written."""
+    out = tmp_path / "replay.npz"
+    replay = ["--from-replay", str(run_dir), "--out", str(out), "--no-progress"]
+    for extra, named in [
+        (["--env", "Acrobot-v1"], "--env"),
+        (["--env", "CartPole-v1", "--seed", "0", "--greedy"], "--env, --seed, --greedy"),
+        (["--policy", "random", "--episodes", "2", "--steps", "5", "--device", "cpu"],
+         "--policy, --episodes, --steps, --device"),
+    ]:
+        assert main([*replay, *extra]) == 2
+        assert one_line_error(capsys).startswith(f"--from-replay takes no {named}:")
+    assert main(["--env", "CartPole-v1", "--episodes", "1", "--reconstruct", "never", "--out", str(out)]) == 2
+    assert one_line_error(capsys) == "--reconstruct applies only to --from-replay"
+    assert not out.exists()
+    assert main([*replay, "--reconstruct", "never"]) == 0
+    assert not load_trajectories(out).metadata["reconstructed"]
+
+
+def test_rlts_record_help_lists_the_options(tmp_path, capsys):
+    """`rlts record --help` is the help of tasks.record's parser; `rlts record ...` still runs."""
+    from tasks.cli import main as rlts
+    from tasks.record import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        rlts(["record", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out == build_parser().format_help() and out.startswith("usage: rlts record")
+    for option in ("--env", "--policy", "--episodes", "--steps", "--seed", "--greedy", "--from-replay",
+                   "--reconstruct", "--out", "--device", "--no-progress"):
+        assert f"\n  {option} " in out or f"\n  {option}\n" in out, option
+    assert "seeds the episode resets" in out and "recover the true episode flags" in out
+    path = tmp_path / "d.npz"
+    assert rlts(["record", "--env", "CartPole-v1", "--steps", "10", "--seed", "1", "--out", str(path),
+                 "--no-progress"]) == 0
+    assert len(load_trajectories(path)) == 10
+    assert rlts(["record", "--env", "CartPole-v1", "--steps", "10", "--out", str(path), "--no-progress"]) == 2
+    assert "already exists" in capsys.readouterr().err and len(load_trajectories(path)) == 10
 
 
 def test_main_behaviour_policy(tmp_path, capsys):
