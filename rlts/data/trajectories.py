@@ -338,6 +338,11 @@ def load_trajectories(path: str | Path) -> Trajectories:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no trajectories file at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not zipfile.is_zipfile(path) and magic != b"\x93NUMPY":  # numpy's own error would suggest unpickling
+        raise ValueError(f"{path} is not a trajectories file (.npz): it is not a zip archive (write one with "
+                         "`rlts record`)")
     try:
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
