@@ -74,8 +74,11 @@ def file_digests(cfg, file_keys: Sequence[str]) -> Dict[str, str]:
     for key in file_keys:
         name = getattr(cfg, key, None)
         if name and Path(name).is_file():
+            sha = hashlib.sha256()
             with open(name, "rb") as f:
-                digests[key] = hashlib.file_digest(f, "sha256").hexdigest()
+                for chunk in iter(lambda: f.read(1 << 20), b""):  # (hashlib.file_digest needs Python 3.11)
+                    sha.update(chunk)
+            digests[key] = sha.hexdigest()
     return digests
 
 
@@ -91,7 +94,8 @@ def open_run(cfg, task: str, stem: str, data_keys: Sequence[str], legacy: Option
     digests = file_digests(cfg, file_keys)
     previous = load_results(out / "results.json", cfg, data_keys, legacy, digests)
     if out.is_dir() and not (out / "results.json").exists():
-        files = sorted(p.name for p in out.iterdir() if not p.is_dir())
+        # hidden files (.DS_Store, a half-written .results.json.*.tmp of a killed run) do not count
+        files = sorted(p.name for p in out.iterdir() if not p.is_dir() and not p.name.startswith("."))
         if files:
             raise ValueError(f"--out {out} already holds {', '.join(files[:5])}{' ...' if len(files) > 5 else ''} "
                              f"but no results.json of an `rlts {task}` run, so they would be overwritten; "

@@ -534,7 +534,8 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
         cfg = replace(cfg, train=replace(cfg.train, monitor="val"))
 
     stem = cfg.dataset or Path(cfg.train_file).stem
-    out, previous, cfg_dict = open_run(cfg, "classify", stem, _DATA_KEYS, _LEGACY)
+    out, previous, cfg_dict = open_run(cfg, "classify", stem, _DATA_KEYS, _LEGACY,
+                                       file_keys=("train_file", "test_file"))
     log(f"[out] {out}")
     results_path = out / "results.json"
 

@@ -453,9 +453,12 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
                 wall += time.time() - t0
                 t0, steps0 = time.time(), env_steps
                 save()
-        if state is not None and state.get("final") is not None and int(state["step"]) == env_steps:
-            final = state["final"]  # stopped after its final evaluation: not evaluated twice
+        stored = state.get("final") if state is not None and int(state["step"]) == env_steps else None
+        if stored is not None and stored["episodes"] == cfg.final_eval_episodes:
+            final = stored  # stopped after its final evaluation: not evaluated twice
         else:
+            if stored is not None:
+                curve.pop()  # that final point had another final_eval_episodes: evaluated again
             final = run_eval(cfg.final_eval_episodes)
             save(final)  # the final point is kept: a later, longer run (--steps) continues from here
     wall += time.time() - t0

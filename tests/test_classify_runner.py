@@ -486,6 +486,23 @@ def test_other_dataset_in_same_out_is_refused(tmp_path, capsys):
     assert (out / "results.json").read_text() == before
 
 
+def test_ts_files_are_compared_by_content_not_by_path(tmp_path, monkeypatch, capsys):
+    train, test = _toy_pair(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--config", "debug", "--models", "minirocket", "--plots", "false", "--out", str(out)]
+    assert main(["classify", "--train", str(train), "--test", str(test), *argv]) == 0
+    digests = json.loads((out / "results.json").read_text())["config"]["data_sha256"]
+    assert set(digests) == {"train_file", "test_file"}
+    monkeypatch.chdir(tmp_path)
+    assert main(["classify", "--train", "./toy_TRAIN.ts", "--test", "toy_TEST.ts", *argv]) == 0  # same files
+    assert "[skip] minirocket" in capsys.readouterr().out
+    before = (out / "results.json").read_text()
+    _write_ts(test, 45, seed=7)  # other series under the same name
+    err = _cli_error(capsys, ["--train", str(train), "--test", str(test), *argv])
+    assert "another test_file file" in err
+    assert (out / "results.json").read_text() == before
+
+
 def test_short_options_map_to_their_keys():
     cfg = parse_classify_config(["--train", "a.ts", "--test=b.ts", "--train.epochs", "7", "--lr", "0.01",
                                  "--model", "gru,minirocket", "aaren"])

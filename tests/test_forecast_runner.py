@@ -172,6 +172,14 @@ def test_out_folder_with_files_but_no_results_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"already holds results.md but no results.json .* would be overwritten"):
         _run(["--csv", str(csv), "--config", "debug", "--models", "naive", "--horizon", "12", "--out", str(out)])
     assert sorted(os.listdir(out)) == ["results.md"] and (out / "results.md").read_text() == "my own table"
+    # hidden files do not count: a killed run's half-written .results.json.*.tmp, .DS_Store
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / ".results.json.k3j2.tmp").write_text("{")
+    (hidden / ".DS_Store").write_text("")
+    state = _run(["--csv", str(csv), "--config", "debug", "--models", "naive", "--horizon", "12", "--plots", "false",
+                  "--out", str(hidden)])
+    assert "naive" in state["results"]
 
 
 def test_added_models_keep_the_earlier_models_in_the_plot(tmp_path, monkeypatch):

@@ -79,9 +79,14 @@ def test_a_longer_rerun_keeps_every_evaluation_and_none_runs_twice(tmp_path, mon
     again = run(tmp_path, "a", [])
     assert again["curve"] == first["curve"] and again["eval_returns"] == first["eval_returns"]
     monkeypatch.undo()
+    # the same, asked for another number of final episodes: that final point is evaluated again
+    (tmp_path / "a" / "results.json").unlink()
+    other = run(tmp_path, "a", ["--final_eval_episodes", "3"])
+    assert [(p["step"], p["episodes"]) for p in other["curve"]] == [(150, 2), (300, 3)]
+    assert len(other["eval_returns"]) == 3
     longer = run(tmp_path, "a", ["--steps", "400"])
     assert [p["step"] for p in longer["curve"]] == [150, 300, 400]
-    assert longer["curve"][:2] == first["curve"] and longer["steps"] == 400
+    assert longer["curve"][:2] == other["curve"] and longer["steps"] == 400
 
 
 @pytest.mark.parametrize("num_envs", [1, 2])

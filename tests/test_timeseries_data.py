@@ -92,6 +92,18 @@ def test_saved_pandas_index_dropped(tmp_path):
         assert load_csv(write(tmp_path, ",x,y\n1,5,6\n2,7,8\n3,9,10\n")).columns == ["x", "y"]
 
 
+def test_saved_date_index_is_the_date_column(tmp_path):
+    """A frame indexed by (unnamed) dates and saved with its index: the header-less first column
+    holds the dates and is found as the date column."""
+    frame = pd.DataFrame({"a": np.arange(4.0), "OT": np.arange(4.0) + 10},
+                         index=pd.date_range("2020-01-01", periods=4, freq="D"))
+    frame.to_csv(tmp_path / "dated.csv")
+    table = load_csv(tmp_path / "dated.csv")
+    assert table.columns == ["a", "OT"] and str(table.dates[3].date()) == "2020-01-04"
+    named = load_csv(tmp_path / "dated.csv", date_column="Unnamed: 0")
+    assert named.columns == ["a", "OT"] and (named.dates == table.dates).all()
+
+
 def test_date_format_day_first(tmp_path):
     path = write(tmp_path, "date,a\n10/01/2020,1\n11/01/2020,2\n12/01/2020,3\n13/01/2020,4\n")
     with pytest.raises(ValueError, match="date_format"):

@@ -170,10 +170,11 @@ def _first_row_number(column: pd.Series) -> Optional[int]:
 
 def _drop_saved_index(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Drop leading columns without a header (pandas' "Unnamed: N") that hold the row numbers,
-    an index saved by pandas' to_csv, with a warning; a ValueError for any other such column."""
+    an index saved by pandas' to_csv, with a warning. A leading one that is not numeric (a saved
+    date index) stays, for the date detection; a ValueError for any other such column."""
     keep = []
     for k, c in enumerate(frame.columns):
-        if not UNNAMED.fullmatch(str(c).strip()):
+        if not UNNAMED.fullmatch(str(c).strip()) or (not keep and not pd.api.types.is_numeric_dtype(frame[c])):
             keep.append(c)
             continue
         first = None if keep else _first_row_number(frame[c])  # pandas writes the index first
