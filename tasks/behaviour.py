@@ -323,11 +323,14 @@ def train(cfg: BehaviourConfig) -> dict:
     results_path, ckpt_path = out / "results.json", out / "checkpoints" / "last.pt"
     previous = load_results(results_path, cfg, _RESUME_KEYS)
     if previous.get("finished") and previous.get("steps", 0) >= cfg.steps:
+        print(f"rlts behaviour: {out} already holds a finished run of {previous['steps']:,} steps; nothing to do "
+              "(a larger --steps continues it)")
         return previous
     state = load(ckpt_path) if ckpt_path.exists() else None
     if state is not None:
         check_resumable(state, cfg, ckpt_path)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"rlts behaviour: {cfg.env}, out {out}")
 
     model = make_sac(cfg, out / "tb")
     collector = Collector(cfg)

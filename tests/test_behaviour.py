@@ -65,7 +65,7 @@ def assert_same_run(a, b) -> None:
         np.testing.assert_array_equal(getattr(y, name), arr)
 
 
-def test_resume_is_exact(run_dir, tmp_path):
+def test_resume_is_exact(run_dir, tmp_path, capsys):
     out = tmp_path / "resumed"
     run(out, "--steps", "300")                          # a shorter run, then continued to 400
     mid = load(out / "checkpoints" / "last.pt")
@@ -74,7 +74,9 @@ def test_resume_is_exact(run_dir, tmp_path):
     assert [s["step"] for s in resumed["snapshots"]] == [150, 300, 400]
     assert_same_run(run_dir, out)
     mtime = (out / "checkpoints" / "last.pt").stat().st_mtime_ns      # a finished run is skipped
+    capsys.readouterr()
     assert run(out) == resumed and (out / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+    assert "already holds a finished run of 400 steps" in capsys.readouterr().out
     (out / "results.json").unlink()                    # the checkpoint itself refuses other settings
     with pytest.raises(ValueError, match="different setup .*batch_size: 32 -> 16"):
         run(out, "--batch_size", "16")
