@@ -179,6 +179,17 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def bench_device(name: str) -> torch.device:
+    """The device a benchmark's --device names (auto, cpu, cuda, cuda:N); one line and exit code
+    1 when this machine has no such device, not a traceback."""
+    from rlts.runtime import select_device
+
+    try:
+        return select_device(name)
+    except (ValueError, RuntimeError, AssertionError) as e:
+        raise SystemExit(f"--device {name}: {e}") from None
+
+
 def machine_info(device: torch.device | str = "cpu") -> List[str]:
     """Lines describing the machine and software, for the header of a report."""
     lines = [

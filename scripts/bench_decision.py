@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import Table, fmt_bytes, machine_info, sync, verdict  # noqa: E402
+from _bench import Table, bench_device, fmt_bytes, machine_info, sync, verdict  # noqa: E402
 
 from rlts.heads.decision import DecisionModel  # noqa: E402
 from rlts.nn import state_nbytes  # noqa: E402
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = bench_device(args.device)
     checkpoints = sorted({int(s) for s in args.steps.split(",")})
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     header = machine_info(device) + [f"d_model {args.d_model}, {args.n_layers} layers, batch 1, "

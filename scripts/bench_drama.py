@@ -27,10 +27,9 @@ if str(HERE) not in sys.path:
 if importlib.util.find_spec("tasks") is None:  # not installed: run from the checkout
     sys.path.insert(0, str(HERE.parent))
 
-from _bench import Table, machine_info, measure, sync  # noqa: E402
+from _bench import Table, bench_device, machine_info, measure, sync  # noqa: E402
 
 from rlts.nn import count_parameters  # noqa: E402
-from rlts.runtime import select_device  # noqa: E402
 from tasks.envs import env_spec, make_env  # noqa: E402
 from tasks.rl import Learner, parse_rl_config  # noqa: E402
 from world_models.replay import ReplayBuffer  # noqa: E402
@@ -93,7 +92,7 @@ def bench_backbone(backbone: str, args, device) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--device", default="auto")
     p.add_argument("--backbones", default="mamba2,mamba,aaren,transformer,gru")
     p.add_argument("--game", default="Pong")
@@ -103,7 +102,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    device = bench_device(args.device)
     header = machine_info(device)
     print("\n".join(header))
     rows = [bench_backbone(b.strip(), args, device) for b in args.backbones.split(",") if b.strip()]

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from tasks._runner import write_json_atomic
 from tasks.envs import ATARI100K_GAMES, is_atari
 
 
@@ -70,6 +71,28 @@ def job_finished(folder: Path, steps: Optional[int]) -> bool:
     return bool(res.get("finished")) and (steps is None or int(res.get("steps", 0)) >= steps)
 
 
+SETUP_KEYS = ("backbone", "config", "overrides")
+"""Manifest keys every job of one folder shares: finished jobs are reused only under the same."""
+
+
+def merge_manifest(out: Path, new: dict) -> dict:
+    """The manifest of `out` after this command: a ValueError if the folder's jobs were run with
+    another backbone, config or overrides (finished ones would otherwise be reported as runs of
+    the new setup); games and seeds add up, so the manifest describes every job in the folder."""
+    path = out / "atari100k.json"
+    if not path.is_file():
+        return new
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} exists but is not valid JSON ({e}); move it away or choose another --out") from None
+    changed = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in SETUP_KEYS if k in old and old[k] != new[k]]
+    if changed:
+        raise ValueError(f"{out} holds Atari100k jobs of another setup ({', '.join(changed)}); use another --out")
+    games = list(old.get("games", [])) + [g for g in new["games"] if g not in old.get("games", [])]
+    return {**new, "games": games, "seeds": max(int(old.get("seeds", 0)), new["seeds"])}
+
+
 def job_command(game: str, seed: int, args: argparse.Namespace, folder: Path) -> List[str]:
     steps = ["--steps", str(args.steps)] if args.steps is not None else []
     return [sys.executable, "-m", "tasks.cli", "atari", "--config", args.config, "--game", game,
@@ -83,10 +106,13 @@ def run_jobs(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
         raise ValueError(f"--seeds, --jobs and --steps must be >= 1, got {args.seeds}, {args.jobs}, {args.steps}")
     out = Path(args.out)
+    from tasks.rl import parse_rl_config  # a bad --config or override stops here, not inside every job
+    parse_rl_config(["--config", args.config, *args.overrides], "atari.yaml")
+    manifest = merge_manifest(out, {"games": games, "seeds": args.seeds, "steps": args.steps,
+                                    "backbone": args.backbone, "config": args.config,
+                                    "overrides": list(args.overrides)})
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"games": games, "seeds": args.seeds, "steps": args.steps, "backbone": args.backbone,
-                "config": args.config, "overrides": list(args.overrides)}
-    (out / "atari100k.json").write_text(json.dumps(manifest, indent=2))
+    write_json_atomic(manifest, out / "atari100k.json")
     todo = [(g, s) for g in games for s in range(args.seeds) if not job_finished(job_dir(out, g, s), args.steps)]
     done = len(games) * args.seeds - len(todo)
     print(f"rlts atari100k: {len(games)} games x {args.seeds} seeds = {len(games) * args.seeds} jobs; "
@@ -146,7 +172,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rep = sub.add_parser("report", help="aggregate finished jobs into tables and plots")
     rep.add_argument("out", help="the benchmark folder")
     rep.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    rep.add_argument("--backbone", default=None, help="only runs of this backbone (a folder may hold several)")
+    rep.add_argument("--backbone", default=None, help="only runs of this backbone (a folder put together from several runs may hold several)")
     rep.add_argument("--steps", type=int, default=None, help="only runs of this step budget")
 
 

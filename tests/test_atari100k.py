@@ -33,6 +33,16 @@ def test_two_games_one_seed_debug_run_then_report(tmp_path, capsys):
     # the same command again: both jobs are finished, nothing runs
     assert main(argv) == 0
     assert "2 finished, 0 to run" in capsys.readouterr().out
+    # another backbone (or config) is refused: the finished jobs are not its runs; fewer games keep the manifest
+    before = (out / "atari100k.json").read_text()
+    assert main([*argv, "--backbone", "aaren"]) == 2
+    assert "another setup (backbone: 'mamba2' -> 'aaren')" in capsys.readouterr().err
+    assert (out / "atari100k.json").read_text() == before
+    assert main([*argv[:3], "Pong", *argv[4:]]) == 0
+    assert json.loads((out / "atari100k.json").read_text())["games"] == ["Pong", "Breakout"]
+    # an unknown config overlay stops before any job starts
+    assert main([*argv[:7], "nope", *argv[8:-1], str(tmp_path / "other")]) == 2
+    assert "unknown config overlay `nope`" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
     assert main(["atari100k", "report", str(out), "--reps", "200"]) == 0
     text = (out / "report.md").read_text()
