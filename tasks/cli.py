@@ -122,9 +122,9 @@ def _atari(args: argparse.Namespace) -> int:
 def _atari100k_args(p: argparse.ArgumentParser) -> None:
     from tasks.atari100k import add_arguments
 
+    add_arguments(p)  # first: its subcommands' usage lines start from the plain `rlts atari100k`
     p.usage = ("rlts atari100k run --games all|Pong,Breakout,... --seeds 5 [--steps 100000] [--backbone mamba2] "
                "[--config atari100k|debug] [--jobs N] --out DIR | rlts atari100k report DIR")
-    add_arguments(p)
     p.set_defaults(overrides=[])
 
 

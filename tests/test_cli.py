@@ -64,3 +64,11 @@ def test_help_shows_the_yaml_defaults_and_the_docstrings(capsys):
     out = capsys.readouterr().out
     assert "  --train.ema 0.99\n" in out and "  --target none\n" in out and "  --csv ''\n" in out
     assert re.search(r"--date_format none\n +Format of the dates for pandas.to_datetime, e.g. %d/%m/%Y", out)
+
+
+@pytest.mark.parametrize("sub", ["run", "report"])
+def test_atari100k_subcommand_usage_is_its_own(capsys, sub):
+    with pytest.raises(SystemExit):
+        main(["atari100k", sub, "--help"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"usage: rlts atari100k {sub} ") and "|" not in first
