@@ -317,6 +317,8 @@ def report(out_dir: Union[str, Path], reps: int = 2000, backbone: Optional[str] 
            steps: Optional[int] = None, seed: int = 0, ref: Optional[pd.DataFrame] = None) -> dict:
     """Write report.md, report.csv, aggregates.csv, report.json, scores.png and profile.png into
     `out_dir`; return the report as a dict (see the module docstring)."""
+    if reps < 1:
+        raise ValueError(f"--reps (bootstrap resamples) must be at least 1, got {reps}")
     out = Path(out_dir)
     ref = load_reference() if ref is None else ref
     runs = collect_runs(out, ref)

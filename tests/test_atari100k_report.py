@@ -260,6 +260,8 @@ def test_report_errors(tmp_path):
     _job(tmp_path / "misfiled", "Pong", 0, 1.0, env="Breakout")
     with pytest.raises(ValueError, match="Breakout run filed under the Pong"):
         ar.collect_runs(tmp_path / "misfiled")
+    with pytest.raises(ValueError, match="--reps .* must be at least 1, got 0"):
+        ar.report(tmp_path / "misfiled", reps=0)
 
 
 def test_run_report_prints_markdown(tree, capsys):
