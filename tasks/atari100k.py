@@ -172,7 +172,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rep = sub.add_parser("report", help="aggregate finished jobs into tables and plots")
     rep.add_argument("out", help="the benchmark folder")
     rep.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    rep.add_argument("--backbone", default=None, help="only runs of this backbone (a folder put together from several runs may hold several)")
+    rep.add_argument("--backbone", default=None,
+                     help="only runs of this backbone (a folder put together from several runs may hold several)")
     rep.add_argument("--steps", type=int, default=None, help="only runs of this step budget")
 
 

@@ -590,10 +590,13 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
         "partial": previous.get("partial", {}),
     }
 
+    warmed: List[bool] = []  # MiniRocket warmed up in this process (once, whatever the seeds)
+
     def fit_and_score(name: str, seed: int, model_dir: Path) -> dict:
         """One run of model `name` with `seed`: train, predict the test set, return its entry."""
-        if name == "minirocket":  # numba compiles MiniRocket on its first use in a process: not training time
+        if name == "minirocket" and not warmed:  # numba compiles MiniRocket on its first use: not training time
             warm_up_minirocket(std_train, variant)
+            warmed.append(True)
         seed_everything(seed)
         t0 = time.perf_counter()
         if name == "minirocket":

@@ -205,15 +205,15 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 }
 
 
-def _config(module: str, cls: str, yaml_name: str, overlays: Sequence[str] = ()) -> Callable[[], object]:
+def _config(module: str, cls: str, yaml_name: str) -> Callable[[], object]:
     """A function giving the config a command starts from: the dataclass with its YAML file's
-    defaults (and `overlays`) applied. Imported only when --help asks for it."""
+    defaults applied. Imported only when --help asks for it."""
     def make():
         import importlib
 
         from rlts.config import parse_config
         klass = getattr(importlib.import_module(module), cls)
-        return parse_config(klass, [], yaml_path=Path(__file__).parent / "configs" / yaml_name, overlays=overlays)
+        return parse_config(klass, [], yaml_path=Path(__file__).parent / "configs" / yaml_name)
     return make
 
 
