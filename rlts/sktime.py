@@ -33,7 +33,8 @@ import numbers
 import random
 import tempfile
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from functools import partial
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,7 @@ from sktime.classification.base import BaseClassifier
 from sktime.forecasting.base import BaseForecaster
 from torch.utils.data import DataLoader
 
+from rlts.data.augment import check_augment
 from rlts.data.panel import PanelDataset, as_series_list, encode_labels, fit_panel_scaler
 from rlts.data.timeseries import StandardScaler, WindowDataset
 from rlts.heads.classify import POOLINGS, STEMS, SequenceClassifier as _ClassifierHead
@@ -438,6 +440,10 @@ class SequenceClassifier(BaseClassifier):
         to the first's (twice the backbone's parameters and time).
     dropout : float, default=0.0
         Dropout on the pooled vector.
+    augment : sequence of str or None, default=None
+        Data augmentation of the training series (`rlts.data.augment`): any of "jitter",
+        "scaling", "window_slice", "window_warp"; each series of a batch goes through all of them
+        with probability 1/2. None: none.
     backbone_kwargs : dict or None, default=None
         Extra options for every backbone block, e.g. {"headdim": 16, "d_state": 16} for mamba2
         (whose headdim must divide 2 * d_model) or {"n_heads": 2} for aaren / transformer.
@@ -513,7 +519,7 @@ class SequenceClassifier(BaseClassifier):
 
     def __init__(self, backbone: str = "mamba", d_model: int = 64, n_layers: int = 2, pooling: str = "mean",
                  patch_len: int = 1, stem: str = "conv", bidirectional: bool = True,
-                 dropout: float = 0.0, backbone_kwargs: Optional[dict] = None,
+                 dropout: float = 0.0, augment: Optional[Sequence[str]] = None, backbone_kwargs: Optional[dict] = None,
                  epochs: int = 200, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
                  plateau_patience: int = 10, patience: int = 0, random_state=None, device: str = "cpu"):
         self.backbone = backbone
@@ -524,6 +530,7 @@ class SequenceClassifier(BaseClassifier):
         self.stem = stem
         self.bidirectional = bidirectional
         self.dropout = dropout
+        self.augment = augment
         self.backbone_kwargs = backbone_kwargs
         self.epochs = epochs
         self.batch_size = batch_size
@@ -547,6 +554,7 @@ class SequenceClassifier(BaseClassifier):
             raise ValueError(f"{name}: bidirectional must be True or False, got {self.bidirectional!r}")
         _check_int(name, "plateau_patience", self.plateau_patience, low=0)
         _check_int(name, "patience", self.patience, low=0)
+        augment = check_augment(self.augment or (), f"{name}: augment")
         series = as_series_list(X, "X")                                   # N arrays (L_i, C)
         codes, classes = encode_labels(y, name="y")                       # (N,) in 0 .. K-1
         if not np.array_equal(classes, self.classes_):  # both np.unique(y): a guard, not a branch
@@ -562,7 +570,7 @@ class SequenceClassifier(BaseClassifier):
                 d_model=self.d_model, n_layers=self.n_layers, pooling=self.pooling,
                 patch_len=self.patch_len, stem=self.stem, bidirectional=bool(self.bidirectional),
                 dropout=self.dropout, **(self.backbone_kwargs or {}))
-            self.train_summary_ = _train(self, self.network_, classification_loss, data, seed,
+            self.train_summary_ = _train(self, self.network_, partial(classification_loss, augment=augment), data, seed,
                                          collate_fn=collate_unequal, monitor="train", min_lr=1e-4,
                                          plateau_patience=int(self.plateau_patience), patience=int(self.patience))
         self.n_channels_ = series[0].shape[1]
@@ -609,5 +617,5 @@ class SequenceClassifier(BaseClassifier):
              "patch_len": 4, "stem": "none", "plateau_patience": 0, "bidirectional": False, "random_state": 0},
             {"backbone": "mamba", "d_model": 4, "n_layers": 1, "pooling": "mean", "stem": "conv", "epochs": 2,
              "batch_size": 64, "ema": 0.5, "backbone_kwargs": {"d_state": 4}, "bidirectional": True,
-             "random_state": 1},
+             "augment": ("window_warp", "jitter"), "random_state": 1},
         ]

@@ -59,6 +59,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -69,6 +70,7 @@ from torch.utils.data import DataLoader
 from rlts.checkpoint import load as load_checkpoint
 from rlts.checkpoint import save_atomic
 from rlts.config import to_dict
+from rlts.data.augment import check_augment
 from rlts.data.panel import PanelDataset, as_series_list, encode_labels, fit_panel_scaler
 from rlts.heads.classify import POOLINGS, STEMS, SequenceClassifier, classification_loss, collate_unequal
 from rlts.nn import BACKBONES, count_parameters
@@ -91,8 +93,8 @@ SCORES_FILE = "test_scores.pt"
 # Config keys whose change makes earlier results in the same `out` incomparable.
 _DATA_KEYS = ("dataset", "train_file", "test_file", "max_train", "max_test", "d_model", "n_layers",
               "pooling", "patch_len", "dropout", "val_fraction", "train", "minirocket_kernels", "seed", "stem",
-              "seeds", "bidirectional")
-_LEGACY = {"stem": "none", "seeds": 1, "bidirectional": False}
+              "seeds", "bidirectional", "augment")
+_LEGACY = {"stem": "none", "seeds": 1, "bidirectional": False, "augment": []}
 """Values of config keys added later, for result folders written before them."""
 
 
@@ -121,6 +123,11 @@ class ClassifyConfig:
     valid step, which has seen the whole series) or mean (over the valid steps)."""
     dropout: float = 0.0
     """Dropout on the pooled features, before the read-out (backbone models)."""
+    augment: List[str] = field(default_factory=list)
+    """Data augmentation of the training series (backbone models; rlts.data.augment): any of
+    jitter, scaling, window_slice, window_warp, with the settings of Iwana & Uchida's survey;
+    each series of a batch goes through all of them with probability 1/2. Commas split.
+    Empty (default): none."""
     patch_len: int = 1
     """Time steps per backbone token (backbone models; patches end at each series' last step;
     1 = one token per step)."""
@@ -192,6 +199,7 @@ def check_config(cfg: ClassifyConfig) -> None:
         raise ValueError(f"val_fraction must lie in [0, 1), got {cfg.val_fraction}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {cfg.dropout}")
+    check_augment(cfg.augment)
     for key in ("max_train", "max_test"):
         v = getattr(cfg, key)
         if v is not None and v < 1:
@@ -517,6 +525,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
     """Run every model not yet in `out`/results.json; return the results dict."""
     check_config(cfg)
     models = resolve_models(cfg)
+    cfg = replace(cfg, augment=list(check_augment(cfg.augment)))  # "a,b" -> [a, b], as results.json keeps it
     data = load_panels(cfg)
     if cfg.dataset:
         cfg = replace(cfg, dataset=data.source["dataset"])  # the canonical spelling of a shipped name
@@ -618,7 +627,8 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             resumed = ckpt.exists() and any(ckpt.iterdir())
             log(f"[{'resume' if resumed else 'train'}] {name} ({n_params} parameters, seed {seed})")
             train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
-            trainer = Trainer(model, classification_loss, train_cfg, run_dir=model_dir, collate_fn=collate_unequal)
+            loss_fn = partial(classification_loss, augment=tuple(cfg.augment)) if cfg.augment else classification_loss
+            trainer = Trainer(model, loss_fn, train_cfg, run_dir=model_dir, collate_fn=collate_unequal)
             fit = trainer.fit(fit_ds, val_ds)
             train_time = fit["train_time_s"]  # summed over interrupted runs
             scores = predict_scores(trainer.model, test_ds, cfg.eval_batch_size, device)

@@ -527,3 +527,27 @@ def test_folder_from_before_the_stem_key_counts_as_no_stem(tmp_path):
     assert any("[skip] gru" in line for line in log)
     with pytest.raises(ValueError, match="different setup \\(stem: 'none' -> 'conv'\\)"):
         _run([*argv, "--stem", "conv"])
+
+
+def test_augment_is_stored_checked_and_part_of_the_setup(tmp_path, capsys):
+    train, test = _toy_pair(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--train", str(train), "--test", str(test), "--config", "debug", "--models", "gru", "--epochs", "2",
+            "--plots", "false", "--out", str(out)]
+    err = _cli_error(capsys, [*argv, "--augment", "window_warp,warp"])
+    assert "unknown augmentation 'warp'" in err and "window_slice" in err and not out.exists()
+    results = _run([*argv, "--augment", "window_warp,jitter"])
+    assert results["config"]["augment"] == ["window_warp", "jitter"]
+    assert json.loads((out / "results.json").read_text())["config"]["augment"] == ["window_warp", "jitter"]
+    log = []
+    _run([*argv, "--augment", "window_warp", "jitter"], log=log.append)    # the same list, spelt otherwise
+    assert any("[skip] gru" in line for line in log)
+    with pytest.raises(ValueError, match="different setup \\(augment"):
+        _run([*argv, "--augment", "window_slice"])
+    # a folder from before the key: no augmentation
+    old = json.loads((out / "results.json").read_text())
+    del old["config"]["augment"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps({**old, "config": {**old["config"], "out": str(tmp_path / "old")}}))
+    with pytest.raises(ValueError, match="different setup \\(augment"):
+        _run([*argv[:-1], str(tmp_path / "old"), "--augment", "jitter"])

@@ -352,6 +352,17 @@ def test_classifier_bidirectional_must_be_a_bool():
     assert clf.network_.model_rev is not None and clf.predict(X).shape == (len(y),)
 
 
+def test_classifier_augment_is_used_and_checked():
+    X, y = rising_falling(16, seed=3)
+    with pytest.raises(ValueError, match="SequenceClassifier: augment: unknown augmentation 'warp'"):
+        small_classifier(augment=["warp"]).fit(X, y)
+    plain = small_classifier(random_state=2).fit(X, y).predict_proba(X)
+    warped = [small_classifier(random_state=2, augment=("window_warp", "jitter")).fit(X, y).predict_proba(X)
+              for _ in range(2)]
+    np.testing.assert_array_equal(warped[0], warped[1])        # seeded: the same draws every fit
+    assert not np.allclose(plain, warped[0])                   # and they did change the training
+
+
 def test_classifier_unknown_stem():
     X, y = rising_falling(6, seed=0)
     with pytest.raises(ValueError, match="unknown stem 'fcn'; choose one of conv, none"):
@@ -408,6 +419,7 @@ def test_classifier_defaults_are_rlts_classify_defaults():
     for key in ("epochs", "batch_size", "lr", "weight_decay", "ema", "plateau_patience", "patience"):
         assert params[key] == getattr(cfg.train, key), key
     assert (cfg.val_fraction, cfg.train.monitor, cfg.train.min_lr) == (0.0, "train", 1e-4)  # fixed in _fit
+    assert params["augment"] is None and cfg.augment == []
 
 
 def test_classifier_monitors_the_training_loss():

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlts.data.augment import augment_batch
 from rlts.nn.conv import ConvStem
 from rlts.nn.model import SequenceModel
 
@@ -219,9 +220,13 @@ def collate_unequal(batch: Sequence[Tuple[Any, Any]]) -> Tuple[torch.Tensor, tor
     return padded, lengths, torch.stack(labels)
 
 
-def classification_loss(model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
+def classification_loss(model: nn.Module, batch: Any, augment: Sequence[str] = ()) -> Tuple[torch.Tensor, Dict[str, float]]:
     """A `loss_fn` for rlts.trainer.Trainer: batch = (x, lengths, labels) from collate_unequal, or
-    (x, labels) for equal-length (or NaN-padded) series. Cross-entropy; metrics loss and accuracy."""
+    (x, labels) for equal-length (or NaN-padded) series. Cross-entropy; metrics loss and accuracy.
+
+    augment: names from `rlts.data.augment.AUGMENTATIONS`, applied (`augment_batch`) while the
+    model is in training mode, never in evaluation; bind them with
+    `functools.partial(classification_loss, augment=["window_warp"])`."""
     if len(batch) == 3:
         x, lengths, labels = batch
     elif len(batch) == 2:
@@ -230,6 +235,10 @@ def classification_loss(model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dic
         raise ValueError(f"classification_loss: batch must be (x, lengths, labels) or (x, labels), got {len(batch)} items")
     device = next(model.parameters()).device
     x, labels = x.to(device), labels.to(device).long()
+    if augment and model.training:
+        if lengths is None:
+            lengths = nan_padded_lengths(x)
+        x = augment_batch(x, lengths.to(device), augment)
     logits = model(x, None if lengths is None else lengths.to(device))
     loss = F.cross_entropy(logits, labels)
     acc = (logits.argmax(dim=-1) == labels).float().mean()

@@ -1,0 +1,163 @@
+"""Data augmentation for time-series classification, on padded batches of unequal lengths.
+
+    x, lengths = augment_batch(x, lengths, ["window_warp"])   # x (B, L, C), lengths (B,): same shapes
+
+Four standard transforms, with the settings of Iwana & Uchida's survey of augmentation for
+time-series classification with neural networks (PLoS ONE 2021; 12 methods on the 128 UCR
+datasets):
+- `jitter`: add Gaussian noise, sigma 0.03 (Um et al. 2017);
+- `scaling`: multiply each channel of a series by a factor drawn from N(1, 0.1^2) (Um et al. 2017);
+- `window_slice`: keep a random window of ceil(0.9 L) steps and stretch it back to L steps
+  (Le Guennec et al. 2016);
+- `window_warp`: speed up or slow down (factor 2 or 1/2) a random window of ceil(0.1 L) steps
+  and resample the whole series back to L steps (Le Guennec et al. 2016).
+
+Each series keeps its length (L_i steps of a padded batch, the padding untouched), so
+`lengths` and the padding masks stay valid. Inside a batch, each series is transformed with
+probability `p` (default 1/2: half the series a model sees are the originals, as when the
+survey adds one augmented copy of the training set to it), by every transform named, in the
+order given. Random draws come from torch's generator (the global one unless `generator` is
+given), so a seeded training run stays reproducible and resumable.
+
+The time transforms are written as a source time per output step (`slice_times`,
+`warp_times`) and one linear interpolation (`resample`); tests compare them with np.interp
+loops in float64.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+JITTER_SIGMA = 0.03
+SCALING_SIGMA = 0.1
+SLICE_RATIO = 0.9
+WARP_RATIO = 0.1
+WARP_SCALES = (0.5, 2.0)
+
+
+def resample(x: torch.Tensor, lengths: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of each series at fractional source times.
+
+    x (B, L, C); lengths (B,); src (B, L) source times, clamped to [0, lengths - 1] -> (B, L, C):
+    step t of series b is x[b] read at time src[b, t]; steps t >= lengths[b] are copied from x."""
+    B, L, C = x.shape
+    last = (lengths - 1).to(src.dtype)[:, None]                       # (B, 1)
+    s = torch.minimum(src.clamp(min=0), last)                          # (B, L)
+    lo = s.floor().long()
+    hi = torch.minimum(lo + 1, (lengths - 1)[:, None])                 # (B, L)
+    frac = (s - lo.to(s.dtype)).to(x.dtype)[..., None]                 # (B, L, 1)
+    x_lo = x.gather(1, lo[..., None].expand(B, L, C))
+    x_hi = x.gather(1, hi[..., None].expand(B, L, C))
+    out = x_lo + frac * (x_hi - x_lo)
+    valid = torch.arange(L, device=x.device)[None, :] < lengths[:, None]   # (B, L)
+    return torch.where(valid[..., None], out, x)
+
+
+def _steps(lengths: torch.Tensor, L: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Output times t (1, L) and each series' last time L_b - 1 (B, 1), in float64."""
+    t = torch.arange(L, dtype=torch.float64, device=lengths.device)[None, :]
+    return t, (lengths - 1).to(torch.float64)[:, None]
+
+
+def slice_times(lengths: torch.Tensor, L: int, u: torch.Tensor, ratio: float = SLICE_RATIO) -> torch.Tensor:
+    """Source times (B, L) of window slicing: a window of w_b = ceil(ratio L_b) steps starting at
+    step floor(u_b (L_b - w_b + 1)) (u (B,) uniform in [0, 1)), stretched over the L_b steps."""
+    n = lengths.to(torch.float64)
+    w = torch.ceil(ratio * n).clamp(min=1)                             # (B,) window length
+    start = torch.floor(u.to(torch.float64) * (n - w + 1)).clamp(max=n - w)   # (B,)
+    t, last = _steps(lengths, L)
+    step = (w[:, None] - 1) / last.clamp(min=1)                        # (B, 1) source steps per output step
+    return start[:, None] + t * step
+
+
+def warp_times(lengths: torch.Tensor, L: int, u: torch.Tensor, scale: torch.Tensor,
+               ratio: float = WARP_RATIO) -> torch.Tensor:
+    """Source times (B, L) of window warping: the window of n_b = ceil(ratio L_b) steps from step
+    a_b = floor(u_b (L_b - n_b)) to a_b + n_b is played `scale` (B,) times slower (its duration
+    becomes scale n_b), then the warped series is resampled to L_b evenly spaced steps.
+
+    The warp maps original time s to w(s) = s before a, a + scale (s - a) inside the window and
+    s + (scale - 1) n after it; output step t sits at warped time t D / (L_b - 1), where
+    D = L_b - 1 + (scale - 1) n is the warped duration, and reads the original at w^-1 of that."""
+    n_len = lengths.to(torch.float64)
+    n = torch.ceil(ratio * n_len).clamp(max=(n_len - 1).clamp(min=0))  # (B,) window length (0 if L_b = 1)
+    a = torch.floor(u.to(torch.float64) * (n_len - n)).clamp(max=n_len - 1 - n)   # (B,) window start
+    k = scale.to(torch.float64)                                        # (B,)
+    t, last = _steps(lengths, L)
+    D = last + ((k - 1) * n)[:, None]                                  # (B, 1) warped duration
+    tw = t * D / last.clamp(min=1)                                     # (B, L) warped time of each step
+    a, n, k = a[:, None], n[:, None], k[:, None]
+    return torch.where(tw <= a, tw, torch.where(tw <= a + k * n, a + (tw - a) / k, tw - (k - 1) * n))
+
+
+def _valid(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    return (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[..., None]   # (B, L, 1)
+
+
+def _uniform(n: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+    return torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+def jitter(x, lengths, generator=None, sigma: float = JITTER_SIGMA):
+    """x + sigma N(0, 1) on the valid steps."""
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device, x.dtype)
+    return torch.where(_valid(x, lengths), x + sigma * noise, x)
+
+
+def scaling(x, lengths, generator=None, sigma: float = SCALING_SIGMA):
+    """Each channel of each series times a factor from N(1, sigma^2)."""
+    factor = 1 + sigma * torch.randn((x.shape[0], 1, x.shape[2]), generator=generator, dtype=torch.float64)
+    return torch.where(_valid(x, lengths), x * factor.to(x.device, x.dtype), x)
+
+
+def window_slice(x, lengths, generator=None, ratio: float = SLICE_RATIO):
+    """A random window of ceil(ratio L_b) steps, stretched back to L_b steps."""
+    u = _uniform(x.shape[0], generator).to(x.device)
+    return resample(x, lengths, slice_times(lengths, x.shape[1], u, ratio))
+
+
+def window_warp(x, lengths, generator=None, ratio: float = WARP_RATIO, scales: Sequence[float] = WARP_SCALES):
+    """A random window of ceil(ratio L_b) steps slowed down or sped up by a factor drawn from
+    `scales`, the series resampled back to L_b steps."""
+    B = x.shape[0]
+    u = _uniform(B, generator).to(x.device)
+    pick = torch.randint(len(scales), (B,), generator=generator)
+    scale = torch.tensor(scales, dtype=torch.float64)[pick].to(x.device)
+    return resample(x, lengths, warp_times(lengths, x.shape[1], u, scale, ratio))
+
+
+AUGMENTATIONS: Dict[str, Callable] = {"jitter": jitter, "scaling": scaling, "window_slice": window_slice,
+                                      "window_warp": window_warp}
+
+
+def check_augment(names: Sequence[str], what: str = "augment") -> Tuple[str, ...]:
+    """The names as a tuple ("a,b" items split at commas); ValueError naming an unknown one."""
+    if isinstance(names, str):
+        names = [names]
+    names = [n.strip() for item in names for n in str(item).split(",") if n.strip()]
+    for name in names:
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"{what}: unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
+    return tuple(names)
+
+
+def augment_batch(x: torch.Tensor, lengths: Optional[torch.Tensor], names: Sequence[str], p: float = 0.5,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """x (B, L, C) right-padded, lengths (B,) (None: all L) -> x augmented (B, L, C): each series,
+    with probability p, goes through every transform in `names`, in order."""
+    names = check_augment(names)
+    if not names or x.shape[0] == 0:
+        return x
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"augment_batch: p must lie in [0, 1], got {p}")
+    B, L, _ = x.shape
+    if lengths is None:
+        lengths = torch.full((B,), L, dtype=torch.long, device=x.device)
+    lengths = lengths.to(x.device).long()
+    chosen = (torch.rand(B, generator=generator, dtype=torch.float64) < p).to(x.device)   # (B,)
+    out = x
+    for name in names:
+        out = AUGMENTATIONS[name](out, lengths, generator)
+    return torch.where(chosen[:, None, None], out, x)
+
