@@ -571,9 +571,13 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height))
 
 
+_HNS_TICKS = (-10, -5, -2, -1, -0.5, 0, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100)
+
+
 def _plot_scores(path: Path, per_game: pd.DataFrame, published: List[str], games: List[str],
-                 finished: pd.DataFrame) -> None:
-    fig = _figure(max(6.0, 0.45 * len(games) + 3), 4.5)
+                 finished: pd.DataFrame):
+    """scores.png: per game, the published agents' HNS and ours (mean and seeds); returns the figure."""
+    fig = _figure(max(6.0, 0.45 * len(games) + 3) + 1.5, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(games))
     width = 0.8 / (len(published) + 1)
@@ -590,16 +594,24 @@ def _plot_scores(path: Path, per_game: pd.DataFrame, published: List[str], games
     ax.axhline(1, color="grey", lw=0.5, ls="--")
     ax.set_yscale("symlog", linthresh=1.0)
     lo, hi = ax.get_ylim()
-    ticks = [t for t in (-10, -5, -2, -1, -0.5, 0, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100) if lo <= t <= hi]
+    # headroom: the highest point sits below the next round value, never on the frame
+    shown = [per_game[f"{a}_hns"] for a in published] + ([per_game["hns"], finished["hns"]] if len(games) else [])
+    values = np.concatenate([np.asarray(v, dtype=float) for v in shown]) if shown else np.zeros(0)
+    values = values[np.isfinite(values)]
+    top = max(1.0, float(values.max()) if values.size else 1.0) * 1.25
+    hi = min((t for t in _HNS_TICKS if t >= top), default=top)
+    ax.set_ylim(lo, hi)
+    ticks = [t for t in _HNS_TICKS if lo <= t <= hi]
     ax.set_yticks(ticks)
     ax.set_yticklabels([f"{t:g}" for t in ticks])
     ax.set_xticks(x)
     ax.set_xticklabels(games, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("human-normalised score (symlog)")
     ax.set_title("Atari100k per-game HNS")
-    ax.legend(fontsize=7, ncol=3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, off the points
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def _plot_profile(path: Path, taus: np.ndarray, profile: Optional[dict], pub_hns: Dict[str, np.ndarray],

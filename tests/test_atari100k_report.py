@@ -281,3 +281,17 @@ def test_report_complete_run_not_partial(tmp_path):
     assert ours["mean"]["estimate"] == pytest.approx(1.0) and ours["optimality_gap"]["estimate"] == pytest.approx(0)
     assert ours["iqm"]["ci_low"] == ours["iqm"]["ci_high"] == pytest.approx(1.0)
     assert (tmp_path / "report.md").read_text().splitlines()[2].startswith("**Complete:**")
+
+
+def test_scores_plot_keeps_the_highest_point_inside(tmp_path):
+    """DIAMOND's Breakout (HNS 4.54) once sat on the frame, under the legend."""
+    from tasks.atari100k_report import _plot_scores
+
+    games = ["Breakout", "Pong"]
+    per_game = pd.DataFrame({"diamond_hns": [4.54, 1.0], "storm_hns": [0.3, 0.9], "hns": [0.1, 0.2]})
+    finished = pd.DataFrame({"game": games, "hns": [0.1, 0.2]})
+    fig = _plot_scores(tmp_path / "scores.png", per_game, ["diamond", "storm"], games, finished)
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert high >= 4.54 * 1.25 and low <= 0 and (tmp_path / "scores.png").stat().st_size > 0
+    assert ax.get_legend().get_bbox_to_anchor().x0 >= ax.get_window_extent().x1  # the legend is beside the axes
