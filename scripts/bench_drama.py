@@ -3,6 +3,7 @@ projected wall time of one 100k-step run, per world-model backbone, side by side
 
     python scripts/bench_drama.py [--device auto|cpu|cuda] [--backbones mamba2,mamba,aaren,transformer,gru]
                                   [--game Pong] [--repeats 3] [--threads N] [--out FILE.md]
+                                  [--config atari100k|debug]
 
 One training step of `rlts atari --config atari100k` is: act (encode the frame, one recurrent
 step of the sequence model, sample an action), step the emulator, one world-model update
@@ -10,6 +11,8 @@ step of the sequence model, sample an action), step the emulator, one world-mode
 from 8 real frames). Each part is timed on its own (medians over `repeats` calls after a
 warm-up) on a replay buffer filled with real frames of `game`; a run is 1032 random steps
 (emulator only) plus 98,968 training steps, the periodic and final evaluations excluded.
+`--config debug` measures the tiny debug overlay instead (a check that the benchmark runs, in
+seconds on a CPU; its figures say nothing about the real settings).
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def fill_buffer(cfg, spec, device, game: str) -> ReplayBuffer:
 
 
 def bench_backbone(backbone: str, args, device) -> dict:
-    cfg = parse_rl_config(["--config", "atari100k", "--env", args.game, "--world_model.backbone", backbone],
+    cfg = parse_rl_config(["--config", args.config, "--env", args.game, "--world_model.backbone", backbone],
                           "atari.yaml")
     env = make_env(args.game)
     spec = env_spec(env)
@@ -91,7 +94,7 @@ def bench_backbone(backbone: str, args, device) -> dict:
             "run_h": run_s / 3600}
 
 
-def main() -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--device", default="auto")
     p.add_argument("--backbones", default="mamba2,mamba,aaren,transformer,gru")
@@ -99,7 +102,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None, help="also write the table as Markdown here")
-    args = p.parse_args()
+    p.add_argument("--config", default="atari100k",
+                   help="overlay of tasks/configs/atari.yaml to measure (debug: tiny, a seconds-long check)")
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = bench_device(args.device)
@@ -107,7 +112,7 @@ def main() -> None:
     print("\n".join(header))
     rows = [bench_backbone(b.strip(), args, device) for b in args.backbones.split(",") if b.strip()]
     base = rows[0]
-    table = Table(f"Drama, Atari100k settings, {args.game}, {device.type}", ["backbone", "WM params", "act ms", "env ms", "WM update ms", "AC update ms", "step ms",
+    table = Table(f"Drama, --config {args.config}, {args.game}, {device.type}", ["backbone", "WM params", "act ms", "env ms", "WM update ms", "AC update ms", "step ms",
                    "env steps/s", f"vs {base['backbone']}", "100k run (h)"])
     for r in rows:
         table.add(r["backbone"], f"{r['params']:,}", f"{r['act'] * 1e3:.1f}", f"{r['env'] * 1e3:.2f}",
@@ -116,7 +121,8 @@ def main() -> None:
     print(table)
     if args.out:
         Path(args.out).write_text("\n".join(f"- {h}" for h in header) + "\n\n" + table.markdown())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
