@@ -443,7 +443,8 @@ class SequenceClassifier(BaseClassifier):
     augment : sequence of str or None, default=None
         Data augmentation of the training series (`rlts.data.augment`): any of "jitter",
         "scaling", "window_slice", "window_warp"; each series of a batch goes through all of them
-        with probability 1/2. None: none.
+        with probability 1/2. None: none. The weights kept are then those of the epoch with the
+        lowest mean loss on the augmented batches.
     backbone_kwargs : dict or None, default=None
         Extra options for every backbone block, e.g. {"headdim": 16, "d_state": 16} for mamba2
         (whose headdim must divide 2 * d_model) or {"n_heads": 2} for aaren / transformer.

@@ -51,6 +51,23 @@ def resolve_models(models: Sequence[str], backbone: str, baselines: Sequence[str
     return names
 
 
+def summarise_runs(runs: List[dict], metrics: Sequence[str]) -> dict:
+    """A results entry from the runs of one model with several seeds (dicts with "seed"). One run
+    is the entry itself. Several: for each of `metrics` the mean and its sample standard
+    deviation (`<metric>_std`), the parameters, the training time summed over runs, and the
+    runs themselves."""
+    if len(runs) == 1:
+        return {k: v for k, v in runs[0].items() if k != "seed"}
+    entry: dict = {}
+    for m in metrics:
+        values = [float(r[m]) for r in runs]
+        mean = sum(values) / len(values)
+        entry[m] = mean
+        entry[f"{m}_std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    entry.update(params=runs[0]["params"], train_time_s=round(sum(r["train_time_s"] for r in runs), 3), runs=runs)
+    return entry
+
+
 def parse_task_config(cls, argv: Sequence[str], yaml_path: Path, aliases: Dict[str, str]):
     """parse_config with `--alias value` / `--alias=value` spellings mapped to their keys."""
     def alias(tok: str) -> str:

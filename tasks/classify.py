@@ -80,6 +80,7 @@ from rlts.trainer import Trainer, TrainConfig, check_train_config
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            split_names, table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
+from tasks._runner import summarise_runs as _summarise_runs
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "classify.yaml"
 BASELINES = ("minirocket",)
@@ -127,7 +128,8 @@ class ClassifyConfig:
     """Data augmentation of the training series (backbone models; rlts.data.augment): any of
     jitter, scaling, window_slice, window_warp, with the settings of Iwana & Uchida's survey;
     each series of a batch goes through all of them with probability 1/2. Commas split.
-    Empty (default): none."""
+    Empty or none (default): none. The training loss that train.monitor: train judges is then
+    the loss on the augmented batches."""
     patch_len: int = 1
     """Time steps per backbone token (backbone models; patches end at each series' last step;
     1 = one token per step)."""
@@ -485,16 +487,12 @@ def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray
 
 
 def summarise_runs(runs: List[dict]) -> dict:
-    """A model's results entry from its runs (dicts with "seed"). One run is the entry itself.
-    Several: their mean accuracy and its sample standard deviation, the parameters, the
-    training time summed over runs, the confusion counts summed over every run's predictions,
-    and the runs themselves (each with its epochs, validation loss, ...)."""
-    if len(runs) == 1:
-        return {k: v for k, v in runs[0].items() if k != "seed"}
-    acc = np.array([r["accuracy"] for r in runs])
-    return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)), "params": runs[0]["params"],
-            "train_time_s": round(sum(r["train_time_s"] for r in runs), 3),
-            "confusion_matrix": np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist(), "runs": runs}
+    """A model's results entry from its runs (`tasks._runner.summarise_runs`: mean accuracy and its
+    sample standard deviation, ...), with the confusion counts summed over every run's predictions."""
+    entry = _summarise_runs(runs, ("accuracy",))
+    if len(runs) > 1:
+        entry["confusion_matrix"] = np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist()
+    return entry
 
 
 def _table_rows(results: dict, models: List[str]) -> List[dict]:

@@ -38,6 +38,7 @@ from rlts.trainer import Trainer, TrainConfig, check_train_config
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            split_names, table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
+from tasks._runner import summarise_runs
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "forecast.yaml"
 BASELINES = ("linear", "naive")
@@ -47,7 +48,9 @@ PLOT_WINDOWS = 3
 # horizons may change: a rerun adds the missing pairs).
 _DATA_KEYS = ("csv", "target", "date_column", "date_format", "features", "fill", "window", "protocol",
               "d_model", "n_layers", "channel_mode", "patch_len", "skip", "dropout", "train", "max_train_windows",
-              "max_val_windows", "seed")
+              "max_val_windows", "seed", "seeds")
+_LEGACY = {"date_format": None, "seeds": 1}
+"""Values of config keys added later, for result folders written before them."""
 
 
 @dataclass
@@ -104,6 +107,10 @@ class ForecastConfig:
     """Output folder; default runs/forecast-<csv stem>-<timestamp>. Reuse it to resume."""
     seed: int = 0
     """Seeds model initialisation and training."""
+    seeds: int = 1
+    """Runs per model and horizon, with seeds seed, seed + 1, ..., seed + seeds - 1 (each run is
+    exactly what `--seed S` alone gives); the table reports their mean MSE and MAE with the
+    sample standard deviations, results.json every run."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     plots: bool = True
@@ -139,8 +146,9 @@ def check_config(cfg: ForecastConfig) -> None:
         v = getattr(cfg, key)
         if v is not None and v < 1:
             raise ValueError(f"{key} must be at least 1 or none, got {v}")
-    if cfg.eval_batch_size < 1:
-        raise ValueError(f"eval_batch_size must be at least 1, got {cfg.eval_batch_size}")
+    for key in ("eval_batch_size", "seeds"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     resolve_models(cfg)
     select_device(cfg.device)
 
@@ -191,13 +199,19 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
 
 
 def _table_rows(results: dict, models: List[str], horizons: List[int]) -> List[dict]:
+    entries = [(m, h, results.get(m, {}).get(str(h))) for m in models for h in horizons]
+    entries = [(m, h, r) for m, h, r in entries if r is not None]
+    several = any("runs" in r for _, _, r in entries)
     rows = []
-    for m in models:
-        for h in horizons:
-            r = results.get(m, {}).get(str(h))
-            if r is not None:
-                rows.append({"model": m, "horizon": h, "mse": r["mse"], "mae": r["mae"],
-                             "params": r["params"], "train_time_s": r["train_time_s"]})
+    for m, h, r in entries:
+        row = {"model": m, "horizon": h, "mse": r["mse"]}
+        if several:
+            row["mse_std"] = r.get("mse_std", "-")
+        row["mae"] = r["mae"]
+        if several:
+            row.update(mae_std=r.get("mae_std", "-"), seeds=len(r.get("runs", [r])))
+        row.update(params=r["params"], train_time_s=r["train_time_s"])
+        rows.append(row)
     return rows
 
 
@@ -217,7 +231,7 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     borders = all_borders[horizons[0]]  # the ranges do not depend on the horizon
     protocol = protocol_for(table.path) if cfg.protocol == "auto" else cfg.protocol
 
-    out, previous, cfg_dict = open_run(cfg, "forecast", Path(cfg.csv).stem, _DATA_KEYS, {"date_format": None},
+    out, previous, cfg_dict = open_run(cfg, "forecast", Path(cfg.csv).stem, _DATA_KEYS, _LEGACY,
                                        file_keys=("csv",))
     log(f"[out] {out}")
     results_path = out / "results.json"
@@ -228,7 +242,6 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     # Index of the target within a forecast's channels (M: all columns; S/MS: one).
     target_out = table.target_index if cfg.features == "M" else 0
     device = select_device(cfg.device)
-    train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": cfg.seed, "device": cfg.device})
 
     rows = {"train": borders["train"][1] - borders["train"][0],
             "val": borders["val"][1] - borders["val"][0] - cfg.window,
@@ -252,7 +265,9 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
             "scaler": scaler.to_dict(),
         },
         "results": previous.get("results", {}),
+        "partial": previous.get("partial", {}),
     }
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
 
     for h in horizons:
         b = all_borders[h]
@@ -266,35 +281,54 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                 log(f"[skip] {name} h={h}: already in {results_path}")
                 continue
             pair_dir = out / f"{name}-h{h}"
-            seed_everything(cfg.seed)
-            model = build_model(name, cfg, n_channels, h, target_index)
-            n_params = count_parameters(model)
-            fit = {"epochs": 0, "best_val_loss": None, "early_stopped": False, "train_time_s": 0.0}
-            if name != "naive":
-                resumed = (pair_dir / "checkpoints").exists() and any((pair_dir / "checkpoints").iterdir())
-                log(f"[{'resume' if resumed else 'train'}] {name} h={h} ({n_params} parameters)")
-                trainer = Trainer(model, forecast_loss, train_cfg, run_dir=pair_dir)
-                fit = trainer.fit(_subsample(train_ds, cfg.max_train_windows),
-                                  _subsample(val_ds, cfg.max_val_windows))
-                model = trainer.model
-            else:
-                model = model.to(device)
-            train_time = fit["train_time_s"]  # summed over interrupted runs
-            mse, mae, kept = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx)
-            if h == horizons[0]:
-                pair_dir.mkdir(parents=True, exist_ok=True)
-                samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
-                (pair_dir / "samples.json").write_text(json.dumps(samples))
-            state["results"].setdefault(name, {})[str(h)] = {
-                "mse": mse, "mae": mae, "params": n_params, "train_time_s": round(train_time, 3),
-                "epochs": fit["epochs"], "best_val_loss": json_float(fit["best_val_loss"])
-                if fit["best_val_loss"] is not None else None,
-                "early_stopped": fit["early_stopped"],
-                "n_train_windows": len(train_ds), "n_train_windows_used": min(len(train_ds), cfg.max_train_windows or len(train_ds)),
-                "n_val_windows": len(val_ds), "n_test_windows": len(test_ds),
-            }
+            runs = state["partial"].get(name, {}).get(str(h), [])  # finished seeds of an unfinished pair
+            for seed in seeds[len(runs):]:
+                # One run: the folder of a single-seed run; several: a folder per seed inside it.
+                run_dir = pair_dir if cfg.seeds == 1 else pair_dir / f"seed{seed}"
+                seed_everything(seed)
+                model = build_model(name, cfg, n_channels, h, target_index)
+                n_params = count_parameters(model)
+                fit = {"epochs": 0, "best_val_loss": None, "early_stopped": False, "train_time_s": 0.0}
+                if name != "naive":
+                    resumed = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
+                    log(f"[{'resume' if resumed else 'train'}] {name} h={h} ({n_params} parameters"
+                        + (f", seed {seed})" if cfg.seeds > 1 else ")"))
+                    train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
+                    trainer = Trainer(model, forecast_loss, train_cfg, run_dir=run_dir)
+                    fit = trainer.fit(_subsample(train_ds, cfg.max_train_windows),
+                                      _subsample(val_ds, cfg.max_val_windows))
+                    model = trainer.model
+                else:
+                    model = model.to(device)
+                train_time = fit["train_time_s"]  # summed over interrupted runs
+                mse, mae, kept = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx)
+                if h == horizons[0] and seed == seeds[0]:  # the plot shows the first seed's forecasts
+                    pair_dir.mkdir(parents=True, exist_ok=True)
+                    samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
+                    (pair_dir / "samples.json").write_text(json.dumps(samples))
+                runs.append({
+                    "seed": seed, "mse": mse, "mae": mae, "params": n_params, "train_time_s": round(train_time, 3),
+                    "epochs": fit["epochs"], "best_val_loss": json_float(fit["best_val_loss"])
+                    if fit["best_val_loss"] is not None else None,
+                    "early_stopped": fit["early_stopped"],
+                    "n_train_windows": len(train_ds),
+                    "n_train_windows_used": min(len(train_ds), cfg.max_train_windows or len(train_ds)),
+                    "n_val_windows": len(val_ds), "n_test_windows": len(test_ds),
+                })
+                log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f} ({train_time:.1f} s"
+                    + (f", seed {seed})" if cfg.seeds > 1 else ")"))
+                if len(runs) < len(seeds):
+                    state["partial"].setdefault(name, {})[str(h)] = runs
+                    write_json_atomic(state, results_path)
+            state["partial"].get(name, {}).pop(str(h), None)
+            if not state["partial"].get(name, True):
+                del state["partial"][name]
+            entry = summarise_runs(runs, ("mse", "mae"))
+            state["results"].setdefault(name, {})[str(h)] = entry
             write_json_atomic(state, results_path)
-            log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f} ({train_time:.1f} s)")
+            if len(runs) > 1:
+                log(f"[done] {name} h={h}: mean mse {entry['mse']:.4f} ± {entry['mse_std']:.4f}, mae "
+                    f"{entry['mae']:.4f} ± {entry['mae_std']:.4f} over seeds {seeds[0]}..{seeds[-1]}")
 
     write_json_atomic(state, results_path)
     stored_horizons = sorted({int(h) for r in state["results"].values() for h in r})

@@ -113,6 +113,15 @@ def test_padding_nan_and_lengths_kept():
         assert torch.isfinite(out[b, :n]).all() and torch.isnan(out[b, n:]).all()
 
 
+def test_zero_padding_untouched_and_valid_steps_changed():
+    x, lengths = _padded([5, 12, 3], seed=8)
+    for name in AUGMENTATIONS:
+        out = augment_batch(x, lengths, [name], p=1.0, generator=torch.Generator().manual_seed(2))
+        for b, n in enumerate([5, 12, 3]):
+            assert torch.equal(out[b, n:], x[b, n:]), name
+        assert not torch.equal(out[1, :12], x[1, :12]), name
+
+
 def test_p_chooses_series_and_generator_reproduces():
     x, lengths = _padded([40] * 2000, C=1, seed=4)
     g = torch.Generator().manual_seed(7)
@@ -127,11 +136,20 @@ def test_p_chooses_series_and_generator_reproduces():
 
 def test_names_checked_and_split():
     assert check_augment(["window_warp,jitter", " scaling "]) == ("window_warp", "jitter", "scaling")
-    assert check_augment([]) == ()
+    assert check_augment([]) == () and check_augment(["none"]) == ()
+    with pytest.raises(ValueError, match="augment must be a list of names, got 5"):
+        check_augment(5)
     with pytest.raises(ValueError, match="unknown augmentation 'warp'.*window_warp"):
         check_augment(["warp"])
     with pytest.raises(ValueError, match="p must lie"):
         augment_batch(torch.zeros(2, 3, 1), None, ["jitter"], p=1.5)
+
+
+def test_bad_lengths_are_named_before_augmenting():
+    model = SequenceClassifier(1, 2, backbone="gru", d_model=4, n_layers=1).train()
+    loss_fn = partial(classification_loss, augment=("window_warp",))
+    with pytest.raises(ValueError, match="lengths must lie in \\[1, L\\] = \\[1, 5\\]"):
+        loss_fn(model, (torch.zeros(2, 5, 1), torch.tensor([0, 5]), torch.tensor([0, 1])))
 
 
 def test_classification_loss_augments_only_in_training():

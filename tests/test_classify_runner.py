@@ -551,3 +551,6 @@ def test_augment_is_stored_checked_and_part_of_the_setup(tmp_path, capsys):
     (tmp_path / "old" / "results.json").write_text(json.dumps({**old, "config": {**old["config"], "out": str(tmp_path / "old")}}))
     with pytest.raises(ValueError, match="different setup \\(augment"):
         _run([*argv[:-1], str(tmp_path / "old"), "--augment", "jitter"])
+    log = []
+    _run([*argv[:-1], str(tmp_path / "old")], log=log.append)   # no --augment: the same setup, nothing to run
+    assert any("[skip] gru" in line for line in log)

@@ -297,3 +297,63 @@ def test_forecast_defaults_average_the_weights():
     from tasks.forecast import parse_forecast_config
     cfg = parse_forecast_config(["--csv", "x.csv"])
     assert cfg.train.ema == 0.99 and parse_forecast_config(["--csv", "x.csv", "--train.ema", "0"]).train.ema == 0.0
+
+
+def test_seeds_are_the_single_seed_runs_summarised(tmp_path):
+    csv = _write_series(tmp_path / "sines.csv")
+    base = ["--csv", str(csv), "--config", "debug", "--models", "linear,naive", "--epochs", "2",
+            "--max_train_windows", "64", "--plots", "false"]
+    single = {s: _run([*base, "--seed", str(s), "--out", str(tmp_path / f"s{s}")])["results"] for s in (3, 4, 5)}
+    out = tmp_path / "three"
+    state = _run([*base, "--seed", "3", "--seeds", "3", "--out", str(out)])
+    r = state["results"]["linear"][str(HORIZON)]
+    mse = [single[s]["linear"][str(HORIZON)]["mse"] for s in (3, 4, 5)]
+    assert [run["seed"] for run in r["runs"]] == [3, 4, 5]
+    assert [run["mse"] for run in r["runs"]] == mse                  # each run is its --seed S run
+    assert len(set(mse)) == 3                                        # and the seeds do differ
+    assert r["mse"] == pytest.approx(np.mean(mse), rel=1e-12)
+    assert r["mse_std"] == pytest.approx(np.std(mse, ddof=1), rel=1e-9)
+    assert r["train_time_s"] == pytest.approx(sum(run["train_time_s"] for run in r["runs"]), abs=1e-3)
+    assert state["results"]["naive"][str(HORIZON)]["mse_std"] == 0.0
+    for s in (3, 4, 5):
+        assert list((out / f"linear-h{HORIZON}" / f"seed{s}" / "checkpoints").glob("*.pt"))
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[:6] == ["model", "horizon", "mse", "mse_std", "mae", "mae_std"] and "seeds" in header
+    assert state["partial"] == {}
+    with pytest.raises(ValueError, match="different setup \\(seeds: 3 -> 2\\)"):
+        _run([*base, "--seed", "3", "--seeds", "2", "--out", str(out)])
+    with pytest.raises(ValueError, match="seeds must be at least 1, got 0"):
+        _run([*base, "--seeds", "0", "--out", str(tmp_path / "zero")])
+
+
+def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
+    import tasks.forecast as forecast
+
+    csv = _write_series(tmp_path / "sines.csv")
+    out = tmp_path / "out"
+    argv = ["--csv", str(csv), "--config", "debug", "--models", "linear", "--seeds", "3", "--epochs", "2",
+            "--max_train_windows", "64", "--plots", "false", "--out", str(out)]
+    real = forecast.evaluate_windows
+    calls = []
+
+    def killed_in_the_second_seed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(forecast, "evaluate_windows", killed_in_the_second_seed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(argv)
+    written = json.loads((out / "results.json").read_text())
+    assert written["results"] == {} and [r["seed"] for r in written["partial"]["linear"][str(HORIZON)]] == [0]
+    monkeypatch.setattr(forecast, "evaluate_windows", real)
+    log = []
+    state = _run(argv, log=log.append)
+    assert [line.split(" (")[0] for line in log if line.startswith(("[resume]", "[train]"))] == [
+        f"[resume] linear h={HORIZON}", f"[train] linear h={HORIZON}"]
+    assert [r["seed"] for r in state["results"]["linear"][str(HORIZON)]["runs"]] == [0, 1, 2]
+    assert state["partial"] == {}
+    fresh = _run([*argv[:-1], str(tmp_path / "fresh")])
+    mses = [[r["mse"] for r in st["results"]["linear"][str(HORIZON)]["runs"]] for st in (fresh, state)]
+    assert mses[0] == mses[1]                     # the interrupted run ends where an uninterrupted one does

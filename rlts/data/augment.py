@@ -1,6 +1,6 @@
 """Data augmentation for time-series classification, on padded batches of unequal lengths.
 
-    x, lengths = augment_batch(x, lengths, ["window_warp"])   # x (B, L, C), lengths (B,): same shapes
+    x = augment_batch(x, lengths, ["window_warp"])   # x (B, L, C), lengths (B,) -> x: same shape
 
 Four standard transforms, with the settings of Iwana & Uchida's survey of augmentation for
 time-series classification with neural networks (PLoS ONE 2021; 12 methods on the 128 UCR
@@ -16,8 +16,9 @@ Each series keeps its length (L_i steps of a padded batch, the padding untouched
 `lengths` and the padding masks stay valid. Inside a batch, each series is transformed with
 probability `p` (default 1/2: half the series a model sees are the originals, as when the
 survey adds one augmented copy of the training set to it), by every transform named, in the
-order given. Random draws come from torch's generator (the global one unless `generator` is
-given), so a seeded training run stays reproducible and resumable.
+order given. Random draws come from torch's CPU generator (the global one unless a CPU
+`generator` is given) and are moved to x's device, so a seeded training run stays reproducible
+and resumable, on a GPU too.
 
 The time transforms are written as a source time per output step (`slice_times`,
 `warp_times`) and one linear interpolation (`resample`); tests compare them with np.interp
@@ -132,10 +133,15 @@ AUGMENTATIONS: Dict[str, Callable] = {"jitter": jitter, "scaling": scaling, "win
 
 
 def check_augment(names: Sequence[str], what: str = "augment") -> Tuple[str, ...]:
-    """The names as a tuple ("a,b" items split at commas); ValueError naming an unknown one."""
+    """The names as a tuple ("a,b" items split at commas; "none" alone: no augmentation);
+    ValueError naming an unknown one."""
     if isinstance(names, str):
         names = [names]
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"{what} must be a list of names, got {names!r}")
     names = [n.strip() for item in names for n in str(item).split(",") if n.strip()]
+    if names == ["none"]:
+        return ()
     for name in names:
         if name not in AUGMENTATIONS:
             raise ValueError(f"{what}: unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")

@@ -225,7 +225,8 @@ def classification_loss(model: nn.Module, batch: Any, augment: Sequence[str] = (
     (x, labels) for equal-length (or NaN-padded) series. Cross-entropy; metrics loss and accuracy.
 
     augment: names from `rlts.data.augment.AUGMENTATIONS`, applied (`augment_batch`) while the
-    model is in training mode, never in evaluation; bind them with
+    model is in training mode, never in evaluation (the training loss, and so a Trainer's
+    monitor="train", is then the loss on the augmented batches); bind them with
     `functools.partial(classification_loss, augment=["window_warp"])`."""
     if len(batch) == 3:
         x, lengths, labels = batch
@@ -238,6 +239,8 @@ def classification_loss(model: nn.Module, batch: Any, augment: Sequence[str] = (
     if augment and model.training:
         if lengths is None:
             lengths = nan_padded_lengths(x)
+        else:
+            lengths = check_lengths(lengths, *x.shape[:2])
         x = augment_batch(x, lengths.to(device), augment)
     logits = model(x, None if lengths is None else lengths.to(device))
     loss = F.cross_entropy(logits, labels)
