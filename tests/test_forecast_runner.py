@@ -261,6 +261,25 @@ def test_etth1_debug_window_count(tmp_path):
         assert r["n_test_windows"] == 2785 and np.isfinite(r["mse"])
 
 
+def _killed_at_evaluation(monkeypatch, argv, n: int):
+    """Run argv with a KeyboardInterrupt at the n-th test evaluation; returns the real evaluate_windows."""
+    import tasks.forecast as forecast
+
+    real = forecast.evaluate_windows
+    calls = []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(forecast, "evaluate_windows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(argv)
+    return real
+
+
 def test_interrupted_run_keeps_written_pairs_and_resumes(tmp_path, monkeypatch):
     import tasks.forecast as forecast
 
@@ -268,18 +287,7 @@ def test_interrupted_run_keeps_written_pairs_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "out"
     argv = ["--csv", str(csv), "--config", "debug", "--models", "linear,naive", "--horizon", "12", "24",
             "--epochs", "2", "--max_train_windows", "64", "--plots", "false", "--out", str(out)]
-    real = forecast.evaluate_windows
-    calls = []
-
-    def killed_on_third(*args, **kwargs):  # order: linear/12, naive/12, linear/24 <- killed here
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(forecast, "evaluate_windows", killed_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        _run(argv)
+    real = _killed_at_evaluation(monkeypatch, argv, 3)  # order: linear/12, naive/12, linear/24 <- killed here
     written = json.loads((out / "results.json").read_text())["results"]
     assert set(written["linear"]) == {"12"} and set(written["naive"]) == {"12"}
     assert list((out / "linear-h24" / "checkpoints").glob("*.pt"))  # its training was saved
@@ -333,18 +341,7 @@ def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
     out = tmp_path / "out"
     argv = ["--csv", str(csv), "--config", "debug", "--models", "linear", "--seeds", "3", "--epochs", "2",
             "--max_train_windows", "64", "--plots", "false", "--out", str(out)]
-    real = forecast.evaluate_windows
-    calls = []
-
-    def killed_in_the_second_seed(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(forecast, "evaluate_windows", killed_in_the_second_seed)
-    with pytest.raises(KeyboardInterrupt):
-        _run(argv)
+    real = _killed_at_evaluation(monkeypatch, argv, 2)  # the second seed's
     written = json.loads((out / "results.json").read_text())
     assert written["results"] == {} and [r["seed"] for r in written["partial"]["linear"][str(HORIZON)]] == [0]
     monkeypatch.setattr(forecast, "evaluate_windows", real)
