@@ -421,6 +421,10 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
 
     out, previous, cfg_dict = open_run(cfg, "offline", Path(cfg.dataset).stem, _DATA_KEYS, file_keys=("dataset",))
     log(f"[out] {out}")
+    recorded = data.metadata.get("env")
+    if recorded and env_name != recorded:
+        log(f"[note] evaluating in {env_name}, but {Path(cfg.dataset).name} was recorded in {recorded}: the "
+            f"normalised score still compares with that dataset's returns")
     results_path = out / "results.json"
     reference = previous.get("reference")
     if reference is None:

@@ -198,3 +198,17 @@ def test_bad_input_is_one_line_and_keeps_out(dataset, tmp_path, capsys):
     assert "[-1, 1]" in _cli_error(capsys, ["--dataset", str(big), *base])
     assert "do not match" in _cli_error(capsys, ["--dataset", str(dataset), "--env", "Acrobot-v1", *base])
     assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_another_env_with_the_same_spaces_is_named(dataset, tmp_path):
+    log = []
+    argv = ["--dataset", str(dataset), "--config", "debug", "--models", "gru", "--env", "CartPole-v0",
+            "--eval_episodes", "1", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    state = run_offline(parse_offline_config(argv), log=log.append)
+    assert state["env"]["id"] == "CartPole-v0"
+    assert any(line.startswith("[note] evaluating in CartPole-v0, but d.npz was recorded in CartPole-v1")
+               for line in log)
+    log.clear()
+    same = [a if a != "CartPole-v0" else "CartPole-v1" for a in argv]
+    run_offline(parse_offline_config([*same[:-4], "--out", str(tmp_path / "same"), "--device", "cpu"]), log=log.append)
+    assert not any(line.startswith("[note]") for line in log)
