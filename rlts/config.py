@@ -247,7 +247,10 @@ def describe_config(cfg: Any, prefix: str = "", width: int = 100) -> str:
         if dataclasses.is_dataclass(value):
             lines.append(describe_config(value, f"{prefix}{f.name}.", width))
             continue
-        shown = " ".join(map(_show, value)) if isinstance(value, (list, tuple)) else _show(value)
+        if isinstance(value, (list, tuple)):
+            shown = " ".join(map(_show, value)) if value else "(empty)"
+        else:
+            shown = _show(value)
         lines.append(f"  --{prefix}{f.name} {shown}")
         doc = " ".join(docs.get(f.name, "").split())
         if doc:
