@@ -268,6 +268,39 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         "partial": previous.get("partial", {}),
     }
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    seed_note = ", seed {})" if cfg.seeds > 1 else ")"  # closes the log lines of a run
+
+    def train_and_test(name: str, h: int, seed: int, run_dir: Path, data: tuple, plot_idx: List[int],
+                       samples_dir: Optional[Path]) -> dict:
+        """One model trained (resumed) with one seed and scored on every test window; the first
+        seed's forecasts of the plotted windows go to samples_dir/samples.json (if given)."""
+        train_ds, val_ds, test_ds = data
+        seed_everything(seed)
+        model = build_model(name, cfg, n_channels, h, target_index)
+        n_params = count_parameters(model)
+        fit = {"epochs": 0, "best_val_loss": None, "early_stopped": False, "train_time_s": 0.0}
+        if name != "naive":
+            resumed = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
+            log(f"[{'resume' if resumed else 'train'}] {name} h={h} ({n_params} parameters" + seed_note.format(seed))
+            train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
+            trainer = Trainer(model, forecast_loss, train_cfg, run_dir=run_dir)
+            fit = trainer.fit(_subsample(train_ds, cfg.max_train_windows), _subsample(val_ds, cfg.max_val_windows))
+            model = trainer.model
+        else:
+            model = model.to(device)
+        train_time = fit["train_time_s"]  # summed over interrupted runs
+        mse, mae, kept = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx)
+        if samples_dir is not None and seed == seeds[0]:
+            samples_dir.mkdir(parents=True, exist_ok=True)
+            samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
+            (samples_dir / "samples.json").write_text(json.dumps(samples))
+        log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f} ({train_time:.1f} s" + seed_note.format(seed))
+        return {"mse": mse, "mae": mae, "params": n_params, "train_time_s": round(train_time, 3),
+                "epochs": fit["epochs"],
+                "best_val_loss": json_float(fit["best_val_loss"]) if fit["best_val_loss"] is not None else None,
+                "early_stopped": fit["early_stopped"], "n_train_windows": len(train_ds),
+                "n_train_windows_used": min(len(train_ds), cfg.max_train_windows or len(train_ds)),
+                "n_val_windows": len(val_ds), "n_test_windows": len(test_ds)}
 
     for h in horizons:
         b = all_borders[h]
@@ -285,38 +318,8 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
             for seed in seeds[len(runs):]:
                 # One run: the folder of a single-seed run; several: a folder per seed inside it.
                 run_dir = pair_dir if cfg.seeds == 1 else pair_dir / f"seed{seed}"
-                seed_everything(seed)
-                model = build_model(name, cfg, n_channels, h, target_index)
-                n_params = count_parameters(model)
-                fit = {"epochs": 0, "best_val_loss": None, "early_stopped": False, "train_time_s": 0.0}
-                if name != "naive":
-                    resumed = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
-                    log(f"[{'resume' if resumed else 'train'}] {name} h={h} ({n_params} parameters"
-                        + (f", seed {seed})" if cfg.seeds > 1 else ")"))
-                    train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
-                    trainer = Trainer(model, forecast_loss, train_cfg, run_dir=run_dir)
-                    fit = trainer.fit(_subsample(train_ds, cfg.max_train_windows),
-                                      _subsample(val_ds, cfg.max_val_windows))
-                    model = trainer.model
-                else:
-                    model = model.to(device)
-                train_time = fit["train_time_s"]  # summed over interrupted runs
-                mse, mae, kept = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx)
-                if h == horizons[0] and seed == seeds[0]:  # the plot shows the first seed's forecasts
-                    pair_dir.mkdir(parents=True, exist_ok=True)
-                    samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
-                    (pair_dir / "samples.json").write_text(json.dumps(samples))
-                runs.append({
-                    "seed": seed, "mse": mse, "mae": mae, "params": n_params, "train_time_s": round(train_time, 3),
-                    "epochs": fit["epochs"], "best_val_loss": json_float(fit["best_val_loss"])
-                    if fit["best_val_loss"] is not None else None,
-                    "early_stopped": fit["early_stopped"],
-                    "n_train_windows": len(train_ds),
-                    "n_train_windows_used": min(len(train_ds), cfg.max_train_windows or len(train_ds)),
-                    "n_val_windows": len(val_ds), "n_test_windows": len(test_ds),
-                })
-                log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f} ({train_time:.1f} s"
-                    + (f", seed {seed})" if cfg.seeds > 1 else ")"))
+                runs.append({"seed": seed, **train_and_test(name, h, seed, run_dir, (train_ds, val_ds, test_ds),
+                                                            plot_idx, pair_dir if h == horizons[0] else None)})
                 if len(runs) < len(seeds):
                     state["partial"].setdefault(name, {})[str(h)] = runs
                     write_json_atomic(state, results_path)
