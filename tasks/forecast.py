@@ -324,8 +324,8 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                     state["partial"].setdefault(name, {})[str(h)] = runs
                     write_json_atomic(state, results_path)
             state["partial"].get(name, {}).pop(str(h), None)
-            if not state["partial"].get(name, True):
-                del state["partial"][name]
+            if not state["partial"].get(name):  # no unfinished horizon left for this model
+                state["partial"].pop(name, None)
             entry = summarise_runs(runs, ("mse", "mae"))
             state["results"].setdefault(name, {})[str(h)] = entry
             write_json_atomic(state, results_path)

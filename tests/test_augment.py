@@ -171,3 +171,12 @@ def test_classification_loss_augments_only_in_training():
     # (x, labels) batches with NaN padding: lengths are inferred before augmenting
     xn, ln = _padded([30, 21], seed=6, pad=float("nan"))
     assert math.isfinite(loss_fn(model, (xn.float(), torch.tensor([0, 2])))[0].item())
+
+
+def test_the_classification_head_does_not_import_pandas():
+    """rlts.data.augment lives in a package whose CSV loaders need pandas; they load lazily."""
+    import subprocess
+    import sys
+
+    code = "import sys, rlts.heads; assert 'pandas' not in sys.modules, 'pandas imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

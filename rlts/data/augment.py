@@ -37,6 +37,10 @@ WARP_RATIO = 0.1
 WARP_SCALES = (0.5, 2.0)
 
 
+def _valid(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    return (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[..., None]   # (B, L, 1)
+
+
 def resample(x: torch.Tensor, lengths: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of each series at fractional source times.
 
@@ -50,9 +54,7 @@ def resample(x: torch.Tensor, lengths: torch.Tensor, src: torch.Tensor) -> torch
     frac = (s - lo.to(s.dtype)).to(x.dtype)[..., None]                 # (B, L, 1)
     x_lo = x.gather(1, lo[..., None].expand(B, L, C))
     x_hi = x.gather(1, hi[..., None].expand(B, L, C))
-    out = x_lo + frac * (x_hi - x_lo)
-    valid = torch.arange(L, device=x.device)[None, :] < lengths[:, None]   # (B, L)
-    return torch.where(valid[..., None], out, x)
+    return torch.where(_valid(x, lengths), x_lo + frac * (x_hi - x_lo), x)
 
 
 def _steps(lengths: torch.Tensor, L: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +92,6 @@ def warp_times(lengths: torch.Tensor, L: int, u: torch.Tensor, scale: torch.Tens
     tw = t * D / last.clamp(min=1)                                     # (B, L) warped time of each step
     a, n, k = a[:, None], n[:, None], k[:, None]
     return torch.where(tw <= a, tw, torch.where(tw <= a + k * n, a + (tw - a) / k, tw - (k - 1) * n))
-
-
-def _valid(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    return (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[..., None]   # (B, L, 1)
 
 
 def _uniform(n: int, generator: Optional[torch.Generator]) -> torch.Tensor:
