@@ -440,10 +440,10 @@ class SequenceClassifier(BaseClassifier):
         to the first's (twice the backbone's parameters and time).
     dropout : float, default=0.0
         Dropout on the pooled vector.
-    augment : sequence of str or None, default=None
+    augment : sequence of str or None, default=("window_warp",)
         Data augmentation of the training series (`rlts.data.augment`): any of "jitter",
         "scaling", "window_slice", "window_warp"; each series of a batch goes through all of them
-        with probability 1/2. None: none. The weights kept are then those of the epoch with the
+        with probability 1/2. None or (): none. The weights kept are those of the epoch with the
         lowest mean loss on the augmented batches.
     backbone_kwargs : dict or None, default=None
         Extra options for every backbone block, e.g. {"headdim": 16, "d_state": 16} for mamba2
@@ -520,7 +520,7 @@ class SequenceClassifier(BaseClassifier):
 
     def __init__(self, backbone: str = "mamba", d_model: int = 64, n_layers: int = 2, pooling: str = "mean",
                  patch_len: int = 1, stem: str = "conv", bidirectional: bool = True,
-                 dropout: float = 0.0, augment: Optional[Sequence[str]] = None, backbone_kwargs: Optional[dict] = None,
+                 dropout: float = 0.0, augment: Optional[Sequence[str]] = ("window_warp",), backbone_kwargs: Optional[dict] = None,
                  epochs: int = 200, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
                  plateau_patience: int = 10, patience: int = 0, random_state=None, device: str = "cpu"):
         self.backbone = backbone

@@ -18,7 +18,8 @@ Protocol, the same for every model:
   the epoch with the lowest mean training loss and halving the learning rate on its plateaus (the defaults,
   `train.monitor: train`, `train.plateau_patience`), or, with `val_fraction` > 0, those with the
   lowest loss on a stratified, seeded holdout of it (with `train.patience` > 0, also stopping
-  early on it);
+  early on it); each training series is, with probability 1/2, window-warped in each batch
+  (`augment`: a 10 % window played at half or double speed; rlts.data.augment);
   unequal lengths are right-padded per batch and masked, never truncated;
 - minirocket (Dempster et al. 2021, sktime's implementation): `minirocket_kernels` (10 000)
   features, then RidgeClassifierCV(alphas=logspace(-3, 3, 10)) on features scaled to unit
@@ -124,12 +125,12 @@ class ClassifyConfig:
     valid step, which has seen the whole series) or mean (over the valid steps)."""
     dropout: float = 0.0
     """Dropout on the pooled features, before the read-out (backbone models)."""
-    augment: List[str] = field(default_factory=list)
+    augment: List[str] = field(default_factory=lambda: ["window_warp"])
     """Data augmentation of the training series (backbone models; rlts.data.augment): any of
     jitter, scaling, window_slice, window_warp, with the settings of Iwana & Uchida's survey;
     each series of a batch goes through all of them with probability 1/2. Commas split.
-    Empty or none (default): none. The training loss that train.monitor: train judges is then
-    the loss on the augmented batches."""
+    none: no augmentation. The training loss that train.monitor: train judges is the loss on
+    the augmented batches."""
     patch_len: int = 1
     """Time steps per backbone token (backbone models; patches end at each series' last step;
     1 = one token per step)."""

@@ -175,12 +175,12 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         if line.startswith("[train] aaren"):
             aaren_calls.append("armed")
 
-    def loss_killed_in_aarens_second_epoch(model, batch):
+    def loss_killed_in_aarens_second_epoch(model, batch, **kw):
         if aaren_calls:
             aaren_calls.append(1)
             if len(aaren_calls) == 8:  # aaren's 7th batch: the last training batch of epoch 2
                 raise KeyboardInterrupt
-        return real_loss(model, batch)
+        return real_loss(model, batch, **kw)
 
     out = tmp_path / "out"
     monkeypatch.setattr(classify, "classification_loss", loss_killed_in_aarens_second_epoch)
@@ -191,9 +191,9 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 
     resumed_calls = []
 
-    def counted_loss(model, batch):
+    def counted_loss(model, batch, **kw):
         resumed_calls.append(1)
-        return real_loss(model, batch)
+        return real_loss(model, batch, **kw)
 
     monkeypatch.setattr(classify, "classification_loss", counted_loss)
     lines = []
@@ -337,10 +337,10 @@ def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
         if line.startswith("[train] gru"):
             started.append(line)
 
-    def loss_killed_in_the_third_seed(model, batch):
+    def loss_killed_in_the_third_seed(model, batch, **kw):
         if len(started) == 3:
             raise KeyboardInterrupt
-        return real_loss(model, batch)
+        return real_loss(model, batch, **kw)
 
     out = tmp_path / "out"
     monkeypatch.setattr(classify, "classification_loss", loss_killed_in_the_third_seed)
@@ -551,6 +551,9 @@ def test_augment_is_stored_checked_and_part_of_the_setup(tmp_path, capsys):
     (tmp_path / "old" / "results.json").write_text(json.dumps({**old, "config": {**old["config"], "out": str(tmp_path / "old")}}))
     with pytest.raises(ValueError, match="different setup \\(augment"):
         _run([*argv[:-1], str(tmp_path / "old"), "--augment", "jitter"])
+    with pytest.raises(ValueError, match="different setup \\(augment: \\[\\] -> \\['window_warp'\\]\\)"):
+        _run([*argv[:-1], str(tmp_path / "old")])               # today's default warps
     log = []
-    _run([*argv[:-1], str(tmp_path / "old")], log=log.append)   # no --augment: the same setup, nothing to run
+    _run([*argv[:-1], str(tmp_path / "old"), "--augment", "none"], log=log.append)   # the same setup, nothing to run
     assert any("[skip] gru" in line for line in log)
+    assert parse_classify_config([]).augment == ["window_warp"]

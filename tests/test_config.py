@@ -3,7 +3,7 @@ from typing import Optional
 
 import pytest
 
-from rlts.config import parse_config, parse_overrides, save_yaml, load_yaml
+from rlts.config import describe_config, parse_config, parse_overrides, save_yaml, load_yaml
 
 
 @dataclass
@@ -104,3 +104,10 @@ def _as_overlay(tmp_path):
 def test_parse_overrides_collects_lists_and_flags():
     names, upd = parse_overrides(["--config", "a,b", "--x.y", "1", "2", "--flag"])
     assert names == ["a", "b"] and upd == {"x": {"y": ["1", "2"]}, "flag": "true"}
+
+
+def test_describe_config_writes_values_as_typed_and_says_when_a_list_is_empty():
+    text = describe_config(Run(horizons=(), note=None))
+    assert "  --horizons (empty)\n" in text           # not left blank
+    assert "  --note none\n" in text and "  --amp false\n" in text and "  --model.d_model 64" in text
+    assert "  --horizons 96 192\n" in describe_config(Run(horizons=(96, 192)))

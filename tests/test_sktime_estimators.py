@@ -356,7 +356,8 @@ def test_classifier_augment_is_used_and_checked():
     X, y = rising_falling(16, seed=3)
     with pytest.raises(ValueError, match="SequenceClassifier: augment: unknown augmentation 'warp'"):
         small_classifier(augment=["warp"]).fit(X, y)
-    plain = small_classifier(random_state=2).fit(X, y).predict_proba(X)
+    plain = small_classifier(random_state=2, augment=None).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(plain, small_classifier(random_state=2, augment=()).fit(X, y).predict_proba(X))
     warped = [small_classifier(random_state=2, augment=("window_warp", "jitter")).fit(X, y).predict_proba(X)
               for _ in range(2)]
     np.testing.assert_array_equal(warped[0], warped[1])        # seeded: the same draws every fit
@@ -419,7 +420,7 @@ def test_classifier_defaults_are_rlts_classify_defaults():
     for key in ("epochs", "batch_size", "lr", "weight_decay", "ema", "plateau_patience", "patience"):
         assert params[key] == getattr(cfg.train, key), key
     assert (cfg.val_fraction, cfg.train.monitor, cfg.train.min_lr) == (0.0, "train", 1e-4)  # fixed in _fit
-    assert params["augment"] is None and cfg.augment == []
+    assert list(params["augment"]) == cfg.augment == ["window_warp"]
 
 
 def test_classifier_monitors_the_training_loss():
