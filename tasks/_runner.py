@@ -51,15 +51,33 @@ def resolve_models(models: Sequence[str], backbone: str, baselines: Sequence[str
     return names
 
 
+def run_seeds(seeds: Sequence[int], done: List[dict], run_one: Callable[[int], dict],
+              save_partial: Callable[[List[dict]], None]) -> List[dict]:
+    """The runs of one model over `seeds` (`--seeds N`): the finished ones of an interrupted
+    attempt (`done`, kept under results.json's "partial"), then `run_one(seed)` for each seed
+    left, each returned as {"seed": seed, **result}. After every run but the last,
+    `save_partial(runs)` writes the runs so far, so a killed job resumes at the next seed."""
+    runs = list(done)
+    for seed in seeds[len(runs):]:
+        runs.append({"seed": seed, **run_one(seed)})
+        if len(runs) < len(seeds):
+            save_partial(runs)
+    return runs
+
+
 def summarise_runs(runs: List[dict], metrics: Sequence[str]) -> dict:
     """A results entry from the runs of one model with several seeds (dicts with "seed"). One run
     is the entry itself. Several: for each of `metrics` the mean and its sample standard
-    deviation (`<metric>_std`), the parameters, the training time summed over runs, and the
-    runs themselves."""
+    deviation (`<metric>_std`; both None where a run has no value, e.g. the mark accuracy of
+    unmarked events), the parameters, the training time summed over runs, and the runs
+    themselves."""
     if len(runs) == 1:
         return {k: v for k, v in runs[0].items() if k != "seed"}
     entry: dict = {}
     for m in metrics:
+        if any(r[m] is None for r in runs):
+            entry[m] = entry[f"{m}_std"] = None
+            continue
         values = [float(r[m]) for r in runs]
         mean = sum(values) / len(values)
         entry[m] = mean

@@ -81,6 +81,7 @@ from rlts.trainer import Trainer, TrainConfig, check_train_config
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            split_names, table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
+from tasks._runner import run_seeds
 from tasks._runner import summarise_runs as _summarise_runs
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "classify.yaml"
@@ -646,14 +647,16 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
         if name in state["results"]:
             log(f"[skip] {name}: already in {results_path}")
             continue
-        runs = state["partial"].get(name, [])  # the finished runs of a model whose seeds are not all done
-        for seed in seeds[len(runs):]:
+
+        def one_run(seed: int) -> dict:
             # One run: the folder of a single-seed run; several: a folder per seed inside it.
-            model_dir = out / name if cfg.seeds == 1 else out / name / f"seed{seed}"
-            runs.append({"seed": seed, **fit_and_score(name, seed, model_dir)})
-            if len(runs) < len(seeds):
-                state["partial"][name] = runs
-                write_json_atomic(state, results_path)
+            return fit_and_score(name, seed, out / name if cfg.seeds == 1 else out / name / f"seed{seed}")
+
+        def save_partial(runs: List[dict]) -> None:
+            state["partial"][name] = runs
+            write_json_atomic(state, results_path)
+
+        runs = run_seeds(seeds, state["partial"].get(name, []), one_run, save_partial)
         state["partial"].pop(name, None)
         state["results"][name] = summarise_runs(runs)
         if len(runs) > 1:

@@ -25,16 +25,21 @@ both fitted by maximum likelihood on the training sequences (their marks: the tr
 frequencies), "repeat-mark" (the previous event's mark) and, with `true_hawkes` given, the true
 generating Hawkes process (the best achievable time NLL).
 
+With `seeds` N > 1 every neural model is trained N times (seeds seed .. seed + N - 1, one
+split) and reported as the mean and sample standard deviation of each metric, every run kept.
+
 Outputs in `out`: results.json (config, data summary, protocol, scale, per model metrics;
-rewritten atomically after each model, a rerun skips finished models and resumes an interrupted
-one), results.md / results.csv, one folder per neural model (Trainer checkpoints, TensorBoard)
-and intensity.png: the predicted intensity of every model against the events of a test sequence.
+rewritten atomically after each run, a rerun skips finished models and seeds and resumes an
+interrupted run), results.md / results.csv, one folder per neural model (per run with `seeds`:
+<model>/seed<S>; Trainer checkpoints, TensorBoard) and intensity.png: the predicted intensity of
+every model (its first seed's run) against the events of a test sequence.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -56,6 +61,7 @@ from rlts.trainer import Trainer, TrainConfig, check_train_config
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
+from tasks._runner import run_seeds, summarise_runs
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "events.yaml"
 BASELINES = ("poisson", "hawkes", "repeat-mark", "true-hawkes")
@@ -63,10 +69,12 @@ BASELINES = ("poisson", "hawkes", "repeat-mark", "true-hawkes")
 PLOT_EVENTS = 40
 """Events of the first test sequence shown in intensity.png."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
-_DATA_KEYS = ("data", "origin", "split", "shuffle", "seed", "d_model", "n_layers", "n_components",
+_DATA_KEYS = ("data", "origin", "split", "shuffle", "seed", "seeds", "d_model", "n_layers", "n_components",
               "mark_dim", "dropout", "aaren_decay", "aaren_mass", "copy_marks", "train", "true_hawkes")
-_LEGACY = {"copy_marks": False}
+_LEGACY = {"copy_marks": False, "seeds": 1}
 """What results written before a key existed were run with, where it is not the key's default."""
+METRICS = ("nll", "nll_time", "nll_mark", "rmse", "accuracy")
+"""Test metrics of every model; with `seeds` > 1 each gets its mean and sample std over the runs."""
 
 
 @dataclass
@@ -120,6 +128,11 @@ class EventsConfig:
     """Output folder; default runs/events-<data stem>-<timestamp>. Reuse it to resume."""
     seed: int = 0
     """Seeds model initialisation, training and the shuffle."""
+    seeds: int = 1
+    """Runs per neural model, with seeds seed, seed + 1, ..., seed + seeds - 1, all on the same
+    split (with shuffle, the one drawn with `seed`; without, each run is exactly what `--seed S`
+    alone gives); the table reports the mean NLL with its sample standard deviation,
+    results.json every run. The baselines do not depend on the seed and run once."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     plots: bool = True
@@ -142,7 +155,7 @@ def check_config(cfg: EventsConfig) -> None:
         raise ValueError(f"split must be three positive fractions summing to 1, got {cfg.split}")
     if cfg.true_hawkes is not None and (len(cfg.true_hawkes) != 3 or any(v <= 0 for v in cfg.true_hawkes)):
         raise ValueError(f"true_hawkes must be three positive numbers mu alpha beta, got {cfg.true_hawkes}")
-    for key in ("d_model", "n_layers", "n_components", "eval_batch_size"):
+    for key in ("d_model", "n_layers", "n_components", "eval_batch_size", "seeds"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     resolve_models(cfg)
@@ -213,12 +226,21 @@ def build_model(name: str, cfg: EventsConfig, n_marks: int) -> EventModel:
                       copy_marks=cfg.copy_marks, **options)
 
 
+def model_folder(out: Path, name: str, cfg: EventsConfig, seed: int) -> Path:
+    """A neural model's folder (checkpoints, TensorBoard): out/<name> for a single run, and
+    out/<name>/seed<S> for each of several (`seeds` > 1)."""
+    return out / name if cfg.seeds == 1 else out / name / f"seed{seed}"
+
+
 def _table_rows(results: dict, order: List[str]) -> List[dict]:
     def fmt(v):
         return "-" if v is None else v
 
-    return [{"model": m, **{k: fmt(results[m].get(k)) for k in ("nll", "nll_time", "nll_mark", "rmse", "accuracy",
-                                                                   "params", "train_time_s")}}
+    several = any("runs" in results[m] for m in order if m in results)
+    keys = ["nll", *(["nll_std"] if several else []), "nll_time", "nll_mark", "rmse", "accuracy",
+            *(["seeds"] if several else []), "params", "train_time_s"]
+    return [{"model": m, **{k: fmt(len(results[m].get("runs", [1])) if k == "seeds" else results[m].get(k))
+                            for k in keys}}
             for m in order if m in results]
 
 
@@ -259,36 +281,52 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
             "time_unit": cfg.time_unit, "scale": scale.scale, "log_scale": log_scale,
         },
         "results": previous.get("results", {}),
+        "partial": previous.get("partial", {}),  # the finished seeds of a model whose seeds are not all done
     }
     state["results"].update(baseline_results(train, test, cfg, n_marks, has_marks))
     write_json_atomic(state, results_path)
 
     device = select_device(cfg.device)
-    train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": cfg.seed, "device": cfg.device})
     train_ds, val_ds, test_ds = (EventDataset(part, scale, cfg.origin) for part in (train, val, test))
-    for name in models:
-        if name in state["results"]:
-            log(f"[skip] {name}: already in {results_path}")
-            continue
-        seed_everything(cfg.seed)
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    seed_note = ", seed {})" if cfg.seeds > 1 else ")"  # closes the log lines of a run
+
+    def train_and_test(name: str, seed: int) -> dict:
+        """One neural model trained (or resumed) with one seed and scored on the test sequences."""
+        seed_everything(seed)
         model = build_model(name, cfg, n_marks)
         model.set_time_scale(collate_events([train_ds[i] for i in range(len(train_ds))]))
         n_params = count_parameters(model)
-        model_dir = out / name
-        log(f"[train] {name} ({n_params} parameters)")
-        trainer = Trainer(model, event_loss, train_cfg, run_dir=model_dir, collate_fn=collate_events,
-                          weight_key="n_events")  # early stopping on the per-event validation NLL
+        log(f"[train] {name} ({n_params} parameters" + seed_note.format(seed))
+        train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
+        trainer = Trainer(model, event_loss, train_cfg, run_dir=model_folder(out, name, cfg, seed),
+                          collate_fn=collate_events, weight_key="n_events")  # early stopping on the per-event val NLL
         fit = trainer.fit(train_ds, val_ds)
         train_time = fit["train_time_s"]  # summed over interrupted runs
         m = evaluate_events(trainer.model.to(device),  # EventModel moves each batch to its device
                             DataLoader(test_ds, batch_size=cfg.eval_batch_size, collate_fn=collate_events))
-        state["results"][name] = {
-            "nll": m["nll"] + log_scale, "nll_time": m["nll_time"] + log_scale, "nll_mark": m["nll_mark"],
-            "rmse": m["rmse"] * scale.scale, "accuracy": m["accuracy"] if has_marks else None,
-            "params": n_params, "train_time_s": round(train_time, 3), "epochs": fit["epochs"],
-            "best_val_loss": json_float(fit["best_val_loss"]), "n_events": m["n_events"]}
+        log(f"[done] {name}: nll {m['nll'] + log_scale:.4f} ({train_time:.1f} s" + seed_note.format(seed))
+        return {"nll": m["nll"] + log_scale, "nll_time": m["nll_time"] + log_scale, "nll_mark": m["nll_mark"],
+                "rmse": m["rmse"] * scale.scale, "accuracy": m["accuracy"] if has_marks else None,
+                "params": n_params, "train_time_s": round(train_time, 3), "epochs": fit["epochs"],
+                "best_val_loss": json_float(fit["best_val_loss"]), "n_events": m["n_events"]}
+
+    for name in models:
+        if name in state["results"]:
+            log(f"[skip] {name}: already in {results_path}")
+            continue
+
+        def save_partial(runs: List[dict]) -> None:
+            state["partial"][name] = runs
+            write_json_atomic(state, results_path)
+
+        runs = run_seeds(seeds, state["partial"].get(name, []), partial(train_and_test, name), save_partial)
+        state["partial"].pop(name, None)
+        state["results"][name] = entry = summarise_runs(runs, METRICS)
         write_json_atomic(state, results_path)
-        log(f"[done] {name}: nll {state['results'][name]['nll']:.4f} ({train_time:.1f} s)")
+        if len(runs) > 1:
+            log(f"[done] {name}: mean nll {entry['nll']:.4f} ± {entry['nll_std']:.4f} over seeds "
+                f"{seeds[0]}..{seeds[-1]}")
 
     write_json_atomic(state, results_path)
     neural = table_order(models, [m for m in state["results"] if m not in BASELINES])
@@ -297,7 +335,8 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
         plotted = plot_intensity(out / "intensity.png", test[0], cfg, scale, state, neural, out, n_marks, device)
         for name in neural:
             if name not in plotted:
-                log(f"[plot] {name}: no checkpoint in {out / name / 'checkpoints'}, left out of intensity.png")
+                log(f"[plot] {name}: no checkpoint in {model_folder(out, name, cfg, cfg.seed) / 'checkpoints'}, "
+                    "left out of intensity.png")
     log(f"time unit: {cfg.time_unit}; scale {scale.scale:.6g}")
     log(md)
     return state
@@ -308,8 +347,9 @@ def plot_intensity(path: Path, seq, cfg: EventsConfig, scale: TimeScale, state: 
                    out: Path, n_marks: int, device: torch.device) -> List[str]:
     """The conditional intensity lambda(t) (data units) of each of `models` between the first
     PLOT_EVENTS events of a test sequence, with the events as ticks. Each model is loaded from
-    its checkpoint in `out`/<name> (so models of earlier runs into `out` are drawn too); returns
-    the names drawn (a model without a checkpoint is left out)."""
+    the checkpoint in its folder (`model_folder`, the first seed's with `seeds`; so models of
+    earlier runs into `out` are drawn too); returns the names drawn (a model without a
+    checkpoint is left out)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -325,7 +365,8 @@ def plot_intensity(path: Path, seq, cfg: EventsConfig, scale: TimeScale, state: 
     batch = collate_events([item])
     plotted = []
     for name in models:
-        ckpt = Checkpointer(out / name / "checkpoints").load_latest(map_location="cpu", restore_rng=False)
+        ckpt = Checkpointer(model_folder(out, name, cfg, cfg.seed) / "checkpoints").load_latest(
+            map_location="cpu", restore_rng=False)
         if ckpt is None:
             continue
         plotted.append(name)

@@ -38,7 +38,7 @@ from rlts.trainer import Trainer, TrainConfig, check_train_config
 from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            split_names, table_order, write_json_atomic)
 from tasks._runner import resolve_models as _resolve_models
-from tasks._runner import summarise_runs
+from tasks._runner import run_seeds, summarise_runs
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "forecast.yaml"
 BASELINES = ("linear", "naive")
@@ -314,15 +314,18 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                 log(f"[skip] {name} h={h}: already in {results_path}")
                 continue
             pair_dir = out / f"{name}-h{h}"
-            runs = state["partial"].get(name, {}).get(str(h), [])  # finished seeds of an unfinished pair
-            for seed in seeds[len(runs):]:
+
+            def one_run(seed: int) -> dict:
                 # One run: the folder of a single-seed run; several: a folder per seed inside it.
                 run_dir = pair_dir if cfg.seeds == 1 else pair_dir / f"seed{seed}"
-                runs.append({"seed": seed, **train_and_test(name, h, seed, run_dir, (train_ds, val_ds, test_ds),
-                                                            plot_idx, pair_dir if h == horizons[0] else None)})
-                if len(runs) < len(seeds):
-                    state["partial"].setdefault(name, {})[str(h)] = runs
-                    write_json_atomic(state, results_path)
+                return train_and_test(name, h, seed, run_dir, (train_ds, val_ds, test_ds), plot_idx,
+                                      pair_dir if h == horizons[0] else None)
+
+            def save_partial(runs: List[dict]) -> None:
+                state["partial"].setdefault(name, {})[str(h)] = runs
+                write_json_atomic(state, results_path)
+
+            runs = run_seeds(seeds, state["partial"].get(name, {}).get(str(h), []), one_run, save_partial)
             state["partial"].get(name, {}).pop(str(h), None)
             if not state["partial"].get(name):  # no unfinished horizon left for this model
                 state["partial"].pop(name, None)

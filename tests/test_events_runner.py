@@ -190,3 +190,60 @@ def test_few_sequences_overlay_sets_small_batches_and_weight_averaging():
     assert (base.train.batch_size, base.train.ema) == (16, 0.0)
     assert (few.train.batch_size, few.train.ema) == (4, 0.97)
     assert few.d_model == base.d_model and few.train.epochs == base.train.epochs  # nothing else changes
+
+
+def test_seeds_are_the_single_seed_runs_summarised_and_resume_after_a_kill(tmp_path, capsys, monkeypatch):
+    import tasks.events as ev
+
+    data = _hawkes_file(tmp_path / "m.jsonl", n_seq=8, n_events=40, marks=True)
+    base = ["--data", str(data), "--config", "debug", "--models", "gru", "--epochs", "3"]
+    singles = [_run([*base, "--seed", str(s), "--plots", "false", "--out", str(tmp_path / f"s{s}")])["results"]["gru"]
+               for s in (3, 4, 5)]
+    out = tmp_path / "out"
+    argv = [*base, "--seed", "3", "--seeds", "3", "--out", str(out)]
+    started, real_loss = [], ev.event_loss
+
+    def loss_killed_in_the_third_seed(model, batch, **kw):
+        if len(started) == 3:
+            raise KeyboardInterrupt
+        return real_loss(model, batch, **kw)
+
+    monkeypatch.setattr(ev, "event_loss", loss_killed_in_the_third_seed)
+    with pytest.raises(KeyboardInterrupt):
+        run_events(parse_events_config(argv), log=lambda line: started.append(line) if line.startswith("[train]") else None)
+    saved = json.loads((out / "results.json").read_text())
+    assert "gru" not in saved["results"] and [r["seed"] for r in saved["partial"]["gru"]] == [3, 4]
+    assert "poisson" in saved["results"]                      # the baselines were written before any training
+    monkeypatch.setattr(ev, "event_loss", real_loss)
+    lines = []
+    state = run_events(parse_events_config(argv), log=lines.append)
+    assert [line for line in lines if line.startswith("[train]")] == [started[2]]  # seeds 3 and 4 were kept
+    assert "seed 5)" in started[2] and state["partial"] == {}
+    entry = state["results"]["gru"]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seed", "train_time_s")}  # noqa: E731
+    assert [strip(r) for r in entry["runs"]] == [strip(r) for r in singles]   # each run is its --seed S run
+    for metric in ("nll", "nll_time", "nll_mark", "rmse", "accuracy"):
+        values = [r[metric] for r in singles]
+        assert entry[metric] == pytest.approx(np.mean(values), rel=1e-12)
+        assert entry[f"{metric}_std"] == pytest.approx(np.std(values, ddof=1), rel=1e-9, abs=1e-15)
+    assert entry["nll_std"] > 0
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert "nll_std" in header and "seeds" in header and "| gru | " in (out / "results.md").read_text()
+    assert (out / "intensity.png").exists() and (out / "gru" / "seed3" / "checkpoints" / "last.pt").exists()
+    assert not (out / "gru" / "checkpoints").exists()
+    # another number of seeds in the same folder is another setup; none is refused up front
+    with pytest.raises(ValueError, match="different setup \\(seeds: 3 -> 2\\)"):
+        _run([*base, "--seed", "3", "--seeds", "2", "--out", str(out)])
+    assert main(["events", *base, "--seeds", "0", "--out", str(tmp_path / "zero")]) == 2
+    assert "seeds must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
+
+
+def test_summarise_runs_leaves_a_metric_a_run_lacks_empty():
+    from tasks._runner import summarise_runs
+
+    runs = [{"seed": s, "nll": v, "accuracy": None, "params": 7, "train_time_s": 1.5} for s, v in ((0, 1.0), (1, 2.0))]
+    entry = summarise_runs(runs, ("nll", "accuracy"))
+    assert (entry["nll"], entry["nll_std"]) == (1.5, pytest.approx(np.sqrt(0.5)))
+    assert entry["accuracy"] is None and entry["accuracy_std"] is None
+    assert (entry["params"], entry["train_time_s"], entry["runs"]) == (7, 3.0, runs)
+    assert summarise_runs(runs[:1], ("nll",)) == {"nll": 1.0, "accuracy": None, "params": 7, "train_time_s": 1.5}
