@@ -409,7 +409,9 @@ class SequenceClassifier(BaseClassifier):
     0 .. K-1 in the order of `classes_` (`encode_labels`), and
     `rlts.heads.classify.SequenceClassifier` is trained with the cross-entropy by
     `rlts.trainer.Trainer`, on batches of right-padded series with their lengths
-    (`collate_unequal`): series of unequal length are neither truncated nor resampled.
+    (`collate_unequal`): series of unequal length are neither truncated nor resampled. With
+    `augment` (default: window warping) each training series is, with probability 1/2 in every
+    batch, transformed at its own length (`rlts.data.augment`); predictions never are.
 
     predict_proba: the softmax of the network's logits; predict: the most probable class.
 
@@ -444,7 +446,8 @@ class SequenceClassifier(BaseClassifier):
         Data augmentation of the training series (`rlts.data.augment`): any of "jitter",
         "scaling", "window_slice", "window_warp"; each series of a batch goes through all of them
         with probability 1/2. None or (): none. The weights kept are those of the epoch with the
-        lowest mean loss on the augmented batches.
+        lowest mean loss on the augmented batches. On the six datasets of docs/results.md window
+        warping helped the default mamba backbone and not aaren (use augment=None there).
     backbone_kwargs : dict or None, default=None
         Extra options for every backbone block, e.g. {"headdim": 16, "d_state": 16} for mamba2
         (whose headdim must divide 2 * d_model) or {"n_heads": 2} for aaren / transformer.

@@ -130,7 +130,8 @@ class ClassifyConfig:
     """Data augmentation of the training series (backbone models; rlts.data.augment): any of
     jitter, scaling, window_slice, window_warp, with the settings of Iwana & Uchida's survey;
     each series of a batch goes through all of them with probability 1/2. Commas split.
-    none: no augmentation. The training loss that train.monitor: train judges is the loss on
+    none: no augmentation (better for aaren on the six datasets of docs/results.md; window
+    warping helped mamba). The training loss that train.monitor: train judges is the loss on
     the augmented batches."""
     patch_len: int = 1
     """Time steps per backbone token (backbone models; patches end at each series' last step;
@@ -584,6 +585,8 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
                    + ("the weights of the epoch with the lowest mean training loss kept"
                       if cfg.train.monitor == "train" else "the last epoch's weights kept"))
                 + (", unequal lengths padded per batch and masked" if len(set(lengths)) > 1 else "")
+                + (f", each training series augmented ({', '.join(cfg.augment)}) with probability 1/2 in "
+                   "every batch" if cfg.augment else "")
                 + f"; minirocket: {variant} features + RidgeClassifierCV(alphas=logspace(-3,3,10)) on "
                 "unit-variance features, fitted on the whole training set"
                 + (", each series at its own length" if variant == "MiniRocketMultivariateVariable" else "")

@@ -72,7 +72,8 @@ PLOT_EVENTS = 40
 _DATA_KEYS = ("data", "origin", "split", "shuffle", "seed", "seeds", "d_model", "n_layers", "n_components",
               "mark_dim", "dropout", "aaren_decay", "aaren_mass", "copy_marks", "train", "true_hawkes")
 _LEGACY = {"copy_marks": False, "seeds": 1}
-"""What results written before a key existed were run with, where it is not the key's default."""
+"""What results written before a key existed were run with (without an entry, such a folder
+would count as run with the key's value of the run that reads it)."""
 METRICS = ("nll", "nll_time", "nll_mark", "rmse", "accuracy")
 """Test metrics of every model; with `seeds` > 1 each gets its mean and sample std over the runs."""
 

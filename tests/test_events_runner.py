@@ -231,6 +231,16 @@ def test_seeds_are_the_single_seed_runs_summarised_and_resume_after_a_kill(tmp_p
     assert "nll_std" in header and "seeds" in header and "| gru | " in (out / "results.md").read_text()
     assert (out / "intensity.png").exists() and (out / "gru" / "seed3" / "checkpoints" / "last.pt").exists()
     assert not (out / "gru" / "checkpoints").exists()
+    assert not any(line.startswith("[plot]") for line in lines), lines   # gru was drawn, from seed3/
+    single_header = (tmp_path / "s3" / "results.md").read_text().splitlines()[0]
+    assert "| nll |" in single_header and "nll_std" not in single_header and "seeds" not in single_header
+    # a folder written before the key existed holds one seed per model
+    old = json.loads((tmp_path / "s3" / "results.json").read_text())
+    del old["config"]["seeds"]
+    (tmp_path / "s3" / "results.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="different setup \\(seeds: 1 -> 2\\)"):
+        _run([*base, "--seed", "3", "--seeds", "2", "--plots", "false", "--out", str(tmp_path / "s3")])
+    assert _run([*base, "--seed", "3", "--plots", "false", "--out", str(tmp_path / "s3")])["results"]["gru"] == singles[0]
     # another number of seeds in the same folder is another setup; none is refused up front
     with pytest.raises(ValueError, match="different setup \\(seeds: 3 -> 2\\)"):
         _run([*base, "--seed", "3", "--seeds", "2", "--out", str(out)])
