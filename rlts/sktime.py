@@ -523,7 +523,8 @@ class SequenceClassifier(BaseClassifier):
 
     def __init__(self, backbone: str = "mamba", d_model: int = 64, n_layers: int = 2, pooling: str = "mean",
                  patch_len: int = 1, stem: str = "conv", bidirectional: bool = True,
-                 dropout: float = 0.0, augment: Optional[Sequence[str]] = ("window_warp",), backbone_kwargs: Optional[dict] = None,
+                 dropout: float = 0.0, augment: Optional[Sequence[str]] = ("window_warp",),
+                 backbone_kwargs: Optional[dict] = None,
                  epochs: int = 200, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
                  plateau_patience: int = 10, patience: int = 0, random_state=None, device: str = "cpu"):
         self.backbone = backbone

@@ -538,7 +538,8 @@ def test_augment_is_stored_checked_and_part_of_the_setup(tmp_path, capsys):
     assert "unknown augmentation 'warp'" in err and "window_slice" in err and not out.exists()
     results = _run([*argv, "--augment", "window_warp,jitter"])
     assert results["config"]["augment"] == ["window_warp", "jitter"]
-    assert "each training series augmented (window_warp, jitter) with probability 1/2" in results["protocol"]["description"]
+    description = results["protocol"]["description"]
+    assert "each training series augmented (window_warp, jitter) with probability 1/2" in description
     assert json.loads((out / "results.json").read_text())["config"]["augment"] == ["window_warp", "jitter"]
     log = []
     _run([*argv, "--augment", "window_warp", "jitter"], log=log.append)    # the same list, spelt otherwise
@@ -555,7 +556,7 @@ def test_augment_is_stored_checked_and_part_of_the_setup(tmp_path, capsys):
     with pytest.raises(ValueError, match="different setup \\(augment: \\[\\] -> \\['window_warp'\\]\\)"):
         _run([*argv[:-1], str(tmp_path / "old")])               # today's default warps
     log = []
-    none = _run([*argv[:-1], str(tmp_path / "old"), "--augment", "none"], log=log.append)   # the same setup, nothing to run
+    none = _run([*argv[:-1], str(tmp_path / "old"), "--augment", "none"], log=log.append)  # same setup: no run
     assert any("[skip] gru" in line for line in log)
     assert "augmented" not in none["protocol"]["description"]
     assert parse_classify_config([]).augment == ["window_warp"]

@@ -210,7 +210,8 @@ def test_seeds_are_the_single_seed_runs_summarised_and_resume_after_a_kill(tmp_p
 
     monkeypatch.setattr(ev, "event_loss", loss_killed_in_the_third_seed)
     with pytest.raises(KeyboardInterrupt):
-        run_events(parse_events_config(argv), log=lambda line: started.append(line) if line.startswith("[train]") else None)
+        run_events(parse_events_config(argv),
+                   log=lambda line: started.append(line) if line.startswith("[train]") else None)
     saved = json.loads((out / "results.json").read_text())
     assert "gru" not in saved["results"] and [r["seed"] for r in saved["partial"]["gru"]] == [3, 4]
     assert "poisson" in saved["results"]                      # the baselines were written before any training
@@ -240,7 +241,8 @@ def test_seeds_are_the_single_seed_runs_summarised_and_resume_after_a_kill(tmp_p
     (tmp_path / "s3" / "results.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match="different setup \\(seeds: 1 -> 2\\)"):
         _run([*base, "--seed", "3", "--seeds", "2", "--plots", "false", "--out", str(tmp_path / "s3")])
-    assert _run([*base, "--seed", "3", "--plots", "false", "--out", str(tmp_path / "s3")])["results"]["gru"] == singles[0]
+    again = _run([*base, "--seed", "3", "--plots", "false", "--out", str(tmp_path / "s3")])  # one seed: nothing to run
+    assert again["results"]["gru"] == singles[0]
     # another number of seeds in the same folder is another setup; none is refused up front
     with pytest.raises(ValueError, match="different setup \\(seeds: 3 -> 2\\)"):
         _run([*base, "--seed", "3", "--seeds", "2", "--out", str(out)])
