@@ -237,12 +237,15 @@ def _table_rows(results: dict, order: List[str]) -> List[dict]:
     def fmt(v):
         return "-" if v is None else v
 
-    several = any("runs" in results[m] for m in order if m in results)
+    models = [m for m in order if m in results]
+    several = any("runs" in results[m] for m in models)  # --seeds: a std and a count column
     keys = ["nll", *(["nll_std"] if several else []), "nll_time", "nll_mark", "rmse", "accuracy",
             *(["seeds"] if several else []), "params", "train_time_s"]
-    return [{"model": m, **{k: fmt(len(results[m].get("runs", [1])) if k == "seeds" else results[m].get(k))
-                            for k in keys}}
-            for m in order if m in results]
+    rows = []
+    for m in models:
+        r = {**results[m], "seeds": len(results[m].get("runs", [None]))}  # a baseline or one seed: 1
+        rows.append({"model": m, **{k: fmt(r.get(k)) for k in keys}})
+    return rows
 
 
 def run_events(cfg: EventsConfig, log=print) -> dict:

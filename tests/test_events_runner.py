@@ -243,7 +243,7 @@ def test_seeds_are_the_single_seed_runs_summarised_and_resume_after_a_kill(tmp_p
         _run([*base, "--seed", "3", "--seeds", "2", "--plots", "false", "--out", str(tmp_path / "s3")])
     again = _run([*base, "--seed", "3", "--plots", "false", "--out", str(tmp_path / "s3")])  # one seed: nothing to run
     assert again["results"]["gru"] == singles[0]
-    # another number of seeds in the same folder is another setup; none is refused up front
+    # another number of seeds in the same folder is another setup; --seeds 0 is refused before anything is written
     with pytest.raises(ValueError, match="different setup \\(seeds: 3 -> 2\\)"):
         _run([*base, "--seed", "3", "--seeds", "2", "--out", str(out)])
     assert main(["events", *base, "--seeds", "0", "--out", str(tmp_path / "zero")]) == 2
