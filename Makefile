@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # reuses runs/make-run (finished models are skipped; one made with other settings is refused):
 # delete it to start over.
 run: $(STAMP)
-	$(PY) -m tasks.cli forecast --csv tasks/data/ETTh1.csv --config quick --out runs/make-run
+	$(PY) -m rlts.tasks.cli forecast --csv tasks/data/ETTh1.csv --config quick --out runs/make-run
 
 test: $(STAMP)
 	$(PY) -m pytest -q

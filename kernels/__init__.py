@@ -5,19 +5,21 @@ Each op comes as a Triton kernel (GPU, forward and backward), a PyTorch path (CP
 one-token step function. `kernels` knows nothing of models.
 
     module              op               step                     used by
-    kernels.linear      linear_scan      linear_scan_step         gated recurrences
-    kernels.softmax     softmax_scan     softmax_scan_step        Aaren
-    kernels.selective   selective_scan   selective_state_update   Mamba-1
-    kernels.ssd         ssd_scan         ssd_state_update         Mamba-2
+    rlts.kernels.linear      linear_scan      linear_scan_step         gated recurrences
+    rlts.kernels.softmax     softmax_scan     softmax_scan_step        Aaren
+    rlts.kernels.selective   selective_scan   selective_state_update   Mamba-1
+    rlts.kernels.ssd         ssd_scan         ssd_state_update         Mamba-2
 """
-from kernels.linear import linear_scan, linear_scan_ref, linear_scan_step
-from kernels.selective import selective_scan, selective_scan_ref, selective_state_update
-from kernels.softmax import softmax_scan, softmax_scan_ref, softmax_scan_step
-from kernels.ssd import ssd_scan, ssd_scan_ref, ssd_state_update
+from rlts.kernels._common import compute_dtype, interpret_mode, triton_available
+from rlts.kernels.linear import linear_scan, linear_scan_ref, linear_scan_step
+from rlts.kernels.selective import selective_scan, selective_scan_ref, selective_state_update
+from rlts.kernels.softmax import softmax_scan, softmax_scan_ref, softmax_scan_step
+from rlts.kernels.ssd import ssd_scan, ssd_scan_ref, ssd_state_update
 
 __all__ = [
     "linear_scan", "linear_scan_ref", "linear_scan_step",
     "softmax_scan", "softmax_scan_ref", "softmax_scan_step",
     "selective_scan", "selective_scan_ref", "selective_state_update",
     "ssd_scan", "ssd_scan_ref", "ssd_state_update",
+    "compute_dtype", "interpret_mode", "triton_available",
 ]

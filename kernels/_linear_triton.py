@@ -1,4 +1,4 @@
-"""Triton kernel for `kernels.linear_scan` (imported only when the Triton path is taken).
+"""Triton kernel for `rlts.kernels.linear_scan` (imported only when the Triton path is taken).
 
 One kernel serves forward and backward. A program owns one (batch, block of BLOCK_D
 channels) and walks the sequence in blocks of BLOCK_L steps, in scan order (from the end

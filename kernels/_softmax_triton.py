@@ -1,4 +1,4 @@
-"""Triton kernels for `kernels.softmax_scan` (imported only when the Triton path is taken).
+"""Triton kernels for `rlts.kernels.softmax_scan` (imported only when the Triton path is taken).
 
 Forward: one program per (batch*head, block of BLOCK_E value channels) walks the sequence in
 blocks of BLOCK_L tokens. Each block is scanned with tl.associative_scan using the paper's
@@ -172,10 +172,9 @@ def softmax_scan_fwd_triton(s, v, m0, u0, w0):
     return o, m, u, w_last
 
 
-def softmax_scan_bwd_triton(s, v, o, m, u, do, dw_last, du_last, m0, u0, w0, need_state):
-    """Returns ds (B, H, L), dv (B, H, L, E) and (dm0, du0, dw0) or None."""
-    from kernels.softmax import _state_grads
-
+def softmax_scan_bwd_triton(s, v, o, m, u, do, dw_last, du_last):
+    """Returns ds (B, H, L), dv (B, H, L, E) and the adjoints of the first step, G_0 (B, H, E)
+    and Hh_0 (B, H), from which the caller forms the gradients of an initial state."""
     B, H, L, E = v.shape
     acc_tl, acc = _acc(v.dtype)
     block_l, block_e = _blocks(L, E)
@@ -191,5 +190,4 @@ def softmax_scan_bwd_triton(s, v, o, m, u, do, dw_last, du_last, m0, u0, w0, nee
         ACC=acc_tl, BLOCK_L=block_l, BLOCK_E=block_e,
     )
     ds = ds_part.sum(0)  # (B, H, L)
-    grads0 = _state_grads(m0, u0, w0, m[..., 0], g0, hh0) if need_state else None
-    return ds, dv, grads0
+    return ds, dv, g0, hh0

@@ -30,7 +30,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from kernels._common import check_backend, check_same, check_tensor, compute_dtype, fail, use_triton
+from rlts.kernels._common import check_backend, check_same, check_tensor, compute_dtype, fail, use_triton
 
 _OP = "linear_scan"
 
@@ -179,7 +179,7 @@ def _backward_torch(a, h, h0, dh, dlast, reverse, need_da):
 # --------------------------------------------------------------------------- autograd
 def _run_forward(a, b, h0, reverse, triton):
     if triton:
-        from kernels._linear_triton import linear_scan_fwd_triton
+        from rlts.kernels._linear_triton import linear_scan_fwd_triton
 
         return linear_scan_fwd_triton(a, b, h0, reverse)
     cd = compute_dtype(b.dtype)
@@ -189,7 +189,7 @@ def _run_forward(a, b, h0, reverse, triton):
 
 def _run_backward(a, h, h0, dh, dlast, reverse, need_da, triton):
     if triton:
-        from kernels._linear_triton import linear_scan_bwd_triton
+        from rlts.kernels._linear_triton import linear_scan_bwd_triton
 
         return linear_scan_bwd_triton(a, h, h0, dh, dlast, reverse, need_da)
     cd = compute_dtype(dh.dtype)

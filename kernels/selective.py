@@ -14,7 +14,7 @@ Per channel d and state index n, with delta <- softplus(delta + delta_bias) (eac
 
 g(d) = d // (dim // G) is the B/C group of channel d (G = 1 for B, C of shape (batch, N, L)).
 
-Implementations (chosen by `kernels._common.use_triton`):
+Implementations (chosen by `rlts.kernels._common.use_triton`):
   * Triton (CUDA, or backend="triton" under TRITON_INTERPRET=1): kernels/_selective_triton.py.
     The forward keeps each program's (BLOCK_D, N) state in registers and saves only the
     state at the start of every BLOCK_L block; the backward recomputes from those.
@@ -44,11 +44,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from kernels._common import check_backend, check_same, check_tensor, compute_dtype, fail, use_triton
-from kernels.linear import _scan_torch
+from rlts.kernels._common import check_backend, check_same, check_tensor, compute_dtype, fail, use_triton
+from rlts.kernels.linear import _scan_torch
 
 try:  # Triton is optional: without it the PyTorch path serves every device.
-    from kernels import _selective_triton as _tri
+    from rlts.kernels import _selective_triton as _tri
 except Exception:  # pragma: no cover - platform dependent
     _tri = None
 
@@ -60,7 +60,7 @@ _STEP_OP = "selective_state_update"
 _CHUNK_ELEMS = 1 << 20
 _CHUNK_MIN = 16
 # Below this many state elements per step (batch * dim * N), the in-chunk scan uses the
-# two-level kernels.linear scan (few large calls); above it, one in-place call per step is
+# two-level rlts.kernels.linear scan (few large calls); above it, one in-place call per step is
 # faster. Measured: B1 d64 N16 (1k per step) 2x faster two-level; B2 d448 N16 (14k) loop.
 _LOOP_MIN_WIDTH = 1 << 13
 

@@ -21,7 +21,7 @@ one call continues the scan in the next (pieces equal the whole); the empty stat
 Implementations:
   * PyTorch (CPU): with m_t = max(m0, cummax(s)_t), (u, w) follow the linear recurrence
     w_t = e^{m_{t-1}-m_t} w_{t-1} + e^{s_t-m_t} v_t (u likewise with 1 for v), so the forward
-    is one torch.cummax plus the chunked linear scan of kernels.linear_scan, run with one decay
+    is one torch.cummax plus the chunked linear scan of rlts.kernels.linear_scan, run with one decay
     shared by all channels over u (1 channel) and, in place, over w (E channels).
   * Triton: a fused kernel per (batch*head, block of E) scans blocks of the sequence with the
     paper's operator and carries (m, u, w) across blocks (kernels/_softmax_triton.py).
@@ -42,8 +42,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from kernels._common import check_backend, check_same, check_tensor, compute_dtype, fail, use_triton
-from kernels.linear import _scan_torch
+from rlts.kernels._common import check_backend, check_same, check_tensor, compute_dtype, fail, use_triton
+from rlts.kernels.linear import _scan_torch
 
 _OP = "softmax_scan"
 
@@ -109,7 +109,7 @@ class _SoftmaxScanFn(torch.autograd.Function):
     def forward(ctx, s, v, m0, u0, w0, triton: bool):
         cd = compute_dtype(v.dtype)
         if triton:
-            from kernels._softmax_triton import softmax_scan_fwd_triton
+            from rlts.kernels._softmax_triton import softmax_scan_fwd_triton
 
             o, m, u, w_last = softmax_scan_fwd_triton(s, v, m0, u0, w0)
         else:
@@ -130,10 +130,10 @@ class _SoftmaxScanFn(torch.autograd.Function):
         need_state = m0 is not None and any(ctx.needs_input_grad[2:5])
         cd = compute_dtype(v.dtype)
         if ctx.triton:
-            from kernels._softmax_triton import softmax_scan_bwd_triton
+            from rlts.kernels._softmax_triton import softmax_scan_bwd_triton
 
-            ds, dv, grads0 = softmax_scan_bwd_triton(s, v, o, m, u, do, dw_last,
-                                                     du_last, m0, u0, w0, need_state)
+            ds, dv, g0, hh0 = softmax_scan_bwd_triton(s, v, o, m, u, do, dw_last, du_last)
+            grads0 = _state_grads(m0, u0, w0, m[..., 0], g0, hh0) if need_state else None
         else:
             up = lambda x: None if x is None else x.to(cd)  # noqa: E731
             ds, dv, grads0 = _backward_torch(up(s), up(v), up(o), m, u, up(do), up(dw_last), up(du_last),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._common import check_same, check_tensor, compute_dtype, fail, use_triton
+from rlts.kernels._common import check_same, check_tensor, compute_dtype, fail, use_triton
 
 __all__ = ["ssd_scan", "ssd_scan_ref", "ssd_state_update"]
 
@@ -241,7 +241,7 @@ class _SSDScanTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus):
-        from kernels import _ssd_triton as tri
+        from rlts.kernels import _ssd_triton as tri
 
         y, final, chunk_starts = tri.ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias,
                                              initial_states, dt_softplus)
@@ -252,7 +252,7 @@ class _SSDScanTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        from kernels import _ssd_triton as tri
+        from rlts.kernels import _ssd_triton as tri
 
         x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_starts = ctx.saved_tensors
         grads = tri.ssd_bwd(dy, dfinal, x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias,
@@ -296,7 +296,7 @@ def ssd_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_sof
     """
     _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
     if use_triton("ssd_state_update", x, backend):
-        from kernels import _ssd_triton as tri
+        from rlts.kernels import _ssd_triton as tri
 
         return tri.ssd_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 

@@ -58,7 +58,7 @@ def _umask() -> int:
     return mask
 
 
-def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Run write(f) on a temporary file beside `path`, flush it to disk, then rename it over
     `path`: a reader sees the old file or the new, never half of one."""
     path = Path(path)
@@ -88,12 +88,12 @@ def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """torch.save `obj` to `path` atomically."""
-    return _write_atomic(path, lambda f: torch.save(obj, f))
+    return write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
     """Write a text file (results.json, a table) atomically."""
-    return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -13,6 +13,17 @@ A YAML config file maps overlay names to partial configs, DreamerV3-style:
 then the file's `defaults`, then each overlay named by `--config a,b` in order, then every
 `--key value` (nested fields as `--model.d_model 64`). Unknown keys and badly typed values
 stop with a ValueError that names the key.
+
+Each field declares, next to its default, what a run needs to know about it (`param`):
+
+    window: int = param(96, result=True, within="[1, inf)")   # with its docstring below
+
+- `result=True`: the key defines a result: a rerun into a folder made with another value is
+  refused (`result_keys`); a section (a nested dataclass) marked so is compared on its own
+  result keys;
+- `within="[0, 1)"`: the range of a number (each item of a list), `choices=(...)`: the values
+  of a string; `check_ranges(cfg)` raises a ValueError naming the first key outside them;
+- `missing_as=V`: the value a results folder written without this key was made with.
 """
 from __future__ import annotations
 
@@ -29,6 +40,78 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+_UNSET = object()
+
+
+def param(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, result: bool = False,
+          within: str | None = None, choices: Sequence[Any] | None = None, missing_as: Any = _UNSET) -> Any:
+    """A dataclass field with its default and what a run needs to know about it (module docstring)."""
+    meta: dict = {"result": result}
+    if within is not None:
+        meta["within"] = _parse_interval(within)
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if missing_as is not _UNSET:
+        meta["missing_as"] = missing_as
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def _parse_interval(text: str) -> tuple:
+    """"[0, 1)" -> (text, 0.0, 1.0, closed low, open high); "inf" bounds are open."""
+    t = text.replace(" ", "")
+    if len(t) < 5 or t[0] not in "[(" or t[-1] not in "])" or "," not in t:
+        raise ValueError(f"bad interval {text!r}; write it as [low, high) with inf for no bound")
+    low, high = (float(v) for v in t[1:-1].split(","))
+    return text.replace(" ", "").replace(",", ", "), low, high, t[0] == "[", t[-1] == "]"
+
+
+def _in_interval(v: float, interval: tuple) -> bool:
+    _, low, high, low_closed, high_closed = interval
+    return ((v >= low if low_closed else v > low) and (v <= high if high_closed else v < high))
+
+
+def _describe_interval(interval: tuple) -> str:
+    text, low, high, low_closed, _ = interval
+    if high == float("inf") and low_closed:
+        return f"be at least {low:g}"
+    if high == float("inf"):
+        return f"be above {low:g}"
+    return f"lie in {text}"
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """A ValueError naming the first key of `cfg` (nested sections as `section.key`) outside the
+    range or the choices its `param` declares. None passes (optional keys)."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key + ".")
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            if v is None:
+                continue
+            if "within" in f.metadata and isinstance(v, float) and abs(v) == float("inf"):
+                raise ValueError(f"{key} must be finite, got {v}")
+            if "within" in f.metadata and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                           or v != v or not _in_interval(v, f.metadata["within"])):
+                raise ValueError(f"{key} must {_describe_interval(f.metadata['within'])}, got {v}")
+            if "choices" in f.metadata and v not in f.metadata["choices"]:
+                raise ValueError(f"unknown {key} {v!r}; use one of {', '.join(map(str, f.metadata['choices']))}")
+
+
+def result_keys(cls: type) -> list[str]:
+    """The keys of config class `cls` declared `result=True`: those whose change makes earlier
+    results in the same folder incomparable."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("result")]
+
+
+def missing_values(cls: type) -> dict:
+    """{key: value} for the keys of `cls` that declare `missing_as`: the values a results folder
+    written without them was made with."""
+    return {f.name: f.metadata["missing_as"] for f in dataclasses.fields(cls) if "missing_as" in f.metadata}
 
 
 def to_dict(cfg: Any) -> dict:

@@ -1,4 +1,4 @@
-"""Seeding and device selection."""
+"""Seeding (the global generators, and seeds derived for independent streams) and device selection."""
 from __future__ import annotations
 
 import os
@@ -19,6 +19,18 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+
+
+def derive_seed(*keys: int) -> int:
+    """A 32-bit seed derived from non-negative integers (numpy's SeedSequence): independent
+    streams for training episodes (seed, 0, env, episode), evaluation episodes
+    (seed, 1, round, episode) and evaluation's torch RNG (seed, 2, round)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+def episode_seed(seed: int, env_index: int, episode: int) -> int:
+    """The reset seed of training episode `episode` of environment `env_index`."""
+    return derive_seed(seed, 0, env_index, episode)
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -33,7 +33,6 @@ import numbers
 import random
 import tempfile
 from contextlib import contextmanager
-from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -41,13 +40,12 @@ import pandas as pd
 import torch
 from sktime.classification.base import BaseClassifier
 from sktime.forecasting.base import BaseForecaster
-from torch.utils.data import DataLoader
 
-from rlts.data.augment import check_augment
+from rlts.data.augment import BatchAugment, check_augment
 from rlts.data.panel import PanelDataset, as_series_list, encode_labels, fit_panel_scaler
 from rlts.data.timeseries import StandardScaler, WindowDataset
 from rlts.heads.classify import POOLINGS, STEMS, SequenceClassifier as _ClassifierHead
-from rlts.heads.classify import classification_loss, collate_unequal
+from rlts.heads.classify import classification_loss, collate_unequal, predict_proba
 from rlts.heads.forecast import CHANNEL_MODES, SequenceForecaster as _ForecasterHead
 from rlts.heads.forecast import forecast_loss
 from rlts.nn import BACKBONES
@@ -135,16 +133,18 @@ def _check_training_params(est: Any, name: str) -> None:
     select_device(est.device)  # ValueError for an unknown or unavailable device
 
 
-def _train(est: Any, model: torch.nn.Module, loss_fn, data, seed: int, collate_fn=None,
+def _train(est: Any, model: torch.nn.Module, loss_fn, data, seed: int, collate_fn=None, batch_transform=None,
            **options) -> Dict[str, float]:
     """Run `rlts.trainer.Trainer` on `data` (no validation set; by default a fixed number of
-    epochs, the last one's weights kept; `options`: other TrainConfig fields) in a temporary run
-    directory that is removed afterwards. Returns the Trainer's summary."""
+    epochs, the last one's weights kept; `batch_transform`: applied to every training batch;
+    `options`: other TrainConfig fields) in a temporary run directory that is removed
+    afterwards. Returns the Trainer's summary."""
     cfg = TrainConfig(**{**dict(epochs=int(est.epochs), batch_size=int(est.batch_size), lr=float(est.lr),
                                 weight_decay=float(est.weight_decay), ema=float(est.ema), patience=0, seed=seed,
                                 device=est.device, progress=False), **options})
     with tempfile.TemporaryDirectory(prefix="rlts-sktime-") as run_dir:
-        summary = Trainer(model, loss_fn, cfg, run_dir=run_dir, collate_fn=collate_fn).fit(data)
+        summary = Trainer(model, loss_fn, cfg, run_dir=run_dir, collate_fn=collate_fn,
+                          batch_transform=batch_transform).fit(data)
     model.eval()
     return summary
 
@@ -575,9 +575,10 @@ class SequenceClassifier(BaseClassifier):
                 d_model=self.d_model, n_layers=self.n_layers, pooling=self.pooling,
                 patch_len=self.patch_len, stem=self.stem, bidirectional=bool(self.bidirectional),
                 dropout=self.dropout, **(self.backbone_kwargs or {}))
-            self.train_summary_ = _train(self, self.network_, partial(classification_loss, augment=augment), data, seed,
-                                         collate_fn=collate_unequal, monitor="train", min_lr=1e-4,
-                                         plateau_patience=int(self.plateau_patience), patience=int(self.patience))
+            self.train_summary_ = _train(self, self.network_, classification_loss, data, seed, collate_fn=collate_unequal,
+                                         batch_transform=BatchAugment(augment) if augment else None,
+                                         monitor="train", min_lr=1e-4, plateau_patience=int(self.plateau_patience),
+                                         patience=int(self.patience))
         self.n_channels_ = series[0].shape[1]
         return self
 
@@ -588,19 +589,8 @@ class SequenceClassifier(BaseClassifier):
             raise ValueError(f"SequenceClassifier: X has {series[0].shape[1]} channels, the classifier "
                              f"was fitted on {self.n_channels_}")
         data = PanelDataset(series, None, self.scaler_)
-        # batches of similar lengths pad less; the probabilities go back to the input order
-        order = np.argsort(data.lengths, kind="stable")
-        device = next(self.network_.parameters()).device
-        loader = DataLoader(torch.utils.data.Subset(data, order.tolist()), batch_size=int(self.batch_size),
-                            shuffle=False, collate_fn=collate_unequal)
-        probs = []
-        with _global_rng_preserved(), torch.no_grad():
-            for x, lengths, _ in loader:                                  # x (B, L_max, C), lengths (B,)
-                logits = self.network_(x.to(device), lengths.to(device))  # (B, n_classes)
-                probs.append(torch.softmax(logits.double(), dim=-1).cpu().numpy())
-        proba = np.empty((len(series), self.n_classes_))
-        proba[order] = np.concatenate(probs, axis=0)
-        return proba
+        with _global_rng_preserved():  # batches of similar lengths pad less; rows in the order of X
+            return predict_proba(self.network_, data, int(self.batch_size), by_length=True)   # (N, n_classes_)
 
     @classmethod
     def get_test_params(cls, parameter_set: str = "default") -> List[Dict[str, Any]]:

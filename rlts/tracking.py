@@ -42,7 +42,12 @@ class RunLogger:
     def advance(self, n: int = 1) -> None:
         self.bar.update(n)
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Close the bar and the TensorBoard writer; `finished`: the work is done even if fewer
+        steps ran than planned (early stopping), so the bar ends at 100 %."""
+        if finished and self.bar.total is not None and self.bar.n < self.bar.total:
+            self.bar.total = self.bar.n
+            self.bar.refresh()
         self.bar.close()
         self.writer.close()
 

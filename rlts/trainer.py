@@ -10,6 +10,9 @@ batch, runs the model and returns a scalar loss and a dict of per-batch metric v
 over the batch; `evaluate` weights them by batch size, or, with `weight_key="n_steps"`, by that
 metric: the right mean when the loss averages over units of unequal number per example, such
 as the steps of episodes or the events of sequences of different lengths).
+An optional `batch_transform(batch) -> batch` (such as data augmentation,
+`rlts.data.augment.BatchAugment`) is applied to every training batch once it is on the device,
+before `loss_fn`; never in `evaluate`, so validation and test batches are the data as they are.
 
 What the loop guarantees:
 - resume: a checkpoint (`run_dir/last.pt`, written atomically) after every epoch holds the
@@ -39,6 +42,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from rlts.config import check_ranges, param
 from rlts.checkpoint import Checkpointer
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import RunLogger
@@ -50,65 +54,50 @@ LossFn = Callable[[nn.Module, object], Tuple[torch.Tensor, Dict[str, float]]]
 class TrainConfig:
     """Settings of the supervised loop."""
 
-    epochs: int = 10
+    epochs: int = param(10, result=True, within="[1, inf)")
     """Most passes over the training set."""
-    batch_size: int = 32
+    batch_size: int = param(32, result=True, within="[1, inf)")
     """Examples per step and per process (the global batch is batch_size * world size)."""
-    lr: float = 1e-3
+    lr: float = param(1e-3, result=True, within="[0, inf)")
     """AdamW learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: float = param(0.0, result=True, within="[0, inf)")
     """AdamW weight decay."""
-    lr_decay: float = 1.0
+    lr_decay: float = param(1.0, result=True, within="(0, 1]")
     """Multiply the learning rate by this after every epoch (1: constant; Time-Series-Library's
     default schedule halves it: 0.5)."""
-    monitor: str = "val"
+    monitor: str = param("val", result=True, choices=("val", "train"))
     """The loss that picks the weights returned, stops early and drives the plateau schedule:
     "val" (the validation loss; with no validation set the last epoch's weights are returned)
     or "train" (the epoch's mean training loss: the protocol of the FCN/ResNet time-series
     classification baselines, which train on the whole training set)."""
-    plateau_patience: int = 0
+    plateau_patience: int = param(0, result=True, within="[0, inf)")
     """Epochs without a better monitored loss before the learning rate is multiplied by
     plateau_factor (torch's ReduceLROnPlateau); 0 turns it off."""
-    plateau_factor: float = 0.5
+    plateau_factor: float = param(0.5, result=True, within="(0, 1)")
     """Factor of a plateau reduction of the learning rate."""
-    min_lr: float = 0.0
+    min_lr: float = param(0.0, result=True, within="[0, inf)")
     """Floor of the plateau reductions."""
-    grad_clip: float = 1.0
+    grad_clip: float = param(1.0, result=True, within="[0, inf)")
     """Largest gradient norm; 0 turns clipping off."""
-    patience: int = 3
+    patience: int = param(3, result=True, within="[0, inf)")
     """Epochs without a better validation loss before stopping; 0 turns early stopping off."""
-    seed: int = 0
+    seed: int = param(0, result=True)
     """Seeds the initial RNG state and every epoch's shuffle."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)."""
     progress: bool = True
     """Show a tqdm progress bar."""
-    ema: float = 0.0
+    ema: float = param(0.0, result=True, within="[0, 1)")
     """Decay per step of an exponential moving average of the weights (e.g. 0.99: an average
     over about the last 100 steps); 0 turns it off. When on, the average is what is
     validated, kept as the best weights and returned, and the raw weights only train."""
 
 
 def check_train_config(cfg: TrainConfig, name: str = "TrainConfig") -> None:
-    """A ValueError naming the first setting of `cfg` out of its range. The Trainer checks when it
-    is made; the task runners call it with name="train" (their `--train.KEY` spelling) before
-    they write anything."""
-    at_least = {"epochs": 1, "batch_size": 1, "patience": 0, "plateau_patience": 0}
-    for key, low in at_least.items():
-        if getattr(cfg, key) < low:
-            raise ValueError(f"{name}.{key} must be at least {low}, got {getattr(cfg, key)}")
-    for key in ("lr", "weight_decay", "min_lr", "grad_clip"):
-        v = getattr(cfg, key)
-        if not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name}.{key} must be non-negative, got {v}")
-    if not 0.0 < cfg.lr_decay <= 1.0:
-        raise ValueError(f"{name}.lr_decay must lie in (0, 1], got {cfg.lr_decay}")
-    if not 0.0 <= cfg.ema < 1.0:
-        raise ValueError(f"{name}.ema must lie in [0, 1), got {cfg.ema}")
-    if cfg.monitor not in ("val", "train"):
-        raise ValueError(f"{name}.monitor must be 'val' or 'train', got {cfg.monitor!r}")
-    if not 0.0 < cfg.plateau_factor < 1.0:
-        raise ValueError(f"{name}.plateau_factor must lie in (0, 1), got {cfg.plateau_factor}")
+    """A ValueError naming the first setting of `cfg` out of the range its field declares. The
+    Trainer checks when it is made; the task runners call it with name="train" (their
+    `--train.KEY` spelling) before they write anything."""
+    check_ranges(cfg, prefix=f"{name}.")
 
 
 def _dist_info() -> Tuple[int, int]:
@@ -131,9 +120,13 @@ def _destroy_process_group() -> None:
 class Trainer:
     def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: Optional[TrainConfig] = None,
                  run_dir: str | Path = "runs/train", collate_fn: Optional[Callable] = None,
-                 weight_key: Optional[str] = None):
+                 weight_key: Optional[str] = None, batch_transform: Optional[Callable] = None):
         self.cfg, self.loss_fn, self.collate_fn = cfg or TrainConfig(), loss_fn, collate_fn
         self.weight_key = weight_key
+        if batch_transform is not None and not callable(batch_transform):
+            raise ValueError(f"Trainer: batch_transform must be a callable batch -> batch, got "
+                             f"{type(batch_transform).__name__}")
+        self.batch_transform = batch_transform
         cfg = self.cfg
         check_train_config(cfg)
         self.rank, self.world = _dist_info()
@@ -209,6 +202,7 @@ class Trainer:
                            progress=cfg.progress and self.is_main) if self.is_main else None
         stopped = cfg.patience > 0 and bad >= cfg.patience
         done = start  # epochs completed
+        completed = False
         try:
             for epoch in range(start, cfg.epochs):
                 if stopped:
@@ -217,6 +211,8 @@ class Trainer:
                 loss_sum, n_seen = 0.0, 0  # the epoch's training loss, for monitor="train"
                 for batch in self._loader(train, True, epoch):
                     batch = self._to_device(batch)
+                    if self.batch_transform is not None:  # training batches only, on the device
+                        batch = self.batch_transform(batch)
                     loss, _ = self.loss_fn(self.net, batch)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss.item()} at step {step} "
@@ -263,9 +259,10 @@ class Trainer:
                     self.ckpt.save(done, self._state(done, best, bad, best_weights, spent, ema, plateau, best_val))
             if self.world > 1:  # no process leaves before rank 0 has written the last checkpoint
                 dist.barrier()
+            completed = True
         finally:
             if logger:
-                logger.close()
+                logger.close(finished=completed)  # an early stop ends the bar at 100 %
         if best_weights is None and ema is not None:
             best_weights = ema.module.state_dict()  # no validation set: the final average
         if best_weights is not None:

@@ -33,9 +33,10 @@ if importlib.util.find_spec("tasks") is None:  # not installed: run from the che
 from _bench import Table, bench_device, machine_info, measure, sync  # noqa: E402
 
 from rlts.nn import count_parameters  # noqa: E402
-from tasks.envs import env_spec, make_env  # noqa: E402
-from tasks.rl import Learner, parse_rl_config  # noqa: E402
-from world_models.replay import ReplayBuffer  # noqa: E402
+from rlts.tasks.rl.envs import env_spec, make_env  # noqa: E402
+from rlts.tasks.rl.loop import learner_config, parse_rl_config  # noqa: E402
+from rlts.world_models.learner import Learner  # noqa: E402
+from rlts.world_models.replay import ReplayBuffer  # noqa: E402
 
 
 def fill_buffer(cfg, spec, device, game: str) -> ReplayBuffer:
@@ -58,7 +59,7 @@ def bench_backbone(backbone: str, args, device) -> dict:
     env = make_env(args.game)
     spec = env_spec(env)
     torch.manual_seed(0)
-    learner = Learner(cfg, spec, device)
+    learner = Learner(spec.obs_shape, spec.n_actions, learner_config(cfg), device)
     buf = fill_buffer(cfg, spec, device, args.game)
     wm, ac = learner.wm, learner.ac
     obs, _ = env.reset(seed=0)

@@ -210,9 +210,9 @@ def linear_blelloch(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
 
 # =========================================================================== the ops
 def _kernel(name: str) -> Callable:
-    import kernels
+    import rlts.kernels
 
-    return getattr(kernels, name)
+    return getattr(rlts.kernels, name)
 
 
 @dataclass

@@ -1,29 +1,57 @@
-"""The `rlts` command: one subcommand per task.
+"""The `rlts` command, built from the commands its task modules declare.
 
-Each subcommand registers itself in SUBCOMMANDS as (help, add_arguments, run). Later tasks
-(forecast, classify, events, rl, atari, atari100k, record, behaviour, offline) add theirs here.
+Every module in MODULES declares `COMMANDS` (tasks.runner.Command: name, config dataclass,
+YAML file, run function); this file loops over them. Every subcommand takes its options in one
+style, `--key value` for each key of its config dataclass (nested keys as `--train.lr 1e-3`),
+`--config NAME` for an overlay of its YAML file, and `--threads N` when it trains; `--help`
+lists every key with its default and docstring, and the overlays.
+
+What a person meets at the terminal, the same for every command: a bad option or input is one
+line (`rlts <command>: error: ...`, exit code 2); Ctrl-C is one line too, and running the same
+command again resumes; a finished run lists the files it wrote and how to open TensorBoard; the
+run folder keeps log.txt, a copy of what the command printed.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Dict, List, Optional, Sequence
+
+from rlts.tasks.runner import Command
+
+MODULES = (
+    "rlts.tasks.supervised.forecast",
+    "rlts.tasks.supervised.classify",
+    "rlts.tasks.supervised.events",
+    "rlts.tasks.rl.loop",
+    "rlts.tasks.atari100k.run",
+    "rlts.tasks.atari100k.report",
+    "rlts.tasks.rl.record",
+    "rlts.tasks.rl.behaviour",
+    "rlts.tasks.supervised.offline",
+)
+"""The task modules, in the order `rlts --help` lists their commands."""
 
 
-def _info_args(p: argparse.ArgumentParser) -> None:
-    pass
+# ----------------------------------------------------------------------------- rlts info
 
 
-def _info(args: argparse.Namespace) -> int:
+@dataclass
+class InfoConfig:
+    """`rlts info` takes no options."""
+
+
+def show_info(cfg: InfoConfig) -> None:
     """Print versions and which scan backend each device would use."""
     import torch
 
-    import kernels
     import rlts
-    from kernels._common import interpret_mode, triton_available
+    from rlts.kernels import interpret_mode, triton_available
 
     try:
         import triton
@@ -38,240 +66,193 @@ def _info(args: argparse.Namespace) -> int:
     print(f"cuda      {torch.cuda.get_device_name(0) if cuda else 'not available'}")
     backend = "Triton" if cuda and triton_available() else "PyTorch CPU path"
     print(f"scans     linear_scan, softmax_scan, selective_scan, ssd_scan -> {backend}")
-    return 0
 
 
-def _forecast_args(p: argparse.ArgumentParser) -> None:
-    p.usage = "rlts forecast --csv FILE [--key value ...] [--config debug]"
-    p.epilog = ("Every key of tasks.forecast.ForecastConfig is an option, e.g. --csv FILE --target OT "
-                "--features M|S|MS --window 96 --horizon 96 192 336 720 --models aaren,linear,naive "
-                "--backbone aaren --d_model 64 --n_layers 2 --train.epochs 10 (or --epochs) --train.lr 1e-3 "
-                "--max_train_windows N --out DIR --device auto --plots false. --config debug applies the "
-                "overlay of tasks/configs/forecast.yaml. Reusing --out resumes.")
-    p.set_defaults(overrides=[])
+INFO = Command("info", InfoConfig, None, show_info, help="show versions, devices and which kernel backend runs",
+               trains=False)
 
 
-def _forecast(args: argparse.Namespace) -> int:
-    """Train and evaluate forecasters on a CSV series (TSLib protocol)."""
-    from tasks.forecast import cli_run
-    return cli_run(args)
+def commands() -> Dict[str, Command]:
+    """{name: Command} of every subcommand, in --help order."""
+    found = {INFO.name: INFO}
+    for module in MODULES:
+        for cmd in importlib.import_module(module).COMMANDS:
+            found[cmd.name] = cmd
+    return found
 
 
-def _classify_args(p: argparse.ArgumentParser) -> None:
-    p.usage = "rlts classify --dataset NAME | --train FILE.ts --test FILE.ts [--key value ...] [--config debug]"
-    p.epilog = ("Every key of tasks.classify.ClassifyConfig is an option, e.g. --dataset JapaneseVowels "
-                "(sktime ships ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels, OSULeaf, ...) "
-                "or --train A_TRAIN.ts --test A_TEST.ts, --models mamba,minirocket --backbone mamba --d_model 64 "
-                "--n_layers 2 --pooling mean|last --val_fraction 0.2 --train.epochs 100 (or --epochs) --train.lr 1e-3 "
-                "--max_train N --max_test N --out DIR --device auto --plots false. --config debug applies the "
-                "overlay of tasks/configs/classify.yaml. Reusing --out resumes.")
-    p.set_defaults(overrides=[])
-
-
-def _classify(args: argparse.Namespace) -> int:
-    """Train and evaluate classifiers on a UCR/UEA dataset or .ts files."""
-    from tasks.classify import cli_run
-    return cli_run(args)
-
-
-def _events_args(p: argparse.ArgumentParser) -> None:
-    p.usage = "rlts events --data FILE.jsonl [--key value ...] [--config debug]"
-    p.epilog = ("Every key of tasks.events.EventsConfig is an option, e.g. --data events.jsonl --time_unit s "
-                "--models aaren,transformer --backbone aaren --origin first|zero --split 0.6 0.2 0.2 "
-                "--true_hawkes MU ALPHA BETA --d_model 64 --train.epochs 50 (or --epochs) --out DIR --device auto. "
-                "--config debug applies the overlay of tasks/configs/events.yaml. Reusing --out resumes.")
-    p.set_defaults(overrides=[])
-
-
-def _events(args: argparse.Namespace) -> int:
-    """Train and evaluate neural temporal point processes on event sequences."""
-    from tasks.events import cli_run
-    return cli_run(args)
-
-
-def _rl_args(p: argparse.ArgumentParser) -> None:
-    p.usage = "rlts rl --env CartPole-v1 [--steps N] [--config default|debug] [--out DIR] [--key value ...]"
-    p.epilog = ("Every key of tasks.rl.RLConfig is an option, e.g. --env CartPole-v1 --steps 20000 --num_envs 1 "
-                "--seed 0 --world_model.backbone mamba2|mamba|aaren|transformer|gru --world_model.d_model 128 "
-                "--updates_per_step 0.5 --sampling dfs|uniform --eval_every 2000 --out DIR --device auto. "
-                "--config debug applies the overlay of tasks/configs/rl.yaml. Reusing --out resumes.")
-    p.set_defaults(overrides=[])
-
-
-def _rl(args: argparse.Namespace) -> int:
-    """Train a Drama world-model agent on a Gymnasium environment."""
-    from tasks.rl import cli_run
-    return cli_run(args)
-
-
-def _atari_args(p: argparse.ArgumentParser) -> None:
-    p.usage = "rlts atari --game Pong [--steps 100000] [--config atari100k|debug] [--out DIR] [--key value ...]"
-    p.epilog = ("Every key of tasks.rl.RLConfig is an option (--game is --env), e.g. --game Breakout --steps 100000 "
-                "--world_model.backbone mamba2 --seed 1 --final_eval_episodes 100 --out DIR --device cuda. "
-                "--config atari100k (the default) is Drama's protocol; --config debug is a CI-sized smoke run. "
-                "Reusing --out resumes.")
-    p.set_defaults(overrides=[])
-
-
-def _atari(args: argparse.Namespace) -> int:
-    """Train a Drama world-model agent on an Atari game (Atari100k protocol)."""
-    from tasks.rl import cli_run_atari
-    return cli_run_atari(args)
-
-
-def _atari100k_args(p: argparse.ArgumentParser) -> None:
-    from tasks.atari100k import add_arguments
-
-    add_arguments(p)  # first: its subcommands' usage lines start from the plain `rlts atari100k`
-    p.usage = ("rlts atari100k run --games all|Pong,Breakout,... --seeds 5 [--steps 100000] [--backbone mamba2] "
-               "[--config atari100k|debug] [--jobs N] --out DIR | rlts atari100k report DIR")
-    p.set_defaults(overrides=[])
-
-
-def _atari100k(args: argparse.Namespace) -> int:
-    """Run the Atari100k benchmark as resumable jobs, or report on it."""
-    from tasks.atari100k import main as atari100k_main
-    return atari100k_main(args, args.overrides)
-
-
-def _record_args(p: argparse.ArgumentParser) -> None:
-    # tasks.record parses the arguments itself (they arrive as overrides); --help shows its parser,
-    # imported only then (it imports torch).
-    def record_help() -> str:
-        from tasks.record import build_parser
-        return build_parser().format_help()
-
-    p.format_help = record_help
-    p.set_defaults(overrides=[])
-
-
-def _record(args: argparse.Namespace) -> int:
-    """Record an offline dataset from a policy, or export a trained agent's replay buffer."""
-    from tasks.record import main as record_main
-    return record_main(list(args.overrides))
-
-
-def _behaviour_args(p: argparse.ArgumentParser) -> None:
-    p.usage = ("rlts behaviour --env Hopper-v5 --steps 100000 --out DIR [--seed 0] [--save_every 10000] "
-               "[--learning_starts 10000] [--eval_episodes 10] [--key value ...] [--config debug]")
-    p.epilog = ("Every key of tasks.behaviour.BehaviourConfig is an option, e.g. --env HalfCheetah-v5|Hopper-v5|"
-                "Pendulum-v1 --batch_size 256 --net_arch 256 256 --progress false. Writes policies/step<N>.pt "
-                "snapshots (record a 'medium' dataset with `rlts record --policy DIR/policies/stepN.pt`), "
-                "results.json and, at the end, replay.npz (the 'medium-replay' dataset). --config debug applies "
-                "the overlay of tasks/configs/behaviour.yaml. Reusing --out resumes.")
-    p.set_defaults(overrides=[])
-
-
-def _behaviour(args: argparse.Namespace) -> int:
-    """Train a SAC behaviour policy (Stable-Baselines3) for D4RL-style offline datasets."""
-    from tasks.behaviour import cli_run
-    return cli_run(args)
-
-
-def _offline_args(p: argparse.ArgumentParser) -> None:
-    p.usage = "rlts offline --dataset FILE.npz [--backbone aaren] [--target_return R] [--key value ...] [--config debug]"
-    p.epilog = ("Every key of tasks.offline.OfflineConfig is an option, e.g. --dataset cartpole.npz --models aaren,transformer "
-                "--env CartPole-v1 --target_return 500 --context 20 --d_model 64 --eval_episodes 10 --epochs 20 --out DIR. "
-                "Datasets come from `rlts record`. Reusing --out resumes.")
-    p.set_defaults(overrides=[])
-
-
-def _offline(args: argparse.Namespace) -> int:
-    """Train return-conditioned policies (DecisionAaren vs Decision Transformer) on an offline dataset."""
-    from tasks.offline import cli_run
-    return cli_run(args)
-
-
-# A subcommand that sets the default `overrides` (p.set_defaults(overrides=[])) receives the
-# arguments argparse does not know as args.overrides: `--key value` config overrides.
-SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
-    "info": ("show versions, devices and which kernel backend runs", _info_args, _info),
-    "forecast": ("train and evaluate forecasters on a CSV series (TSLib long-term protocol)",
-                 _forecast_args, _forecast),
-    "classify": ("train and evaluate time-series classifiers (UCR/UEA datasets or .ts files) against MiniRocket",
-                 _classify_args, _classify),
-    "events": ("train and evaluate event-time models (neural TPPs vs Poisson and Hawkes) on JSON-lines sequences",
-               _events_args, _events),
-    "rl": ("train a Drama world-model agent on a Gymnasium environment (e.g. CartPole-v1)", _rl_args, _rl),
-    "atari": ("train a Drama world-model agent on an Atari game (Atari100k protocol)", _atari_args, _atari),
-    "atari100k": ("run the 26-game Atari100k benchmark as resumable jobs, and report on it",
-                  _atari100k_args, _atari100k),
-    "record": ("record an offline RL dataset from a policy or a trained agent's replay buffer",
-               _record_args, _record),
-    "behaviour": ("train a SAC behaviour policy (Stable-Baselines3) for D4RL-style medium / medium-replay datasets",
-                  _behaviour_args, _behaviour),
-    "offline": ("train return-conditioned policies (DecisionAaren vs Decision Transformer) on an offline dataset",
-                _offline_args, _offline),
-}
-
-
-def _config(module: str, cls: str, yaml_name: str) -> Callable[[], object]:
-    """A function giving the config a command starts from: the dataclass with its YAML file's
-    defaults applied. Imported only when --help asks for it."""
-    def make():
-        import importlib
-
-        from rlts.config import parse_config
-        klass = getattr(importlib.import_module(module), cls)
-        return parse_config(klass, [], yaml_path=Path(__file__).parent / "configs" / yaml_name)
-    return make
-
-
-CONFIGS: dict[str, Callable[[], object]] = {
-    "forecast": _config("tasks.forecast", "ForecastConfig", "forecast.yaml"),
-    "classify": _config("tasks.classify", "ClassifyConfig", "classify.yaml"),
-    "events": _config("tasks.events", "EventsConfig", "events.yaml"),
-    "rl": _config("tasks.rl", "RLConfig", "rl.yaml"),
-    "atari": _config("tasks.rl", "RLConfig", "atari.yaml"),
-    "behaviour": _config("tasks.behaviour", "BehaviourConfig", "behaviour.yaml"),
-    "offline": _config("tasks.offline", "OfflineConfig", "offline.yaml"),
-}
-"""The commands whose --help lists every config key with its default and docstring."""
+# ----------------------------------------------------------------------------- --help
 
 
 class _HelpWithOptions(argparse.Action):
     """-h/--help that adds every config key of the command, with its default and docstring."""
 
-    def __init__(self, option_strings, dest, make_config: Callable[[], object], **kwargs):
+    def __init__(self, option_strings, dest, command: Command, **kwargs):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show this help and exit")
-        self.make_config = make_config
+        self.command = command
 
     def __call__(self, parser, namespace, values, option_string=None):
         from rlts.config import describe_config
 
-        summary = textwrap.fill(parser.epilog or "", 100, break_on_hyphens=False)
-        parser.epilog = (f"{summary}\n\nOptions (--key value; the defaults shown are those of the YAML file, "
-                         f"before any --config overlay):\n{describe_config(self.make_config())}")
+        cmd = self.command
+        overlays = cmd.overlays()
+        lines = [textwrap.fill(cmd.help, 100)]
+        if overlays:
+            lines.append(f"Overlays (--config NAME, of tasks/configs/{cmd.yaml}): {', '.join(overlays)}.")
+        if cmd.trains:
+            lines.append("--threads N: CPU threads for PyTorch (default: its own choice, every core); on a "
+                         "machine shared with other jobs, --threads 1 avoids oversubscription.")
+        if cmd.aliases:
+            lines.append("Short spellings: " + ", ".join(f"{a} = {k}" for a, k in cmd.aliases.items()) + ".")
+        options = describe_config(cmd.parse([]))
+        if options:
+            lines.append("Options (--key value; the defaults shown are those of the YAML file, before any "
+                         f"--config overlay):\n{options}")
+        parser.epilog = "\n\n".join(lines)
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
         parser.print_help()
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(found: Optional[Dict[str, Command]] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlts",
         description="rlts: RL and time-series models on linear-time sequence layers (Aaren, Mamba).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_, add_args, _) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_, add_help=name not in CONFIGS)
-        if name in CONFIGS:
-            p.add_argument("-h", "--help", action=_HelpWithOptions, make_config=CONFIGS[name])
-        add_args(p)
+    for name, cmd in (found or commands()).items():
+        p = sub.add_parser(name, help=cmd.help, description=None, add_help=False)
+        p.add_argument("-h", "--help", action=_HelpWithOptions, command=cmd)
+        p.usage = cmd.usage or f"rlts {name} [--key value ...]" + (" [--config NAME]" if cmd.yaml else "")
     return parser
 
 
+# ----------------------------------------------------------------------------- running
+
+
+def _pop_threads(argv: List[str]) -> tuple[Optional[int], List[str]]:
+    """(--threads N or None, argv without it); a ValueError for a bad N."""
+    rest, threads, i = [], None, 0
+    while i < len(argv):
+        key, eq, inline = argv[i].partition("=")
+        if key == "--threads":
+            value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if eq else 2
+            try:
+                threads = int(value)
+            except ValueError:
+                threads = 0
+            if threads < 1:
+                raise ValueError(f"--threads expects a positive integer, got {value!r}")
+            continue
+        rest.append(argv[i])
+        i += 1
+    return threads, rest
+
+
+class _Tee:
+    """sys.stdout that also appends what is printed to <folder>/log.txt once the folder exists
+    (nothing is written before the run has created it; what came before is written then)."""
+
+    def __init__(self, stream, folder: Optional[Path]):
+        self.stream, self.folder, self.pending, self.file = stream, folder, [], None
+
+    def write(self, text: str) -> int:
+        n = self.stream.write(text)
+        if self.folder is None:
+            return n
+        if self.file is None and self.folder.is_dir():
+            self.file = open(self.folder / "log.txt", "a", encoding="utf-8")
+            self.file.write("".join(self.pending))
+            self.pending = []
+        if self.file is not None:
+            self.file.write(text)
+            self.file.flush()
+        else:
+            self.pending.append(text)
+        return n
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _written(out: Path) -> List[str]:
+    """What a run folder holds, for the closing lines: tables, plots, TensorBoard, checkpoints."""
+    files = sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+    lines = []
+    kinds = (("tables", (".md", ".csv", ".json")), ("plots", (".png", ".gif", ".mp4")),
+             ("data", (".npz", ".pt", ".jsonl")))
+    for kind, suffixes in kinds:
+        names = [p.name for p in files if p.suffix in suffixes]
+        if names:
+            lines.append(f"  {kind + ':':14s}{', '.join(names)}")
+    tb = sorted({str(p.parent.parent.relative_to(out)) or "." for p in out.rglob("events.out.tfevents*")})
+    ckpt = sorted({str(p.relative_to(out)) for p in out.rglob("checkpoints") if p.is_dir()})
+    if ckpt:
+        lines.append(f"  {'checkpoints:':14s}{', '.join(ckpt[:6])}{' ...' if len(ckpt) > 6 else ''}")
+    if tb:
+        lines.append(f"  {'TensorBoard:':14s}tensorboard --logdir {out}   ({len(tb)} run{'s' * (len(tb) > 1)})")
+    if (out / "log.txt").exists():
+        lines.append(f"  {'log:':14s}log.txt")
+    return lines
+
+
+def execute(cmd: Command, argv: Sequence[str]) -> int:
+    """Parse, run and report one command; exit code 0, 2 (bad input) or 130 (interrupted)."""
+    tee = None
+    try:
+        threads, argv = _pop_threads(list(argv)) if cmd.trains else (None, list(argv))
+        if cmd.config is None:
+            if threads is not None:
+                import torch
+                torch.set_num_threads(threads)
+            return cmd.run(argv)
+        cfg = cmd.parse(argv)
+        if threads is not None:
+            import torch
+            torch.set_num_threads(threads)
+        out = cmd.out_folder(cfg)
+        tee = _Tee(sys.stdout, out)
+        sys.stdout = tee
+        cmd.run(cfg)
+        if out is not None and out.is_dir():
+            print(f"rlts {cmd.name}: wrote {out}")
+            for line in _written(out):
+                print(line)
+    except ValueError as e:
+        print(f"rlts {cmd.name}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nrlts {cmd.name}: interrupted; run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        if tee is not None:
+            sys.stdout = tee.stream
+            tee.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command is None and not extra:
-        parser.print_help()
-        return 0
-    if extra:
-        if not hasattr(args, "overrides"):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = extra
-    return SUBCOMMANDS[args.command][2](args)
+    """`rlts COMMAND [--key value ...]`; a command may be two words (`rlts atari100k run`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    found = commands()
+    if not argv or argv[0] in ("-h", "--help"):
+        build_parser(found).print_help(sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    words = 2 if " ".join(argv[:2]) in found else 1
+    name, rest = " ".join(argv[:words]), argv[words:]
+    if name not in found:
+        build_parser(found).parse_args([name])  # argparse's message: invalid choice ... (exit 2)
+    if any(a in ("-h", "--help") for a in rest) and found[name].config is not None:
+        build_parser(found).parse_args([name, "--help"])  # prints and exits 0
+    return execute(found[name], rest)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tasks.atari100k import parse_games
-from tasks.cli import main
+from rlts.tasks.atari100k.run import parse_games
+from rlts.tasks.cli import main
 
 
 def test_game_names_are_checked():

@@ -1,5 +1,6 @@
-"""Atari100k report: the rliable estimators (Agarwal et al. 2021) against hand-computed cases, the
-stratified bootstrap, HNS on the shipped reference rows, and `report` on a synthetic run folder."""
+"""Atari100k statistics and report: the rliable estimators (Agarwal et al. 2021) against
+hand-computed cases, the stratified bootstrap (rlts.tasks.atari100k.stats), HNS on the shipped
+reference rows, and `report` on a synthetic run folder (rlts.tasks.atari100k.report)."""
 import json
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import atari100k_report as ar
+from rlts.tasks.atari100k import report as ar
+from rlts.tasks.atari100k import stats as st
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "atari100k" / "reference_scores.csv"
@@ -22,53 +24,53 @@ X = np.array([[0.0, 4.0, 1.0],
 # ---------------------------------------------------------------- estimators
 
 def test_mean_and_median_are_over_per_game_means():
-    assert ar.mean(X) == pytest.approx((1.5 + 6 + 1) / 3)
-    assert ar.median(X) == pytest.approx(1.5)
-    assert ar.mean(X[:, :2]) == pytest.approx(3.75) and ar.median(X[:, :2]) == pytest.approx(3.75)
+    assert st.mean(X) == pytest.approx((1.5 + 6 + 1) / 3)
+    assert st.median(X) == pytest.approx(1.5)
+    assert st.mean(X[:, :2]) == pytest.approx(3.75) and st.median(X[:, :2]) == pytest.approx(3.75)
 
 
 def test_iqm_pools_all_scores_and_trims_a_quarter_each_side():
     # pooled sorted: 0 1 1 1 1 1 2 3 4 4 8 8; n = 12, 3 cut at each end -> mean(1 1 1 2 3 4) = 2
-    assert ar.iqm(X) == pytest.approx(2.0)
+    assert st.iqm(X) == pytest.approx(2.0)
 
 
 def test_iqm_non_integer_trimming_floors_the_cut():
     x = np.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 100]], dtype=float)   # n = 10: 0.25 n = 2.5 -> cut 2
-    assert ar.iqm(x) == pytest.approx(np.mean([3, 4, 5, 6, 7, 8]))
-    assert ar.trimmed_mean([5, 1, 3], 0.25) == pytest.approx(3.0)   # n = 3: cut 0, plain mean
+    assert st.iqm(x) == pytest.approx(np.mean([3, 4, 5, 6, 7, 8]))
+    assert st.trimmed_mean([5, 1, 3], 0.25) == pytest.approx(3.0)   # n = 3: cut 0, plain mean
     scipy_stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(1)
     for n_runs, n_games in [(5, 2), (3, 3), (7, 1), (5, 26), (1, 26)]:
         x = rng.normal(size=(n_runs, n_games)) ** 3
-        assert ar.iqm(x) == pytest.approx(scipy_stats.trim_mean(x.ravel(), 0.25), abs=1e-12)
+        assert st.iqm(x) == pytest.approx(scipy_stats.trim_mean(x.ravel(), 0.25), abs=1e-12)
 
 
 def test_optimality_gap():
     x = np.array([[0.5, 2.0], [0.0, 1.0]])   # min(x, 1) = 0.5 1 0 1 -> mean 0.625
-    assert ar.optimality_gap(x) == pytest.approx(0.375)
-    assert ar.optimality_gap(np.full((3, 4), 5.0)) == 0.0
-    assert ar.optimality_gap(X) == pytest.approx(1 / 12)   # one score (0) below 1, by 1
+    assert st.optimality_gap(x) == pytest.approx(0.375)
+    assert st.optimality_gap(np.full((3, 4), 5.0)) == 0.0
+    assert st.optimality_gap(X) == pytest.approx(1 / 12)   # one score (0) below 1, by 1
 
 
 def test_ragged_scores_per_game_means_and_pooled_statistics():
     ragged = [[0.0, 2.0], [4.0], [1.0, 1.0, 1.0, 5.0]]   # per-game means 1, 4, 2
-    assert ar.mean(ragged) == pytest.approx(7 / 3) and ar.median(ragged) == pytest.approx(2.0)
+    assert st.mean(ragged) == pytest.approx(7 / 3) and st.median(ragged) == pytest.approx(2.0)
     # pooled 0 1 1 1 2 4 5: n = 7, cut 1 -> mean(1 1 1 2 4) = 1.8
-    assert ar.iqm(ragged) == pytest.approx(1.8)
-    assert ar.optimality_gap(ragged) == pytest.approx(1 / 7)
+    assert st.iqm(ragged) == pytest.approx(1.8)
+    assert st.optimality_gap(ragged) == pytest.approx(1 / 7)
 
 
 def test_performance_profile_strictly_above_tau():
     x = np.array([[0.0, 1.0], [2.0, 3.0]])
-    assert ar.performance_profile(x, [-1, 0, 1, 2.5, 3]).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert st.performance_profile(x, [-1, 0, 1, 2.5, 3]).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
 
 
 # ---------------------------------------------------------------- bootstrap
 
 def test_bootstrap_identical_runs_collapse_to_the_point():
     x = np.tile(np.array([[0.2, 1.5, 3.0, -0.1]]), (5, 1))
-    for fn in ar.AGGREGATES.values():
-        point, (low, high) = ar.stratified_bootstrap_ci(x, fn, reps=200)
+    for fn in st.AGGREGATES.values():
+        point, (low, high) = st.stratified_bootstrap_ci(x, fn, reps=200)
         assert low == pytest.approx(point) and high == pytest.approx(point)
 
 
@@ -80,11 +82,11 @@ def test_bootstrap_is_stratified_by_game():
         return sample[1][0] + np.mean(sample[0])   # game 1 holds one run: always 7.0
 
     scores = [[0.0, 1.0, 2.0], [7.0], [5.0] * 5]
-    boot = ar.stratified_bootstrap(scores, record, reps=300, seed=3)
+    boot = st.stratified_bootstrap(scores, record, reps=300, seed=3)
     assert all(s == [3, 1, 5] for s in seen)
     assert boot.min() >= 7.0 and boot.max() <= 9.0
     # a game whose runs are all equal contributes a fixed value to every replicate
-    boot = ar.stratified_bootstrap(scores, lambda s: np.mean(s[2]), reps=100)
+    boot = st.stratified_bootstrap(scores, lambda s: np.mean(s[2]), reps=100)
     assert np.all(boot == 5.0)
     # a matrix is resampled within columns: each replicate's column j holds values of column j only
     shapes, cols_ok = [], []
@@ -94,39 +96,39 @@ def test_bootstrap_is_stratified_by_game():
         cols_ok.append(set(sample[:, 0]) <= {0, 1, 2, 3} and set(sample[:, 1]) <= {4, 8})
         return 0.0
 
-    ar.stratified_bootstrap(X, check, reps=100)
+    st.stratified_bootstrap(X, check, reps=100)
     assert set(shapes) == {X.shape} and all(cols_ok)
 
 
 def test_bootstrap_ci_contains_point_and_is_reproducible():
     rng = np.random.default_rng(0)
     x = rng.gamma(2.0, 0.5, size=(5, 26))
-    for fn in ar.AGGREGATES.values():
-        point, (low, high) = ar.stratified_bootstrap_ci(x, fn, reps=300, seed=7)
+    for fn in st.AGGREGATES.values():
+        point, (low, high) = st.stratified_bootstrap_ci(x, fn, reps=300, seed=7)
         assert low <= point <= high and low < high
-        assert ar.stratified_bootstrap_ci(x, fn, reps=300, seed=7) == (point, (low, high))
-    a = ar.stratified_bootstrap_ci(x, ar.mean, reps=300, seed=1)
-    b = ar.stratified_bootstrap_ci(x, ar.mean, reps=300, seed=2)
+        assert st.stratified_bootstrap_ci(x, fn, reps=300, seed=7) == (point, (low, high))
+    a = st.stratified_bootstrap_ci(x, st.mean, reps=300, seed=1)
+    b = st.stratified_bootstrap_ci(x, st.mean, reps=300, seed=2)
     assert a[1] != b[1]
 
 
 def test_bootstrap_percentile_interval_is_numpy_quantile_of_replicates():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 3))
-    boot = ar.stratified_bootstrap(x, ar.iqm, reps=250, seed=5)
-    _, (low, high) = ar.stratified_bootstrap_ci(x, ar.iqm, reps=250, seed=5)
+    boot = st.stratified_bootstrap(x, st.iqm, reps=250, seed=5)
+    _, (low, high) = st.stratified_bootstrap_ci(x, st.iqm, reps=250, seed=5)
     assert (low, high) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])))
 
 
 def test_bootstrap_one_run_per_game():
     x = np.array([[0.1, 0.9, 2.0]])
-    point, (low, high) = ar.stratified_bootstrap_ci(x, ar.iqm, reps=50)
-    assert point == low == high == pytest.approx(ar.iqm(x))
+    point, (low, high) = st.stratified_bootstrap_ci(x, st.iqm, reps=50)
+    assert point == low == high == pytest.approx(st.iqm(x))
 
 
 def test_bootstrap_vector_statistic_gives_bands():
     taus = np.linspace(0, 3, 7)
-    point, (low, high) = ar.stratified_bootstrap_ci(X, lambda s: ar.performance_profile(s, taus), reps=100)
+    point, (low, high) = st.stratified_bootstrap_ci(X, lambda s: st.performance_profile(s, taus), reps=100)
     assert point.shape == low.shape == high.shape == (7,)
     assert np.all(low <= point + 1e-12) and np.all(point <= high + 1e-12)
 
@@ -148,8 +150,8 @@ def test_reference_table_and_hns():
     # the per-game means reproduce the published aggregates (mean / median HNS over 26 games)
     for agent, (m, med) in ar.PUBLISHED_AGGREGATES.items():
         hns = np.array([ar.human_normalized(ref.at[g, agent], g, ref) for g in ref.index])
-        assert ar.mean(hns[None, :]) == pytest.approx(m, abs=0.005)
-        assert ar.median(hns[None, :]) == pytest.approx(med, abs=0.006)
+        assert st.mean(hns[None, :]) == pytest.approx(m, abs=0.005)
+        assert st.median(hns[None, :]) == pytest.approx(med, abs=0.006)
     assert "DreamerV3" in (ROOT / "tasks" / "data" / "ATARI100K_SOURCES.md").read_text()
 
 
@@ -216,8 +218,8 @@ def test_report_partial_with_unfinished_job(tree):
     ours = agg[agg["agent"] == "ours"].set_index("metric")
     hns = np.array([[ar.human_normalized(0.0, "Pong"), ar.human_normalized(30.5, "Breakout")],
                     [ar.human_normalized(10.0, "Pong"), ar.human_normalized(1.7, "Breakout")]])
-    assert ours.at["mean", "estimate"] == pytest.approx(ar.mean(hns))
-    assert ours.at["iqm", "estimate"] == pytest.approx(ar.iqm(hns))
+    assert ours.at["mean", "estimate"] == pytest.approx(st.mean(hns))
+    assert ours.at["iqm", "estimate"] == pytest.approx(st.iqm(hns))
     assert ours.at["mean", "ci_low"] <= ours.at["mean", "estimate"] <= ours.at["mean", "ci_high"]
     assert set(ours["over"]) == {"over 2 of 26 games"}
     dv3 = agg[agg["agent"] == "DreamerV3"]
@@ -285,7 +287,7 @@ def test_report_complete_run_not_partial(tmp_path):
 
 def test_scores_plot_keeps_the_highest_point_inside(tmp_path):
     """DIAMOND's Breakout (HNS 4.54) once sat on the frame, under the legend."""
-    from tasks.atari100k_report import _plot_scores
+    from rlts.tasks.atari100k.report import _plot_scores
 
     games = ["Breakout", "Pong"]
     per_game = pd.DataFrame({"diamond_hns": [4.54, 1.0], "storm_hns": [0.3, 0.9], "hns": [0.1, 0.2]})

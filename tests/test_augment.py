@@ -1,15 +1,15 @@
 """rlts.data.augment: the time transforms against np.interp loops in float64, padding, p, RNG,
-and their use in classification_loss (training mode only)."""
+and BatchAugment, the Trainer's batch transform (the same draws as augmenting inside a loss)."""
 import math
-from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from rlts.data.augment import (AUGMENTATIONS, augment_batch, check_augment, jitter, resample, scaling,
-                               slice_times, warp_times)
-from rlts.heads.classify import SequenceClassifier, classification_loss
+from rlts.data.augment import (AUGMENTATIONS, BatchAugment, augment_batch, check_augment, jitter, resample,
+                               scaling, slice_times, warp_times)
+from rlts.heads.classify import SequenceClassifier, classification_loss, collate_unequal
+from rlts.trainer import TrainConfig, Trainer
 
 LENGTHS = [1, 2, 3, 7, 24, 101]
 
@@ -145,38 +145,82 @@ def test_names_checked_and_split():
         augment_batch(torch.zeros(2, 3, 1), None, ["jitter"], p=1.5)
 
 
-def test_bad_lengths_are_named_before_augmenting():
-    model = SequenceClassifier(1, 2, backbone="gru", d_model=4, n_layers=1).train()
-    loss_fn = partial(classification_loss, augment=("window_warp",))
-    with pytest.raises(ValueError, match="lengths must lie in \\[1, L\\] = \\[1, 5\\]"):
-        loss_fn(model, (torch.zeros(2, 5, 1), torch.tensor([0, 5]), torch.tensor([0, 1])))
-
-
-def test_classification_loss_augments_only_in_training():
-    torch.manual_seed(0)
-    model = SequenceClassifier(2, 3, backbone="gru", d_model=8, n_layers=1)
+def test_batch_augment_is_augment_batch_on_x():
     x, lengths = _padded([30, 21, 30, 11], seed=5)
-    batch = (x.float(), lengths, torch.tensor([0, 1, 2, 1]))
-    loss_fn = partial(classification_loss, augment=("window_warp", "jitter"))
-    model.eval()
-    assert loss_fn(model, batch)[0].item() == classification_loss(model, batch)[0].item()
-    model.train()
-    torch.manual_seed(1)
-    plain = classification_loss(model, batch)[0].item()
-    losses = []
-    for s in range(4):
-        torch.manual_seed(s)
-        losses.append(loss_fn(model, batch)[0].item())
-    assert any(v != plain for v in losses)
-    # (x, labels) batches with NaN padding: lengths are inferred before augmenting
-    xn, ln = _padded([30, 21], seed=6, pad=float("nan"))
-    assert math.isfinite(loss_fn(model, (xn.float(), torch.tensor([0, 2])))[0].item())
+    labels = torch.tensor([0, 1, 2, 1])
+    names = ("window_warp", "jitter")
+    want = augment_batch(x, lengths, names, generator=torch.Generator().manual_seed(3))
+    out = BatchAugment(names, generator=torch.Generator().manual_seed(3))((x, lengths, labels))
+    assert isinstance(out, tuple) and out[1] is lengths and out[2] is labels
+    assert torch.equal(out[0], want) and not torch.equal(out[0], x)
+    as_list = BatchAugment(names, p=1.0, generator=torch.Generator().manual_seed(3))([x, lengths, labels])
+    assert isinstance(as_list, list) and torch.equal(as_list[0], augment_batch(
+        x, lengths, names, p=1.0, generator=torch.Generator().manual_seed(3)))
+    batch = (x, lengths, labels)
+    assert BatchAugment([])(batch) is batch and BatchAugment(["none"])(batch) is batch
 
 
-def test_the_classification_head_does_not_import_pandas():
-    """rlts.data.augment lives in a package whose CSV loaders need pandas; they load lazily."""
-    import subprocess
-    import sys
+def test_batch_augment_reads_nan_padding_as_lengths():
+    """(x, labels) batches: the lengths are L minus each series' trailing all-NaN steps."""
+    x, lengths = _padded([30, 21, 7], seed=6, pad=float("nan"))
+    labels = torch.tensor([0, 2, 1])
+    out, same = BatchAugment(["window_warp", "jitter"], p=1.0, generator=torch.Generator().manual_seed(4))((x, labels))
+    want = augment_batch(x, lengths, ["window_warp", "jitter"], p=1.0, generator=torch.Generator().manual_seed(4))
+    assert same is labels and torch.equal(out.isnan(), x.isnan())
+    torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True)
+    equal = _padded([9, 9], seed=7)[0]  # no NaN: every step is valid
+    torch.testing.assert_close(BatchAugment(["jitter"], p=1.0, generator=torch.Generator().manual_seed(5))(
+        (equal, labels[:2]))[0], augment_batch(equal, None, ["jitter"], p=1.0, generator=torch.Generator().manual_seed(5)))
+    x[1, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN inside a series at batch index 1, time step 3"):
+        BatchAugment(["jitter"])((x, labels))
+    with pytest.raises(ValueError, match="the series at batch index 0 is all NaN"):
+        BatchAugment(["jitter"])((torch.full((2, 4, 1), float("nan")), labels[:2]))
 
-    code = "import sys, rlts.heads; assert 'pandas' not in sys.modules, 'pandas imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+
+def test_batch_augment_names_bad_input():
+    augment = BatchAugment(["window_warp"])
+    with pytest.raises(ValueError, match="lengths must lie in \\[1, L\\] = \\[1, 5\\], got min 0, max 5"):
+        augment((torch.zeros(2, 5, 1), torch.tensor([0, 5]), torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match="lengths must be an integer tensor of shape \\(B,\\) = \\(2,\\)"):
+        augment((torch.zeros(2, 5, 1), torch.tensor([5.0, 5.0]), torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match="x must have shape \\(B, L, C\\), got \\(2, 5\\)"):
+        augment((torch.zeros(2, 5), torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match="a batch must be \\(x, lengths, labels\\) or \\(x, labels\\), got 4 items"):
+        augment((torch.zeros(2, 5, 1),) * 4)
+    with pytest.raises(ValueError, match="p must lie in \\[0, 1\\], got -0.1"):
+        BatchAugment(["jitter"], p=-0.1)
+    with pytest.raises(ValueError, match="unknown augmentation 'warp'"):
+        BatchAugment(["warp"])
+
+
+def _augmenting_loss(names):
+    """Augmentation inside the loss, in training mode only, with the global generator: the draws
+    the Trainer's batch_transform must reproduce."""
+    def loss(model, batch):
+        if model.training:
+            x, lengths, labels = batch
+            batch = (augment_batch(x, lengths, names), lengths, labels)
+        return classification_loss(model, batch)
+    return loss
+
+
+def test_trainer_transform_draws_what_augmenting_in_the_loss_drew(tmp_path):
+    """Same global-generator draws in the same order (augmentation, then the model's dropout):
+    the trained weights are bitwise equal."""
+    x, lengths = _padded([30, 21, 30, 11, 17, 25, 8, 30, 12], C=2, seed=9)
+    data = [(x[b, :n].float(), b % 3) for b, n in enumerate(lengths.tolist())]
+    names = ("window_warp", "jitter")
+    cfg = TrainConfig(epochs=3, batch_size=4, monitor="train", patience=0, progress=False, device="cpu")
+    weights = []
+    for k, (loss_fn, transform) in enumerate([(_augmenting_loss(names), None),
+                                              (classification_loss, BatchAugment(names))]):
+        torch.manual_seed(0)
+        model = SequenceClassifier(2, 3, backbone="gru", d_model=8, n_layers=1, dropout=0.3)
+        Trainer(model, loss_fn, cfg, tmp_path / str(k), collate_fn=collate_unequal, batch_transform=transform).fit(data)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    torch.manual_seed(0)
+    plain = SequenceClassifier(2, 3, backbone="gru", d_model=8, n_layers=1, dropout=0.3)
+    Trainer(plain, classification_loss, cfg, tmp_path / "plain", collate_fn=collate_unequal).fit(data)
+    assert not torch.equal(plain.out.weight, weights[1]["out.weight"])  # the augmentation did change training

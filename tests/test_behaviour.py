@@ -1,4 +1,4 @@
-"""SAC behaviour policies (tasks.behaviour): exact resume, the replay dataset, recording with a
+"""SAC behaviour policies (rlts.tasks.rl.behaviour): exact resume, the replay dataset, recording with a
 snapshot, and the command-line errors. Tiny Pendulum-v1 runs (the `debug` overlay: 400 steps,
 random for 100, snapshots every 150 steps, 32x32 networks)."""
 import json
@@ -9,10 +9,10 @@ import torch
 
 from rlts.checkpoint import load
 from rlts.data.trajectories import load_trajectories
-from tasks.behaviour import parse_behaviour_config, train
-from tasks.cli import main as rlts_main
-from tasks.envs import make_env
-from tasks.record import record
+from rlts.tasks.rl.behaviour import parse_behaviour_config, train
+from rlts.tasks.cli import main as rlts_main
+from rlts.tasks.rl.envs import make_env
+from rlts.tasks.rl.record import record
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,7 +83,7 @@ def test_resume_is_exact(run_dir, tmp_path, capsys):
 
 
 def test_killed_run_resumes_exactly(run_dir, tmp_path, monkeypatch):
-    import tasks.behaviour as behaviour
+    import rlts.tasks.rl.behaviour as behaviour
 
     out, step, calls = tmp_path / "killed", behaviour.Collector.step, []
 

@@ -1,16 +1,20 @@
-"""rlts.heads.classify: SequenceClassifier, NaN-padding inference, collate_unequal.
+"""rlts.heads.classify: SequenceClassifier, NaN-padding inference, collate_unequal, the pure
+loss, predict_proba, and the heads' independence of rlts.data.
 
 The padding test is the important one: every backbone and pooling, float64, a batch of
 unequal-length sequences padded with garbage must give each sequence exactly the logits it
 gets alone and unpadded (fails if padding leaks in, or if sequences are truncated to the
 shortest)."""
 import math
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
 from rlts.heads.classify import (SequenceClassifier, classification_loss, collate_unequal,
-                                 nan_padded_lengths)
+                                 nan_padded_lengths, predict_proba)
 
 F64 = torch.float64
 BACKBONES = ["aaren", "mamba", "mamba2", "transformer", "gru"]
@@ -277,3 +281,41 @@ def test_trainer_with_collate_unequal(tmp_path):
     assert out["epochs"] == 2 and math.isfinite(out["best_val_loss"])
     metrics = Trainer(model, classification_loss, cfg, tmp_path / "eval", collate_fn=collate_unequal).evaluate(data)
     assert set(metrics) >= {"loss", "accuracy"} and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_classification_loss_is_pure():
+    """No augmentation, no randomness: the same batch gives the same loss, in training mode too."""
+    model = tiny("gru", "mean", n_channels=2, n_classes=3).float().train()
+    x, lengths = pad(ragged(2, [7, 4, 9]), "zero").float(), torch.tensor([7, 4, 9])
+    batch = (x, lengths, torch.tensor([0, 2, 1]))
+    torch.manual_seed(0)
+    first = classification_loss(model, batch)[0].item()
+    torch.manual_seed(1)
+    assert classification_loss(model, batch)[0].item() == first
+
+
+@pytest.mark.parametrize("by_length", [False, True], ids=["in-order", "by-length"])
+def test_predict_proba_is_the_softmax_of_each_series_in_order(by_length):
+    model = tiny("mamba", "mean", n_channels=2, n_classes=3)
+    seqs = ragged(2, [9, 3, 1, 6, 12, 2, 5])
+    data = [(s, -1) for s in seqs]                                       # labels are not read
+    model.train()  # predict_proba puts the model in eval mode itself
+    proba = predict_proba(model, data, batch_size=3, device=torch.device("cpu"), by_length=by_length)
+    assert isinstance(proba, np.ndarray) and proba.dtype == np.float64 and proba.shape == (7, 3)
+    assert not model.training
+    with torch.no_grad():
+        want = torch.cat([torch.softmax(model(s[None]), dim=-1) for s in seqs]).numpy()   # (7, 3) each alone
+    np.testing.assert_allclose(proba, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    with pytest.raises(ValueError, match="predict_proba: batch_size must be at least 1, got 0"):
+        predict_proba(model, data, batch_size=0)
+    with pytest.raises(ValueError, match="predict_proba: the dataset is empty"):
+        predict_proba(model, [], batch_size=4)
+
+
+def test_heads_import_no_data_module():
+    """rlts.heads stands below rlts.data: importing every head loads no rlts.data module."""
+    code = ("import sys, rlts.heads, rlts.heads.classify, rlts.heads.forecast, rlts.heads.events, "
+            "rlts.heads.decision; print(sorted(m for m in sys.modules if m.startswith('rlts.data')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -1,4 +1,4 @@
-"""End-to-end tests of `rlts classify` (tasks/classify.py): sktime's shipped datasets and .ts
+"""End-to-end tests of `rlts classify` (tasks/supervised/classify.py): sktime's shipped datasets and .ts
 files written here, with the debug overlay and small subsets so that the file runs in minutes."""
 import json
 import os
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rlts.checkpoint import load
-from tasks.cli import main
-from tasks.classify import ensemble_accuracy, parse_classify_config, plot_confusion, run_classify, stratified_order
+from rlts.tasks.cli import main
+from rlts.tasks.supervised.classify import ensemble_accuracy, parse_classify_config, plot_confusion, run_classify
 
 LEVELS = (-1.5, 0.0, 1.5)  # the synthetic classes: easy to tell apart, chance is 1/3
 
@@ -154,16 +154,8 @@ def test_ts_files_learn_the_easy_task(tmp_path, lengths, val_fraction, bidirecti
     assert r["accuracy"] >= 0.8, r  # chance: 1/3
 
 
-def test_stratified_order_prefixes_keep_proportions():
-    labels = np.array([0] * 40 + [1] * 20 + [2] * 10)
-    order = stratified_order(labels, seed=3)
-    assert sorted(order.tolist()) == list(range(70))
-    assert np.bincount(labels[order[:14]], minlength=3).tolist() == [8, 4, 2]
-    assert not np.array_equal(order, stratified_order(labels, seed=4))
-
-
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    import tasks.classify as classify
+    import rlts.tasks.supervised.classify as classify
 
     train, test = _toy_pair(tmp_path, (12, 40))
     argv = ["--train", str(train), "--test", str(test), "--config", "debug", "--models", "transformer,aaren",
@@ -281,32 +273,6 @@ def test_seed_ensemble_averages_the_runs_class_scores(tmp_path):
     assert ensemble_accuracy(files, np.array(truth)) is None
 
 
-@pytest.mark.parametrize("seen", [(0, 2), (0, 1, 3)], ids=["binary", "three-classes"])
-def test_minirocket_scores_rank_classes_as_the_ridge_predicts(seen):
-    """Two classes: the ridge's one decision value d becomes the scores (-d, d); a class with no
-    training series (here one between or before the others) scores -inf. The argmax is always
-    the classifier's own prediction."""
-    from tasks.classify import fit_minirocket, minirocket_scores
-
-    rng = np.random.default_rng(len(seen))
-    n_classes = max(seen) + 1
-    cfg = parse_classify_config(["--dataset", "GunPoint", "--minirocket_kernels", "84"])
-    make = lambda k: np.cumsum(rng.standard_normal((30, 1)), axis=0) + 0.5 * k  # noqa: E731  (L, C)
-    train_y = np.array(seen)[np.arange(24) % len(seen)]
-    train_x = [make(k) for k in train_y]
-    test_x = [make(k) for k in np.array(seen)[np.arange(15) % len(seen)]]
-    transform, classifier = fit_minirocket(train_x, train_y, "MiniRocket", cfg, seed=0)
-    scores = minirocket_scores(transform, classifier, test_x, "MiniRocket", n_classes)
-    features = np.asarray(transform.transform(np.stack([x.T for x in test_x])))
-    unseen = [k for k in range(n_classes) if k not in seen]
-    assert scores.shape == (15, n_classes) and np.all(scores[:, unseen] == -np.inf)
-    assert np.all(np.isfinite(scores[:, list(seen)]))
-    assert np.array_equal(scores.argmax(axis=1), classifier.predict(features))
-    if len(seen) == 2:
-        assert np.array_equal(scores[:, seen[1]], -scores[:, seen[0]])
-        assert np.array_equal(scores[:, seen[1]], classifier.decision_function(features))
-
-
 def test_ensemble_accuracy_averages_scores_not_votes(tmp_path):
     """Three runs, two series (true classes 0 and 1), a third class no run can pick (-inf). Each
     run is right once; a majority vote misses series 0, the largest single score misses series 1;
@@ -325,7 +291,7 @@ def test_ensemble_accuracy_averages_scores_not_votes(tmp_path):
 
 
 def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
-    import tasks.classify as classify
+    import rlts.tasks.supervised.classify as classify
 
     train, test = _toy_pair(tmp_path)
     argv = ["--train", str(train), "--test", str(test), "--config", "debug", "--models", "gru", "--epochs", "2",

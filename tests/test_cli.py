@@ -4,16 +4,22 @@ import sys
 
 import pytest
 
-from tasks.cli import main
+from rlts.tasks.cli import main
 
 
 def test_help_lists_subcommands(capsys):
-    assert main([]) == 0
-    assert "info" in capsys.readouterr().out
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "info" in out and "atari100k run" in out and "offline" in out
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([]) == 2
+    assert "usage: rlts" in capsys.readouterr().err
 
 
 def test_console_script_help_runs():
-    out = subprocess.run([sys.executable, "-m", "tasks.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "rlts.tasks.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "usage: rlts" in out.stdout
 
 
@@ -36,9 +42,9 @@ def _keys(cls, prefix=""):
 
 
 @pytest.mark.parametrize("command, module, cls", [
-    ("forecast", "tasks.forecast", "ForecastConfig"), ("classify", "tasks.classify", "ClassifyConfig"),
-    ("events", "tasks.events", "EventsConfig"), ("rl", "tasks.rl", "RLConfig"), ("atari", "tasks.rl", "RLConfig"),
-    ("behaviour", "tasks.behaviour", "BehaviourConfig"), ("offline", "tasks.offline", "OfflineConfig"),
+    ("forecast", "rlts.tasks.supervised.forecast", "ForecastConfig"), ("classify", "rlts.tasks.supervised.classify", "ClassifyConfig"),
+    ("events", "rlts.tasks.supervised.events", "EventsConfig"), ("rl", "rlts.tasks.rl.loop", "RLConfig"), ("atari", "rlts.tasks.rl.loop", "RLConfig"),
+    ("behaviour", "rlts.tasks.rl.behaviour", "BehaviourConfig"), ("offline", "rlts.tasks.supervised.offline", "OfflineConfig"),
 ])
 def test_command_help_lists_every_config_key_with_its_default_and_doc(capsys, command, module, cls):
     import importlib

@@ -1,10 +1,10 @@
-"""tasks.envs: Atari100k protocol, error messages, determinism given reset seed + actions."""
+"""rlts.tasks.rl.envs: Atari100k protocol, error messages, determinism given reset seed + actions."""
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from tasks.envs import (ATARI100K_GAMES, EnvSpec, env_spec, is_atari, make_env, make_vector_env,
-                        rebuild_env, rebuild_vector_env, replay_actions)
+from rlts.tasks.rl.envs import EnvSpec, env_spec, is_atari, make_env, rebuild_env, replay_actions
+from rlts.tasks.rl.games import ATARI100K_GAMES
 
 
 def _rollout(env, seed, actions):
@@ -34,9 +34,10 @@ def test_atari100k_names_exist():
 
 
 def test_is_atari():
-    for name in ("Pong", "ALE/Pong-v5", "pong", "MsPacman", "ms_pacman", "Tetris"):
+    for name in ("Pong", "ALE/Pong-v5", "pong", "MsPacman", "ms_pacman", "Tetris", "PongNoFrameskip-v4",
+                 "Pong-v0", "ALE/MsPacman-v5"):
         assert is_atari(name), name
-    for name in ("CartPole-v1", "Pendulum-v1", "Pongg", "LunarLander-v3"):
+    for name in ("CartPole-v1", "Pendulum-v1", "Pongg", "LunarLander-v3", "Blackjack-v1"):
         assert not is_atari(name), name
 
 
@@ -140,46 +141,6 @@ def test_replay_actions_rejects_episode_ending_early():
 def test_errors(name, message):
     with pytest.raises(ValueError, match=message):
         make_env(name)
-
-
-def test_vector_env_reset_mask_and_seeds():
-    envs = make_vector_env("CartPole-v1", 3)
-    assert isinstance(envs, gym.vector.SyncVectorEnv) and envs.num_envs == 3
-    assert env_spec(envs).obs_shape == (4,)
-    obs, _ = envs.reset(seed=[1, 2, 3])
-    for i, s in enumerate([1, 2, 3]):
-        assert np.array_equal(obs[i], make_env("CartPole-v1").reset(seed=s)[0])
-    done = np.zeros(3, bool)
-    for _ in range(500):  # always push right: every pole falls quickly
-        obs, r, term, trunc, info = envs.step(np.ones(3, np.int64))
-        assert info["life_loss"].shape == (3,) and not info["life_loss"].any()
-        if (term | trunc).any():
-            done = term | trunc
-            break
-    assert done.any()
-    obs2, _ = envs.reset(seed=[11, 12, 13], options={"reset_mask": done})
-    for i in range(3):
-        if done[i]:
-            assert np.array_equal(obs2[i], make_env("CartPole-v1").reset(seed=11 + i)[0])
-        else:
-            assert np.array_equal(obs2[i], obs[i])
-
-
-@pytest.mark.parametrize("name", ["CartPole-v1", "Pong"])
-def test_rebuild_vector_env(name):
-    seeds, rng = [3, 4], np.random.default_rng(2)
-    n_act = env_spec(make_env(name)).n_actions
-    actions = rng.integers(n_act, size=(2, 8))
-    envs = make_vector_env(name, 2)
-    envs.reset(seed=seeds)
-    for t in range(8):
-        obs, *_ = envs.step(actions[:, t])
-    rebuilt, obs_r = rebuild_vector_env(name, seeds, actions.tolist())
-    assert np.array_equal(obs_r, obs)
-    nxt = rng.integers(n_act, size=2)
-    a, b = envs.step(nxt), rebuilt.step(nxt)
-    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-    assert np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3])
 
 
 def test_mujoco_warnings_become_python_warnings(tmp_path, monkeypatch):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rlts.data.events import EventSequence, save_events, simulate_hawkes
-from tasks.cli import main
-from tasks.events import parse_events_config, run_events
+from rlts.tasks.cli import main
+from rlts.tasks.supervised.events import parse_events_config, run_events
 
 TRUE = (0.5, 0.6, 2.0)
 
@@ -92,7 +92,7 @@ def test_marks_rerun_skips_and_time_unit_shift(tmp_path):
 
 
 def test_rerun_with_fewer_models_plots_every_model(tmp_path, monkeypatch):
-    import tasks.events as ev
+    import rlts.tasks.supervised.events as ev
 
     data = _hawkes_file(tmp_path / "h.jsonl", n_seq=6, n_events=40)
     out = tmp_path / "out"
@@ -122,7 +122,7 @@ def test_rerun_with_fewer_models_plots_every_model(tmp_path, monkeypatch):
 
 
 def test_table_order():
-    from tasks._runner import table_order
+    from rlts.tasks.runner import table_order
 
     assert table_order(["b", "a"], ["a", "c", "b", "d"]) == ["b", "a", "c", "d"]
     assert table_order([96], [96, 192]) == [96, 192] and table_order([], []) == []
@@ -166,7 +166,7 @@ def test_bad_input_is_one_line_and_keeps_out(tmp_path, capsys):
 
 
 def test_aaren_models_use_the_learned_clock_unless_switched_off():
-    from tasks.events import EventsConfig, build_model
+    from rlts.tasks.supervised.events import EventsConfig, build_model
 
     on = build_model("aaren", EventsConfig(d_model=16, n_layers=1), n_marks=1)
     off = build_model("aaren", EventsConfig(d_model=16, n_layers=1, aaren_decay=False), n_marks=1)
@@ -177,7 +177,7 @@ def test_aaren_models_use_the_learned_clock_unless_switched_off():
 
 
 def test_marked_models_get_the_copy_path_unless_switched_off():
-    from tasks.events import EventsConfig, build_model
+    from rlts.tasks.supervised.events import EventsConfig, build_model
 
     for name in ("aaren", "transformer"):
         assert build_model(name, EventsConfig(d_model=16, n_layers=1), n_marks=5).copy_head is not None
@@ -193,7 +193,7 @@ def test_few_sequences_overlay_sets_small_batches_and_weight_averaging():
 
 
 def test_seeds_are_the_single_seed_runs_summarised_and_resume_after_a_kill(tmp_path, capsys, monkeypatch):
-    import tasks.events as ev
+    import rlts.tasks.supervised.events as ev
 
     data = _hawkes_file(tmp_path / "m.jsonl", n_seq=8, n_events=40, marks=True)
     base = ["--data", str(data), "--config", "debug", "--models", "gru", "--epochs", "3"]
@@ -251,7 +251,7 @@ def test_seeds_are_the_single_seed_runs_summarised_and_resume_after_a_kill(tmp_p
 
 
 def test_summarise_runs_leaves_a_metric_a_run_lacks_empty():
-    from tasks._runner import summarise_runs
+    from rlts.tasks.runner import summarise_runs
 
     runs = [{"seed": s, "nll": v, "accuracy": None, "params": 7, "train_time_s": 1.5} for s, v in ((0, 1.0), (1, 2.0))]
     entry = summarise_runs(runs, ("nll", "accuracy"))

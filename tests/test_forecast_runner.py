@@ -1,4 +1,4 @@
-"""End-to-end tests of `rlts forecast` (tasks/forecast.py) on tiny synthetic series."""
+"""End-to-end tests of `rlts forecast` (tasks/supervised/forecast.py) on tiny synthetic series."""
 import json
 import os
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.cli import main
-from tasks.forecast import parse_forecast_config, run_forecast
+from rlts.tasks.cli import main
+from rlts.tasks.supervised.forecast import parse_forecast_config, run_forecast
 
 N_ROWS, WINDOW, HORIZON = 600, 48, 24  # the debug overlay: window 48, horizon 24
 ETTH1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ett" / "ETTh1.csv"
@@ -183,7 +183,7 @@ def test_out_folder_with_files_but_no_results_is_refused(tmp_path):
 
 
 def test_added_models_keep_the_earlier_models_in_the_plot(tmp_path, monkeypatch):
-    import tasks.forecast as forecast
+    import rlts.tasks.supervised.forecast as forecast
 
     plotted = []
     monkeypatch.setattr(forecast, "plot_predictions", lambda path, *a: plotted.append(sorted(a[-1])))
@@ -263,7 +263,7 @@ def test_etth1_debug_window_count(tmp_path):
 
 def _killed_at_evaluation(monkeypatch, argv, n: int):
     """Run argv with a KeyboardInterrupt at the n-th test evaluation; returns the real evaluate_windows."""
-    import tasks.forecast as forecast
+    import rlts.tasks.supervised.forecast as forecast
 
     real = forecast.evaluate_windows
     calls = []
@@ -281,7 +281,7 @@ def _killed_at_evaluation(monkeypatch, argv, n: int):
 
 
 def test_interrupted_run_keeps_written_pairs_and_resumes(tmp_path, monkeypatch):
-    import tasks.forecast as forecast
+    import rlts.tasks.supervised.forecast as forecast
 
     csv = _write_series(tmp_path / "sines.csv")
     out = tmp_path / "out"
@@ -302,7 +302,7 @@ def test_interrupted_run_keeps_written_pairs_and_resumes(tmp_path, monkeypatch):
 
 
 def test_forecast_defaults_average_the_weights():
-    from tasks.forecast import parse_forecast_config
+    from rlts.tasks.supervised.forecast import parse_forecast_config
     cfg = parse_forecast_config(["--csv", "x.csv"])
     assert cfg.train.ema == 0.99 and parse_forecast_config(["--csv", "x.csv", "--train.ema", "0"]).train.ema == 0.0
 
@@ -335,7 +335,7 @@ def test_seeds_are_the_single_seed_runs_summarised(tmp_path):
 
 
 def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
-    import tasks.forecast as forecast
+    import rlts.tasks.supervised.forecast as forecast
 
     csv = _write_series(tmp_path / "sines.csv")
     out = tmp_path / "out"

@@ -3,7 +3,7 @@ arrive through transposes in the layers), and gives the same results as with con
 import pytest
 import torch
 
-from kernels import linear_scan, selective_scan, softmax_scan, ssd_scan
+from rlts.kernels import linear_scan, selective_scan, softmax_scan, ssd_scan
 
 F64 = torch.float64
 

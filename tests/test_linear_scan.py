@@ -1,12 +1,12 @@
-"""kernels.linear_scan: both backends against the naive float64 loop (forward and grads),
+"""rlts.kernels.linear_scan: both backends against the naive float64 loop (forward and grads),
 reverse, chaining through h0 / return_last, zeros and negative decays, the one-token step,
 and input validation. The Triton backend runs in the interpreter (TRITON_INTERPRET=1, set
 by conftest.py), so its cases use small shapes."""
 import pytest
 import torch
 
-from kernels._common import triton_available
-from kernels.linear import linear_scan, linear_scan_ref, linear_scan_step
+from rlts.kernels import triton_available
+from rlts.kernels.linear import linear_scan, linear_scan_ref, linear_scan_step
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton not installed")
 

@@ -41,8 +41,8 @@ def test_triton_kernels_match_torch_path(name, monkeypatch):
     """On CUDA the layers run the Triton kernels (forward with an incoming state, backward,
     steps): forcing them here (TRITON_INTERPRET=1, see conftest) gives the CPU path's outputs,
     state and gradients."""
-    import kernels.selective as ks
-    import kernels.ssd as kssd
+    import rlts.kernels.selective as ks
+    import rlts.kernels.ssd as kssd
     if ks._tri is None:
         pytest.skip("triton kernels unavailable")
     m = build(name)

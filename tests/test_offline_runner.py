@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from rlts.data.trajectories import Trajectories, load_trajectories, returns_to_go, save_trajectories
-from tasks.offline import (DecisionSequences, OfflineConfig, check_config, collate_decision, cli_run, episode_spans,
+from rlts.tasks.supervised.offline import (DecisionSequences, OfflineConfig, check_config, collate_decision, cli_run, episode_spans,
                            parse_offline_config, run_offline, split_episodes, train_config)
-from tasks.record import record
+from rlts.tasks.rl.record import record
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,7 +112,7 @@ def test_recurrent_window_end_to_end(dataset, tmp_path):
 
 
 def test_aaren_decay_option(dataset):
-    from tasks.offline import build_model
+    from rlts.tasks.supervised.offline import build_model
 
     data = load_trajectories(dataset)
     for flag in (False, True):

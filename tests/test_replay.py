@@ -1,11 +1,11 @@
-"""world_models.replay: contiguous windows, ring wrap-around, DFS probabilities, state dicts."""
+"""rlts.world_models.replay: contiguous windows, ring wrap-around, DFS probabilities, state dicts."""
 import io
 
 import numpy as np
 import pytest
 import torch
 
-from world_models.replay import ReplayBuffer, replay_nbytes
+from rlts.world_models.replay import ReplayBuffer, replay_nbytes
 
 
 def _filled(capacity=20, num_envs=2, steps=13, obs_shape=(3,), dtype=torch.float32):

@@ -1,13 +1,15 @@
-"""The RL loop (tasks.rl): debug runs end to end through the `rlts` command, and a run killed
+"""The RL loop (rlts.tasks.rl.loop): debug runs end to end through the `rlts` command, and a run killed
 after a checkpoint resumes to exactly the same weights, optimiser states, replay buffer and
 evaluation returns as an uninterrupted one (CartPole and an Atari game)."""
 import json
+from dataclasses import fields
 
 import pytest
 import torch
 
-from tasks import rl
-from tasks.cli import main
+from rlts.tasks.cli import main
+from rlts.tasks.rl import loop as rl
+from rlts.world_models.learner import Learner, LearnerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,17 +21,17 @@ class Killed(Exception):
 def run(tmp_path, name, argv, yaml="rl.yaml", kill_after_updates=None, monkeypatch=None):
     cfg = rl.parse_rl_config(["--config", "debug", "--out", str(tmp_path / name), *argv], yaml)
     if kill_after_updates is not None:
-        original = rl.Learner.update
+        original = Learner.update
 
         def update(self, buffer):
             if self.updates == kill_after_updates:
                 raise Killed
             return original(self, buffer)
 
-        monkeypatch.setattr(rl.Learner, "update", update)
+        monkeypatch.setattr(Learner, "update", update)
         with pytest.raises(Killed):
             rl.train(cfg)
-        monkeypatch.setattr(rl.Learner, "update", original)
+        monkeypatch.setattr(Learner, "update", original)
     return rl.train(cfg)
 
 
@@ -139,3 +141,13 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_learner_config_is_the_run_config_of_the_learner():
+    """Every LearnerConfig key is an RLConfig key of the same meaning; the runner copies them all."""
+    cfg = rl.parse_rl_config(["--config", "debug", "--batch_size", "3", "--sampling", "uniform"])
+    learner_cfg = rl.learner_config(cfg)
+    assert isinstance(learner_cfg, LearnerConfig)
+    for f in fields(LearnerConfig):
+        assert getattr(learner_cfg, f.name) == getattr(cfg, f.name), f.name
+    assert rl.learner_config(rl.RLConfig()) == LearnerConfig()  # the same defaults (Drama's)

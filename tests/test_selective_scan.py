@@ -1,4 +1,4 @@
-"""Tests for kernels.selective_scan: both backends against the naive float64 loop.
+"""Tests for rlts.kernels.selective_scan: both backends against the naive float64 loop.
 
 The Triton kernels run under TRITON_INTERPRET=1 (set in conftest.py), which costs ~0.1 ms
 per scanned element, so their cases use batch <= 2, dim <= 8, N <= 4, L <= 127.
@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from kernels.selective import selective_scan, selective_scan_ref, selective_state_update
+from rlts.kernels.selective import selective_scan, selective_scan_ref, selective_state_update
 
 # the module itself, for its private knobs (_CHUNK_ELEMS, _tri)
-ss = importlib.import_module("kernels.selective")
+ss = importlib.import_module("rlts.kernels.selective")
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -406,11 +406,11 @@ def test_bad_input_state_update(heads, change, match):
 
 
 def test_import_without_triton():
-    """`kernels.selective_scan` imports and runs its PyTorch path when triton is missing."""
+    """`rlts.kernels.selective_scan` imports and runs its PyTorch path when triton is missing."""
     code = (
         "import sys; sys.modules['triton'] = None\n"
         "import torch\n"
-        "import importlib; ss = importlib.import_module('kernels.selective')\n"
+        "import importlib; ss = importlib.import_module('rlts.kernels.selective')\n"
         "assert ss._tri is None\n"
         "u = torch.randn(1, 2, 3); A = -torch.rand(2, 4); B = torch.randn(1, 4, 3)\n"
         "print(ss.selective_scan(u, u.abs(), A, B, B).shape)\n"

@@ -411,7 +411,7 @@ def test_ema_is_passed_to_the_trainer_and_checked():
 
 def test_classifier_defaults_are_rlts_classify_defaults():
     """`SequenceClassifier()` is the model docs/results.md measures with `rlts classify`."""
-    from tasks.classify import parse_classify_config
+    from rlts.tasks.supervised.classify import parse_classify_config
 
     cfg = parse_classify_config(["--dataset", "GunPoint"])
     params = SequenceClassifier().get_params()

@@ -1,12 +1,12 @@
-"""kernels.softmax_scan (Aaren): both backends against the naive loop and against masked
+"""rlts.kernels.softmax_scan (Aaren): both backends against the naive loop and against masked
 causal softmax attention with one query (forward and grads), huge scores, a 65,536-token
 sequence, chaining through `state`, the one-token step, and input validation. The Triton
 backend runs in the interpreter (TRITON_INTERPRET=1, set by conftest.py): small shapes."""
 import pytest
 import torch
 
-from kernels._common import interpret_mode, triton_available
-from kernels.softmax import softmax_scan, softmax_scan_ref, softmax_scan_step
+from rlts.kernels import interpret_mode, triton_available
+from rlts.kernels.softmax import softmax_scan, softmax_scan_ref, softmax_scan_step
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton not installed")
 CASES = [("torch", 1), ("torch", 7), ("torch", 127), ("torch", 1000),

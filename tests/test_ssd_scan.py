@@ -1,4 +1,4 @@
-"""Tests for kernels.ssd_scan (Mamba-2 SSD scan).
+"""Tests for rlts.kernels.ssd_scan (Mamba-2 SSD scan).
 
 Everything is checked against `ssd_scan_ref` (a step-by-step loop, run in float64), which is
 itself checked against the quadratic "attention" form of the SSD. The Triton kernels run
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.ssd import ssd_scan, ssd_scan_ref, ssd_state_update
+from rlts.kernels.ssd import ssd_scan, ssd_scan_ref, ssd_state_update
 
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 ACTIVATIONS = ("x", "dt", "B", "C", "z")
@@ -247,7 +247,7 @@ def test_state_update_matches_scan(backend, dtype):
 def test_agrees_with_selective_scan(backend):
     """SSD with a scalar A per head is Mamba-1's selective scan with A, dt shared over the
     head's P channels: u = x as (B, H*P, L), delta = dt repeated over P, A repeated to (H*P, N)."""
-    from kernels.selective import selective_scan
+    from rlts.kernels.selective import selective_scan
 
     b, L, h, p, g, n = 2, 33, 4, 3, 2, 4
     inp = make_inputs(b, L, h, p, g, n, torch.float32, init=False)

@@ -121,7 +121,7 @@ def test_plateau_cuts_the_lr_after_patience_epochs_without_a_better_loss(tmp_pat
         expected.append(lr)
     assert lrs == pytest.approx(expected, rel=1e-12)
     assert expected[-1] < expected[0]  # the run did hit a plateau
-    with pytest.raises(ValueError, match="monitor must be 'val' or 'train', got 'test'"):
+    with pytest.raises(ValueError, match="unknown TrainConfig.monitor 'test'; use one of val, train"):
         Trainer(_model(), mse, TrainConfig(monitor="test", progress=False), tmp_path / "z").fit(_data())
     with pytest.raises(ValueError, match="plateau_factor must lie in \\(0, 1\\), got 1.5"):
         Trainer(_model(), mse, TrainConfig(plateau_patience=2, plateau_factor=1.5, progress=False),
@@ -212,6 +212,38 @@ def test_bad_input_and_divergence_are_named(tmp_path):
         Trainer(_model(), nan_loss, TrainConfig(progress=False), tmp_path / "n").fit(_data())
 
 
+def test_batch_transform_changes_training_batches_only(tmp_path):
+    """The transform sees every training batch once, on the device, before loss_fn; evaluate
+    (validation included) never calls it; the loss training sees is the transformed batch's."""
+    seen = {"train": [], "eval": []}
+
+    def loss_fn(model, batch):
+        seen["train" if model.training else "eval"].append(batch[1].clone())
+        return mse(model, batch)
+
+    def shift(batch):  # a transform that changes the targets: a different loss
+        x, y = batch
+        assert x.device == torch.device("cpu")
+        return x, y + 10.0
+
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.0, patience=0, monitor="train", progress=False, device="cpu")
+    shifted = Trainer(_model(), loss_fn, cfg, tmp_path / "t", batch_transform=shift)
+    out = shifted.fit(_data(), _data(32, seed=1))
+    ordered = lambda ys: torch.sort(torch.cat(ys).flatten())[0]  # noqa: E731  (the batches' targets, sorted)
+    assert len(seen["train"]) == 2 * 4 and len(seen["eval"]) == 2 * 2      # 64 and 32 examples, batches of 16
+    assert torch.equal(ordered(seen["train"][:4]), ordered([_data().tensors[1] + 10.0]))
+    assert torch.equal(ordered(seen["eval"][:2]), ordered([_data(32, seed=1).tensors[1]]))
+    plain = Trainer(_model(), mse, cfg, tmp_path / "p").fit(_data(), _data(32, seed=1))
+    assert out["best_train_loss"] > 10 * plain["best_train_loss"]           # lr 0: only the batches differ
+    assert out["best_val_loss"] == plain["best_val_loss"]                   # validation: the data as they are
+    seen["eval"].clear()
+    metrics = shifted.evaluate(_data(32, seed=1))
+    assert torch.equal(ordered(seen["eval"]), ordered([_data(32, seed=1).tensors[1]]))
+    assert metrics == Trainer(_model(), mse, cfg, tmp_path / "e").evaluate(_data(32, seed=1))
+    with pytest.raises(ValueError, match="batch_transform must be a callable batch -> batch, got int"):
+        Trainer(_model(), mse, cfg, tmp_path / "b", batch_transform=3)
+
+
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {tests!r})
@@ -275,10 +307,10 @@ def test_evaluate_weights_batches_by_a_metric(tmp_path):
     ("batch_size", 0, "batch_size must be at least 1, got 0"),
     ("patience", -1, "patience must be at least 0, got -1"),
     ("plateau_patience", -2, "plateau_patience must be at least 0, got -2"),
-    ("lr", -1e-3, "lr must be non-negative, got -0.001"),
-    ("lr", float("nan"), "lr must be non-negative, got nan"),
-    ("weight_decay", -1e-4, "weight_decay must be non-negative, got -0.0001"),
-    ("grad_clip", float("inf"), "grad_clip must be non-negative, got inf"),
+    ("lr", -1e-3, "lr must be at least 0, got -0.001"),
+    ("lr", float("nan"), "lr must be at least 0, got nan"),
+    ("weight_decay", -1e-4, "weight_decay must be at least 0, got -0.0001"),
+    ("grad_clip", float("inf"), "grad_clip must be finite, got inf"),
     ("plateau_factor", 1.0, r"plateau_factor must lie in \(0, 1\), got 1.0"),
 ])
 def test_check_train_config_names_the_setting(tmp_path, key, value, match):

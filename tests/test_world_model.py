@@ -1,14 +1,14 @@
 """The Drama world model and actor-critic: every backbone trains, the recurrent paths used for
-acting and imagination agree with the parallel training path, and the model overfits a fixed
-batch of real Atari frames."""
+acting and imagination agree with the parallel training path, the model overfits a fixed
+batch of real Atari frames, and the learner and the acting agent built on them work."""
 import numpy as np
 import pytest
 import torch
 
 from rlts.nn import count_parameters
-from world_models.actor_critic import ActorCritic, ActorCriticConfig
-from world_models.optim import LaProp
-from world_models.world_model import WorldModel, WorldModelConfig
+from rlts.world_models.actor_critic import ActorCritic, ActorCriticConfig
+from rlts.world_models.optim import LaProp
+from rlts.world_models.world_model import WorldModel, WorldModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,7 +115,7 @@ def test_rejects_bad_observation_shapes():
 
 def atari_frames(n=48, seed=0):
     """Real Pong frames under the Atari100k wrappers, with random actions."""
-    from tasks.envs import make_env
+    from rlts.tasks.rl.envs import make_env
 
     env = make_env("Pong")
     obs, _ = env.reset(seed=seed)
@@ -160,3 +160,48 @@ def test_continuation_hard_and_soft():
     with torch.no_grad():
         assert torch.equal(hard.continues(h), (logit <= 0).float())
         torch.testing.assert_close(soft.continues(h), 1 - torch.sigmoid(logit))
+
+
+def test_learner_updates_and_restores_its_state():
+    """One update of each model from a replay buffer; the state dict (the checkpoint layout of
+    `rlts rl`) restores a fresh learner to the same models and optimisers."""
+    from rlts.world_models.learner import Learner, LearnerConfig
+    from rlts.world_models.replay import ReplayBuffer
+
+    cfg = LearnerConfig(world_model=tiny(), agent=tiny_agent(), batch_size=2, batch_length=8, imagine_batch=4,
+                        imagine_context=4, imagine_horizon=3, wm_lr=1e-3, wm_warmup=2)
+    torch.manual_seed(0)
+    learner = Learner((5,), 3, cfg, torch.device("cpu"))
+    buffer = ReplayBuffer(64, 1, (5,), torch.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        buffer.add(rng.normal(size=(1, 5)).astype(np.float32), rng.integers(3, size=1), rng.normal(size=1), [False])
+    before = {k: v.clone() for k, v in learner.wm.state_dict().items()}
+    metrics = learner.update(buffer)
+    assert learner.updates == 1 and {"wm/loss", "ac/actor_loss", "wm/grad_norm"} <= set(metrics)
+    assert learner.wm_opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)   # warm-up: 1 of 2 updates
+    assert any(not torch.equal(before[k], v) for k, v in learner.wm.state_dict().items())
+    assert learner.images() == {}                                            # vector observations
+    state = learner.state_dict()
+    assert set(state) == {"wm", "ac", "wm_opt", "actor_opt", "critic_opt", "updates"}
+    fresh = Learner((5,), 3, cfg, torch.device("cpu"))
+    fresh.load_state_dict(state)
+    assert fresh.updates == 1
+    for k, v in learner.ac.state_dict().items():
+        assert torch.equal(fresh.ac.state_dict()[k], v), k
+    assert fresh.wm_opt.state_dict()["state"].keys() == learner.wm_opt.state_dict()["state"].keys()
+
+
+def test_agent_acts_on_a_batch_and_keeps_rows():
+    from rlts.world_models.agent import Agent
+
+    torch.manual_seed(0)
+    wm = WorldModel((5,), 3, tiny())
+    agent = Agent(wm, ActorCritic(wm.d_feat, 3, tiny_agent()), torch.device("cpu"), greedy=True)
+    agent.start(4)
+    actions = agent.act(np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32))
+    assert actions.shape == (4,) and actions.dtype == torch.long and int(actions.max()) < 3
+    h, _ = agent.state
+    agent.keep([0, 2])
+    assert torch.equal(agent.state[0], h[[0, 2]])
+    assert agent.act(np.zeros((2, 5), np.float32)).shape == (2,)

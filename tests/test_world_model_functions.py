@@ -1,4 +1,4 @@
-"""world_models.functions and world_models.optim against independent references: float64
+"""rlts.world_models.functions and rlts.world_models.optim against independent references: float64
 naive loops, numpy and hand-computed values (symlog, two-hot, unimix, straight-through
 sampling, categorical KL with free bits, lambda-returns, the return scale, LaProp)."""
 import io
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from world_models.functions import (ReturnScale, TwoHot, categorical_kl, kl_losses, lambda_returns,
+from rlts.world_models.functions import (ReturnScale, TwoHot, categorical_kl, kl_losses, lambda_returns,
                                     sample_straight_through, symexp, symlog, unimix)
-from world_models.optim import LaProp
+from rlts.world_models.optim import LaProp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64

@@ -7,11 +7,16 @@
     functions                  symlog two-hot, unimix, straight-through, KL with free bits,
                                lambda-returns, return scale
     optim.LaProp               the world model's optimiser
+    learner.Learner            both models, their optimisers and one update of each (LearnerConfig)
+    agent.Agent                the world model and the actor acting, one recurrent step per action
 
-The training loop that drives them is tasks/rl.py (`rlts rl`, `rlts atari`).
+The training loop that drives them is tasks/rl/loop.py (`rlts rl`, `rlts atari`).
 """
-from world_models.actor_critic import ActorCritic, ActorCriticConfig
-from world_models.replay import ReplayBuffer
-from world_models.world_model import WorldModel, WorldModelConfig
+from rlts.world_models.actor_critic import ActorCritic, ActorCriticConfig
+from rlts.world_models.agent import Agent
+from rlts.world_models.learner import Learner, LearnerConfig
+from rlts.world_models.replay import ReplayBuffer
+from rlts.world_models.world_model import WorldModel, WorldModelConfig
 
-__all__ = ["ActorCritic", "ActorCriticConfig", "ReplayBuffer", "WorldModel", "WorldModelConfig"]
+__all__ = ["ActorCritic", "ActorCriticConfig", "Agent", "Learner", "LearnerConfig", "ReplayBuffer", "WorldModel",
+           "WorldModelConfig"]

@@ -20,8 +20,8 @@ from typing import Dict
 import torch
 from torch import nn
 
-from world_models.functions import ReturnScale, TwoHot, lambda_returns
-from world_models.world_model import mlp
+from rlts.world_models.functions import ReturnScale, TwoHot, lambda_returns
+from rlts.world_models.world_model import mlp
 
 
 @dataclass

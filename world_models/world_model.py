@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlts.nn import SequenceModel
-from world_models.functions import TwoHot, kl_losses, sample_straight_through, symlog, unimix
+from rlts.world_models.functions import TwoHot, kl_losses, sample_straight_through, symlog, unimix
 
 
 @dataclass

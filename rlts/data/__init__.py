@@ -1,9 +1,10 @@
 """Datasets shared by the tasks: multivariate time series from CSV files (`timeseries`), panels
-of unequal-length series (`panel`), their augmentation (`augment`), event sequences (`events`)
-and offline RL trajectories (`trajectories`).
+of unequal-length series (`panel`), the UCR/UEA archive and .ts files (`ucr`), augmentation of
+panel batches (`augment`), event sequences (`events`) and offline RL trajectories
+(`trajectories`).
 
 The CSV names below are loaded on first use, so that importing a light submodule (such as
-`rlts.data.augment` from the classification head) does not import pandas.
+`rlts.data.augment`) does not import pandas.
 """
 from typing import Any
 

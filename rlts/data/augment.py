@@ -1,6 +1,7 @@
 """Data augmentation for time-series classification, on padded batches of unequal lengths.
 
     x = augment_batch(x, lengths, ["window_warp"])   # x (B, L, C), lengths (B,) -> x: same shape
+    Trainer(..., batch_transform=BatchAugment(["window_warp"]))   # every training batch, not evaluation
 
 Four standard transforms, with the settings of Iwana & Uchida's survey of augmentation for
 time-series classification with neural networks (PLoS ONE 2021; 12 methods on the 128 UCR
@@ -165,3 +166,69 @@ def augment_batch(x: torch.Tensor, lengths: Optional[torch.Tensor], names: Seque
         out = AUGMENTATIONS[name](out, lengths, generator)
     return torch.where(chosen[:, None, None], out, x)
 
+
+
+def _nan_padded_lengths(x: torch.Tensor) -> torch.Tensor:
+    """Lengths (B,) of a right-NaN-padded batch x (B, L, C): L minus each series' trailing time
+    steps whose channels are all NaN; ValueError for a NaN before them or an all-NaN series."""
+    B, L, _ = x.shape
+    if not x.is_floating_point() or not bool(torch.isnan(x).any()):
+        return torch.full((B,), L, dtype=torch.long, device=x.device)
+    nan = torch.isnan(x)                                                 # (B, L, C)
+    trailing = nan.all(dim=-1).flip(1).long().cumprod(dim=1).flip(1).bool()   # (B, L) trailing all-NaN steps
+    lengths = L - trailing.sum(dim=1)                                    # (B,)
+    inside = nan.any(dim=-1) & ~trailing
+    if bool(inside.any()):
+        b, t = (int(i) for i in inside.nonzero()[0])
+        raise ValueError(f"augment: NaN inside a series at batch index {b}, time step {t}: only trailing all-NaN "
+                         "time steps are read as padding; impute missing values first")
+    if bool((lengths == 0).any()):
+        raise ValueError(f"augment: the series at batch index {int((lengths == 0).nonzero()[0, 0])} is all NaN")
+    return lengths
+
+
+class BatchAugment:
+    """Augmentation as a batch transform of rlts.trainer.Trainer (`batch_transform=`), which
+    applies it to each training batch after moving it to the device, never in `evaluate`:
+
+        trainer = Trainer(model, classification_loss, cfg, collate_fn=collate_unequal,
+                          batch_transform=BatchAugment(["window_warp"]))
+
+    A batch is (x (B, L, C), lengths (B,), labels), right-padded (rlts.heads.classify.
+    collate_unequal), or (x (B, L, C), labels) of equal-length series or of series right-padded
+    with all-NaN time steps (their lengths: L minus the trailing all-NaN steps). The transform
+    returns the same batch with x augmented (`augment_batch` with `names`, `p`, `generator`;
+    same shape), every other item unchanged. No names: the batch is returned as it is."""
+
+    def __init__(self, names: Sequence[str], p: float = 0.5, generator: Optional[torch.Generator] = None):
+        self.names = check_augment(names)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"BatchAugment: p must lie in [0, 1], got {p}")
+        self.p, self.generator = p, generator
+
+    def __repr__(self) -> str:
+        return f"BatchAugment({list(self.names)}, p={self.p})"
+
+    def __call__(self, batch):
+        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+            got = f"{len(batch)} items" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
+            raise ValueError(f"BatchAugment: a batch must be (x, lengths, labels) or (x, labels), got {got}")
+        x = batch[0]
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+            raise ValueError(f"BatchAugment: x must have shape (B, L, C), got {shape}")
+        if not self.names:
+            return batch
+        B, L, _ = x.shape
+        if len(batch) == 3:
+            lengths = torch.as_tensor(batch[1])
+            if lengths.shape != (B,) or lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+                raise ValueError(f"BatchAugment: lengths must be an integer tensor of shape (B,) = ({B},), "
+                                 f"got {lengths.dtype} {tuple(lengths.shape)}")
+            if B and (int(lengths.min()) < 1 or int(lengths.max()) > L):
+                raise ValueError(f"BatchAugment: lengths must lie in [1, L] = [1, {L}], got min {int(lengths.min())}, "
+                                 f"max {int(lengths.max())}")
+        else:
+            lengths = _nan_padded_lengths(x)
+        out = augment_batch(x, lengths.to(x.device), self.names, self.p, self.generator)   # (B, L, C)
+        return type(batch)((out, *batch[1:]))

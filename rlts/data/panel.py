@@ -5,6 +5,8 @@
     scaler = fit_panel_scaler(series)             # per-channel mean/std over every time step
     data = PanelDataset(series, codes, scaler)    # items (x (L_i, C) float32, label) for
     loader = DataLoader(data, collate_fn=collate_unequal)   # rlts.heads.classify
+    order = stratified_order(codes, seed)         # its first k entries: a stratified sample of k
+    series, codes = stratified_subset(series, codes, limit=100, seed=0)
 
 The classification runner (`rlts classify`) and the sktime estimator `rlts.sktime.SequenceClassifier`
 both go through these functions, so they standardise and batch alike. No sktime import here:
@@ -76,6 +78,31 @@ def encode_labels(y: Any, classes: Optional[Sequence[Any]] = None, name: str = "
         raise ValueError(f"{name}: label {y[np.argmax(unknown)].item()!r} is not one of the training classes "
                          f"{classes.tolist()}")
     return codes.astype(np.int64), classes
+
+
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A permutation of range(len(labels)) whose every prefix holds the classes in (about) their
+    overall proportions: member j of n_c shuffled members of a class sits at (j + 0.5) / n_c,
+    ties broken at random. Its first k entries are a stratified sample of size k."""
+    rng = np.random.default_rng(seed)
+    position = np.empty(len(labels))
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        position[idx] = (np.arange(len(idx)) + 0.5) / len(idx)
+    return np.lexsort((rng.random(len(labels)), position))
+
+
+def stratified_subset(series: Sequence[np.ndarray], labels: np.ndarray, limit: Optional[int],
+                      seed: int) -> Tuple[List[np.ndarray], np.ndarray]:
+    """At most `limit` of the series and their labels (N,): the first `limit` entries of
+    `stratified_order(labels, seed)`, kept in their original order; all of them when `limit` is
+    None or not below N."""
+    if limit is None or len(labels) <= limit:
+        return list(series), labels
+    if limit < 1:
+        raise ValueError(f"stratified_subset: limit must be at least 1 or None, got {limit}")
+    keep = np.sort(stratified_order(labels, seed)[:limit])
+    return [series[i] for i in keep], labels[keep]
 
 
 def fit_panel_scaler(series: Sequence[np.ndarray]) -> StandardScaler:

@@ -8,7 +8,7 @@
 Why not Minari. Minari (0.5.4, the version on PyPI) writes datasets only through its
 `DataCollector` / `create_dataset_from_buffers`, which need `jax` (`minari[create]`: jax + jaxlib)
 and `h5py` besides pydantic/typer/rich; it stores environments by their registered spec (our
-wrapped envs from `tasks.envs.make_env` are not registered ids), and every Minari episode needs
+wrapped envs from `rlts.tasks.rl.envs.make_env` are not registered ids), and every Minari episode needs
 T + 1 observations, which a replay buffer cannot supply (it does not keep the observation after
 an episode's last step). So the format here is a plain NumPy archive that `numpy` alone reads,
 with nothing pickled (load with `allow_pickle=False`).
@@ -28,7 +28,7 @@ Layout of the file (N transitions in E episodes, stored back to back, episode by
     final_observations  (E, *obs_shape)  optional: obs_T, the observation after each episode's last
                                           step (the "one more observation than actions")
     life_losses         (N,) bool        optional: a life was lost with step t and the episode went
-                                          on (Atari; see tasks.envs)
+                                          on (Atari; see rlts.tasks.rl.envs)
     metadata            () str           a JSON object: `format` ("rlts.trajectories/1"), env id,
                                           policy description, rlts version, dtypes, creation time,
                                           and whatever the producer adds (seeds, provenance)
@@ -55,7 +55,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from rlts.checkpoint import _write_atomic
+from rlts.checkpoint import write_atomic
 
 FORMAT = "rlts.trajectories/1"
 REQUIRED = ("observations", "actions", "rewards", "terminations", "truncations", "episode_starts")
@@ -328,7 +328,7 @@ def save_trajectories(data: Trajectories, path: str | Path, compress: bool = Tru
         raise ValueError(f"{path}: metadata is not JSON-serialisable: {e}") from e
     arrays = {**data.arrays(), "metadata": np.array(text)}
     saver = np.savez_compressed if compress else np.savez
-    return _write_atomic(path, lambda f: saver(f, **arrays))
+    return write_atomic(path, lambda f: saver(f, **arrays))
 
 
 def load_trajectories(path: str | Path) -> Trajectories:

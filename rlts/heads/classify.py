@@ -5,6 +5,7 @@
 
     loader = DataLoader(list_of_(x_i, label_i), batch_size=32, collate_fn=collate_unequal)
     trainer = Trainer(model, classification_loss, cfg, collate_fn=collate_unequal)
+    proba = predict_proba(model, dataset, batch_size=256)   # (N, n_classes) float64, in dataset order
 
 Architecture: optionally a causal convolutional stem (stem="conv": `rlts.nn.conv.ConvStem`, C ->
 d_model features per step), a Linear embedding of each patch of `patch_len` time steps
@@ -42,11 +43,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from rlts.data.augment import augment_batch
 from rlts.nn.conv import ConvStem
 from rlts.nn.model import SequenceModel
 
@@ -220,14 +222,11 @@ def collate_unequal(batch: Sequence[Tuple[Any, Any]]) -> Tuple[torch.Tensor, tor
     return padded, lengths, torch.stack(labels)
 
 
-def classification_loss(model: nn.Module, batch: Any, augment: Sequence[str] = ()) -> Tuple[torch.Tensor, Dict[str, float]]:
+def classification_loss(model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
     """A `loss_fn` for rlts.trainer.Trainer: batch = (x, lengths, labels) from collate_unequal, or
     (x, labels) for equal-length (or NaN-padded) series. Cross-entropy; metrics loss and accuracy.
-
-    augment: names from `rlts.data.augment.AUGMENTATIONS`, applied (`augment_batch`) while the
-    model is in training mode, never in evaluation (the training loss, and so a Trainer's
-    monitor="train", is then the loss on the augmented batches); bind them with
-    `functools.partial(classification_loss, augment=["window_warp"])`."""
+    A pure function of the model and the batch: augmentation is the Trainer's `batch_transform`
+    (rlts.data.augment.BatchAugment), applied to training batches before they get here."""
     if len(batch) == 3:
         x, lengths, labels = batch
     elif len(batch) == 2:
@@ -236,13 +235,37 @@ def classification_loss(model: nn.Module, batch: Any, augment: Sequence[str] = (
         raise ValueError(f"classification_loss: batch must be (x, lengths, labels) or (x, labels), got {len(batch)} items")
     device = next(model.parameters()).device
     x, labels = x.to(device), labels.to(device).long()
-    if augment and model.training:
-        if lengths is None:
-            lengths = nan_padded_lengths(x)
-        else:
-            lengths = check_lengths(lengths, *x.shape[:2])
-        x = augment_batch(x, lengths.to(device), augment)
-    logits = model(x, None if lengths is None else lengths.to(device))
+    logits = model(x, None if lengths is None else lengths.to(device))  # (B, n_classes)
     loss = F.cross_entropy(logits, labels)
     acc = (logits.argmax(dim=-1) == labels).float().mean()
     return loss, {"loss": float(loss.detach()), "accuracy": float(acc)}
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, data: Dataset, batch_size: int, device: Optional[torch.device] = None,
+                  by_length: bool = False) -> np.ndarray:
+    """Class probabilities (N, n_classes), float64, of every series of `data` (items (x (L_i, C),
+    label), such as rlts.data.panel.PanelDataset; the labels are not read), in the order of
+    `data`: the softmax of the model's logits, in eval mode, on batches of `batch_size` series
+    right-padded by collate_unequal. The prediction is their argmax.
+
+    device: where the batches go (default: the device of the model's parameters).
+    by_length: batch the series in order of their lengths (stable), so that each batch pads
+    less; the rows still come back in the order of `data`."""
+    if batch_size < 1:
+        raise ValueError(f"predict_proba: batch_size must be at least 1, got {batch_size}")
+    if len(data) == 0:
+        raise ValueError("predict_proba: the dataset is empty")
+    if device is None:
+        device = next(model.parameters()).device
+    model.eval()
+    order = np.arange(len(data))                                          # (N,) the batching order
+    if by_length:
+        order = np.argsort([data[i][0].shape[0] for i in range(len(data))], kind="stable")
+    loader = DataLoader(Subset(data, order.tolist()), batch_size=batch_size, shuffle=False, collate_fn=collate_unequal)
+    out = []
+    for x, lengths, _ in loader:                                          # x (B, L_max, C), lengths (B,)
+        logits = model(x.to(device), lengths.to(device))                  # (B, n_classes)
+        out.append(torch.softmax(logits.cpu().double(), dim=-1))          # float64 on the CPU (not on MPS)
+    proba = torch.cat(out).numpy()                                        # (N, n_classes) in batching order
+    return proba if not by_length else proba[np.argsort(order)]

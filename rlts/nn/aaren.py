@@ -7,8 +7,8 @@ to keys and values projected from the input, causally:
     o_t = sum_{i<=t} e^{s_i} v_i / sum_{i<=t} e^{s_i}     many-to-many outputs (B, H, L, head_dim)
 
 Because the query is fixed, o_t is a running softmax-weighted mean: a parallel scan over the
-sequence for training (`kernels.softmax_scan`, Triton on CUDA, PyTorch on CPU) and an O(1)
-recurrence per token for inference (`kernels.softmax_scan_step`). The state is the scan's
+sequence for training (`rlts.kernels.softmax_scan`, Triton on CUDA, PyTorch on CPU) and an O(1)
+recurrence per token for inference (`rlts.kernels.softmax_scan_step`). The state is the scan's
 (m, u, w): m (B, H) the running max of the scores, u (B, H) = sum e^{s_i - m} and
 w (B, H, head_dim) = sum e^{s_i - m} v_i, so o = w / u. It is float32 for fp16/bf16 inputs
 (the kernels accumulate in float32) and float64 for float64 inputs.
@@ -37,8 +37,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from kernels._common import compute_dtype
-from kernels.softmax import softmax_scan, softmax_scan_step
+from rlts.kernels import compute_dtype
+from rlts.kernels.softmax import softmax_scan, softmax_scan_step
 from rlts.nn.base import MLP, SequenceLayer, check_input, register_backbone
 
 AarenState = Tuple[torch.Tensor, ...]  # m (B, H), u (B, H), w (B, H, head_dim) [, clock c (B, H) with decay]

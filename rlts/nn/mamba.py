@@ -7,7 +7,7 @@
                                                       y_t = (C_t . h_t + D x_t) * silu(z_t)
     out   = out_proj(y)                               (B, L, d_model)
 
-with dt <- softplus(dt + dt_bias) inside the scan (`kernels.selective_scan`: Triton on CUDA,
+with dt <- softplus(dt + dt_bias) inside the scan (`rlts.kernels.selective_scan`: Triton on CUDA,
 PyTorch on CPU) and A = -exp(A_log) (d_inner, N) diagonal per channel.
 
 State = (conv_state, ssm_state): conv_state (B, d_inner, d_conv - 1) holds the last d_conv - 1
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels._common import compute_dtype
-from kernels.selective import selective_scan, selective_state_update
+from rlts.kernels import compute_dtype
+from rlts.kernels.selective import selective_scan, selective_state_update
 from rlts.nn.base import PreNormResidual, SequenceLayer, check_input, register_backbone
 
 MambaState = Tuple[torch.Tensor, torch.Tensor]  # conv_state (B, C, d_conv - 1), ssm_state

@@ -7,7 +7,7 @@
                  state_t = exp(dt_t A_h) state_{t-1} + dt_t x_t B_t^T,  y_t = state_t C_t + D_h x_t
     out        = out_proj(RMSNorm(y * silu(z)))             gated RMSNorm, groups of d_inner / G
 
-with dt <- softplus(dt + dt_bias) inside the scan (`kernels.ssd_scan`: chunked; Triton on
+with dt <- softplus(dt + dt_bias) inside the scan (`rlts.kernels.ssd_scan`: chunked; Triton on
 CUDA, PyTorch on CPU), H = d_inner / headdim heads of width P = headdim, and G = ngroups
 groups of heads sharing B and C.
 
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels._common import compute_dtype
-from kernels.ssd import ssd_scan, ssd_state_update
+from rlts.kernels import compute_dtype
+from rlts.kernels.ssd import ssd_scan, ssd_state_update
 from rlts.nn.base import PreNormResidual, SequenceLayer, check_input, register_backbone
 from rlts.nn.mamba import causal_conv, causal_conv_step, check_state, dt_bias_init
 

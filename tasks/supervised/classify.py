@@ -58,91 +58,82 @@ setup in the same `out` is refused.
 from __future__ import annotations
 
 import time
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
+from rlts.baselines import (MINIROCKET_MIN_LENGTH, fit_minirocket, minirocket_scores, minirocket_state,
+                            minirocket_variant, warm_up_minirocket)
 from rlts.checkpoint import load as load_checkpoint
 from rlts.checkpoint import save_atomic
-from rlts.config import to_dict
-from rlts.data.augment import check_augment
-from rlts.data.panel import PanelDataset, as_series_list, encode_labels, fit_panel_scaler
-from rlts.heads.classify import POOLINGS, STEMS, SequenceClassifier, classification_loss, collate_unequal
+from rlts.config import check_ranges, param, to_dict
+from rlts.data.augment import BatchAugment, check_augment
+from rlts.data.panel import PanelDataset, fit_panel_scaler, stratified_order, stratified_subset
+from rlts.data.ucr import load_panels
+from rlts.heads.classify import POOLINGS, STEMS, SequenceClassifier, classification_loss, collate_unequal, predict_proba
 from rlts.nn import BACKBONES, count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig, check_train_config
-from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
-                           split_names, table_order, write_json_atomic)
-from tasks._runner import resolve_models as _resolve_models
-from tasks._runner import run_seeds
-from tasks._runner import summarise_runs as _summarise_runs
+from rlts.tasks.runner import Command
+from rlts.tasks.runner import TRAIN_ALIASES, json_float, table_order
+from rlts.tasks.runner import resolve_models as _resolve_models
+from rlts.tasks.supervised.grid import GridRun
 
-CONFIG_PATH = Path(__file__).parent / "configs" / "classify.yaml"
 BASELINES = ("minirocket",)
 """Model names besides the rlts.nn backbones: minirocket = MiniRocket features + ridge classifier."""
-MINIROCKET_MIN_LENGTH = 9
-"""MiniRocket's kernels span 9 steps; shorter series are right-padded to this length with 0."""
 SUBSET_SEED = 0
 """Seed of the max_train / max_test subsets: the same instances whatever the training seed."""
 SCORES_FILE = "test_scores.pt"
 """Per run, in its model folder: the test set's class scores (N_test, n_classes), for the ensemble."""
-# Config keys whose change makes earlier results in the same `out` incomparable.
-_DATA_KEYS = ("dataset", "train_file", "test_file", "max_train", "max_test", "d_model", "n_layers",
-              "pooling", "patch_len", "dropout", "val_fraction", "train", "minirocket_kernels", "seed", "stem",
-              "seeds", "bidirectional", "augment")
-_LEGACY = {"stem": "none", "seeds": 1, "bidirectional": False, "augment": []}
-"""Values of config keys added later, for result folders written before them."""
 
 
 @dataclass
 class ClassifyConfig:
     """Settings of `rlts classify`."""
 
-    dataset: str = ""
+    dataset: str = param("", result=True)
     """UCR/UEA archive name (ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels,
     OSULeaf, ... ship with sktime; other names are downloaded if possible). Or give train_file and test_file."""
-    train_file: str = ""
+    train_file: str = param("", result=True)
     """Training split as a .ts file (--train FILE); needs test_file, excludes dataset."""
-    test_file: str = ""
+    test_file: str = param("", result=True)
     """Test split as a .ts file (--test FILE)."""
-    models: List[str] = field(default_factory=lambda: ["backbone", "minirocket"])
+    models: List[str] = param(default_factory=lambda: ["backbone", "minirocket"])
     """Models to run: any rlts.nn backbone name (aaren, mamba, mamba2, transformer, gru),
     minirocket, or `backbone` (= the `backbone` key). Commas split."""
     backbone: str = "mamba"
     """The backbone the model name `backbone` stands for."""
-    d_model: int = 64
+    d_model: int = param(64, result=True, within="[1, inf)")
     """Width of the sequence model (backbone models)."""
-    n_layers: int = 2
+    n_layers: int = param(2, result=True, within="[1, inf)")
     """Blocks in the sequence model (backbone models)."""
-    pooling: str = "mean"
+    pooling: str = param("mean", result=True, choices=POOLINGS)
     """How the backbone's outputs become one vector per series: last (the output at the last
     valid step, which has seen the whole series) or mean (over the valid steps)."""
-    dropout: float = 0.0
+    dropout: float = param(0.0, result=True, within="[0, 1)")
     """Dropout on the pooled features, before the read-out (backbone models)."""
-    augment: List[str] = field(default_factory=lambda: ["window_warp"])
+    augment: List[str] = param(default_factory=lambda: ["window_warp"], result=True, missing_as=[])
     """Data augmentation of the training series (backbone models; rlts.data.augment): any of
     jitter, scaling, window_slice, window_warp, with the settings of Iwana & Uchida's survey;
     each series of a batch goes through all of them with probability 1/2. Commas split.
     none: no augmentation (better for aaren on the six datasets of docs/results.md; window
     warping helped mamba). The training loss that train.monitor: train judges is the loss on
     the augmented batches."""
-    patch_len: int = 1
+    patch_len: int = param(1, result=True, within="[1, inf)")
     """Time steps per backbone token (backbone models; patches end at each series' last step;
     1 = one token per step)."""
-    stem: str = "conv"
+    stem: str = param("conv", result=True, choices=STEMS, missing_as="none")
     """Before the patches (backbone models): none, or conv (three causal convolutions with batch
     norm, kernels 8, 5, 3: local shape features for the backbone; rlts.nn.conv.ConvStem)."""
-    bidirectional: bool = True
+    bidirectional: bool = param(True, result=True, missing_as=False)
     """Backbone models: a second backbone reads each series backwards and its pooled features
     are added to the first's (twice the backbone's parameters and time; rlts.heads.classify)."""
-    val_fraction: float = 0.0
+    val_fraction: float = param(0.0, result=True, within="[0, 1)")
     """Share of the training set held out (stratified, seeded) to judge the backbone models: with a
     holdout, its loss picks the weights kept whatever train.monitor says (results.json then
     records train.monitor: val), and with train.patience > 0 stops training early. 0 (default): no holdout;
@@ -150,24 +141,24 @@ class ClassifyConfig:
     mean training loss) picks the weights (the UCR/UEA training sets are small: 36-270 series;
     early stopping on a few held-out series stopped runs far too early). MiniRocket always fits
     on the whole set."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = param(default_factory=TrainConfig, result=True)
     """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
     train.device are replaced by the top-level seed and device."""
-    eval_batch_size: int = 256
+    eval_batch_size: int = param(256, within="[1, inf)")
     """Series per batch when predicting the test set."""
-    minirocket_kernels: int = 10_000
+    minirocket_kernels: int = param(10_000, result=True, within="[1, inf)")
     """Number of MiniRocket features (rounded down to a multiple of 84)."""
-    max_train: Optional[int] = None
+    max_train: Optional[int] = param(None, result=True, within="[1, inf)")
     """Use at most this many training series (a stratified subset, the same for every seed; for
     quick runs); None: all."""
-    max_test: Optional[int] = None
+    max_test: Optional[int] = param(None, result=True, within="[1, inf)")
     """Score at most this many test series (stratified subset; for quick runs only, the published
     protocol scores all); None: all."""
     out: Optional[str] = None
     """Output folder; default runs/classify-<dataset or train file stem>-<timestamp>. Reuse it to resume."""
-    seed: int = 0
+    seed: int = param(0, result=True)
     """Seeds model initialisation, training, the validation holdout and MiniRocket."""
-    seeds: int = 1
+    seeds: int = param(1, result=True, within="[1, inf)", missing_as=1)
     """Runs per model, with seeds seed, seed + 1, ..., seed + seeds - 1 (each run is exactly
     what `--seed S` alone gives); the table reports their mean accuracy and standard
     deviation and the accuracy of their averaged class scores (the seed ensemble),
@@ -196,24 +187,9 @@ def check_config(cfg: ClassifyConfig) -> None:
             have, need = ("--train", "--test") if cfg.train_file else ("--test", "--train")
             raise ValueError(f"{have} given without {need} FILE.ts")
         raise ValueError("no data given; pass --dataset NAME or --train FILE.ts --test FILE.ts")
-    if cfg.pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {cfg.pooling!r}; use one of {', '.join(POOLINGS)}")
-    if cfg.stem not in STEMS:
-        raise ValueError(f"unknown stem {cfg.stem!r}; use one of {', '.join(STEMS)}")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {cfg.val_fraction}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"dropout must lie in [0, 1), got {cfg.dropout}")
+    check_ranges(cfg)
     check_augment(cfg.augment)
-    for key in ("max_train", "max_test"):
-        v = getattr(cfg, key)
-        if v is not None and v < 1:
-            raise ValueError(f"{key} must be at least 1 or none, got {v}")
     check_train_config(cfg.train, "train")
-    for key in ("d_model", "n_layers", "patch_len", "eval_batch_size", "minirocket_kernels", "seeds"):
-        v = getattr(cfg, key)
-        if v < 1:
-            raise ValueError(f"{key} must be at least 1, got {v}")
     for name in resolve_models(cfg):
         if name in BACKBONES:  # a width the backbone refuses (e.g. mamba2's headdim) stops here, not mid-run
             try:
@@ -229,247 +205,7 @@ def build_model(name: str, cfg: ClassifyConfig, n_channels: int, n_classes: int)
                               bidirectional=cfg.bidirectional)
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def _has_regression_target(path: Path) -> bool:
-    """True if a .ts file's header declares a real-valued target (@targetLabel true), not classes."""
-    with open(path, errors="replace") as f:
-        for line in f:
-            words = line.strip().lower().split()
-            if words[:1] == ["@data"]:
-                break
-            if words[:2] == ["@targetlabel", "true"]:
-                return True
-    return False
-
-
-def _sktime_data_root() -> Path:
-    import sktime.datasets
-    return Path(sktime.datasets.__file__).parent / "data"
-
-
-def shipped_datasets() -> List[str]:
-    """Classification datasets inside sktime's wheel (NAME/NAME_TRAIN.ts and NAME_TEST.ts, class labels)."""
-    return sorted(d.name for d in _sktime_data_root().iterdir()
-                  if (d / f"{d.name}_TRAIN.ts").is_file() and (d / f"{d.name}_TEST.ts").is_file()
-                  and not _has_regression_target(d / f"{d.name}_TRAIN.ts"))
-
-
-def _panel_to_series(X, what: str) -> List[np.ndarray]:
-    """An sktime panel -> list of (L_i, C) float arrays (ValueError naming `what` on NaN/inf)."""
-    from sktime.datatypes import convert_to
-    return as_series_list(convert_to(X, to_type="df-list"), name=what)
-
-
-def load_named(name: str) -> Tuple[str, tuple, tuple]:
-    """(canonical name, (X_train, y_train), (X_test, y_test)) of an archive dataset, as sktime panels."""
-    from sktime.datasets import load_UCR_UEA_dataset
-    shipped = shipped_datasets()
-    on_disk = [d.name for d in _sktime_data_root().iterdir() if (d / f"{d.name}_TRAIN.ts").is_file()]
-    canonical = {n.lower(): n for n in on_disk}.get(name.lower(), name)
-    own = _sktime_data_root() / canonical / f"{canonical}_TRAIN.ts"
-    if canonical not in shipped and own.is_file():
-        raise ValueError(f"dataset {name!r} is a regression problem (@targetLabel), not classification; "
-                         f"classification datasets shipped with sktime: {', '.join(shipped)}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            train = load_UCR_UEA_dataset(canonical, split="train", return_X_y=True)
-            test = load_UCR_UEA_dataset(canonical, split="test", return_X_y=True)
-    except Exception as e:  # sktime raises RuntimeError/OSError/... when the download fails
-        reason = " ".join(str(e).split())[:200]
-        raise ValueError(f"dataset {name!r} is not shipped with sktime and could not be downloaded ({reason}); "
-                         f"shipped: {', '.join(shipped)}; or pass --train FILE.ts --test FILE.ts") from None
-    return canonical, train, test
-
-
-def _ts_header(path: Path, role: str) -> List[List[str]]:
-    """The words of each line before a .ts file's @data line; ValueError naming the file when it
-    has no @data line (then it is no .ts file, and sktime's parser would fail obscurely)."""
-    header: List[List[str]] = []
-    with open(path, errors="replace") as f:
-        for line in f:
-            words = line.split()
-            if words[:1] and words[0].lower() == "@data":
-                return header
-            header.append(words)
-    first = next((" ".join(w) for w in header if w), "")
-    raise ValueError(f"{role} file {path} is not a .ts file: it has no @data line (sktime's .ts format: header lines "
-                     "starting with @, such as @problemName and @classLabel true A B, then @data and one series a "
-                     "line)" + (f"; its first line reads {first[:60]!r}" if first else "; it is empty"))
-
-
-def load_ts(path: str, role: str) -> tuple:
-    """(X, y) of a labelled .ts file; ValueError naming the file when it is missing, is no .ts
-    file, does not parse or has labels that its @classLabel line does not declare."""
-    from sktime.datasets import load_from_tsfile
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{role} file {path} does not exist")
-    header = _ts_header(p, role)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            X, y = load_from_tsfile(str(p), return_data_type="nested_univ")
-    except Exception as e:
-        reason = " ".join(str(e).split())[:200]
-        raise ValueError(f"{role} file {path} is not a readable labelled .ts file "
-                         f"({type(e).__name__}: {reason})") from None
-    if _has_regression_target(p):
-        raise ValueError(f"{role} file {path} holds a regression target (@targetLabel), not class labels")
-    if y is None or len(y) != len(X):
-        raise ValueError(f"{role} file {path} has no class labels (@classLabel true ... is needed)")
-    # sktime checks the labels against @classLabel only in files with time stamps; it reads them in lower case.
-    declared = next(([w.lower() for w in words[2:]] for words in header
-                     if [w.lower() for w in words[:2]] == ["@classlabel", "true"]), None)
-    undeclared = [] if declared is None else sorted(set(map(str, y)) - set(declared))
-    if undeclared:
-        raise ValueError(f"{role} file {path} has class labels that its @classLabel line does not declare: "
-                         f"{', '.join(map(repr, undeclared))} (declared: {', '.join(map(repr, declared))})")
-    return X, y
-
-
-@dataclass
-class Panels:
-    """Both splits as (L_i, C) arrays with integer labels."""
-
-    source: dict
-    train_x: List[np.ndarray]
-    train_y: np.ndarray
-    test_x: List[np.ndarray]
-    test_y: np.ndarray
-    classes: np.ndarray
-
-
-def load_panels(cfg: ClassifyConfig) -> Panels:
-    """Read and check both splits; every problem is a ValueError naming the file or dataset."""
-    if cfg.dataset:
-        name, (X_tr, y_tr), (X_te, y_te) = load_named(cfg.dataset)
-        source = {"dataset": name}
-        what = {"train": f"dataset {name} (train split)", "test": f"dataset {name} (test split)"}
-    else:
-        (X_tr, y_tr), (X_te, y_te) = load_ts(cfg.train_file, "train"), load_ts(cfg.test_file, "test")
-        source = {"train_file": str(cfg.train_file), "test_file": str(cfg.test_file)}
-        what = {"train": f"train file {cfg.train_file}", "test": f"test file {cfg.test_file}"}
-    train_x, test_x = _panel_to_series(X_tr, what["train"]), _panel_to_series(X_te, what["test"])
-    if train_x[0].shape[1] != test_x[0].shape[1]:
-        n_test, n_train = test_x[0].shape[1], train_x[0].shape[1]
-        raise ValueError(f"{what['test']} has {n_test} channel{'s' * (n_test != 1)}, {what['train']} has {n_train}")
-    train_y, classes = encode_labels(np.asarray(y_tr).astype(str), name=f"{what['train']} labels")
-    test_y, _ = encode_labels(np.asarray(y_te).astype(str), classes, name=f"{what['test']} labels")
-    if len(classes) < 2:
-        raise ValueError(f"{what['train']} has a single class ({str(classes[0])!r}); classification needs two or more")
-    return Panels(source, train_x, train_y, test_x, test_y, classes)
-
-
-def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
-    """A permutation of range(len(labels)) whose every prefix holds the classes in (about) their
-    overall proportions: member j of n_c shuffled members of a class sits at (j + 0.5) / n_c,
-    ties broken at random. Its first k entries are a stratified sample of size k."""
-    rng = np.random.default_rng(seed)
-    position = np.empty(len(labels))
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        position[idx] = (np.arange(len(idx)) + 0.5) / len(idx)
-    return np.lexsort((rng.random(len(labels)), position))
-
-
-def _subset(x: List[np.ndarray], y: np.ndarray, limit: Optional[int]) -> Tuple[List[np.ndarray], np.ndarray]:
-    if limit is None or len(y) <= limit:
-        return x, y
-    keep = np.sort(stratified_order(y, SUBSET_SEED)[:limit])
-    return [x[i] for i in keep], y[keep]
-
-
 # ----------------------------------------------------------------------------- models
-
-
-@torch.no_grad()
-def predict_scores(model: torch.nn.Module, data: PanelDataset, batch_size: int, device: torch.device) -> np.ndarray:
-    """Class probabilities (N, n_classes), float64, of every series of `data`, in order; the
-    prediction is their argmax."""
-    model.eval()
-    out = []
-    for x, lengths, _ in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_unequal):
-        logits = model(x.to(device), lengths.to(device))                 # (B, n_classes)
-        out.append(torch.softmax(logits.cpu().double(), dim=-1))        # float64 on the CPU (not on MPS)
-    return torch.cat(out).numpy()
-
-
-def minirocket_variant(lengths: List[int], n_channels: int) -> str:
-    """The sktime transform for these series (lengths of train and test together)."""
-    if len(set(lengths)) == 1 and lengths[0] >= MINIROCKET_MIN_LENGTH:
-        return "MiniRocket" if n_channels == 1 else "MiniRocketMultivariate"
-    return "MiniRocketMultivariateVariable"
-
-
-def _minirocket_input(series: List[np.ndarray], variant: str):
-    """numpy3D (N, C, L) for the equal-length transforms, a list of (L_i, C) DataFrames otherwise."""
-    import pandas as pd
-    if variant == "MiniRocketMultivariateVariable":
-        return [pd.DataFrame(x) for x in series]
-    return np.stack([x.T for x in series])
-
-
-def fit_minirocket(train_x: List[np.ndarray], train_y: np.ndarray, variant: str, cfg: ClassifyConfig,
-                   seed: Optional[int] = None):
-    """(fitted transform, fitted classifier) on standardised training series; `seed` (default
-    cfg.seed) draws the biases."""
-    from sklearn.linear_model import RidgeClassifierCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sktime.transformations import rocket
-
-    common = dict(num_kernels=cfg.minirocket_kernels, random_state=cfg.seed if seed is None else seed, n_jobs=1)
-    if variant == "MiniRocketMultivariateVariable":
-        common["pad_value_short_series"] = 0.0
-    transform = getattr(rocket, variant)(**common)
-    classifier = make_pipeline(StandardScaler(with_mean=False), RidgeClassifierCV(alphas=np.logspace(-3, 3, 10)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        features = np.asarray(transform.fit_transform(_minirocket_input(train_x, variant)))
-    classifier.fit(features, train_y)
-    return transform, classifier
-
-
-def warm_up_minirocket(series: List[np.ndarray], variant: str) -> None:
-    """Run the `variant` transform once on two of `series` with its fewest kernels (84), so that
-    numba compiles (or loads from its cache) the functions that fit_minirocket then calls."""
-    from sktime.transformations import rocket
-
-    extra = {"pad_value_short_series": 0.0} if variant == "MiniRocketMultivariateVariable" else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        getattr(rocket, variant)(num_kernels=84, random_state=0, n_jobs=1, **extra).fit_transform(
-            _minirocket_input(series[:2], variant))
-
-
-def minirocket_state(transform, classifier, variant: str, classes: list, scaler) -> dict:
-    """The fitted MiniRocket model as tensors and plain values (loads with
-    torch.load(..., weights_only=True)): the transform's kernel parameters (dilations,
-    features per dilation, biases, ...; sktime's `parameters` tuple, in its order), the
-    feature scaling and the ridge classifier's weights."""
-    scale, ridge = classifier[0], classifier[-1]
-    return {"variant": variant, "classes": classes, "scaler": scaler.to_dict(),
-            "transform_parameters": [torch.as_tensor(np.asarray(p)) for p in transform.parameters],
-            "feature_scale": torch.as_tensor(scale.scale_), "ridge_coef": torch.as_tensor(ridge.coef_),
-            "ridge_intercept": torch.as_tensor(np.atleast_1d(ridge.intercept_)), "ridge_alpha": float(ridge.alpha_)}
-
-
-def minirocket_scores(transform, classifier, series: List[np.ndarray], variant: str,
-                      n_classes: int) -> np.ndarray:
-    """The ridge classifier's decision values (N, n_classes), float64, whose argmax is its
-    prediction (two classes: its one decision value d becomes the columns -d, d; a class absent
-    from the training series scores -inf)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        features = np.asarray(transform.transform(_minirocket_input(series, variant)))
-    d = np.asarray(classifier.decision_function(features), dtype=np.float64)
-    d = np.stack([-d, d], axis=1) if d.ndim == 1 else d                   # (N, classes seen)
-    scores = np.full((len(series), n_classes), -np.inf)
-    scores[:, classifier[-1].classes_] = d
-    return scores
 
 
 def ensemble_accuracy(score_files: List[Path], truth: np.ndarray) -> Optional[float]:
@@ -487,15 +223,6 @@ def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray
     m = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(m, (truth, pred), 1)
     return m
-
-
-def summarise_runs(runs: List[dict]) -> dict:
-    """A model's results entry from its runs (`tasks._runner.summarise_runs`: mean accuracy and its
-    sample standard deviation, ...), with the confusion counts summed over every run's predictions."""
-    entry = _summarise_runs(runs, ("accuracy",))
-    if len(runs) > 1:
-        entry["confusion_matrix"] = np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist()
-    return entry
 
 
 def _table_rows(results: dict, models: List[str]) -> List[dict]:
@@ -527,12 +254,12 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
     check_config(cfg)
     models = resolve_models(cfg)
     cfg = replace(cfg, augment=list(check_augment(cfg.augment)))  # "a,b" -> [a, b], as results.json keeps it
-    data = load_panels(cfg)
+    data = load_panels(cfg.dataset, cfg.train_file, cfg.test_file)
     if cfg.dataset:
         cfg = replace(cfg, dataset=data.source["dataset"])  # the canonical spelling of a shipped name
     n_train_all, n_test_all = len(data.train_y), len(data.test_y)
-    train_x, train_y = _subset(data.train_x, data.train_y, cfg.max_train)
-    test_x, test_y = _subset(data.test_x, data.test_y, cfg.max_test)
+    train_x, train_y = stratified_subset(data.train_x, data.train_y, cfg.max_train, SUBSET_SEED)
+    test_x, test_y = stratified_subset(data.test_x, data.test_y, cfg.max_test, SUBSET_SEED)
     n_val = int(round(cfg.val_fraction * len(train_y))) if cfg.val_fraction > 0 else 0
     if cfg.val_fraction > 0:
         n_val = max(n_val, 1)
@@ -542,12 +269,6 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
 
     if n_val and cfg.train.monitor != "val":  # the holdout decides; record the loss that really does
         cfg = replace(cfg, train=replace(cfg.train, monitor="val"))
-
-    stem = cfg.dataset or Path(cfg.train_file).stem
-    out, previous, cfg_dict = open_run(cfg, "classify", stem, _DATA_KEYS, _LEGACY,
-                                       file_keys=("train_file", "test_file"))
-    log(f"[out] {out}")
-    results_path = out / "results.json"
 
     scaler = fit_panel_scaler(train_x)
     test_ds = PanelDataset(test_x, test_y, scaler)
@@ -560,8 +281,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
     n_channels = int(train_x[0].shape[1])
     variant = minirocket_variant(lengths, n_channels)
     padded = variant == "MiniRocketMultivariateVariable" and min(lengths) < MINIROCKET_MIN_LENGTH
-    state = {
-        "config": cfg_dict,
+    header = {
         "dataset": {
             **data.source,
             "n_train": len(train_y), "n_test": len(test_y),
@@ -598,9 +318,10 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             "minirocket_variant": variant,
             "scaler": scaler.to_dict(),
         },
-        "results": previous.get("results", {}),
-        "partial": previous.get("partial", {}),
     }
+    run = GridRun(cfg, "classify", cfg.dataset or Path(cfg.train_file).stem, file_keys=("train_file", "test_file"),
+                  header=header, log=log)
+    out = run.out
 
     warmed: List[bool] = []  # MiniRocket warmed up in this process (once, whatever the seeds)
 
@@ -613,7 +334,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
         t0 = time.perf_counter()
         if name == "minirocket":
             log(f"[train] minirocket ({cfg.minirocket_kernels} kernels, seed {seed})")
-            transform, classifier = fit_minirocket(std_train, train_y, variant, cfg, seed)
+            transform, classifier = fit_minirocket(std_train, train_y, variant, cfg.minirocket_kernels, seed)
             train_time = time.perf_counter() - t0
             save_atomic(minirocket_state(transform, classifier, variant, classes, scaler), model_dir / "model.pt")
             scores = minirocket_scores(transform, classifier, std_test, variant, len(classes))
@@ -630,11 +351,12 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
             resumed = ckpt.exists() and any(ckpt.iterdir())
             log(f"[{'resume' if resumed else 'train'}] {name} ({n_params} parameters, seed {seed})")
             train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
-            loss_fn = partial(classification_loss, augment=tuple(cfg.augment)) if cfg.augment else classification_loss
-            trainer = Trainer(model, loss_fn, train_cfg, run_dir=model_dir, collate_fn=collate_unequal)
+            augment = BatchAugment(cfg.augment) if cfg.augment else None
+            trainer = Trainer(model, classification_loss, train_cfg, run_dir=model_dir, collate_fn=collate_unequal,
+                              batch_transform=augment)
             fit = trainer.fit(fit_ds, val_ds)
             train_time = fit["train_time_s"]  # summed over interrupted runs
-            scores = predict_scores(trainer.model, test_ds, cfg.eval_batch_size, device)
+            scores = predict_proba(trainer.model, test_ds, cfg.eval_batch_size, device)
             extra = {"params": n_params, "epochs": fit["epochs"],
                      "best_val_loss": json_float(fit["best_val_loss"]) if val_ds is not None else None,
                      "early_stopped": fit["early_stopped"]}
@@ -645,49 +367,33 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
         return {"accuracy": accuracy, **extra, "train_time_s": round(train_time, 3),
                 "confusion_matrix": confusion(test_y, pred, len(classes)).tolist()}
 
-    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    def add_ensemble(name: str, entry: dict, runs: List[dict]) -> None:
+        """Several seeds: the confusion counts summed over every run's predictions, and the
+        accuracy of the runs' averaged test scores (the seed ensemble)."""
+        entry["confusion_matrix"] = np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist()
+        files = [run.seed_folder(name, r["seed"]) / SCORES_FILE for r in runs]
+        entry["ensemble_accuracy"] = ensemble = ensemble_accuracy(files, test_y)
+        if ensemble is None:
+            missing = ", ".join(str(f.relative_to(out)) for f in files if not f.is_file())
+            log(f"[note] {name}: no seed ensemble, the test scores of these runs are missing: {missing}")
+        else:
+            log(f"[done] {name}: the ensemble of seeds {run.seeds[0]}..{run.seeds[-1]}: accuracy {ensemble:.4f}")
+
     for name in models:
-        if name in state["results"]:
-            log(f"[skip] {name}: already in {results_path}")
-            continue
+        run.job(name, None, name, folder=name, run_one=partial(fit_and_score, name), metrics=("accuracy",),
+                extend=partial(add_ensemble, name))
 
-        def one_run(seed: int) -> dict:
-            # One run: the folder of a single-seed run; several: a folder per seed inside it.
-            return fit_and_score(name, seed, out / name if cfg.seeds == 1 else out / name / f"seed{seed}")
-
-        def save_partial(runs: List[dict]) -> None:
-            state["partial"][name] = runs
-            write_json_atomic(state, results_path)
-
-        runs = run_seeds(seeds, state["partial"].get(name, []), one_run, save_partial)
-        state["partial"].pop(name, None)
-        state["results"][name] = summarise_runs(runs)
-        if len(runs) > 1:
-            r = state["results"][name]
-            files = [out / name / f"seed{seed}" / SCORES_FILE for seed in seeds]
-            r["ensemble_accuracy"] = ensemble = ensemble_accuracy(files, test_y)
-            if ensemble is None:
-                missing = ", ".join(str(f.relative_to(out)) for f in files if not f.is_file())
-                log(f"[note] {name}: no seed ensemble, these runs predate rlts keeping test scores: {missing}")
-            log(f"[done] {name}: mean accuracy {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} over seeds "
-                f"{seeds[0]}..{seeds[-1]}" + (f"; their ensemble {ensemble:.4f}" if ensemble is not None else ""))
-        write_json_atomic(state, results_path)
-
-    write_json_atomic(state, results_path)
-    md = write_table(_table_rows(state["results"], table_order(models, state["results"])),
-                     out / "results.csv", out / "results.md")
+    md = run.finish(_table_rows(run.results, table_order(models, run.results)))
     if cfg.plots:
-        plot_confusion(out / "confusion_matrix.png", state, models)
+        plot_confusion(out / "confusion_matrix.png", run.state, models)
     log(md)
-    return state
+    return run.state
 
 
 def plot_confusion(path: Path, state: dict, models: List[str]) -> Optional["matplotlib.figure.Figure"]:
     """One panel per model: test-set counts, row = true class, column = predicted class (summed
-    over the seeds of a model run with several). Returns the (closed) figure, None without models."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    over the seeds of a model run with several). Returns the figure, None without models."""
+    from matplotlib.figure import Figure
 
     done = [m for m in models if m in state["results"]]
     if not done:
@@ -695,7 +401,8 @@ def plot_confusion(path: Path, state: dict, models: List[str]) -> Optional["matp
     classes = state["dataset"]["classes"]
     k = len(classes)
     size = min(2.0 + 0.35 * k, 9.0)
-    fig, axes = plt.subplots(1, len(done), figsize=(size * len(done), size), squeeze=False)
+    fig = Figure(figsize=(size * len(done), size))
+    axes = fig.subplots(1, len(done), squeeze=False)
     for ax, m in zip(axes[0], done):
         counts = np.asarray(state["results"][m]["confusion_matrix"])
         image = ax.imshow(counts, cmap="Blues")
@@ -719,7 +426,6 @@ def plot_confusion(path: Path, state: dict, models: List[str]) -> Optional["matp
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return fig
 
 
@@ -729,11 +435,12 @@ ALIASES = {"--train": "--train_file", "--test": "--test_file", "--model": "--mod
 """Short spellings accepted by `rlts classify` for the config keys (--train.epochs stays a Trainer key)."""
 
 
+COMMANDS = (Command("classify", ClassifyConfig, "classify.yaml", run_classify, aliases=ALIASES, lists=("models",),
+                    help="train and evaluate time-series classifiers (UCR/UEA datasets or .ts files) "
+                         "against MiniRocket",
+                    usage="rlts classify --dataset NAME | --train FILE.ts --test FILE.ts [--key value ...]",
+                    stem=lambda cfg: cfg.dataset or Path(cfg.train_file).stem),)
+
+
 def parse_classify_config(argv: List[str]) -> ClassifyConfig:
-    cfg = parse_task_config(ClassifyConfig, argv, CONFIG_PATH, ALIASES)
-    cfg.models = split_names(cfg.models)
-    return cfg
-
-
-def cli_run(args) -> int:
-    return cli_main("classify", lambda: run_classify(parse_classify_config(list(args.overrides))))
+    return COMMANDS[0].parse(argv)

@@ -6,7 +6,7 @@ trained on a recorded dataset, then evaluated in the environment.
     rlts offline --dataset pong.npz --models aaren,mamba,transformer --target_return 20 --config debug
 
 Data: one `rlts.data.trajectories` file (`rlts record`). Its metadata names the environment
-(`env`, made with the recorded `env_kwargs` by `tasks.envs.make_env`; `--env` overrides) and
+(`env`, made with the recorded `env_kwargs` by `rlts.tasks.rl.envs.make_env`; `--env` overrides) and
 the policy that produced it. Discrete actions (cross-entropy, argmax when acting) and
 continuous ones in [-1, 1] (make_env rescales every Box action space to it; mean squared
 error, the predicted action when acting), e.g. the MuJoCo datasets of `rlts behaviour` +
@@ -34,7 +34,7 @@ The episodes are split once (seeded) into training and validation episodes (`val
 the Trainer stops early on the validation loss and restores the best weights.
 
 Evaluation, per model: `eval_episodes` episodes, episode k reset with the seed
-`tasks.rl.derive_seed(seed, 4, k)` (the same episodes for every model), acting one step at a
+`rlts.runtime.derive_seed(seed, 4, k)` (the same episodes for every model), acting one step at a
 time (`start` / `act` / `observe_action`, batch 1) with the argmax action; the return-to-go
 starts at `target_return` (default: the dataset's best episode return) and each reward is
 subtracted from it. Reported: mean / std / per-episode returns and lengths, the normalised
@@ -64,35 +64,33 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rlts.config import to_dict
+from rlts.config import param, to_dict
 from rlts.data.trajectories import Trajectories, load_trajectories, returns_to_go
 from rlts.heads.decision import DecisionModel, decision_loss
 from rlts.nn import count_parameters, state_nbytes
-from rlts.runtime import seed_everything, select_device
+from rlts.runtime import derive_seed, seed_everything, select_device
 from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig, check_train_config
-from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
+from rlts.tasks.runner import Command
+from rlts.tasks.runner import (CONFIG_DIR, TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
                            table_order, write_json_atomic)
-from tasks._runner import resolve_models as _resolve_models
+from rlts.tasks.runner import resolve_models as _resolve_models
 
-CONFIG_PATH = Path(__file__).parent / "configs" / "offline.yaml"
+CONFIG_PATH = CONFIG_DIR / "offline.yaml"
 WINDOWED = ("transformer",)
 """Backbones that train on windows of `context` steps; all others train from episode starts."""
 RANDOM_POLICIES = ("random", "uniform random")
 """Metadata `policy` values that mark a uniform-random dataset (its mean return is the random reference)."""
 # Config keys whose change makes earlier results in the same `out` incomparable.
-_DATA_KEYS = ("dataset", "env", "seed", "d_model", "n_layers", "aaren_decay", "context", "dropout", "return_scale",
-              "max_timestep", "target_return", "eval_episodes", "max_episode_len", "window_stride",
-              "recurrent_batch_size", "recurrent_epochs", "recurrent_window", "val_fraction", "train")
 
 
 @dataclass
 class OfflineConfig:
     """Settings of `rlts offline`."""
 
-    dataset: str = ""
+    dataset: str = param("", result=True)
     """The trajectories file (.npz, `rlts record`)."""
-    env: Optional[str] = None
+    env: Optional[str] = param(None, result=True)
     """Environment to evaluate in; default the dataset's metadata `env` (made with its recorded
     env_kwargs)."""
     models: List[str] = field(default_factory=lambda: ["backbone", "transformer"])
@@ -100,68 +98,62 @@ class OfflineConfig:
     `backbone` (= the `backbone` key). transformer is the Decision Transformer."""
     backbone: str = "aaren"
     """The backbone the model name `backbone` stands for (aaren: DecisionAaren)."""
-    d_model: int = 64
+    d_model: int = param(64, result=True)
     """Width of the sequence model."""
-    n_layers: int = 3
+    n_layers: int = param(3, result=True)
     """Blocks in the sequence model."""
-    aaren_decay: bool = False
+    aaren_decay: bool = param(False, result=True)
     """Aaren models: a learned per-head clock in the scores, so that older tokens weigh less
     (rlts.nn.aaren.Aaren, option decay); false: the paper's content-only attention."""
-    context: int = 20
+    context: int = param(20, result=True)
     """The transformer's window in env steps, for training windows and acting (KV cache of
     3 * context - 2 tokens). Unused by the recurrent backbones."""
-    dropout: float = 0.1
+    dropout: float = param(0.1, result=True)
     """Dropout on the token embeddings."""
-    return_scale: Optional[float] = None
+    return_scale: Optional[float] = param(None, result=True)
     """Returns-to-go are divided by it before embedding; default the dataset's largest
     |episode return| (1 if that is 0)."""
-    max_timestep: Optional[int] = None
+    max_timestep: Optional[int] = param(None, result=True)
     """Size of the timestep embedding (later steps share the last entry); default the
     dataset's longest episode."""
-    target_return: Optional[float] = None
+    target_return: Optional[float] = param(None, result=True)
     """Return-to-go the policy is conditioned on at the first step; default the dataset's best
     episode return."""
-    eval_episodes: int = 10
+    eval_episodes: int = param(10, result=True)
     """Evaluation episodes per model (seeds derive_seed(seed, 4, k))."""
-    max_episode_len: Optional[int] = None
+    max_episode_len: Optional[int] = param(None, result=True)
     """Recurrent backbones train on the first max_episode_len steps of every episode; default
     whole episodes."""
-    window_stride: int = 1
+    window_stride: int = param(1, result=True)
     """The transformer's training windows start at every window_stride-th step of each episode."""
-    recurrent_batch_size: Optional[int] = 2
+    recurrent_batch_size: Optional[int] = param(2, result=True)
     """Batch size (episodes) of the recurrent backbones, which train on one whole episode per
     example: far fewer and longer examples than the transformer's windows, so small batches to
     take enough gradient steps (2 against 8: HalfCheetah medium 1,444 against 898, Hopper medium
     1,368 against 714; docs/results.md). None: train.batch_size."""
-    recurrent_epochs: Optional[int] = 100
+    recurrent_epochs: Optional[int] = param(100, result=True)
     """Epochs of the recurrent backbones (early stopping still applies). None: train.epochs."""
-    recurrent_window: Optional[int] = None
+    recurrent_window: Optional[int] = param(None, result=True)
     """Recurrent backbones train on windows of this many steps, as the transformer does (every
     window_stride-th start, train.batch_size, train.epochs), each window seen from a fresh
     state; they still act from the episode start with their whole state. None: whole episodes.
     Which is better depends on the dataset (docs/results.md, "How Aaren is trained"): 20 with
     aaren_decay on HalfCheetah medium (2,992 against 1,444), 20 alone on CartPole (272 against
     93), whole episodes on Hopper medium and replay."""
-    val_fraction: float = 0.1
+    val_fraction: float = param(0.1, result=True)
     """Fraction of the episodes (seeded choice, at least one when there are two or more) held
     out for early stopping; 0: no validation, no early stopping."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = param(default_factory=TrainConfig, result=True)
     """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
     train.device are replaced by the top-level seed and device."""
     out: Optional[str] = None
     """Output folder; default runs/offline-<dataset stem>-<timestamp>. Reuse it to resume."""
-    seed: int = 0
+    seed: int = param(0, result=True)
     """Seeds the validation split, model initialisation, training and evaluation episodes."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     plots: bool = True
     """Write returns.png."""
-
-
-def derive_seed(*keys: int) -> int:
-    from tasks.rl import derive_seed as _derive  # tasks.rl imports the world model: lazily
-
-    return _derive(*keys)
 
 
 def resolve_models(cfg: OfflineConfig) -> List[str]:
@@ -274,7 +266,7 @@ def make_eval_env(cfg: OfflineConfig, data: Trajectories):
     """(env name, env kwargs, an env) for evaluation; ValueErrors for a missing env id, or a
     dataset that does not fit the env's spaces (observation shape, discrete vs continuous
     actions, number of actions or action width)."""
-    from tasks.envs import make_env
+    from rlts.tasks.rl.envs import make_env
 
     meta = data.metadata
     name = cfg.env or meta.get("env")
@@ -326,39 +318,56 @@ def random_returns(env, episodes: int, seed: int) -> List[float]:
     return out
 
 
+class DecisionPolicy:
+    """A DecisionModel acting for `run_episodes`, one env step at a time (batch 1): greedily
+    (argmax; continuous: the predicted action), the return-to-go starting at `target_return`
+    and decreased by every reward. Times its act + observe_action calls and keeps the bytes of
+    its state after the longest episode."""
+
+    def __init__(self, model: DecisionModel, target_return: float, device: torch.device):
+        self.model, self.target_return, self.device = model, float(target_return), device
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.act_time, self.longest, self.state_bytes = 0.0, -1, 0
+
+    def start(self, n: int) -> None:
+        self.state = self.model.start(n, self.device)
+        self.rtg, self.t = self.target_return, 0
+
+    def __call__(self, obs: np.ndarray) -> list:
+        """obs (1, *obs_shape) -> [the env's action]."""
+        self.sync()
+        t0 = time.perf_counter()
+        ts = torch.tensor([self.t], dtype=torch.long, device=self.device)
+        pred, self.state = self.model.act(torch.as_tensor(obs, device=self.device),
+                                          torch.tensor([self.rtg], dtype=torch.float32, device=self.device), ts,
+                                          self.state)
+        action = pred.argmax(-1) if self.model.discrete else pred   # (1,) or (1, act_dim) in [-1, 1]
+        self.state = self.model.observe_action(action, ts, self.state)
+        self.sync()
+        self.act_time += time.perf_counter() - t0
+        return [int(action[0]) if self.model.discrete else action[0].float().cpu().numpy()]
+
+    def observe(self, step) -> None:
+        """The reward of a step (a run_episodes Step) lowers the return-to-go."""
+        self.rtg, self.t = self.rtg - float(step.reward), self.t + 1
+        if (step.terminated or step.truncated) and self.t > self.longest:
+            self.longest, self.state_bytes = self.t, state_nbytes(self.state)
+
+
 @torch.no_grad()
 def evaluate_policy(model: DecisionModel, env, episodes: int, seed: int, target_return: float,
                     device: torch.device) -> dict:
     """Act greedily (argmax; continuous: the predicted action) for `episodes` episodes, batch 1, the return-to-go starting at
     `target_return` and decreased by every reward. Returns, lengths, ms per step, state bytes."""
+    from rlts.tasks.rl.episodes import run_episodes
+
     model.eval()
-    returns, lengths, act_time, steps = [], [], 0.0, 0
-    longest, state_bytes = -1, 0
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for k in range(episodes):
-        obs, _ = env.reset(seed=derive_seed(seed, 4, k))
-        state = model.start(1, device)
-        rtg, total, t, done = float(target_return), 0.0, 0, False
-        while not done:
-            sync()
-            t0 = time.perf_counter()
-            ts = torch.tensor([t], dtype=torch.long, device=device)
-            pred, state = model.act(torch.as_tensor(np.asarray(obs)[None], device=device),
-                                    torch.tensor([rtg], dtype=torch.float32, device=device), ts, state)
-            action = pred.argmax(-1) if model.discrete else pred   # (1,) or (1, act_dim) in [-1, 1]
-            state = model.observe_action(action, ts, state)
-            sync()
-            act_time += time.perf_counter() - t0
-            a = int(action[0]) if model.discrete else action[0].float().cpu().numpy()
-            obs, r, term, trunc, _ = env.step(a)
-            rtg, total, t, done = rtg - float(r), total + float(r), t + 1, term or trunc
-        steps += t
-        returns.append(total)
-        lengths.append(t)
-        if t > longest:
-            longest, state_bytes = t, state_nbytes(state)
-    return {"returns": returns, "lengths": lengths, "act_ms_per_step": 1000.0 * act_time / max(steps, 1),
-            "state_bytes": state_bytes, "state_bytes_after_steps": longest}
+    policy = DecisionPolicy(model, target_return, device)
+    result = run_episodes([env], [derive_seed(seed, 4, k) for k in range(episodes)], policy, start=policy.start,
+                          on_step=policy.observe)
+    return {"returns": result.returns, "lengths": result.lengths,
+            "act_ms_per_step": 1000.0 * policy.act_time / max(sum(result.lengths), 1),
+            "state_bytes": policy.state_bytes, "state_bytes_after_steps": policy.longest}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -419,7 +428,7 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
     actions = action_size(env)
     train_eps, val_eps = split_episodes(data.n_episodes, cfg.val_fraction, cfg.seed)
 
-    out, previous, cfg_dict = open_run(cfg, "offline", Path(cfg.dataset).stem, _DATA_KEYS, file_keys=("dataset",))
+    out, previous, cfg_dict = open_run(cfg, "offline", Path(cfg.dataset).stem, file_keys=("dataset",))
     log(f"[out] {out}")
     recorded = data.metadata.get("env")
     if recorded and env_name != recorded:
@@ -526,3 +535,9 @@ def parse_offline_config(argv: List[str]) -> OfflineConfig:
 
 def cli_run(args) -> int:
     return cli_main("offline", lambda: run_offline(parse_offline_config(list(args.overrides))))
+
+
+COMMANDS = (Command("offline", OfflineConfig, "offline.yaml", run_offline, aliases=ALIASES, lists=("models",),
+                    help="train return-conditioned policies (DecisionAaren vs Decision Transformer) on an "
+                         "offline dataset",
+                    stem=lambda cfg: Path(cfg.dataset).stem),)

@@ -8,13 +8,17 @@ actions (Atari through `rlts atari`, vector tasks such as CartPole through `rlts
 Read top to bottom, per environment step (Drama's schedule):
 1. act: the first `random_steps` steps uniformly at random, then the actor on s_t = [z_t, h_{t-1}]
    (posterior latent of the frame, the sequence model's recurrent state): one `step` of the
-   sequence model per action, constant memory per step;
+   sequence model per action, constant memory per step (rlts.world_models.agent.Agent, one
+   acting state per environment);
 2. store (obs_t, a_t, r_t, terminated_t or life lost) in the replay buffer; finished episodes are
-   reset with their own seed (episode k of env i: a seed derived from (seed, i, k));
-3. train, once past `random_steps`, `updates_per_step` times per step: one world-model update on
-   `batch_size` windows of `batch_length` steps (DFS sampling), then one actor-critic update on
-   `imagine_batch` rollouts of `imagine_horizon` steps from `imagine_context` real frames;
-4. every `eval_every` steps: greedy evaluation on full episodes (no life-loss signal);
+   reset with their own seed (episode k of env i: rlts.runtime.episode_seed(seed, i, k), the
+   environments of a rlts.tasks.rl.episodes.EpisodeCollector);
+3. train, once past `random_steps`, `updates_per_step` times per step (rlts.world_models.learner):
+   one world-model update on `batch_size` windows of `batch_length` steps (DFS sampling), then
+   one actor-critic update on `imagine_batch` rollouts of `imagine_horizon` steps from
+   `imagine_context` real frames;
+4. every `eval_every` steps: greedy evaluation on full episodes (no life-loss signal), run side by
+   side with one batched acting state (rlts.tasks.rl.episodes.run_episodes);
    every `checkpoint_every` steps: an atomic checkpoint of everything, the replay buffer included.
 
 Exact resume: a checkpoint holds the models, optimisers, buffer, counters, RNG states, the
@@ -42,16 +46,18 @@ from torch.utils._pytree import tree_map
 from rlts.checkpoint import Checkpointer, set_rng_state
 from rlts.config import save_yaml, to_dict
 from rlts.nn import count_parameters
-from rlts.runtime import seed_everything, select_device
+from rlts.runtime import derive_seed, seed_everything, select_device
 from rlts.tracking import RunLogger, write_table
-from tasks._runner import cli_main, load_results, output_folder, parse_task_config, write_json_atomic
-from tasks.envs import EnvSpec, env_spec, make_env, make_vector_env, rebuild_vector_env
-from world_models.actor_critic import ActorCritic, ActorCriticConfig
-from world_models.optim import LaProp
-from world_models.replay import ReplayBuffer
-from world_models.world_model import WorldModel, WorldModelConfig
+from rlts.tasks.runner import Command
+from rlts.tasks.runner import CONFIG_DIR, cli_main, load_results, output_folder, parse_task_config, write_json_atomic
+from rlts.tasks.rl.envs import env_spec, make_env
+from rlts.tasks.rl.episodes import EpisodeCollector, run_episodes
+from rlts.world_models.actor_critic import ActorCritic, ActorCriticConfig
+from rlts.world_models.agent import Agent
+from rlts.world_models.learner import Learner, LearnerConfig
+from rlts.world_models.replay import ReplayBuffer
+from rlts.world_models.world_model import WorldModel, WorldModelConfig
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 # Settings a resumed run must share with its checkpoint (`steps` may grow: training continues).
 _RESULT_KEYS = ("env", "num_envs", "seed", "world_model", "agent", "buffer_size", "random_steps",
                 "updates_per_step", "batch_size", "batch_length", "sampling", "wm_lr", "imagine_batch",
@@ -72,9 +78,9 @@ class RLConfig:
     seed: int = 0
     """Seeds the models, the sampling and every episode's reset."""
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
-    """The world model (world_models.world_model.WorldModelConfig)."""
+    """The world model (rlts.world_models.world_model.WorldModelConfig)."""
     agent: ActorCriticConfig = field(default_factory=ActorCriticConfig)
-    """The actor-critic (world_models.actor_critic.ActorCriticConfig)."""
+    """The actor-critic (rlts.world_models.actor_critic.ActorCriticConfig)."""
     buffer_size: int = 100_000
     """Replay capacity in transitions (all environments together)."""
     random_steps: int = 1032
@@ -128,18 +134,6 @@ class RLConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-def derive_seed(*keys: int) -> int:
-    """A 32-bit seed derived from non-negative integers (numpy's SeedSequence): independent
-    streams for training episodes (seed, 0, env, episode), evaluation episodes
-    (seed, 1, round, episode) and evaluation's torch RNG (seed, 2, round)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
-
-
-def episode_seed(seed: int, env_index: int, episode: int) -> int:
-    """The reset seed of training episode `episode` of environment `env_index`."""
-    return derive_seed(seed, 0, env_index, episode)
-
-
 def check_config(cfg: RLConfig) -> None:
     positive = ["steps", "num_envs", "buffer_size", "batch_size", "batch_length", "imagine_batch",
                 "imagine_context", "imagine_horizon", "final_eval_episodes", "checkpoint_every", "log_every"]
@@ -157,78 +151,58 @@ def check_config(cfg: RLConfig) -> None:
                          f"environment at least batch_length = {cfg.batch_length} steps before training")
 
 
-class Collector:
-    """The environments, their current observations and episodes, and the recurrent acting
-    state of each (a separate state per environment: episodes end at different steps)."""
+def env_kwargs(cfg: RLConfig) -> dict:
+    return dict(image_size=cfg.image_size, noop_max=cfg.noop_max, max_episode_frames=cfg.max_episode_frames)
 
-    def __init__(self, cfg: RLConfig, wm: WorldModel, device: torch.device):
-        self.cfg, self.wm, self.device = cfg, wm, device
-        self.envs = make_vector_env(cfg.env, cfg.num_envs, **env_kwargs(cfg))
-        self.n = cfg.num_envs
-        self.episode = [0] * self.n             # episodes started per env
-        self.actions: List[List[int]] = [[] for _ in range(self.n)]
-        self.ep_return = [0.0] * self.n
-        self.ep_length = [0] * self.n
-        self.obs: Optional[np.ndarray] = None   # (N, *obs_shape)
-        self.acting = [wm.initial_state(1, device) for _ in range(self.n)]
+
+def learner_config(cfg: RLConfig) -> LearnerConfig:
+    """The learner's settings of a run: its models and update schedule."""
+    return LearnerConfig(world_model=cfg.world_model, agent=cfg.agent, batch_size=cfg.batch_size,
+                         batch_length=cfg.batch_length, sampling=cfg.sampling, wm_lr=cfg.wm_lr, wm_eps=cfg.wm_eps,
+                         wm_warmup=cfg.wm_warmup, wm_grad_clip=cfg.wm_grad_clip, imagine_batch=cfg.imagine_batch,
+                         imagine_context=cfg.imagine_context, imagine_horizon=cfg.imagine_horizon)
+
+
+class Collector:
+    """The environments (an EpisodeCollector), their current observations and episodes, and the
+    agent acting in each: a separate recurrent acting state per environment (episodes end at
+    different steps)."""
+
+    def __init__(self, cfg: RLConfig, learner: Learner, device: torch.device):
+        self.envs = EpisodeCollector(cfg.env, cfg.num_envs, cfg.seed, **env_kwargs(cfg))
+        self.n_actions, self.device = learner.wm.n_actions, device
+        self.agents = [Agent(learner.wm, learner.ac, device) for _ in range(cfg.num_envs)]
+        for agent in self.agents:
+            agent.start(1)
 
     def start(self) -> None:
-        seeds = [episode_seed(self.cfg.seed, i, 0) for i in range(self.n)]
-        self.obs, _ = self.envs.reset(seed=seeds)
+        self.envs.start()
 
-    def act(self, random: bool, ac: ActorCritic) -> np.ndarray:
+    def act(self, random: bool) -> np.ndarray:
         """Actions (N,) for the current observations; advances each env's acting state."""
         if random:
-            return torch.randint(self.wm.n_actions, (self.n,)).numpy()
-        out = np.empty(self.n, dtype=np.int64)
-        for i in range(self.n):
-            h, s = self.acting[i]
-            feat = self.wm.observe(torch.as_tensor(self.obs[i : i + 1], device=self.device), h)
-            a = ac.policy(feat)
-            self.acting[i] = self.wm.advance(feat, a, s)
-            out[i] = int(a)
-        return out
+            return torch.randint(self.n_actions, (len(self.agents),)).numpy()
+        obs = self.envs.obs                                                       # (N, *obs_shape)
+        return np.array([int(agent.act(obs[i : i + 1])) for i, agent in enumerate(self.agents)], dtype=np.int64)
 
     def step(self, actions: np.ndarray, buffer: ReplayBuffer) -> List[tuple]:
         """Step every env, store the transitions, reset finished episodes. Returns the finished
         episodes as (return, length)."""
-        obs, reward, terminated, truncated, info = self.envs.step(actions)
-        life_loss = np.asarray(info.get("life_loss", np.zeros(self.n, bool)), dtype=bool)
-        buffer.add(self.obs, actions, reward, np.logical_or(terminated, life_loss))
-        finished, done = [], np.logical_or(terminated, truncated)
-        for i in range(self.n):
-            self.actions[i].append(int(actions[i]))
-            self.ep_return[i] += float(reward[i])
-            self.ep_length[i] += 1
-            if done[i]:
-                finished.append((self.ep_return[i], self.ep_length[i]))
-                self.episode[i] += 1
-                self.actions[i], self.ep_return[i], self.ep_length[i] = [], 0.0, 0
-                self.acting[i] = self.wm.initial_state(1, self.device)
-        if done.any():
-            seeds = [episode_seed(self.cfg.seed, i, self.episode[i]) if done[i] else None for i in range(self.n)]
-            new_obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": done})
-            obs = np.where(done.reshape(-1, *[1] * (obs.ndim - 1)), new_obs, obs)
-        self.obs = obs
-        return finished
+        t = self.envs.step(actions)
+        buffer.add(t.obs, actions, t.reward, np.logical_or(t.terminated, t.life_loss))
+        for i in np.flatnonzero(t.done):
+            self.agents[i].start(1)
+        return [(ret, length) for _, ret, length in t.finished]
 
     def state_dict(self) -> dict:
-        return {"episode": list(self.episode), "ep_return": list(self.ep_return), "ep_length": list(self.ep_length),
-                "actions": [torch.tensor(a, dtype=torch.long) for a in self.actions],
-                "obs": torch.as_tensor(self.obs), "acting": self.acting}
+        return {**self.envs.state_dict(), "acting": [agent.state for agent in self.agents]}
 
     def load_state_dict(self, d: dict) -> None:
-        """Rebuild every env: reset with its episode's seed, replay the episode's actions."""
-        self.episode, self.ep_return, self.ep_length = list(d["episode"]), list(d["ep_return"]), list(d["ep_length"])
-        self.actions = [a.tolist() for a in d["actions"]]
-        self.acting = tree_map(lambda t: t.to(self.device), d["acting"])
-        self.envs.close()
-        seeds = [episode_seed(self.cfg.seed, i, self.episode[i]) for i in range(self.n)]
-        self.envs, self.obs = rebuild_vector_env(self.cfg.env, seeds, self.actions, **env_kwargs(self.cfg))
-        if not np.array_equal(self.obs, d["obs"].numpy()):
-            raise ValueError(f"cannot resume exactly: replaying the current episode of {self.cfg.env} did not "
-                             "reproduce the stored observation (the environment is not deterministic given its "
-                             "reset seed and actions)")
+        """Rebuild every env (reset with its episode's seed, replay the episode's actions) and
+        restore the acting states."""
+        self.envs.load_state_dict(d)
+        for agent, state in zip(self.agents, d["acting"]):
+            agent.state = tree_map(lambda t: t.to(self.device), state)
 
 
 def check_resumable(old: dict, cfg: RLConfig, path: Path) -> None:
@@ -241,10 +215,6 @@ def check_resumable(old: dict, cfg: RLConfig, path: Path) -> None:
         raise ValueError(f"{path} is a checkpoint of a different setup ({diff}); use another --out")
 
 
-def env_kwargs(cfg: RLConfig) -> dict:
-    return dict(image_size=cfg.image_size, noop_max=cfg.noop_max, max_episode_frames=cfg.max_episode_frames)
-
-
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(wm: WorldModel, ac: ActorCritic, cfg: RLConfig, episodes: int, round_: int,
@@ -252,118 +222,29 @@ def evaluate(wm: WorldModel, ac: ActorCritic, cfg: RLConfig, episodes: int, roun
     """Greedy returns of `episodes` full episodes run side by side (one batched acting state);
     its own environments and seeds, and a forked RNG (training's random streams stay untouched)."""
     envs = [make_env(cfg.env, **env_kwargs(cfg)) for _ in range(episodes)]
-    obs = np.stack([env.reset(seed=derive_seed(cfg.seed, 1, round_, k))[0] for k, env in enumerate(envs)])
-    returns = np.zeros(episodes)
-    alive = np.arange(episodes)                  # episodes still running, in batch order
+    agent = Agent(wm, ac, device, greedy=True)
     wm.eval(); ac.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(derive_seed(cfg.seed, 2, round_))
-        h, state = wm.initial_state(episodes, device)
-        while len(alive):
-            feat = wm.observe(torch.as_tensor(obs, device=device), h)
-            action = ac.policy(feat, greedy=True)
-            h, state = wm.advance(feat, action, state)
-            keep, next_obs = [], []
-            for j, k in enumerate(alive):
-                o, r, term, trunc, _ = envs[k].step(int(action[j]))
-                returns[k] += r
-                if not (term or trunc):
-                    keep.append(j)
-                    next_obs.append(o)
-            if len(keep) < len(alive):
-                idx = torch.tensor(keep, dtype=torch.long, device=device)
-                h, state = h[idx], tree_map(lambda t: t[idx], state)
-                alive = alive[keep]
-            obs = np.stack(next_obs) if next_obs else obs
+        result = run_episodes(envs, [derive_seed(cfg.seed, 1, round_, k) for k in range(episodes)],
+                              lambda obs: agent.act(obs).tolist(), start=agent.start, keep=agent.keep)
     for env in envs:
         env.close()
     wm.train(); ac.train()
-    return returns.tolist()
-
-
-class Learner:
-    """The world model, the actor-critic, their optimisers and one update of each."""
-
-    def __init__(self, cfg: RLConfig, spec: EnvSpec, device: torch.device):
-        self.cfg, self.device = cfg, device
-        self.wm = WorldModel(spec.obs_shape, spec.n_actions, cfg.world_model).to(device)
-        self.ac = ActorCritic(self.wm.d_feat, spec.n_actions, cfg.agent).to(device)
-        self.wm_opt = LaProp(self.wm.parameters(), lr=cfg.wm_lr, eps=cfg.wm_eps)
-        a = cfg.agent
-        self.actor_opt = torch.optim.Adam(self.ac.actor.parameters(), lr=a.lr, eps=a.eps)
-        self.critic_opt = torch.optim.Adam(self.ac.critic.parameters(), lr=a.lr, eps=a.eps)
-        self.updates = 0
-
-    def update(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
-        """One world-model update, then one actor-critic update; their metrics."""
-        metrics = self.update_world_model(buffer)
-        metrics.update(self.update_actor_critic(buffer))
-        self.updates += 1
-        return metrics
-
-    def update_world_model(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
-        cfg = self.cfg
-        batch = buffer.sample(cfg.batch_size, cfg.batch_length, "world_model" if cfg.sampling == "dfs" else "uniform")
-        loss, metrics = self.wm.loss(batch["obs"], batch["action"], batch["reward"], batch["terminated"])
-        for g in self.wm_opt.param_groups:  # linear warm-up
-            g["lr"] = cfg.wm_lr * min(1.0, (self.updates + 1) / max(1, cfg.wm_warmup))
-        self.wm_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["wm/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.wm.parameters(), cfg.wm_grad_clip)
-        self.wm_opt.step()
-        self.last_batch = batch
-        return metrics
-
-    def update_actor_critic(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
-        cfg = self.cfg
-        ctx = buffer.sample(cfg.imagine_batch, cfg.imagine_context, "imagination" if cfg.sampling == "dfs" else "uniform")
-        rollout = self.wm.imagine(self.ac.policy, ctx["obs"], ctx["action"], cfg.imagine_horizon)
-        actor_loss, critic_loss, metrics = self.ac.loss(rollout)
-        self.actor_opt.zero_grad(set_to_none=True)
-        self.critic_opt.zero_grad(set_to_none=True)
-        (actor_loss + critic_loss).backward()
-        torch.nn.utils.clip_grad_norm_(self.ac.actor.parameters(), cfg.agent.grad_clip)
-        torch.nn.utils.clip_grad_norm_(self.ac.critic.parameters(), cfg.agent.grad_clip)
-        self.actor_opt.step()
-        self.critic_opt.step()
-        self.ac.update_slow_critic()
-        self.last_rollout = rollout
-        return metrics
-
-    def state_dict(self) -> dict:
-        return {"wm": self.wm.state_dict(), "ac": self.ac.state_dict(), "wm_opt": self.wm_opt.state_dict(),
-                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "updates": self.updates}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.wm.load_state_dict(d["wm"])
-        self.ac.load_state_dict(d["ac"])
-        self.wm_opt.load_state_dict(d["wm_opt"])
-        self.actor_opt.load_state_dict(d["actor_opt"])
-        self.critic_opt.load_state_dict(d["critic_opt"])
-        self.updates = int(d["updates"])
+    return result.returns
 
 
 def log_images(log: RunLogger, step: int, learner: Learner) -> None:
     """Real vs reconstructed frames of one training window, and one imagined rollout decoded."""
-    wm, batch = learner.wm, getattr(learner, "last_batch", None)
-    if batch is None or not wm.is_image:
-        return
-    with torch.no_grad():
-        real = batch["obs"][0, :8].float() / 255.0                                   # (8, H, W, 3)
-        recon = wm.decode(wm.sample(wm.encode(batch["obs"][0, :8])))
-        log.image(step, "wm/real_vs_reconstruction", torch.cat([torch.cat(list(real), 1),
-                                                                torch.cat(list(recon), 1)], 0).permute(2, 0, 1))
-        imagined = wm.decode(learner.last_rollout["feat"][0, :, : wm.d_z])             # (H+1, H, W, 3)
-        log.image(step, "wm/imagined_rollout", torch.cat(list(imagined), 1).permute(2, 0, 1))
+    for tag, image in learner.images().items():
+        log.image(step, tag, image)
 
 
 def plot_curve(curve: List[dict], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     steps = [c["step"] for c in curve]
     mean = np.array([c["mean"] for c in curve])
     std = np.array([c["std"] for c in curve])
@@ -373,7 +254,6 @@ def plot_curve(curve: List[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,8 +273,8 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
     save_yaml(cfg, out / "config.yaml")
     seed_everything(cfg.seed)
 
-    learner = Learner(cfg, spec, device)
-    collector = Collector(cfg, learner.wm, device)
+    learner = Learner(spec.obs_shape, spec.n_actions, learner_config(cfg), device)
+    collector = Collector(cfg, learner, device)
     buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape,
                           torch.uint8 if spec.is_image else torch.float32, device=device)
     n_params = count_parameters(learner.wm)
@@ -432,7 +312,7 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
     with RunLogger(out, total=cfg.steps, initial=env_steps, desc=f"{task} {cfg.env}", progress=cfg.progress) as log:
         metrics: Dict[str, torch.Tensor] = {}
         while env_steps < cfg.steps:
-            actions = collector.act(env_steps < cfg.random_steps, learner.ac)
+            actions = collector.act(env_steps < cfg.random_steps)
             for ret, length in collector.step(actions, buffer):
                 log.scalars(env_steps, {"train/episode_return": ret, "train/episode_length": length})
             env_steps += n
@@ -496,3 +376,15 @@ def cli_run_atari(args) -> int:
         return train(cfg, "atari")
     return cli_main("atari", run)
 
+
+
+COMMANDS = (
+    Command("rl", RLConfig, "rl.yaml", lambda cfg: train(cfg, "rl"), aliases={"--game": "--env"},
+            help="train a Drama world-model agent on a Gymnasium environment (e.g. CartPole-v1)",
+            usage="rlts rl --env CartPole-v1 [--steps N] [--config NAME] [--out DIR] [--key value ...]",
+            stem=lambda cfg: cfg.env.replace("/", "-")),
+    Command("atari", RLConfig, "atari.yaml", lambda cfg: train(cfg, "atari"), aliases={"--game": "--env"},
+            help="train a Drama world-model agent on an Atari game (Atari100k protocol)",
+            usage="rlts atari --game Pong [--steps 100000] [--config NAME] [--out DIR] [--key value ...]",
+            stem=lambda cfg: cfg.env.replace("/", "-")),
+)

@@ -6,14 +6,14 @@
 
 `run` makes one job per (game, seed): an `rlts atari` run in `OUT/<Game>/seed<k>/` with its own
 config, checkpoints (replay buffer included), TensorBoard log, `log.txt` and, once finished,
-`results.json`. Each job is a separate process (`python -m tasks.cli atari ...`), up to `--jobs`
+`results.json`. Each job is a separate process (`python -m rlts.tasks.cli atari ...`), up to `--jobs`
 at a time, each with an equal share of the CPU threads. Jobs already finished are skipped, and
 a job that was stopped resumes from its last checkpoint, so running the same command again
 completes a benchmark on machines lent for short periods. A job's final score is the mean return of
 `final_eval_episodes` (100 by default) greedy evaluation episodes after its last training step
 (no life-loss signal, 108k-frame cap); `results.json` records the protocol and the episode count.
 
-`report` aggregates whatever has finished (tasks.atari100k_report): per-game tables against the
+`report` aggregates whatever has finished (rlts.tasks.atari100k.report): per-game tables against the
 random, human and published agents' scores, human-normalised aggregates with stratified
 bootstrap confidence intervals, and plots; partial benchmarks are labelled as such.
 """
@@ -28,22 +28,23 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from tasks._runner import write_json_atomic
-from tasks.envs import ATARI100K_GAMES, is_atari
+from rlts.tasks.runner import Command
+from rlts.tasks.runner import write_json_atomic
+from rlts.tasks.rl.games import ATARI100K_GAMES, close_games, find_game
 
 
 def parse_games(games: str) -> List[str]:
-    """"all" or a comma-separated list, checked against the 26 Atari100k games (case-insensitive)."""
+    """"all" or a comma-separated list, checked against the 26 Atari100k games (any spelling of
+    rlts.tasks.rl.games.find_game: "Pong", "pong", "ms_pacman", "ALE/Pong-v5")."""
     if games.strip().lower() == "all":
         return list(ATARI100K_GAMES)
-    by_key = {g.lower(): g for g in ATARI100K_GAMES}
     out = []
     for name in (g.strip() for g in games.split(",") if g.strip()):
-        game = by_key.get(name.lower())
+        game = find_game(name, ATARI100K_GAMES)
         if game is None:
-            import difflib
+            from rlts.tasks.rl.envs import is_atari
 
-            near = difflib.get_close_matches(name, ATARI100K_GAMES, n=3)
+            near = close_games(name, ATARI100K_GAMES)
             extra = " (an Atari game, but not one of the 26 Atari100k games: run it with `rlts atari`)" \
                 if is_atari(name) else ""
             hint = f"; did you mean {', '.join(near)}?" if near else f"; the 26 games: {', '.join(ATARI100K_GAMES)}"
@@ -95,7 +96,7 @@ def merge_manifest(out: Path, new: dict) -> dict:
 
 def job_command(game: str, seed: int, args: argparse.Namespace, folder: Path) -> List[str]:
     steps = ["--steps", str(args.steps)] if args.steps is not None else []
-    return [sys.executable, "-m", "tasks.cli", "atari", "--config", args.config, "--game", game,
+    return [sys.executable, "-m", "rlts.tasks.cli", "atari", "--config", args.config, "--game", game,
             "--seed", str(seed), *steps, "--world_model.backbone", args.backbone,
             "--device", args.device, "--progress", "false", "--out", str(folder), *args.overrides]
 
@@ -106,7 +107,7 @@ def run_jobs(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
         raise ValueError(f"--seeds, --jobs and --steps must be >= 1, got {args.seeds}, {args.jobs}, {args.steps}")
     out = Path(args.out)
-    from tasks.rl import parse_rl_config  # a bad --config or override stops here, not inside every job
+    from rlts.tasks.rl.loop import parse_rl_config  # a bad --config or override stops here, not inside every job
     parse_rl_config(["--config", args.config, *args.overrides], "atari.yaml")
     manifest = merge_manifest(out, {"games": games, "seeds": args.seeds, "steps": args.steps,
                                     "backbone": args.backbone, "config": args.config,
@@ -159,7 +160,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     r = sub.add_parser("run", help="run (or resume) one job per game and seed",
                        description="Run or resume the Atari100k jobs; extra `--key value` arguments go to every "
-                                   "`rlts atari` job (keys of tasks.rl.RLConfig).")
+                                   "`rlts atari` job (keys of rlts.tasks.rl.loop.RLConfig).")
     r.add_argument("--games", default="all", help="all, or comma-separated game names (default: all)")
     r.add_argument("--seeds", type=int, default=5, help="seeds per game (default: 5)")
     r.add_argument("--steps", type=int, default=None,
@@ -178,7 +179,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
-    from tasks._runner import cli_main
+    from rlts.tasks.runner import cli_main
 
     if args.action == "run":
         args.overrides = list(overrides)
@@ -192,9 +193,20 @@ def main(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
         if overrides:
             print(f"rlts atari100k report: error: unrecognized arguments: {' '.join(overrides)}", file=sys.stderr)
             return 2
-        from tasks.atari100k_report import run_report
+        from rlts.tasks.atari100k.report import run_report
 
         return cli_main("atari100k", lambda: run_report(args.out, reps=args.reps, backbone=args.backbone,
                                                          steps=args.steps))
     print("rlts atari100k: give an action: run or report (see rlts atari100k --help)", file=sys.stderr)
     return 2
+
+
+def _run_cli(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(prog="rlts atari100k run")
+    add_arguments(p)
+    args, overrides = p.parse_known_args(["run", *argv])
+    return main(args, overrides)
+
+
+COMMANDS = (Command("atari100k run", None, None, _run_cli,
+                    help="run (or resume) the 26-game Atari100k benchmark as one job per game and seed"),)

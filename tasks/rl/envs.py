@@ -2,7 +2,6 @@
 
     env = make_env("Pong")                      # (64, 64, 3) uint8 frames, 6 actions
     env = make_env("CartPole-v1")               # (4,) float32 vectors, 2 actions
-    envs = make_vector_env("Pong", 4)           # SyncVectorEnv, autoreset disabled
 
 Atari follows the Atari100k protocol of STORM / Drama: `ALE/<Game>-v5` with sticky actions
 off (repeat_action_probability=0), the minimal action set and a 108k-frame episode cap,
@@ -19,27 +18,25 @@ the step and the episode did not terminate (always False for non-Atari envs). Th
 loop stores `terminated or life_loss` as the world model's termination target.
 
 Determinism and rebuilding. With sticky actions off, an ALE env is a deterministic function of
-its reset seed and the actions taken (also with noop_max > 0); so are the classic-control
-envs. The training loop seeds
-every episode explicitly and records its actions; after a kill it rebuilds the exact state of
-each env with `rebuild_env` (one env) or `rebuild_vector_env` (a vector env: every sub-env is
-reset with its episode's seed, then stepped through that episode's actions on `envs.envs[i]`).
-`make_vector_env` uses `AutoresetMode.DISABLED`: the caller resets finished sub-envs itself with
-`envs.reset(seed=[...], options={"reset_mask": mask})`, which is what makes per-episode seeds
-possible.
+its reset seed and the actions taken (also with noop_max > 0); so are the classic-control and
+MuJoCo envs. The commands seed every episode explicitly and record its actions
+(rlts.tasks.rl.episodes); after a kill, `replay_actions` / `rebuild_env` bring an env back to the
+exact state it had: reset with the episode's seed, then stepped through that episode's actions.
 """
 from __future__ import annotations
 
 import difflib
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import List, Sequence
 
 import gymnasium as gym
 import numpy as np
 
 import ale_py
 import mujoco
+
+from rlts.tasks.rl.games import close_games, find_game
 
 gym.register_envs(ale_py)  # registers the ALE/<Game>-v5 ids
 
@@ -55,45 +52,27 @@ def _mujoco_warning(message: str) -> None:
 if mujoco.get_mju_user_warning() is None:  # leave a handler the user installed alone
     mujoco.set_mju_user_warning(_mujoco_warning)
 
-ATARI100K_GAMES = (
-    "Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout",
-    "ChopperCommand", "CrazyClimber", "DemonAttack", "Freeway", "Frostbite", "Gopher", "Hero",
-    "Jamesbond", "Kangaroo", "Krull", "KungFuMaster", "MsPacman", "Pong", "PrivateEye", "Qbert",
-    "RoadRunner", "Seaquest", "UpNDown",
-)
 
-
-def _key(game: str) -> str:
-    """Normalised game key: 'MsPacman', 'mspacman' and 'ms_pacman' all give 'mspacman'."""
-    return game.lower().replace("_", "")
-
-
-def _ale_games() -> dict[str, str]:
-    """Normalised key -> CamelCase name of every game registered as ALE/<Game>-v5."""
-    games = {}
-    for env_id in gym.registry:
-        if env_id.startswith("ALE/") and env_id.endswith("-v5"):
-            game = env_id[4:-3]
-            games[_key(game)] = game
-    return games
+def _ale_games() -> List[str]:
+    """The CamelCase name of every game registered as ALE/<Game>-v5."""
+    return [env_id[4:-3] for env_id in gym.registry if env_id.startswith("ALE/") and env_id.endswith("-v5")]
 
 
 def _atari_game(name: str) -> str | None:
     """The CamelCase ALE game that `name` refers to, or None if `name` is not an Atari name.
 
-    Accepts bare game names in any case ("Pong", "pong", "ms_pacman"), "ALE/<Game>-v<k>" ids and
-    the legacy ids that ale_py registers ("PongNoFrameskip-v4").
+    Accepts every spelling of `rlts.tasks.rl.games.find_game` ("Pong", "pong", "ms_pacman",
+    "ALE/Pong-v5", "PongNoFrameskip-v4") and any other id that ale_py registers for a game. A
+    registered id of another env is not an Atari name, even if it spells one ("Blackjack-v1" is
+    Gymnasium's toy-text game, not ALE/Blackjack-v5).
     """
     games = _ale_games()
-    if _key(name) in games:
-        return games[_key(name)]
-    if name.startswith("ALE/") and "-v" in name:
-        return games.get(_key(name[4:].rsplit("-v", 1)[0]))
     if name in gym.registry:
         spec = gym.spec(name)
-        if str(spec.entry_point).startswith("ale_py"):
-            return games.get(_key(str(spec.kwargs.get("game", ""))))
-    return None
+        if not str(spec.entry_point).startswith("ale_py"):
+            return None
+        return find_game(str(spec.kwargs.get("game", "")), games) or find_game(name, games)
+    return find_game(name, games)
 
 
 def is_atari(name: str) -> bool:
@@ -107,17 +86,15 @@ def _unknown(name: str) -> ValueError:
     if "/" in name or "-v" in name:
         base = name[4:].rsplit("-v", 1)[0] if name.startswith("ALE/") else None
         if base is not None:  # an ALE id with an unknown game
-            close = difflib.get_close_matches(_key(base), list(games), n=3)
-            ids = ", ".join(f"ALE/{games[k]}-v5" for k in close)
-            hint = f"; did you mean {ids}?" if close else ""
+            ids = ", ".join(f"ALE/{g}-v5" for g in close_games(base, games))
+            hint = f"; did you mean {ids}?" if ids else ""
             return ValueError(f"unknown game {base!r} in {name!r}{hint}")
         close = difflib.get_close_matches(name, list(gym.registry), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return ValueError(f"unknown environment id {name!r}{hint}")
-    close = difflib.get_close_matches(_key(name), list(games), n=3)
     ids = difflib.get_close_matches(name, list(gym.registry), n=3)
     ids = [i for i in ids if not str(gym.spec(i).entry_point).startswith("ale_py")]
-    suggestions = [games[k] for k in close] + ids
+    suggestions = close_games(name, games) + ids
     hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
     return ValueError(f"unknown game or environment id {name!r}{hint}")
 
@@ -233,18 +210,6 @@ def env_spec(env: gym.Env | gym.vector.VectorEnv) -> EnvSpec:
                    obs_dtype=np.dtype(obs_space.dtype), n_actions=int(act_space.n))
 
 
-def make_vector_env(name: str, num_envs: int, **make_env_kwargs) -> gym.vector.SyncVectorEnv:
-    """`num_envs` copies of `make_env(name, **make_env_kwargs)` in a SyncVectorEnv with autoreset
-    disabled: reset finished sub-envs with `envs.reset(seed=[...], options={"reset_mask": m})`.
-    `info["life_loss"]` comes back as a (num_envs,) bool array."""
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    make_env(name, **make_env_kwargs).close()  # fail early, with make_env's error messages
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_env(name, **make_env_kwargs) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-
-
 def replay_actions(env: gym.Env, seed: int, actions: Sequence):
     """Reset `env` with `seed` and step it through `actions` (ints, or (act_dim,) arrays for a
     Box action space: the recorded actions of the
@@ -267,19 +232,3 @@ def rebuild_env(name: str, seed: int, actions: Sequence[int], **make_env_kwargs)
     episode reset with `seed`. Returns (env, obs)."""
     env = make_env(name, **make_env_kwargs)
     return env, replay_actions(env, seed, actions)
-
-
-def rebuild_vector_env(name: str, seeds: Sequence[int], actions: Sequence[Sequence[int]],
-                       **make_env_kwargs):
-    """A fresh `make_vector_env` whose sub-env i is in the state reached by resetting with
-    `seeds[i]` and stepping `actions[i]`. Returns (envs, obs) with obs stacked (N, *obs_shape).
-
-    Sub-envs are stepped directly (`envs.envs[i]`); with autoreset disabled the vector env keeps
-    no per-step state besides the done flags, which a full reset clears.
-    """
-    if len(seeds) != len(actions):
-        raise ValueError(f"got {len(seeds)} seeds but {len(actions)} action sequences")
-    envs = make_vector_env(name, len(seeds), **make_env_kwargs)
-    envs.reset(seed=[int(s) for s in seeds])
-    obs = [replay_actions(e, s, a) for e, s, a in zip(envs.envs, seeds, actions)]
-    return envs, np.stack(obs)

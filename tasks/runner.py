@@ -1,11 +1,11 @@
-"""Pieces every task runner shares: config parsing with short aliases, the output folder, the
-resumable results.json, and turning a ValueError into one clear command-line message.
+"""Pieces every task runner shares: the command declaration the `rlts` command is built from,
+config parsing with short aliases, the output folder, the resumable results.json, and turning
+a ValueError into one clear command-line message.
 
-    cfg = parse_task_config(ForecastConfig, argv, CONFIG_PATH, ALIASES)
-    out = output_folder(cfg.out, "forecast", "ETTh1")
-    previous = load_results(out / "results.json", cfg, DATA_KEYS)   # {} or the earlier run's
-    write_json_atomic(state, out / "results.json")                   # after every finished job
-    return cli_main("forecast", lambda: run_forecast(parse(...)))    # exit code 0 or 2
+    COMMAND = Command("forecast", ForecastConfig, "forecast.yaml", run_forecast, aliases=ALIASES)
+    cfg = COMMAND.parse(argv)                                       # YAML + overlays + --key value, checked
+    out, previous, cfg_dict = open_run(cfg, "forecast", "ETTh1")    # refuses another setup's folder
+    write_json_atomic(state, out / "results.json")                  # after every finished job
 """
 from __future__ import annotations
 
@@ -16,14 +16,84 @@ import math
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from rlts.checkpoint import write_text_atomic
-from rlts.config import parse_config, to_dict
+from rlts.config import check_ranges, missing_values, parse_config, result_keys, to_dict
+
+TASKS_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = TASKS_DIR / "configs"
+"""The YAML defaults and overlays of every command."""
+DATA_DIR = TASKS_DIR / "data"
+"""Files shipped with rlts: the ETTh1 series of `make run`, the Atari100k reference scores."""
 
 # Short spellings every runner accepts for the Trainer's keys.
 TRAIN_ALIASES = {"--epochs": "--train.epochs", "--lr": "--train.lr", "--batch-size": "--train.batch_size",
                  "--batch_size": "--train.batch_size", "--patience": "--train.patience"}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `rlts` subcommand, declared by its task module in `COMMANDS` (tasks/cli.py lists the
+    modules)."""
+
+    name: str
+    """The subcommand: `rlts <name> --key value ...`."""
+    config: Optional[type]
+    """The config dataclass: every field is an option; its docstrings are the --help (None: `run`
+    takes the argument list and parses it itself, returning an exit code)."""
+    yaml: Optional[str]
+    """Its YAML defaults and overlays in tasks/configs/ (None: the dataclass defaults only)."""
+    run: Callable[..., Any]
+    """run(cfg) does the work; a ValueError is a user error (one line, exit code 2)."""
+    help: str = ""
+    """One line for `rlts --help`."""
+    usage: str = ""
+    """The usage line of --help (default: `rlts <name> [--key value ...] [--config NAME]`)."""
+    stem: Optional[Callable[[Any], str]] = None
+    """The name of the run folder made when `--out` is not given: runs/<name>-<stem(cfg)>-<time>
+    (None: the command has no run folder, or names it itself)."""
+    aliases: Dict[str, str] = field(default_factory=dict)
+    """Short spellings of keys, e.g. {"--horizon": "--horizons"}."""
+    positional: Optional[str] = None
+    """A key a bare first argument stands for (`rlts atari100k report DIR` = `--dir DIR`)."""
+    lists: Sequence[str] = ()
+    """List keys whose items may also be comma-separated (models)."""
+    trains: bool = True
+    """Whether it trains models (it then takes --threads N)."""
+
+    @property
+    def yaml_path(self) -> Optional[Path]:
+        return CONFIG_DIR / self.yaml if self.yaml else None
+
+    def overlays(self) -> List[str]:
+        """The names of the YAML file's overlays (--config NAME)."""
+        if not self.yaml:
+            return []
+        from rlts.config import load_yaml
+        return [k for k in load_yaml(self.yaml_path) if k != "defaults"]
+
+    def out_folder(self, cfg) -> Optional[Path]:
+        """The run folder `cfg` writes to (None if the command has none): `--out`, or a new
+        runs/<name>-<stem>-<time>, set on `cfg` so that the run uses it."""
+        if self.stem is None:
+            return None
+        if not cfg.out:
+            cfg.out = str(output_folder(None, self.name.replace(" ", "-"), self.stem(cfg)))
+        return Path(cfg.out)
+
+    def parse(self, argv: Sequence[str]):
+        """The config: dataclass defaults, the YAML defaults, overlays, then `--key value`; every
+        key's range checked. A ValueError names the first bad key."""
+        argv = list(argv)
+        if self.positional and argv and not argv[0].startswith("--"):
+            argv = [f"--{self.positional}", argv[0], *argv[1:]]
+        cfg = parse_task_config(self.config, argv, self.yaml_path, self.aliases)
+        for key in self.lists:
+            setattr(cfg, key, split_names(getattr(cfg, key)))
+        check_ranges(cfg)
+        return cfg
 
 
 def split_names(items: Sequence[str]) -> List[str]:
@@ -117,17 +187,16 @@ def file_digests(cfg, file_keys: Sequence[str]) -> Dict[str, str]:
     return digests
 
 
-def open_run(cfg, task: str, stem: str, data_keys: Sequence[str], legacy: Optional[dict] = None,
-             file_keys: Sequence[str] = ()):
+def open_run(cfg, task: str, stem: str, file_keys: Sequence[str] = ()):
     """The output folder of a run, created: (out, previous results object or {}, the config as
     a dict with the resolved `out` and `data_sha256`, the digests of the input files named by
     `file_keys`). Refuses (ValueError), before anything is written, a folder holding another
-    setup's results (for `file_keys`, other file contents, whatever the path's spelling), or
-    files but no results.json: not a run of this command, whose files would be overwritten.
-    `legacy`: see load_results."""
+    setup's results (the config's `result` keys; for `file_keys`, other file contents, whatever
+    the path's spelling), or files but no results.json: not a run of this command, whose files
+    would be overwritten."""
     out = output_folder(cfg.out, task, stem)
     digests = file_digests(cfg, file_keys)
-    previous = load_results(out / "results.json", cfg, data_keys, legacy, digests)
+    previous = load_results(out / "results.json", cfg, digests=digests)
     if out.is_dir() and not (out / "results.json").exists():
         # hidden files (.DS_Store, a half-written .results.json.*.tmp of a killed run) do not count
         files = sorted(p.name for p in out.iterdir() if not p.is_dir() and not p.name.startswith("."))
@@ -158,10 +227,6 @@ def json_float(v: Optional[float]) -> Optional[float]:
     return float(v) if v is not None and math.isfinite(v) else None
 
 
-_NEUTRAL_KEYS = ("progress", "device")
-"""Settings inside a nested config that never change a result (compared without them)."""
-
-
 def _defaults(section) -> dict:
     """The field defaults of a nested config dataclass as plain data ({} if it has no
     argument-free constructor)."""
@@ -171,16 +236,15 @@ def _defaults(section) -> dict:
         return {}
 
 
-def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dict] = None,
+def load_results(path: Path, cfg, data_keys: Optional[Sequence[str]] = None, legacy: Optional[dict] = None,
                  digests: Optional[Dict[str, str]] = None) -> dict:
     """The results object of an earlier run in the same folder ({} if none). A ValueError if the
-    file is not a results object, or if it was made with different `data_keys` settings (data or
-    model settings: its numbers would not be comparable with the new ones, or would be reported
-    for settings they were not made with). A key missing from the old config is taken to have
-    been run with its value in `legacy`, or, when not there, the new value (a key added later
-    whose default keeps the old behaviour). A key missing from an old nested config (train) is
-    taken to have been run with its dataclass default: a field added later defaults to the old
-    behaviour even where a task's YAML now sets it otherwise (as `train.ema` for forecasting).
+    file is not a results object, or if it was made with different `data_keys` settings (default:
+    the config's `result` keys; data or model settings: its numbers would not be comparable with
+    the new ones, or would be reported for settings they were not made with). A key missing from
+    the old config is taken to have been run with its value in `legacy` (default: the keys'
+    `missing_as`), or, when not there, the new value. A key missing from an old nested config
+    (train) is taken to have been run with its dataclass default.
     `digests` ({config key: sha256} of the input files): where the old config recorded them too,
     those files are compared by their contents instead of by the paths' spelling."""
     if not path.exists():
@@ -191,6 +255,8 @@ def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dic
         raise ValueError(f"{path} exists but is not valid JSON ({e}); move it away or choose another --out") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a results object; move it away or choose another --out")
+    data_keys = result_keys(type(cfg)) if data_keys is None else data_keys
+    legacy = missing_values(type(cfg)) if legacy is None else legacy
     old, new = data.get("config", {}), json.loads(json.dumps(to_dict(cfg)))  # tuples as JSON lists
     old = {**(legacy or {}), **old}
     for k, value in old.items():
@@ -198,11 +264,14 @@ def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dic
         if isinstance(value, dict) and dataclasses.is_dataclass(section):
             old[k] = {**_defaults(section), **value}
 
-    def differs(a, b) -> bool:
-        """Nested configs (train) are compared on the keys both have, except those that never
-        change a result."""
+    def compared(k: str, a: dict, b: dict) -> List[str]:
+        """The keys of nested section `k` (train) that define a result, of those both have."""
+        keys = set(result_keys(type(getattr(cfg, k))))
+        return sorted(n for n in a.keys() & b.keys() if n in keys)
+
+    def differs(k: str, a, b) -> bool:
         if isinstance(a, dict) and isinstance(b, dict):
-            return any(a[k] != b[k] for k in a.keys() & b.keys() if k not in _NEUTRAL_KEYS)
+            return any(a[n] != b[n] for n in compared(k, a, b))
         return a != b
 
     old_digests, digests = old.get("data_sha256"), digests or {}
@@ -213,13 +282,12 @@ def load_results(path: Path, cfg, data_keys: Sequence[str], legacy: Optional[dic
                                  f"{old_digests[k][:12]}..., now {new[k]!r}: {digests[k][:12]}...); "
                                  "use another --out")
         data_keys = [k for k in data_keys if k not in digests or k not in old_digests]
-    changed = [k for k in data_keys if k in old and differs(old[k], new[k])]
+    changed = [k for k in data_keys if k in old and differs(k, old[k], new[k])]
     if changed:
         def show(k: str) -> str:
             a, b = old[k], new[k]
             if isinstance(a, dict) and isinstance(b, dict):  # only the nested keys that differ
-                return ", ".join(f"{k}.{n}: {a[n]!r} -> {b[n]!r}" for n in sorted(a.keys() & b.keys())
-                                 if n not in _NEUTRAL_KEYS and a[n] != b[n])
+                return ", ".join(f"{k}.{n}: {a[n]!r} -> {b[n]!r}" for n in compared(k, a, b) if a[n] != b[n])
             return f"{k}: {a!r} -> {b!r}"
 
         diff = ", ".join(show(k) for k in changed)

@@ -18,7 +18,8 @@ and resumes an interrupted one from its last checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -27,87 +28,77 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from rlts.config import to_dict
+from rlts.config import check_ranges, param, to_dict
 from rlts.data.timeseries import (FEATURE_MODES, PROTOCOLS, StandardScaler, WindowDataset, protocol_for,
                                   load_csv, split_borders)
 from rlts.heads.forecast import CHANNEL_MODES, DLinear, NaiveForecaster, SequenceForecaster, forecast_loss
 from rlts.nn import count_parameters
 from rlts.runtime import seed_everything, select_device
-from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig, check_train_config
-from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
-                           split_names, table_order, write_json_atomic)
-from tasks._runner import resolve_models as _resolve_models
-from tasks._runner import run_seeds, summarise_runs
+from rlts.tasks.runner import TRAIN_ALIASES, Command, json_float, table_order
+from rlts.tasks.runner import resolve_models as _resolve_models
+from rlts.tasks.supervised.grid import GridRun
 
-CONFIG_PATH = Path(__file__).parent / "configs" / "forecast.yaml"
 BASELINES = ("linear", "naive")
 """Model names besides the rlts.nn backbones: linear = DLinear, naive = last value repeated."""
 PLOT_WINDOWS = 3
-# Config keys whose change makes earlier results in the same `out` incomparable (models and
-# horizons may change: a rerun adds the missing pairs).
-_DATA_KEYS = ("csv", "target", "date_column", "date_format", "features", "fill", "window", "protocol",
-              "d_model", "n_layers", "channel_mode", "patch_len", "skip", "dropout", "train", "max_train_windows",
-              "max_val_windows", "seed", "seeds")
-_LEGACY = {"date_format": None, "seeds": 1}
-"""Values of config keys added later, for result folders written before them."""
 
 
 @dataclass
 class ForecastConfig:
     """Settings of `rlts forecast`."""
 
-    csv: str = ""
+    csv: str = param("", result=True)
     """Path of the CSV series (header row; an optional date column; numeric value columns)."""
-    target: Optional[str] = None
+    target: Optional[str] = param(None, result=True)
     """Column to predict (S/MS modes, and the plotted channel); default: the last value column."""
-    date_column: Optional[str] = None
+    date_column: Optional[str] = param(None, result=True)
     """Name of the date column; default: detected (date/time/timestamp/datetime, or parseable)."""
-    features: str = "M"
+    features: str = param("M", result=True, choices=FEATURE_MODES)
     """M: all columns in and out; S: the target only; MS: all columns in, the target out."""
-    fill: bool = False
+    fill: bool = param(False, result=True)
     """Interpolate missing values instead of stopping on them."""
-    date_format: Optional[str] = None
+    date_format: Optional[str] = param(None, result=True, missing_as=None)
     """Format of the dates for pandas.to_datetime, e.g. %d/%m/%Y for day-first dates; default:
     inferred."""
-    protocol: str = "auto"
+    protocol: str = param("auto", result=True, choices=PROTOCOLS)
     """Split protocol: auto (ETTh*/ETTm* files: TSLib 12/4/4 months, else 70/10/20 %),
     ett-hour, ett-minute or ratio."""
-    window: int = 96
+    window: int = param(96, result=True, within="[1, inf)")
     """Input length L (look-back window)."""
-    horizons: List[int] = field(default_factory=lambda: [96, 192, 336, 720])
+    horizons: List[int] = param(default_factory=lambda: [96, 192, 336, 720], within="[1, inf)")
     """Forecast lengths H; one run per model and horizon. The plot uses the first."""
-    models: List[str] = field(default_factory=lambda: ["backbone", "linear", "naive"])
+    models: List[str] = param(default_factory=lambda: ["backbone", "linear", "naive"])
     """Models to run: any rlts.nn backbone name (aaren, mamba, mamba2, transformer, gru), linear
     (DLinear), naive (last value repeated), or `backbone` (= the `backbone` key). Commas split."""
     backbone: str = "aaren"
     """The backbone the model name `backbone` stands for."""
-    d_model: int = 64
+    d_model: int = param(64, result=True, within="[1, inf)")
     """Width of the sequence model (backbone models)."""
-    n_layers: int = 2
+    n_layers: int = param(2, result=True, within="[1, inf)")
     """Blocks in the sequence model (backbone models)."""
-    channel_mode: str = "independent"
+    channel_mode: str = param("independent", result=True, choices=CHANNEL_MODES)
     """Backbone models: independent (one sequence per channel) or mixing (channels embedded together)."""
-    patch_len: int = 16
+    patch_len: int = param(16, result=True, within="[1, inf)")
     """Backbone models: time steps per backbone token (non-overlapping patches; 1 = one per step)."""
-    skip: bool = True
+    skip: bool = param(True, result=True)
     """Backbone models: add a linear path from the whole normalised window to the forecast."""
-    dropout: float = 0.0
+    dropout: float = param(0.0, result=True, within="[0, 1)")
     """Dropout of the SequenceForecaster head."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = param(default_factory=TrainConfig, result=True)
     """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
     train.device are replaced by the top-level seed and device."""
-    eval_batch_size: int = 256
+    eval_batch_size: int = param(256, within="[1, inf)")
     """Windows per batch when computing the test metrics."""
-    max_train_windows: Optional[int] = None
+    max_train_windows: Optional[int] = param(None, result=True, within="[1, inf)")
     """Use at most this many training windows (evenly spaced; for quick runs); None: all."""
-    max_val_windows: Optional[int] = None
+    max_val_windows: Optional[int] = param(None, result=True, within="[1, inf)")
     """Use at most this many validation windows (evenly spaced); None: all. Test: always all."""
     out: Optional[str] = None
     """Output folder; default runs/forecast-<csv stem>-<timestamp>. Reuse it to resume."""
-    seed: int = 0
+    seed: int = param(0, result=True)
     """Seeds model initialisation and training."""
-    seeds: int = 1
+    seeds: int = param(1, result=True, within="[1, inf)", missing_as=1)
     """Runs per model and horizon, with seeds seed, seed + 1, ..., seed + seeds - 1 (each run is
     exactly what `--seed S` alone gives); the table reports their mean MSE and MAE with the
     sample standard deviations, results.json every run."""
@@ -127,28 +118,14 @@ def resolve_models(cfg) -> List[str]:
 
 def check_config(cfg: ForecastConfig) -> None:
     """ValueErrors for settings that cannot work, before anything is read or written."""
+    check_ranges(cfg)
     check_train_config(cfg.train, "train")
     if not cfg.csv:
         raise ValueError("no CSV file given; pass --csv FILE")
-    if cfg.features not in FEATURE_MODES:
-        raise ValueError(f"unknown features mode {cfg.features!r}; use one of {', '.join(FEATURE_MODES)}")
-    if cfg.protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {cfg.protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    if cfg.channel_mode not in CHANNEL_MODES:
-        raise ValueError(f"unknown channel_mode {cfg.channel_mode!r}; use one of {', '.join(CHANNEL_MODES)}")
-    if cfg.window < 1:
-        raise ValueError(f"window must be at least 1, got {cfg.window}")
-    if not 1 <= cfg.patch_len <= cfg.window:
+    if cfg.patch_len > cfg.window:
         raise ValueError(f"patch_len must lie in [1, window] = [1, {cfg.window}], got {cfg.patch_len}")
-    if not cfg.horizons or any(h < 1 for h in cfg.horizons):
-        raise ValueError(f"horizons must be a non-empty list of positive integers, got {cfg.horizons}")
-    for key in ("max_train_windows", "max_val_windows"):
-        v = getattr(cfg, key)
-        if v is not None and v < 1:
-            raise ValueError(f"{key} must be at least 1 or none, got {v}")
-    for key in ("eval_batch_size", "seeds"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if not cfg.horizons:
+        raise ValueError("horizons must be a non-empty list of positive integers")
     resolve_models(cfg)
     select_device(cfg.device)
 
@@ -231,11 +208,6 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     borders = all_borders[horizons[0]]  # the ranges do not depend on the horizon
     protocol = protocol_for(table.path) if cfg.protocol == "auto" else cfg.protocol
 
-    out, previous, cfg_dict = open_run(cfg, "forecast", Path(cfg.csv).stem, _DATA_KEYS, _LEGACY,
-                                       file_keys=("csv",))
-    log(f"[out] {out}")
-    results_path = out / "results.json"
-
     scaler = StandardScaler().fit(table.values[slice(*borders["train"])])
     values = torch.from_numpy(scaler.transform(table.values).astype(np.float32))
     target_index = table.target_index if cfg.features == "MS" else None
@@ -246,42 +218,39 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     rows = {"train": borders["train"][1] - borders["train"][0],
             "val": borders["val"][1] - borders["val"][0] - cfg.window,
             "test": borders["test"][1] - borders["test"][0] - cfg.window}
-    state = {
-        "config": cfg_dict,
-        "protocol": {
-            "name": protocol,
-            "description": (
-                "Time-Series-Library long-term forecasting protocol: chronological "
-                + ("12/4/4-month split (ETT)" if protocol.startswith("ett") else "70/10/20 % split")
-                + f"; val and test ranges start window={cfg.window} rows before their split point; "
-                "StandardScaler fitted on the train rows only; every stride-1 window is one example; "
-                "MSE and MAE on the scaled values, averaged over every element of every test window"),
-            "features": cfg.features,
-            "columns": table.columns,
-            "target": table.target,
-            "n_rows": n_rows,
-            "rows": rows,
-            "ranges": {k: list(v) for k, v in borders.items()},
-            "scaler": scaler.to_dict(),
-        },
-        "results": previous.get("results", {}),
-        "partial": previous.get("partial", {}),
+    protocol_entry = {
+        "name": protocol,
+        "description": (
+            "Time-Series-Library long-term forecasting protocol: chronological "
+            + ("12/4/4-month split (ETT)" if protocol.startswith("ett") else "70/10/20 % split")
+            + f"; val and test ranges start window={cfg.window} rows before their split point; "
+            "StandardScaler fitted on the train rows only; every stride-1 window is one example; "
+            "MSE and MAE on the scaled values, averaged over every element of every test window"),
+        "features": cfg.features,
+        "columns": table.columns,
+        "target": table.target,
+        "n_rows": n_rows,
+        "rows": rows,
+        "ranges": {k: list(v) for k, v in borders.items()},
+        "scaler": scaler.to_dict(),
     }
-    seeds = [cfg.seed + k for k in range(cfg.seeds)]
-    seed_note = ", seed {})" if cfg.seeds > 1 else ")"  # closes the log lines of a run
+    run = GridRun(cfg, "forecast", Path(cfg.csv).stem, file_keys=("csv",), header={"protocol": protocol_entry},
+                  log=log)
+    out = run.out
 
-    def train_and_test(name: str, h: int, seed: int, run_dir: Path, data: tuple, plot_idx: List[int],
-                       samples_dir: Optional[Path]) -> dict:
-        """One model trained (resumed) with one seed and scored on every test window; the first
-        seed's forecasts of the plotted windows go to samples_dir/samples.json (if given)."""
+    def train_and_test(name: str, h: int, data: tuple, plot_idx: List[int], seed: int, run_dir: Path) -> dict:
+        """One model trained (resumed) with one seed and scored on every test window; at the
+        first horizon, the first seed's forecasts of the plotted windows go to the job's
+        samples.json (for predictions.png)."""
         train_ds, val_ds, test_ds = data
+        samples_dir = out / f"{name}-h{h}" if h == horizons[0] and seed == run.seeds[0] else None
         seed_everything(seed)
         model = build_model(name, cfg, n_channels, h, target_index)
         n_params = count_parameters(model)
         fit = {"epochs": 0, "best_val_loss": None, "early_stopped": False, "train_time_s": 0.0}
         if name != "naive":
             resumed = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
-            log(f"[{'resume' if resumed else 'train'}] {name} h={h} ({n_params} parameters" + seed_note.format(seed))
+            log(f"[{'resume' if resumed else 'train'}] {name} h={h} ({n_params} parameters" + run.seed_note(seed) + ")")
             train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
             trainer = Trainer(model, forecast_loss, train_cfg, run_dir=run_dir)
             fit = trainer.fit(_subsample(train_ds, cfg.max_train_windows), _subsample(val_ds, cfg.max_val_windows))
@@ -290,11 +259,11 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
             model = model.to(device)
         train_time = fit["train_time_s"]  # summed over interrupted runs
         mse, mae, kept = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx)
-        if samples_dir is not None and seed == seeds[0]:
+        if samples_dir is not None:
             samples_dir.mkdir(parents=True, exist_ok=True)
             samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
             (samples_dir / "samples.json").write_text(json.dumps(samples))
-        log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f} ({train_time:.1f} s" + seed_note.format(seed))
+        log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f} ({train_time:.1f} s" + run.seed_note(seed) + ")")
         return {"mse": mse, "mae": mae, "params": n_params, "train_time_s": round(train_time, 3),
                 "epochs": fit["epochs"],
                 "best_val_loss": json_float(fit["best_val_loss"]) if fit["best_val_loss"] is not None else None,
@@ -310,58 +279,31 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         test_ds = WindowDataset(values, cfg.window, h, *b["test"], **cols)
         plot_idx = np.unique(np.linspace(0, len(test_ds) - 1, PLOT_WINDOWS).round().astype(int)).tolist()
         for name in models:
-            if str(h) in state["results"].get(name, {}):
-                log(f"[skip] {name} h={h}: already in {results_path}")
-                continue
-            pair_dir = out / f"{name}-h{h}"
+            run.job(name, str(h), f"{name} h={h}", folder=f"{name}-h{h}", metrics=("mse", "mae"),
+                    run_one=partial(train_and_test, name, h, (train_ds, val_ds, test_ds), plot_idx))
 
-            def one_run(seed: int) -> dict:
-                # One run: the folder of a single-seed run; several: a folder per seed inside it.
-                run_dir = pair_dir if cfg.seeds == 1 else pair_dir / f"seed{seed}"
-                return train_and_test(name, h, seed, run_dir, (train_ds, val_ds, test_ds), plot_idx,
-                                      pair_dir if h == horizons[0] else None)
-
-            def save_partial(runs: List[dict]) -> None:
-                state["partial"].setdefault(name, {})[str(h)] = runs
-                write_json_atomic(state, results_path)
-
-            runs = run_seeds(seeds, state["partial"].get(name, {}).get(str(h), []), one_run, save_partial)
-            state["partial"].get(name, {}).pop(str(h), None)
-            if not state["partial"].get(name):  # no unfinished horizon left for this model
-                state["partial"].pop(name, None)
-            entry = summarise_runs(runs, ("mse", "mae"))
-            state["results"].setdefault(name, {})[str(h)] = entry
-            write_json_atomic(state, results_path)
-            if len(runs) > 1:
-                log(f"[done] {name} h={h}: mean mse {entry['mse']:.4f} ± {entry['mse_std']:.4f}, mae "
-                    f"{entry['mae']:.4f} ± {entry['mae_std']:.4f} over seeds {seeds[0]}..{seeds[-1]}")
-
-    write_json_atomic(state, results_path)
-    stored_horizons = sorted({int(h) for r in state["results"].values() for h in r})
-    md = write_table(_table_rows(state["results"], table_order(models, state["results"]),
-                                 table_order(horizons, stored_horizons)), out / "results.csv", out / "results.md")
+    stored_horizons = sorted({int(h) for r in run.results.values() for h in r})
+    md = run.finish(_table_rows(run.results, table_order(models, run.results), table_order(horizons, stored_horizons)))
     if cfg.plots:
         plot_predictions(out / "predictions.png", values, table, cfg.window, horizons[0], all_borders[horizons[0]],
                          {m: out / f"{m}-h{horizons[0]}" / "samples.json"  # earlier runs' models too
-                          for m in table_order(models, state["results"])})
+                          for m in table_order(models, run.results)})
     log(md)
-    return state
+    return run.state
 
 
 def plot_predictions(path: Path, values: torch.Tensor, table, window: int, horizon: int, borders: dict,
                      samples: Dict[str, Path]) -> None:
     """One row of panels per model, one column per sampled test window: the input's last
     part, the true future and the forecast of the target channel (scaled values)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     loaded = {m: json.loads(p.read_text()) for m, p in samples.items() if p.exists()}
     if not loaded:
         return
     windows = next(iter(loaded.values()))["windows"]
-    fig, axes = plt.subplots(len(loaded), len(windows), figsize=(4 * len(windows), 2.6 * len(loaded)),
-                             squeeze=False)
+    fig = Figure(figsize=(4 * len(windows), 2.6 * len(loaded)))
+    axes = fig.subplots(len(loaded), len(windows), squeeze=False)
     series = values[:, table.target_index].numpy()
     start = borders["test"][0]
     context = min(window, 2 * horizon)
@@ -381,7 +323,6 @@ def plot_predictions(path: Path, values: torch.Tensor, table, window: int, horiz
     fig.suptitle(f"{table.path.name}: horizon {horizon}, window {window}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -389,12 +330,11 @@ def plot_predictions(path: Path, values: torch.Tensor, table, window: int, horiz
 ALIASES = {"--horizon": "--horizons", "--model": "--models", **TRAIN_ALIASES}
 """Short spellings accepted by `rlts forecast` for the config keys."""
 
+COMMANDS = (Command("forecast", ForecastConfig, "forecast.yaml", run_forecast, aliases=ALIASES, lists=("models",),
+                    help="train and evaluate forecasters on a CSV series (TSLib long-term protocol)",
+                    usage="rlts forecast --csv FILE [--key value ...] [--config NAME]",
+                    stem=lambda cfg: Path(cfg.csv).stem),)
+
 
 def parse_forecast_config(argv: List[str]) -> ForecastConfig:
-    cfg = parse_task_config(ForecastConfig, argv, CONFIG_PATH, ALIASES)
-    cfg.models = split_names(cfg.models)
-    return cfg
-
-
-def cli_run(args) -> int:
-    return cli_main("forecast", lambda: run_forecast(parse_forecast_config(list(args.overrides))))
+    return COMMANDS[0].parse(argv)

@@ -6,7 +6,7 @@
 
 Two sources:
 
-1. `record`: run a policy in `tasks.envs.make_env(env)`: "random" (uniform, seeded), any
+1. `record`: run a policy in `rlts.tasks.rl.envs.make_env(env)`: "random" (uniform, seeded), any
    callable `obs -> action` (with an optional `reset()` called at every episode start), or the
    folder of a finished `rlts rl` / `rlts atari` run, whose Drama agent (world model + actor from
    `checkpoints/last.pt`) acts, sampling from its policy or greedily (`--greedy`). Episode k is
@@ -14,7 +14,7 @@ Two sources:
    random policy and the agent's sampling are seeded from `seed` too: the same arguments give the
    same file. Every step's `info["life_loss"]` is kept as `life_losses`; episodes are whole games.
    With `steps`, the episode running when the budget is spent is cut and marked truncated
-   (metadata `last_episode_cut`).
+   (metadata `last_episode_cut`). The episodes run in `rlts.tasks.rl.episodes.run_episodes`.
 
 2. `export_replay`: the replay buffer of a trained world-model run, i.e. every transition the
    agent collected while learning (random actions first, then the improving policy), as in the
@@ -24,8 +24,8 @@ Two sources:
    observation after an episode's last step. Hence two modes:
    - reconstructed (the default when possible): each env stream is replayed through the
      environment from its first episode, with the run's own episode seeds
-     (`tasks.rl.episode_seed`) and the stored actions; the envs are deterministic given both
-     (see tasks.envs), and every observation, reward and flag is checked against the buffer. This
+     (`rlts.runtime.episode_seed`) and the stored actions; the envs are deterministic given both
+     (see rlts.tasks.rl.envs), and every observation, reward and flag is checked against the buffer. This
      recovers the true terminations, truncations, life losses and final observations. It needs a
      buffer that still holds every stream from its first step (it never wrapped around, as in
      Atari100k where buffer size = steps).
@@ -39,6 +39,7 @@ Two sources:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -50,9 +51,19 @@ import torch
 from rlts.checkpoint import load as load_checkpoint
 from rlts.config import apply_dict
 from rlts.data.trajectories import Trajectories, default_metadata, save_trajectories
-from tasks.envs import env_spec, make_env
+from rlts.runtime import derive_seed, episode_seed
+from rlts.tasks.runner import Command
+from rlts.tasks.rl.envs import env_spec, make_env
+from rlts.tasks.rl.episodes import Step, run_episodes
+from rlts.tasks.rl.sac import BehaviourPolicy, is_behaviour_path
+from rlts.world_models.actor_critic import ActorCriticConfig
+from rlts.world_models.agent import Agent
+from rlts.world_models.learner import Learner, LearnerConfig
+from rlts.world_models.world_model import WorldModelConfig
 
 Policy = Union[str, Path, Callable]
+RUN_ENV_KEYS = ("image_size", "noop_max", "max_episode_frames")
+"""The keys of an rl run's config that `make_env` takes (its Atari settings)."""
 
 
 def _progress(total: int, desc: str, unit: str, enabled: bool):
@@ -84,9 +95,8 @@ def check_out(out: str | Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """(config, checkpoint payload) of a finished or running `rlts rl` / `rlts atari` run folder."""
-    from tasks.rl import RLConfig
-
+    """(config, checkpoint payload) of a finished or running `rlts rl` / `rlts atari` run folder;
+    the config as the checkpoint holds it, a dict of the run's settings."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir} is not a run folder (expected the --out folder of `rlts rl` / `rlts atari`)")
@@ -97,8 +107,15 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     for key in ("config", "learner"):
         if key not in payload:
             raise ValueError(f"{path} lacks {key!r}: not a checkpoint of `rlts rl` / `rlts atari`")
-    cfg = apply_dict(RLConfig(), payload["config"])
-    return cfg, payload
+    missing = [k for k in ("env", "seed", "world_model", "agent") if k not in payload["config"]]
+    if missing:
+        raise ValueError(f"{path}: its config lacks {missing}: not a checkpoint of `rlts rl` / `rlts atari`")
+    return payload["config"], payload
+
+
+def run_env_kwargs(cfg: dict) -> dict:
+    """The `make_env` keywords of an rl run's config."""
+    return {k: cfg[k] for k in RUN_ENV_KEYS if k in cfg}
 
 
 class AgentPolicy:
@@ -106,36 +123,36 @@ class AgentPolicy:
     step per call; `reset()` at every episode start."""
 
     def __init__(self, run_dir: str | Path, greedy: bool = False, device: str | torch.device = "cpu"):
-        from tasks.rl import Learner
-
         self.device = torch.device(device)
         self.cfg, payload = load_run(run_dir, self.device)
-        spec = env_spec(make_env(self.cfg.env, **self.env_kwargs))
-        learner = Learner(self.cfg, spec, self.device)
+        spec = env_spec(make_env(self.env, **self.env_kwargs))
+        models = LearnerConfig(world_model=apply_dict(WorldModelConfig(), self.cfg["world_model"]),
+                               agent=apply_dict(ActorCriticConfig(), self.cfg["agent"]))
+        learner = Learner(spec.obs_shape, spec.n_actions, models, self.device)
         try:
             learner.wm.load_state_dict(payload["learner"]["wm"])
             learner.ac.load_state_dict(payload["learner"]["ac"])
         except (KeyError, RuntimeError) as e:
             raise ValueError(f"{run_dir}: the checkpoint's models do not match its config: {e}") from e
-        self.wm, self.ac = learner.wm.eval(), learner.ac.eval()
+        self.agent = Agent(learner.wm.eval(), learner.ac.eval(), self.device, greedy)
         self.greedy = greedy
         self.description = f"Drama agent of {run_dir} (step {payload.get('step')}, {'greedy' if greedy else 'sampling'})"
         self.reset()
 
     @property
+    def env(self) -> str:
+        """The run's environment."""
+        return self.cfg["env"]
+
+    @property
     def env_kwargs(self) -> dict:
-        from tasks.rl import env_kwargs
-        return env_kwargs(self.cfg)
+        return run_env_kwargs(self.cfg)
 
     def reset(self) -> None:
-        self.h, self.s = self.wm.initial_state(1, self.device)
+        self.agent.start(1)
 
-    @torch.no_grad()
     def __call__(self, obs: np.ndarray) -> int:
-        feat = self.wm.observe(torch.as_tensor(np.asarray(obs)[None], device=self.device), self.h)  # (1, d_feat)
-        a = self.ac.policy(feat, greedy=self.greedy)                                                # (1,)
-        self.h, self.s = self.wm.advance(feat, a, self.s)
-        return int(a[0])
+        return int(self.agent.act(np.asarray(obs)[None])[0])
 
 
 def record(env_name: Optional[str], policy: Policy = "random", episodes: Optional[int] = None,
@@ -151,8 +168,6 @@ def record(env_name: Optional[str], policy: Policy = "random", episodes: Optiona
     `greedy`: the mean action). With a run folder `env_name` may be None (the run's env is used) and
     the env is made with the run's settings (image size, no-ops, frame cap).
     """
-    from tasks.rl import derive_seed
-
     if (episodes is None) == (steps is None):
         raise ValueError("give exactly one of episodes and steps")
     budget = episodes if episodes is not None else steps
@@ -164,15 +179,12 @@ def record(env_name: Optional[str], policy: Policy = "random", episodes: Optiona
     if isinstance(policy, str) and policy == "random":
         act, description = None, "uniform random"
     elif isinstance(policy, (str, Path)):
-        from tasks.behaviour import BehaviourPolicy, is_behaviour_path
-
         if is_behaviour_path(policy):  # a `rlts behaviour` run folder or policy snapshot
             act = BehaviourPolicy(policy, greedy=greedy)
-            run_env = act.env
         else:
             act = AgentPolicy(policy, greedy=greedy, device=device)
-            run_env = act.cfg.env
             kwargs = {**act.env_kwargs, **kwargs}
+        run_env = act.env
         description = act.description
         if env_name is not None and env_name != run_env:
             raise ValueError(f"the agent in {policy} was trained on {run_env!r}, not {env_name!r}")
@@ -186,39 +198,36 @@ def record(env_name: Optional[str], policy: Policy = "random", episodes: Optiona
 
     env = make_env(env_name, **kwargs)
     env.action_space.seed(derive_seed(seed, 4))
+    if act is None:
+        def act(obs):  # uniform random, from the seeded action space
+            return env.action_space.sample()
     eps: List[dict] = []
-    seeds: List[int] = []
-    total, cut = 0, False
+    o, a, r, te, tr, ll = [], [], [], [], [], []
     bar = _progress(budget, f"record {env_name}", "episode" if episodes is not None else "step", progress)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, 5))
-        while (episodes is not None and len(eps) < episodes) or (steps is not None and total < steps):
-            ep_seed = derive_seed(seed, 3, len(eps))
-            obs, _ = env.reset(seed=ep_seed)
-            if hasattr(act, "reset"):
-                act.reset()
-            o, a, r, te, tr, ll = [], [], [], [], [], []
-            while True:
-                action = env.action_space.sample() if act is None else act(obs)
-                nxt, reward, term, trunc, info = env.step(action)
-                o.append(obs); a.append(np.asarray(action)); r.append(reward)
-                te.append(bool(term)); tr.append(bool(trunc)); ll.append(bool(info.get("life_loss", False)))
-                obs, total = nxt, total + 1
-                if steps is not None:
-                    bar.update(1)
-                if term or trunc:
-                    break
-                if steps is not None and total >= steps:
-                    tr[-1], cut = True, True
-                    break
+
+    def on_step(step: Step) -> None:
+        o.append(step.obs); a.append(np.asarray(step.action)); r.append(step.reward)
+        te.append(bool(step.terminated)); tr.append(bool(step.truncated or step.cut))
+        ll.append(bool(step.info.get("life_loss", False)))
+        if steps is not None:
+            bar.update(1)
+        if step.terminated or step.truncated or step.cut:
             eps.append({"observations": np.stack(o), "actions": np.stack(a), "rewards": np.asarray(r, np.float32),
                         "terminations": np.asarray(te), "truncations": np.asarray(tr),
-                        "life_losses": np.asarray(ll), "final_observation": obs})
-            seeds.append(ep_seed)
+                        "life_losses": np.asarray(ll), "final_observation": step.next_obs})
+            for column in (o, a, r, te, tr, ll):
+                column.clear()
             if episodes is not None:
                 bar.update(1)
+
+    seeds = (derive_seed(seed, 3, k) for k in (range(episodes) if episodes is not None else itertools.count()))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, 5))
+        result = run_episodes([env], seeds, lambda obs: [act(obs[0])], on_step=on_step, max_steps=steps,
+                              start=(lambda n: act.reset()) if hasattr(act, "reset") else None)
     bar.close()
     env.close()
+    seeds, cut = result.seeds, any(result.cut)
     meta = default_metadata(
         source="record", env=env_name, env_kwargs=kwargs, policy=description, greedy=bool(greedy), seed=int(seed),
         episode_seeds=seeds, last_episode_cut=cut,
@@ -246,14 +255,12 @@ def _reconstruct(cfg, stream: int, obs, act, rew, term, progress) -> dict:
     """Replay one buffer stream through the env with the run's episode seeds; ValueError at the
     first step that does not match the buffer. Returns the stream's true flags and life losses
     (size,), episode starts (E_i,) and final observations (E_i, *obs_shape)."""
-    from tasks.rl import env_kwargs, episode_seed
-
-    env = make_env(cfg.env, **env_kwargs(cfg))
+    env = make_env(cfg["env"], **run_env_kwargs(cfg))
     n = len(rew)
     terminations, truncations, life = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
     starts, finals = [0], []
     k = 0
-    cur, _ = env.reset(seed=episode_seed(cfg.seed, stream, k))
+    cur, _ = env.reset(seed=episode_seed(cfg["seed"], stream, k))
     try:
         for t in range(n):
             if not np.array_equal(np.asarray(cur, dtype=obs.dtype), obs[t]):
@@ -268,7 +275,7 @@ def _reconstruct(cfg, stream: int, obs, act, rew, term, progress) -> dict:
             if te or tr:
                 finals.append(np.asarray(cur, dtype=obs.dtype))
                 k += 1
-                cur, _ = env.reset(seed=episode_seed(cfg.seed, stream, k))
+                cur, _ = env.reset(seed=episode_seed(cfg["seed"], stream, k))
                 if t + 1 < n:
                     starts.append(t + 1)
         if len(finals) < len(starts):  # the episode running at the checkpoint: cut
@@ -329,12 +336,11 @@ def export_replay(run_dir: str | Path, out: Optional[str | Path] = None, reconst
     stream_of = np.concatenate([np.full(len(s["starts"]), i) for i, s in enumerate(streams)]).tolist()
     reconstructed = why is None
     meta = default_metadata(
-        source="replay", run_dir=str(run_dir), checkpoint_step=payload.get("step"), env=cfg.env,
-        env_kwargs={"image_size": cfg.image_size, "noop_max": cfg.noop_max,
-                    "max_episode_frames": cfg.max_episode_frames},
-        policy=(f"behaviour policy of the training run: uniform random for the first {cfg.random_steps} steps, "
-                "then the learning Drama agent (sampling)"),
-        seed=cfg.seed, num_envs=n_envs, buffer_steps_per_env=int(buf["steps"]), buffer_size_per_env=size,
+        source="replay", run_dir=str(run_dir), checkpoint_step=payload.get("step"), env=cfg["env"],
+        env_kwargs=run_env_kwargs(cfg),
+        policy=(f"behaviour policy of the training run: uniform random for the first {cfg.get('random_steps')} "
+                "steps, then the learning Drama agent (sampling)"),
+        seed=cfg["seed"], num_envs=n_envs, buffer_steps_per_env=int(buf["steps"]), buffer_size_per_env=size,
         buffer_wrapped=wrapped, reconstructed=reconstructed, not_reconstructed_because=why,
         episode_streams=stream_of,
         flags=("reconstructed by replaying the env: terminations, truncations and life_losses are the env's; "
@@ -425,3 +431,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+COMMANDS = (Command("record", None, None, main,
+                    help="record an offline RL dataset from a policy or a trained agent's replay buffer"),)

@@ -17,10 +17,10 @@ one gradient step per environment step, automatic entropy tuning; buffer size = 
 buffer never wraps):
 1. act: uniform random (the env's action space, seeded from the run seed) for the first
    `learning_starts` steps, then a sample of the SAC actor (torch RNG);
-2. step the env (`tasks.envs.make_env`: actions in [-1, 1]); add the transition to the SB3
+2. step the env (`rlts.tasks.rl.envs.make_env`: actions in [-1, 1]); add the transition to the SB3
    replay buffer with `infos["TimeLimit.truncated"]`, so that a time-limit cut is not a terminal
    for the critic (SB3 masks `dones` with `timeouts`); episode k is reset with
-   `tasks.rl.episode_seed(seed, 0, k)`;
+   `rlts.runtime.episode_seed(seed, 0, k)` (`rlts.tasks.rl.episodes.EpisodeCollector`);
 3. once past `learning_starts` steps, one `model.train` gradient step (SB3's own update).
 
 SB3's `model.learn` is not used: its collection loop cannot be resumed exactly. Our own loop can:
@@ -30,6 +30,9 @@ Python and action-space RNG states, and the running episode's index and actions;
 env is reset with that episode's seed and the actions are replayed (checked against the stored
 observation). A killed run thus continues bit for bit as if it had never stopped.
 
+Each snapshot is evaluated on `eval_episodes` greedy episodes (`rlts.tasks.rl.episodes.run_episodes`),
+episode k reset with derive_seed(seed, 1, k), the same episodes for every snapshot.
+
 Outputs in `out`: checkpoints/last.pt, policies/step<N>.pt (actor weights, obs/act dims, net_arch,
 env), results.json (snapshots with their evaluation, training episode returns), tb/ (episode
 returns and SAC losses) and, at the end, replay.npz (rlts.data.trajectories format, source
@@ -38,7 +41,6 @@ returns and SAC losses) and, at the end, replay.npz (rlts.data.trajectories form
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +52,14 @@ import torch
 from rlts.checkpoint import load, rng_state, save_atomic, set_rng_state
 from rlts.config import to_dict
 from rlts.data.trajectories import Trajectories, default_metadata, save_trajectories
-from tasks._runner import cli_main, load_results, output_folder, parse_task_config, write_json_atomic
-from tasks.envs import make_env, replay_actions
-from tasks.rl import derive_seed, episode_seed
+from rlts.runtime import derive_seed, episode_seed
+from rlts.tasks.runner import Command
+from rlts.tasks.runner import CONFIG_DIR, cli_main, load_results, output_folder, parse_task_config, write_json_atomic
+from rlts.tasks.rl.envs import make_env
+from rlts.tasks.rl.episodes import EpisodeCollector, run_episodes
+from rlts.tasks.rl.sac import BehaviourPolicy, act
 
-CONFIG_PATH = Path(__file__).parent / "configs" / "behaviour.yaml"
+CONFIG_PATH = CONFIG_DIR / "behaviour.yaml"
 # Settings a resumed run must share with its checkpoint (`steps` may grow: training continues).
 _RESUME_KEYS = ("env", "seed", "learning_starts", "batch_size", "net_arch")
 _BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
@@ -110,135 +115,65 @@ def check_env(name: str) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------
-def act(actor: torch.nn.Module, obs: np.ndarray, greedy: bool) -> np.ndarray:
-    """One action (act_dim,) float32 in [-1, 1] of an SB3 SAC actor for obs (obs_dim,): its mean
-    action if greedy, else a sample (torch RNG)."""
-    with torch.no_grad():
-        return actor(torch.as_tensor(obs[None]), deterministic=greedy)[0].numpy()   # (act_dim,)
-
-
-def sac_actor(obs_dim: int, act_dim: int, net_arch: List[int]) -> torch.nn.Module:
-    """An SB3 SAC actor for (obs_dim,) observations and (act_dim,) actions in [-1, 1], to load
-    weights into; made on a forked torch RNG (its random init leaves the caller's stream alone)."""
-    import gymnasium as gym
-    from stable_baselines3.sac.policies import SACPolicy
-
-    obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-    act_space = gym.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
-    with torch.random.fork_rng(devices=[]):
-        return SACPolicy(obs_space, act_space, lambda _: 0.0, net_arch=list(net_arch)).actor.eval()
-
-
-def is_behaviour_path(path: str | Path) -> bool:
-    """True for a `rlts behaviour` run folder (it has policies/) or a policy snapshot (.pt file)."""
-    path = Path(path)
-    return (path.is_dir() and (path / "policies").is_dir()) or (path.is_file() and path.suffix == ".pt")
-
-
-def latest_snapshot(run_dir: Path) -> Path:
-    """The snapshot of the highest step in run_dir/policies; a ValueError if there is none."""
-    snaps = [(int(m.group(1)), p) for p in (run_dir / "policies").glob("step*.pt")
-             if (m := re.fullmatch(r"step(\d+)\.pt", p.name))]
-    if not snaps:
-        raise ValueError(f"{run_dir} has no policy snapshot in policies/")
-    return max(snaps)[1]
-
-
-class BehaviourPolicy:
-    """A SAC policy snapshot of `rlts behaviour` as a policy for `tasks.record.record`:
-    obs (obs_dim,) -> action (act_dim,) float32, sampled (torch RNG) or the mean if greedy.
-    `path` is a run folder (its latest snapshot) or a policies/step<N>.pt file."""
-
-    def __init__(self, path: str | Path, greedy: bool = False):
-        path = Path(path)
-        file = latest_snapshot(path) if path.is_dir() else path
-        snap = load(file)
-        missing = [k for k in ("actor", "obs_dim", "act_dim", "net_arch", "env", "step") if k not in snap]
-        if missing:
-            raise ValueError(f"{file} lacks {missing}: not a policy snapshot of `rlts behaviour`")
-        self.actor = sac_actor(snap["obs_dim"], snap["act_dim"], snap["net_arch"])
-        self.actor.load_state_dict(snap["actor"])
-        self.env, self.step, self.greedy = snap["env"], int(snap["step"]), greedy
-        self.description = (f"SAC policy {file} (step {self.step} of training on {self.env}, "
-                            f"{'greedy' if greedy else 'sampling'})")
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        return act(self.actor, np.asarray(obs, np.float32), self.greedy)
-
-
 def evaluate(policy: Callable, env_name: str, seed: int, episodes: int) -> List[float]:
     """Returns of `episodes` full episodes of `policy` (obs -> action), episode k reset with
     derive_seed(seed, 1, k); on a forked torch RNG (training's streams stay untouched)."""
     env = make_env(env_name)
-    returns = []
     with torch.random.fork_rng(devices=[]):
-        for k in range(episodes):
-            obs, _ = env.reset(seed=derive_seed(seed, 1, k))
-            total, done = 0.0, False
-            while not done:
-                obs, r, term, trunc, _ = env.step(policy(obs))
-                total, done = total + float(r), term or trunc
-            returns.append(total)
+        result = run_episodes([env], [derive_seed(seed, 1, k) for k in range(episodes)],
+                              lambda obs: [policy(obs[0])])
     env.close()
-    return returns
+    return result.returns
 
 
-# ---------------------------------------------------------------------------------------------
 class Collector:
-    """The training env, its running episode (index, actions, return) and the finished
-    episodes' returns and lengths."""
+    """The training env (one env of an EpisodeCollector: episode k reset with
+    episode_seed(seed, 0, k)), its uniform random actions (the env's action space, seeded with
+    derive_seed(seed, 4)) and the finished episodes' returns and lengths."""
 
     def __init__(self, cfg: BehaviourConfig):
-        self.cfg = cfg
-        self.env = make_env(cfg.env)
-        self.env.action_space.seed(derive_seed(cfg.seed, 4))
-        self.episode, self.actions, self.ep_return = 0, [], 0.0
+        self.episodes = EpisodeCollector(cfg.env, 1, cfg.seed)
+        self.action_space = self.episodes.envs[0].action_space
+        self.action_space.seed(derive_seed(cfg.seed, 4))
         self.returns: List[float] = []
         self.lengths: List[int] = []
-        self.obs, _ = self.env.reset(seed=episode_seed(cfg.seed, 0, 0))     # (obs_dim,)
+
+    def start(self) -> None:
+        """Reset the env for the first episode."""
+        self.episodes.start()
 
     def act(self, actor: torch.nn.Module, random: bool) -> np.ndarray:
         """(act_dim,) float32 in [-1, 1]."""
-        return self.env.action_space.sample() if random else act(actor, self.obs, greedy=False)
+        return self.action_space.sample() if random else act(actor, self.episodes.obs[0], greedy=False)
 
     def step(self, action: np.ndarray, buffer) -> Optional[tuple]:
         """Step the env, add the transition to the SB3 buffer, reset a finished episode with its
         seed. Returns (return, length) of a finished episode, else None."""
-        nxt, reward, term, trunc, _ = self.env.step(action)
-        buffer.add(self.obs[None], nxt[None], action[None], np.array([reward], np.float32),
-                   np.array([term or trunc]), [{"TimeLimit.truncated": bool(trunc and not term)}])
-        self.actions.append(action)
-        self.ep_return += float(reward)
-        if not (term or trunc):
-            self.obs = nxt
+        t = self.episodes.step([action])
+        buffer.add(t.obs, t.next_obs, action[None], t.reward.astype(np.float32), t.done,
+                   [{"TimeLimit.truncated": bool(t.truncated[0] and not t.terminated[0])}])
+        if not t.finished:
             return None
-        finished = (self.ep_return, len(self.actions))
-        self.returns.append(finished[0])
-        self.lengths.append(finished[1])
-        self.episode, self.actions, self.ep_return = self.episode + 1, [], 0.0
-        self.obs, _ = self.env.reset(seed=episode_seed(self.cfg.seed, 0, self.episode))
-        return finished
+        _, ret, length = t.finished[0]
+        self.returns.append(ret)
+        self.lengths.append(length)
+        return ret, length
 
     def state_dict(self) -> dict:
-        act_dim = self.env.action_space.shape[0]
-        actions = np.stack(self.actions) if self.actions else np.zeros((0, act_dim), np.float32)
-        return {"episode": self.episode, "actions": torch.from_numpy(actions),       # (T, act_dim)
-                "ep_return": self.ep_return, "obs": torch.from_numpy(self.obs.copy()),
-                "returns": list(self.returns), "lengths": list(self.lengths),
-                "action_space_rng": self.env.action_space.np_random.bit_generator.state}
+        """The running episode (index, actions (T, act_dim), return), the observation (obs_dim,),
+        the finished episodes' returns and lengths, and the action space's RNG state."""
+        d = self.episodes.state_dict()
+        return {"episode": d["episode"][0], "actions": d["actions"][0], "ep_return": d["ep_return"][0],
+                "obs": d["obs"][0].clone(), "returns": list(self.returns), "lengths": list(self.lengths),
+                "action_space_rng": self.action_space.np_random.bit_generator.state}
 
     def load_state_dict(self, d: dict) -> None:
         """Rebuild the env: reset with the running episode's seed, replay its actions."""
-        self.episode, self.ep_return = int(d["episode"]), float(d["ep_return"])
+        self.episodes.load_state_dict({"episode": [int(d["episode"])], "ep_return": [float(d["ep_return"])],
+                                       "ep_length": [len(d["actions"])], "actions": [d["actions"]],
+                                       "obs": d["obs"][None]})
         self.returns, self.lengths = list(d["returns"]), list(d["lengths"])
-        self.actions = list(d["actions"].numpy())
-        obs = replay_actions(self.env, episode_seed(self.cfg.seed, 0, self.episode), self.actions)
-        if not np.array_equal(obs, d["obs"].numpy()):
-            raise ValueError(f"cannot resume exactly: replaying the current episode of {self.cfg.env} did not "
-                             "reproduce the stored observation (the env is not deterministic given its reset "
-                             "seed and actions)")
-        self.obs = obs
-        self.env.action_space.np_random.bit_generator.state = d["action_space_rng"]
+        self.action_space.np_random.bit_generator.state = d["action_space_rng"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +270,9 @@ def train(cfg: BehaviourConfig) -> dict:
     model = make_sac(cfg, out / "tb")
     collector = Collector(cfg)
     step, snapshots, wall = 0, [], 0.0
-    if state is not None:
+    if state is None:
+        collector.start()
+    else:
         step, snapshots, wall = int(state["step"]), list(state["snapshots"]), float(state["wall"])
         load_sac_state(model, state["sac"], step)
         collector.load_state_dict(state["collector"])
@@ -400,3 +337,8 @@ def parse_behaviour_config(argv: List[str]) -> BehaviourConfig:
 
 def cli_run(args) -> int:
     return cli_main("behaviour", lambda: train(parse_behaviour_config(list(args.overrides))))
+
+
+COMMANDS = (Command("behaviour", BehaviourConfig, "behaviour.yaml", train,
+                    help="train a SAC behaviour policy (Stable-Baselines3) for D4RL-style datasets",
+                    stem=lambda cfg: cfg.env),)

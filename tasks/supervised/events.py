@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rlts.config import to_dict
+from rlts.config import check_ranges, param, to_dict
 from rlts.data.events import (ORIGINS, EventDataset, HawkesParams, TimeScale, collate_events, fit_hawkes,
                               fit_poisson_rate, hawkes_intensity, hawkes_nll_per_event, load_events,
                               num_predicted_events, poisson_nll_per_event, predicted_intervals,
@@ -56,24 +56,14 @@ from rlts.data.events import (ORIGINS, EventDataset, HawkesParams, TimeScale, co
 from rlts.heads.events import EventModel, evaluate_events, event_loss
 from rlts.nn import count_parameters
 from rlts.runtime import seed_everything, select_device
-from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig, check_train_config
-from tasks._runner import (TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
-                           table_order, write_json_atomic)
-from tasks._runner import resolve_models as _resolve_models
-from tasks._runner import run_seeds, summarise_runs
-
-CONFIG_PATH = Path(__file__).parent / "configs" / "events.yaml"
+from rlts.tasks.runner import TRAIN_ALIASES, Command, json_float, table_order
+from rlts.tasks.runner import resolve_models as _resolve_models
+from rlts.tasks.supervised.grid import GridRun
 BASELINES = ("poisson", "hawkes", "repeat-mark", "true-hawkes")
 """Rows computed without training (always run; true-hawkes only with `true_hawkes`)."""
 PLOT_EVENTS = 40
 """Events of the first test sequence shown in intensity.png."""
-# Config keys whose change makes earlier results in the same `out` incomparable.
-_DATA_KEYS = ("data", "origin", "split", "shuffle", "seed", "seeds", "d_model", "n_layers", "n_components",
-              "mark_dim", "dropout", "aaren_decay", "aaren_mass", "copy_marks", "train", "true_hawkes")
-_LEGACY = {"copy_marks": False, "seeds": 1}
-"""What results written before a key existed were run with (without an entry, such a folder
-would count as run with the key's value of the run that reads it)."""
 METRICS = ("nll", "nll_time", "nll_mark", "rmse", "accuracy")
 """Test metrics of every model; with `seeds` > 1 each gets its mean and sample std over the runs."""
 
@@ -82,54 +72,54 @@ METRICS = ("nll", "nll_time", "nll_mark", "rmse", "accuracy")
 class EventsConfig:
     """Settings of `rlts events`."""
 
-    data: str = ""
+    data: str = param("", result=True)
     """Event sequences as JSON lines ({"times": [...], "marks": [...]} per line)."""
     time_unit: str = "time unit of the file"
     """Name of the data's time unit (e.g. s, days), written next to every time-based number."""
-    origin: str = "first"
+    origin: str = param("first", result=True, choices=ORIGINS)
     """first: the first event of a sequence only starts the history; zero: the process starts
     at time 0 and the first event is predicted too."""
-    split: List[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
+    split: List[float] = param(default_factory=lambda: [0.6, 0.2, 0.2], result=True, within="(0, 1)")
     """Train / validation / test fractions of the sequences."""
-    shuffle: bool = False
+    shuffle: bool = param(False, result=True)
     """Shuffle the sequences (with `seed`) before splitting; default: file order."""
-    models: List[str] = field(default_factory=lambda: ["backbone", "transformer"])
+    models: List[str] = param(default_factory=lambda: ["backbone", "transformer"])
     """Neural models: any rlts.nn backbone name (aaren, mamba, mamba2, transformer, gru) or
     `backbone` (= the `backbone` key). The baselines always run."""
     backbone: str = "aaren"
     """The backbone the model name `backbone` stands for."""
-    d_model: int = 64
+    d_model: int = param(64, result=True, within="[1, inf)")
     """Width of the sequence model."""
-    n_layers: int = 2
+    n_layers: int = param(2, result=True, within="[1, inf)")
     """Blocks in the sequence model."""
-    n_components: int = 8
+    n_components: int = param(8, result=True, within="[1, inf)")
     """Log-normal mixture components of the next-time distribution."""
-    mark_dim: Optional[int] = None
+    mark_dim: Optional[int] = param(None, result=True, within="[1, inf)")
     """Mark embedding width; default min(32, d_model)."""
-    dropout: float = 0.0
+    dropout: float = param(0.0, result=True, within="[0, 1)")
     """Dropout on event embeddings and before the decoder."""
-    aaren_decay: bool = True
+    aaren_decay: bool = param(True, result=True)
     """Aaren models: a learned per-head clock in the scores, so that older events weigh less
     (rlts.nn.aaren.Aaren, option decay); false: the paper's content-only attention."""
-    aaren_mass: bool = False
+    aaren_mass: bool = param(False, result=True)
     """Aaren models: each head also outputs its log attention mass (option mass), so the model
     sees how much recent activity there is, not only its weighted mean."""
-    copy_marks: bool = True
+    copy_marks: bool = param(True, result=True, missing_as=False)
     """Marked data: a copy path in the mark decoder, learned logits for "the same type as the
     last event" and "a type seen recently, often" (EventModel option copy_marks)."""
-    true_hawkes: Optional[List[float]] = None
+    true_hawkes: Optional[List[float]] = param(None, result=True, within="(0, inf)")
     """[mu, alpha, beta] of the process that generated the data, if known (synthetic data):
     adds the true process's NLL, the best achievable, to the table."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = param(default_factory=TrainConfig, result=True)
     """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
     train.device are replaced by the top-level seed and device."""
-    eval_batch_size: int = 16
+    eval_batch_size: int = param(16, within="[1, inf)")
     """Sequences per batch when scoring the test set."""
     out: Optional[str] = None
     """Output folder; default runs/events-<data stem>-<timestamp>. Reuse it to resume."""
-    seed: int = 0
+    seed: int = param(0, result=True)
     """Seeds model initialisation, training and the shuffle."""
-    seeds: int = 1
+    seeds: int = param(1, result=True, within="[1, inf)", missing_as=1)
     """Runs per neural model, with seeds seed, seed + 1, ..., seed + seeds - 1, all on the same
     split (with shuffle, the one drawn with `seed`; without, each run is exactly what `--seed S`
     alone gives); the table reports the mean NLL with its sample standard deviation,
@@ -147,18 +137,14 @@ def resolve_models(cfg: EventsConfig) -> List[str]:
 
 def check_config(cfg: EventsConfig) -> None:
     """ValueErrors for settings that cannot work, before anything is read or written."""
+    check_ranges(cfg)
     check_train_config(cfg.train, "train")
     if not cfg.data:
         raise ValueError("no event file given; pass --data FILE.jsonl")
-    if cfg.origin not in ORIGINS:
-        raise ValueError(f"unknown origin {cfg.origin!r}; use one of {', '.join(ORIGINS)}")
-    if len(cfg.split) != 3 or any(f <= 0 for f in cfg.split) or abs(sum(cfg.split) - 1.0) > 1e-6:
+    if len(cfg.split) != 3 or abs(sum(cfg.split) - 1.0) > 1e-6:
         raise ValueError(f"split must be three positive fractions summing to 1, got {cfg.split}")
-    if cfg.true_hawkes is not None and (len(cfg.true_hawkes) != 3 or any(v <= 0 for v in cfg.true_hawkes)):
+    if cfg.true_hawkes is not None and len(cfg.true_hawkes) != 3:
         raise ValueError(f"true_hawkes must be three positive numbers mu alpha beta, got {cfg.true_hawkes}")
-    for key in ("d_model", "n_layers", "n_components", "eval_batch_size", "seeds"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     resolve_models(cfg)
     select_device(cfg.device)
 
@@ -265,12 +251,8 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
     n_marks = int(max(int(s.marks.max()) for s in seqs)) + 1 if has_marks else 1
     scale = TimeScale.fit(train, cfg.origin)
 
-    out, previous, cfg_dict = open_run(cfg, "events", Path(cfg.data).stem, _DATA_KEYS, _LEGACY, file_keys=("data",))
-    log(f"[out] {out}")
-    results_path = out / "results.json"
     log_scale = math.log(scale.scale)
-    state = {
-        "config": cfg_dict,
+    header = {
         "data": {"file": str(cfg.data), "sequences": {"train": len(train), "val": len(val), "test": len(test)},
                  "predicted_events": {"train": num_predicted_events(train, cfg.origin),
                                       "val": num_predicted_events(val, cfg.origin),
@@ -284,66 +266,48 @@ def run_events(cfg: EventsConfig, log=print) -> dict:
                 f"({cfg.time_unit}); neural models run on times / scale and are converted with + log(scale)"),
             "time_unit": cfg.time_unit, "scale": scale.scale, "log_scale": log_scale,
         },
-        "results": previous.get("results", {}),
-        "partial": previous.get("partial", {}),  # the finished seeds of a model whose seeds are not all done
     }
-    state["results"].update(baseline_results(train, test, cfg, n_marks, has_marks))
-    write_json_atomic(state, results_path)
+    run = GridRun(cfg, "events", Path(cfg.data).stem, file_keys=("data",), header=header, log=log)
+    out = run.out
+    run.results.update(baseline_results(train, test, cfg, n_marks, has_marks))
+    run.save()
 
     device = select_device(cfg.device)
     train_ds, val_ds, test_ds = (EventDataset(part, scale, cfg.origin) for part in (train, val, test))
-    seeds = [cfg.seed + k for k in range(cfg.seeds)]
-    seed_note = ", seed {})" if cfg.seeds > 1 else ")"  # closes the log lines of a run
-
-    def train_and_test(name: str, seed: int) -> dict:
+    def train_and_test(name: str, seed: int, run_dir: Path) -> dict:
         """One neural model trained (or resumed) with one seed and scored on the test sequences."""
         seed_everything(seed)
         model = build_model(name, cfg, n_marks)
         model.set_time_scale(collate_events([train_ds[i] for i in range(len(train_ds))]))
         n_params = count_parameters(model)
-        log(f"[train] {name} ({n_params} parameters" + seed_note.format(seed))
+        log(f"[train] {name} ({n_params} parameters" + run.seed_note(seed) + ")")
         train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
-        trainer = Trainer(model, event_loss, train_cfg, run_dir=model_folder(out, name, cfg, seed),
+        trainer = Trainer(model, event_loss, train_cfg, run_dir=run_dir,
                           collate_fn=collate_events, weight_key="n_events")  # early stopping on the per-event val NLL
         fit = trainer.fit(train_ds, val_ds)
         train_time = fit["train_time_s"]  # summed over interrupted runs
         m = evaluate_events(trainer.model.to(device),  # EventModel moves each batch to its device
                             DataLoader(test_ds, batch_size=cfg.eval_batch_size, collate_fn=collate_events))
-        log(f"[done] {name}: nll {m['nll'] + log_scale:.4f} ({train_time:.1f} s" + seed_note.format(seed))
+        log(f"[done] {name}: nll {m['nll'] + log_scale:.4f} ({train_time:.1f} s" + run.seed_note(seed) + ")")
         return {"nll": m["nll"] + log_scale, "nll_time": m["nll_time"] + log_scale, "nll_mark": m["nll_mark"],
                 "rmse": m["rmse"] * scale.scale, "accuracy": m["accuracy"] if has_marks else None,
                 "params": n_params, "train_time_s": round(train_time, 3), "epochs": fit["epochs"],
                 "best_val_loss": json_float(fit["best_val_loss"]), "n_events": m["n_events"]}
 
     for name in models:
-        if name in state["results"]:
-            log(f"[skip] {name}: already in {results_path}")
-            continue
+        run.job(name, None, name, folder=name, run_one=partial(train_and_test, name), metrics=METRICS)
 
-        def save_partial(runs: List[dict]) -> None:
-            state["partial"][name] = runs
-            write_json_atomic(state, results_path)
-
-        runs = run_seeds(seeds, state["partial"].get(name, []), partial(train_and_test, name), save_partial)
-        state["partial"].pop(name, None)
-        state["results"][name] = entry = summarise_runs(runs, METRICS)
-        write_json_atomic(state, results_path)
-        if len(runs) > 1:
-            log(f"[done] {name}: mean nll {entry['nll']:.4f} ± {entry['nll_std']:.4f} over seeds "
-                f"{seeds[0]}..{seeds[-1]}")
-
-    write_json_atomic(state, results_path)
-    neural = table_order(models, [m for m in state["results"] if m not in BASELINES])
-    md = write_table(_table_rows(state["results"], [*neural, *BASELINES]), out / "results.csv", out / "results.md")
+    neural = table_order(models, [m for m in run.results if m not in BASELINES])
+    md = run.finish(_table_rows(run.results, [*neural, *BASELINES]))
     if cfg.plots:  # every neural model in results.json, this run's and earlier runs' into `out`
-        plotted = plot_intensity(out / "intensity.png", test[0], cfg, scale, state, neural, out, n_marks, device)
+        plotted = plot_intensity(out / "intensity.png", test[0], cfg, scale, run.state, neural, out, n_marks, device)
         for name in neural:
             if name not in plotted:
                 log(f"[plot] {name}: no checkpoint in {model_folder(out, name, cfg, cfg.seed) / 'checkpoints'}, "
                     "left out of intensity.png")
     log(f"time unit: {cfg.time_unit}; scale {scale.scale:.6g}")
     log(md)
-    return state
+    return run.state
 
 
 @torch.no_grad()
@@ -354,16 +318,15 @@ def plot_intensity(path: Path, seq, cfg: EventsConfig, scale: TimeScale, state: 
     the checkpoint in its folder (`model_folder`, the first seed's with `seeds`; so models of
     earlier runs into `out` are drawn too); returns the names drawn (a model without a
     checkpoint is left out)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from rlts.checkpoint import Checkpointer
 
     n = min(len(seq), PLOT_EVENTS)
     times = seq.times[:n]
     start = 0 if cfg.origin == "zero" else 1
-    fig, ax = plt.subplots(figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))
+    ax = fig.subplots()
     grid_per = 30
     item = EventDataset([type(seq)(times, None if seq.marks is None else seq.marks[:n])], scale, cfg.origin)[0]
     batch = collate_events([item])
@@ -407,7 +370,6 @@ def plot_intensity(path: Path, seq, cfg: EventsConfig, scale: TimeScale, state: 
     ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return plotted
 
 
@@ -417,9 +379,12 @@ ALIASES = {"--model": "--models", **TRAIN_ALIASES}
 """Short spellings accepted by `rlts events` for the config keys."""
 
 
+COMMANDS = (Command("events", EventsConfig, "events.yaml", run_events, aliases=ALIASES, lists=("models",),
+                    help="train and evaluate event-time models (neural TPPs vs Poisson and Hawkes) on "
+                         "JSON-lines sequences",
+                    usage="rlts events --data FILE.jsonl [--key value ...] [--config NAME]",
+                    stem=lambda cfg: Path(cfg.data).stem),)
+
+
 def parse_events_config(argv: List[str]) -> EventsConfig:
-    return parse_task_config(EventsConfig, argv, CONFIG_PATH, ALIASES)
-
-
-def cli_run(args) -> int:
-    return cli_main("events", lambda: run_events(parse_events_config(list(args.overrides))))
+    return COMMANDS[0].parse(argv)

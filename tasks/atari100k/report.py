@@ -1,7 +1,7 @@
 """Atari100k report: per-game scores, human-normalised aggregates with stratified-bootstrap
 confidence intervals, and performance profiles, for a folder written by `rlts atari100k run`.
 
-    from tasks.atari100k_report import run_report
+    from rlts.tasks.atari100k.report import run_report
     run_report("runs/atari100k")                   # prints the tables, writes the files below
 
 Input: `DIR/<Game>/seed<k>/results.json`, one `rlts atari` run folder per (game, seed) job. A job
@@ -16,33 +16,15 @@ Scores. The score of a run is the mean return of its final evaluation (`eval_ret
 normalised: HNS = (score - random) / (human - random), with the random and human scores of
 `tasks/data/atari100k_reference_scores.csv` (sources: tasks/data/ATARI100K_SOURCES.md).
 
-Aggregates (Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice", the
-definitions of their `rliable` library), on a score matrix `x` of shape (n_runs, n_games):
-- mean: mean over games of the per-game mean over runs;
-- median: median over games of the per-game mean over runs;
-- IQM, interquartile mean: all n = n_runs * n_games scores pooled and sorted, k = floor(0.25 * n)
-  removed at each end, the mean of the n - 2k left (scipy.stats.trim_mean(x.ravel(), 0.25)
-  semantics: when 0.25 * n is not an integer, fewer than 25 % are cut on each side, no fractional
-  weights);
-- optimality gap: gamma - mean(min(x, gamma)) over all scores pooled, gamma = 1.
-Games may also have different numbers of runs (a list of per-game 1-D arrays instead of a matrix):
-the per-game means are then taken per game, and the pooled statistics (IQM, optimality gap,
-performance profile) pool all scores, so games with more runs weigh more; the report flags such
-results as partial.
-
-Confidence intervals: stratified bootstrap. Each of `reps` replicates draws, independently for
-each game, as many runs as that game has, uniformly with replacement (strata = games), and
-recomputes the statistic. The 95 % interval is the percentile interval: the alpha/2 and
-1 - alpha/2 quantiles of the replicates, numpy.quantile's default linear interpolation (type 7).
-The point estimate is the statistic of the observed scores, not a bootstrap average. With one run
-per game a resample is the data itself: the interval collapses to the point, which says nothing
-about uncertainty (the report says so).
-
-Performance profile: for each threshold tau, the fraction of all runs (pooled over games) whose
-HNS is above tau, with stratified-bootstrap 95 % bands. The published agents come as one
-per-game mean each (no per-seed scores in the reference file): their aggregates are point values
-over per-game means, and their profiles are fractions of games, not of runs. Their IQM is
-therefore an IQM of per-game means, not the run-level IQM of their papers.
+Aggregates: mean, median, IQM and optimality gap of the runs' HNS, each with a 95 % stratified
+bootstrap percentile interval (strata = games), and performance profiles with 95 % bands: the
+definitions of Agarwal et al. 2021 (`rliable`), computed by rlts.tasks.atari100k.stats. Games
+with different numbers of runs make the report partial. With one run per game the intervals
+collapse to the point estimates, which says nothing about uncertainty (the report says so). The
+published agents come as one per-game mean each (no per-seed scores in the reference file):
+their aggregates are point values over per-game means, and their profiles are fractions of
+games, not of runs. Their IQM is therefore an IQM of per-game means, not the run-level IQM of
+their papers.
 
 Partial results are reported as such: report.md opens with the reasons, and `partial` with
 `reasons` is in the returned dict and report.json, whenever fewer than 26 games have a finished
@@ -60,21 +42,24 @@ other configurations are then listed as excluded and the report is flagged parti
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
-REFERENCE_CSV = Path(__file__).resolve().parent / "data" / "atari100k_reference_scores.csv"
+from rlts.tasks.atari100k.stats import (AGGREGATES, human_normalized_score, performance_profile,
+                                        stratified_bootstrap_ci)
+from rlts.tasks.rl.games import close_games, find_game
+from rlts.tasks.runner import DATA_DIR, Command
+
+REFERENCE_CSV = DATA_DIR / "atari100k_reference_scores.csv"
 N_GAMES = 26
 FULL_STEPS = 100_000
 FULL_EVAL_EPISODES = 100
-GAMMA = 1.0
 AGENT = "ours"
 PUBLISHED_NAMES = {"dreamerv3": "DreamerV3", "storm": "STORM", "iris": "IRIS", "diamond": "DIAMOND", "twm": "TWM"}
 # Published aggregates over the 26 games (mean, median HNS); see tasks/data/ATARI100K_SOURCES.md.
@@ -82,8 +67,7 @@ PUBLISHED_AGGREGATES = {"dreamerv3": (1.25, 0.49), "storm": (1.22, 0.43), "iris"
                         "diamond": (1.46, 0.37), "twm": (0.96, 0.51)}
 RUN_COLUMNS = ["game", "seed", "finished", "eval_return", "eval_episodes", "steps", "backbone", "train_wall_s",
                "device", "budget", "protocol", "path", "problem"]
-
-Scores = Union[np.ndarray, Sequence[Sequence[float]]]
+AGGREGATE_LABELS = {"mean": "Mean", "median": "Median", "iqm": "IQM", "optimality_gap": "Optimality gap"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,24 +85,14 @@ def load_reference(path: Optional[Union[str, Path]] = None) -> pd.DataFrame:
     return ref.astype(float)
 
 
-def _key(name: str) -> str:
-    name = str(name).strip()
-    if name.startswith("ALE/"):
-        name = name[4:]
-    name = re.sub(r"-v\d+$", "", name)
-    name = re.sub(r"(NoFrameskip|Deterministic)$", "", name)
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
 def resolve_game(name: str, ref: pd.DataFrame) -> str:
     """The reference table's name of a game given as "Pong", "pong", "ms_pacman", "ALE/Pong-v5" or
-    "PongNoFrameskip-v4"; ValueError for a game not in the table."""
-    keys = {_key(g): g for g in ref.index}
-    key = _key(name)
-    if key in keys:
-        return keys[key]
-    close = difflib.get_close_matches(key, list(keys), n=3)
-    hint = f" (did you mean {', '.join(keys[k] for k in close)}?)" if close else ""
+    "PongNoFrameskip-v4" (rlts.tasks.rl.games.find_game); ValueError for a game not in the table."""
+    game = find_game(name, ref.index)
+    if game is not None:
+        return game
+    close = close_games(name, ref.index)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ValueError(f"unknown Atari100k game {name!r}{hint}; the reference scores list: {', '.join(ref.index)}")
 
 
@@ -126,103 +100,7 @@ def human_normalized(score, game: str, ref: Optional[pd.DataFrame] = None):
     """HNS = (score - random) / (human - random) of `game` (a float, or an array for an array)."""
     ref = load_reference() if ref is None else ref
     row = ref.loc[resolve_game(game, ref)]
-    return (np.asarray(score, dtype=float) - row["random"]) / (row["human"] - row["random"]) \
-        if np.ndim(score) else (float(score) - row["random"]) / (row["human"] - row["random"])
-
-
-# ----------------------------------------------------------------------------------------------
-# Aggregate estimators (rliable definitions)
-
-def _columns(scores: Scores) -> List[np.ndarray]:
-    """Per-game 1-D arrays of a (n_runs, n_games) matrix or of a list of per-game score lists."""
-    if isinstance(scores, np.ndarray) and scores.ndim == 2:
-        cols = [scores[:, j].astype(float) for j in range(scores.shape[1])]
-    else:
-        cols = [np.asarray(c, dtype=float).ravel() for c in scores]
-    if not cols or any(c.size == 0 for c in cols):
-        raise ValueError("scores need at least one game and at least one run per game")
-    return cols
-
-
-def _pooled(scores: Scores) -> np.ndarray:
-    return np.concatenate(_columns(scores))
-
-
-def trimmed_mean(x, proportion: float = 0.25) -> float:
-    """Mean of the sorted values with k = floor(proportion * n) removed at each end
-    (scipy.stats.trim_mean semantics)."""
-    x = np.sort(np.asarray(x, dtype=float).ravel())
-    n = x.size
-    k = int(proportion * n)
-    if 2 * k >= n:
-        raise ValueError(f"trimming {k} of {n} values at each end leaves nothing")
-    return float(x[k:n - k].mean())
-
-
-def aggregate_mean(scores: Scores) -> float:
-    """Mean over games of the per-game mean over runs."""
-    return float(np.mean([c.mean() for c in _columns(scores)]))
-
-
-def aggregate_median(scores: Scores) -> float:
-    """Median over games of the per-game mean over runs."""
-    return float(np.median([c.mean() for c in _columns(scores)]))
-
-
-def aggregate_iqm(scores: Scores) -> float:
-    """Interquartile mean of all run x game scores pooled: trimmed_mean(pooled, 0.25)."""
-    return trimmed_mean(_pooled(scores), 0.25)
-
-
-def aggregate_optimality_gap(scores: Scores, gamma: float = GAMMA) -> float:
-    """gamma - mean(min(score, gamma)) over all run x game scores pooled."""
-    return float(gamma - np.mean(np.minimum(_pooled(scores), gamma)))
-
-
-AGGREGATES: Dict[str, Callable[[Scores], float]] = {
-    "mean": aggregate_mean, "median": aggregate_median, "iqm": aggregate_iqm,
-    "optimality_gap": aggregate_optimality_gap,
-}
-AGGREGATE_LABELS = {"mean": "Mean", "median": "Median", "iqm": "IQM", "optimality_gap": "Optimality gap"}
-
-# names asked for in the brief
-mean, median, iqm, optimality_gap = aggregate_mean, aggregate_median, aggregate_iqm, aggregate_optimality_gap
-
-
-def performance_profile(scores: Scores, taus) -> np.ndarray:
-    """Fraction of all run x game scores (pooled) strictly above each tau."""
-    pooled = _pooled(scores)
-    return (pooled[None, :] > np.asarray(taus, dtype=float)[:, None]).mean(axis=1)
-
-
-def stratified_bootstrap(scores: Scores, fn: Callable, reps: int = 2000, seed: int = 0) -> np.ndarray:
-    """`reps` replicates of fn: each resamples, independently within each game, as many runs as the
-    game has, with replacement. Returns an array (reps,) + shape of fn's value. A matrix input is
-    resampled into matrices of its own shape, a list input into lists of the same lengths."""
-    cols = _columns(scores)
-    is_matrix = isinstance(scores, np.ndarray) and scores.ndim == 2
-    rng = np.random.default_rng(seed)
-    draws = [c[rng.integers(0, c.size, size=(reps, c.size))] for c in cols]   # per game: (reps, n_g)
-    out = []
-    for r in range(reps):
-        sample = np.stack([d[r] for d in draws], axis=1) if is_matrix else [d[r] for d in draws]
-        out.append(np.asarray(fn(sample), dtype=float))
-    return np.stack(out)
-
-
-def stratified_bootstrap_ci(scores: Scores, fn: Callable, reps: int = 2000, alpha: float = 0.05,
-                            seed: int = 0):
-    """(point, (low, high)): fn of the scores and its stratified-bootstrap percentile interval, the
-    alpha/2 and 1 - alpha/2 quantiles (numpy linear interpolation) of `reps` replicates. With one
-    run per game the interval is (point, point): resampling cannot vary the data."""
-    point = fn(scores)
-    if all(c.size == 1 for c in _columns(scores)):
-        return point, (point, point)
-    boot = stratified_bootstrap(scores, fn, reps=reps, seed=seed)
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
-    if np.ndim(point) == 0:
-        return point, (float(low), float(high))
-    return point, (low, high)
+    return human_normalized_score(score, row["random"], row["human"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -642,7 +520,7 @@ def run_report(out_dir: str, reps: int = 2000, backbone: Optional[str] = None, s
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tasks.atari100k_report", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="rlts atari100k report", description=__doc__.split("\n")[0])
     p.add_argument("out_dir")
     p.add_argument("--reps", type=int, default=2000)
     p.add_argument("--backbone", default=None)
@@ -658,3 +536,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+COMMANDS = (Command("atari100k report", None, None, main, trains=False,
+                    help="human-normalised aggregates of an Atari100k run folder, with bootstrap CIs"),)

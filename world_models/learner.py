@@ -1,0 +1,137 @@
+"""The Drama learner: the world model, the actor-critic, their optimisers and one update of each.
+
+    learner = Learner(obs_shape, n_actions, LearnerConfig(...), device)
+    metrics = learner.update(buffer)      # one world-model update, then one actor-critic update
+
+Per update (Drama's schedule):
+1. world model: `batch_size` windows of `batch_length` steps from the replay buffer (DFS sampling
+   or uniform), its loss, a LaProp step with linear learning-rate warm-up over `wm_warmup` updates
+   and gradient clipping;
+2. actor-critic: `imagine_batch` contexts of `imagine_context` real steps, rolled out for
+   `imagine_horizon` imagined steps by the actor inside the world model; one Adam step of the
+   actor and one of the critic, then the slow critic's EMA.
+
+`state_dict` holds the models, the optimisers and the update count ("wm", "ac", "wm_opt",
+"actor_opt", "critic_opt", "updates").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
+import torch
+
+from rlts.world_models.actor_critic import ActorCritic, ActorCriticConfig
+from rlts.world_models.optim import LaProp
+from rlts.world_models.replay import ReplayBuffer
+from rlts.world_models.world_model import WorldModel, WorldModelConfig
+
+
+@dataclass
+class LearnerConfig:
+    """What the learner's updates read (defaults: Drama's Atari100k settings)."""
+
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    """The world model."""
+    agent: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    """The actor-critic, its Adam settings (lr, eps) and gradient clipping included."""
+    batch_size: int = 16
+    """World-model batch: windows per update."""
+    batch_length: int = 128
+    """World-model batch: steps per window (windows may cross episode ends)."""
+    sampling: str = "dfs"
+    """Replay sampling: dfs (Drama's count-based sampling) or uniform."""
+    wm_lr: float = 4e-5
+    """World-model LaProp learning rate."""
+    wm_eps: float = 1e-20
+    """World-model LaProp epsilon."""
+    wm_warmup: int = 1000
+    """Updates of linear learning-rate warm-up for the world model."""
+    wm_grad_clip: float = 1000.0
+    """Largest world-model gradient norm."""
+    imagine_batch: int = 1024
+    """Imagined rollouts per actor-critic update."""
+    imagine_context: int = 8
+    """Real frames read by the world model before each rollout."""
+    imagine_horizon: int = 16
+    """Imagined steps per rollout."""
+
+
+class Learner:
+    """The world model, the actor-critic, their optimisers and one update of each, for
+    observations of shape `obs_shape` ((H, W, 3) uint8 frames or (D,) vectors) and `n_actions`
+    discrete actions."""
+
+    def __init__(self, obs_shape: Tuple[int, ...], n_actions: int, cfg: LearnerConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.wm = WorldModel(obs_shape, n_actions, cfg.world_model).to(device)
+        self.ac = ActorCritic(self.wm.d_feat, n_actions, cfg.agent).to(device)
+        self.wm_opt = LaProp(self.wm.parameters(), lr=cfg.wm_lr, eps=cfg.wm_eps)
+        a = cfg.agent
+        self.actor_opt = torch.optim.Adam(self.ac.actor.parameters(), lr=a.lr, eps=a.eps)
+        self.critic_opt = torch.optim.Adam(self.ac.critic.parameters(), lr=a.lr, eps=a.eps)
+        self.updates = 0
+
+    def update(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
+        """One world-model update, then one actor-critic update; their metrics."""
+        metrics = self.update_world_model(buffer)
+        metrics.update(self.update_actor_critic(buffer))
+        self.updates += 1
+        return metrics
+
+    def update_world_model(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
+        cfg = self.cfg
+        batch = buffer.sample(cfg.batch_size, cfg.batch_length, "world_model" if cfg.sampling == "dfs" else "uniform")
+        loss, metrics = self.wm.loss(batch["obs"], batch["action"], batch["reward"], batch["terminated"])
+        for g in self.wm_opt.param_groups:  # linear warm-up
+            g["lr"] = cfg.wm_lr * min(1.0, (self.updates + 1) / max(1, cfg.wm_warmup))
+        self.wm_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["wm/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.wm.parameters(), cfg.wm_grad_clip)
+        self.wm_opt.step()
+        self.last_batch = batch
+        return metrics
+
+    def update_actor_critic(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
+        cfg = self.cfg
+        ctx = buffer.sample(cfg.imagine_batch, cfg.imagine_context, "imagination" if cfg.sampling == "dfs" else "uniform")
+        rollout = self.wm.imagine(self.ac.policy, ctx["obs"], ctx["action"], cfg.imagine_horizon)
+        actor_loss, critic_loss, metrics = self.ac.loss(rollout)
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()
+        torch.nn.utils.clip_grad_norm_(self.ac.actor.parameters(), cfg.agent.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.ac.critic.parameters(), cfg.agent.grad_clip)
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self.ac.update_slow_critic()
+        self.last_rollout = rollout
+        return metrics
+
+    @torch.no_grad()
+    def images(self) -> Dict[str, torch.Tensor]:
+        """(3, H, W) images in [0, 1] of the last updates, for image observations: real frames
+        above their reconstructions (one training window), and one imagined rollout decoded.
+        {} before the first update or for vector observations. Samples latents (torch RNG)."""
+        wm, batch = self.wm, getattr(self, "last_batch", None)
+        if batch is None or not wm.is_image:
+            return {}
+        real = batch["obs"][0, :8].float() / 255.0                                   # (8, H, W, 3)
+        recon = wm.decode(wm.sample(wm.encode(batch["obs"][0, :8])))
+        imagined = wm.decode(self.last_rollout["feat"][0, :, : wm.d_z])                # (H+1, H, W, 3)
+        return {"wm/real_vs_reconstruction": torch.cat([torch.cat(list(real), 1),
+                                                        torch.cat(list(recon), 1)], 0).permute(2, 0, 1),
+                "wm/imagined_rollout": torch.cat(list(imagined), 1).permute(2, 0, 1)}
+
+    def state_dict(self) -> dict:
+        return {"wm": self.wm.state_dict(), "ac": self.ac.state_dict(), "wm_opt": self.wm_opt.state_dict(),
+                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "updates": self.updates}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.wm.load_state_dict(d["wm"])
+        self.ac.load_state_dict(d["ac"])
+        self.wm_opt.load_state_dict(d["wm_opt"])
+        self.actor_opt.load_state_dict(d["actor_opt"])
+        self.critic_opt.load_state_dict(d["critic_opt"])
+        self.updates = int(d["updates"])
