@@ -66,14 +66,10 @@ def _chunk_len(L: int, width: int = 1) -> int:
     """Chunk length T for a scan of length L over `width` = B*D parallel channels: the call
     count optimum of `_plan`, but at least large enough that a (B, C, D) slab fits `_SLAB`.
 
-    Measured (ms, 1 thread on a shared 2-core machine; "fixed" uses one T at every level):
-                     this rule   fixed 4   fixed 8   fixed 16   fixed 32   T = L^(1/3)
-      B1 L1000 D64     0.38       0.43      0.37      0.49       0.48       0.34
-      B1 L16384 D64    3.07       3.95      3.58      3.28       3.09       2.72
-      B2 L65536 D5     4.46       4.44      3.93      3.93       4.46       5.46
-      B8 L4096 D256    42.0       81.6      59.7      53.7       45.3       49.3
-      B1 L65536 D1     0.74       0.72      0.75      0.99       1.29       1.22
-    (T = sqrt(L/2), the optimum with a sequential carry scan, was 1.3-2x slower.)
+    Chosen by timing the CPU scan against one fixed T at every level, T = L^(1/3) and
+    T = sqrt(L/2) (the optimum with a sequential carry scan): across shapes from many short
+    channels to few long ones this rule is never far from the fastest, where each fixed choice
+    falls behind on some shape. docs/benchmarks.md ("Scan kernels") has the scan's timings.
     """
     t_min = -(-L * width // _SLAB)  # ceil
     T = _plan(L, max(2, t_min))[0]

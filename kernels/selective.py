@@ -61,7 +61,7 @@ _CHUNK_ELEMS = 1 << 20
 _CHUNK_MIN = 16
 # Below this many state elements per step (batch * dim * N), the in-chunk scan uses the
 # two-level rlts.kernels.linear scan (few large calls); above it, one in-place call per step is
-# faster. Measured: B1 d64 N16 (1k per step) 2x faster two-level; B2 d448 N16 (14k) loop.
+# faster (timed on the CPU; docs/benchmarks.md, "Scan kernels", has the scan's timings).
 _LOOP_MIN_WIDTH = 1 << 13
 
 
@@ -107,7 +107,7 @@ def _check_scan(op, u, delta, A, B, C, D, z, delta_bias, initial_state=None):
 
 
 # --------------------------------------------------------------------------- PyTorch path
-_LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)); exp2 is ~1.5x faster on CPU
+_LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)); exp2 is faster on CPU
 
 
 def _chunks(L: int, per_step: int):
@@ -165,7 +165,7 @@ def _buffers(T, batch, G, N, dg, cd, device, k):
 def _step_major(x, cd):
     """(batch, dim, L) -> (L, batch, dim) contiguous in cd, with as cheap a copy as the strides allow."""
     batch, dim, L = x.shape
-    if x.is_contiguous():  # a 2-d transpose copies ~2x faster than the 3-d permute
+    if x.is_contiguous():  # a 2-d transpose copies faster than the 3-d permute
         return x.view(batch * dim, L).t().to(cd).contiguous().view(L, batch, dim)
     return x.permute(2, 0, 1).to(cd).contiguous()
 

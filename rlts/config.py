@@ -20,7 +20,8 @@ Each field declares, next to its default, what a run needs to know about it (`pa
 
 - `result=True`: the key defines a result: a rerun into a folder made with another value is
   refused (`result_keys`); a section (a nested dataclass) marked so is compared on its own
-  result keys;
+  result keys, or, where its class marks none (a model's config, whose every field shapes the
+  model), on all its fields;
 - `within="[0, 1)"`: the range of a number (each item of a list), `choices=(...)`: the values
   of a string; `check_ranges(cfg)` raises a ValueError naming the first key outside them;
 - `missing_as=V`: the value a results folder written without this key was made with.
@@ -102,10 +103,12 @@ def check_ranges(cfg: Any, prefix: str = "") -> None:
                 raise ValueError(f"unknown {key} {v!r}; use one of {', '.join(map(str, f.metadata['choices']))}")
 
 
-def result_keys(cls: type) -> list[str]:
+def result_keys(cls: type, section: bool = False) -> list[str]:
     """The keys of config class `cls` declared `result=True`: those whose change makes earlier
-    results in the same folder incomparable."""
-    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("result")]
+    results in the same folder incomparable. `section`: `cls` is a nested section marked as a
+    result; a class that marks no key then counts with all its keys."""
+    keys = [f.name for f in dataclasses.fields(cls) if f.metadata.get("result")]
+    return keys if keys or not section else [f.name for f in dataclasses.fields(cls)]
 
 
 def missing_values(cls: type) -> dict:

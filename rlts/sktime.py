@@ -44,7 +44,7 @@ from sktime.forecasting.base import BaseForecaster
 from rlts.data.augment import BatchAugment, check_augment
 from rlts.data.panel import PanelDataset, as_series_list, encode_labels, fit_panel_scaler
 from rlts.data.timeseries import StandardScaler, WindowDataset
-from rlts.heads.classify import POOLINGS, STEMS, SequenceClassifier as _ClassifierHead
+from rlts.heads.classify import CLASSIFIER, CLASSIFIER_TRAIN, POOLINGS, STEMS, SequenceClassifier as _ClassifierHead
 from rlts.heads.classify import classification_loss, collate_unequal, predict_proba
 from rlts.heads.forecast import CHANNEL_MODES, SequenceForecaster as _ForecasterHead
 from rlts.heads.forecast import forecast_loss
@@ -198,8 +198,8 @@ class SequenceForecaster(BaseForecaster):
         observation; 1 = one token per step). At most `window`.
     skip : bool, default=True
         Add a linear path from the whole (normalised) window to the forecast; the sequence
-        model learns what it misses. `rlts forecast` uses patches of 16 and the skip (best on
-        ETTh1, see docs/results.md).
+        model learns what it misses. `rlts forecast` uses patches of 16 and the skip
+        (docs/results.md, "Long-term forecasting").
     dropout : float, default=0.0
         Dropout of the head (embedded inputs and the summary vector).
     backbone_kwargs : dict or None, default=None
@@ -222,6 +222,11 @@ class SequenceForecaster(BaseForecaster):
         None draws a fresh seed each fit.
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
+
+    The defaults are deliberately smaller than those of `rlts forecast` (a shorter window and
+    patches, a narrower model, fewer epochs): sktime series are often short (load_airline has
+    144 observations), and fit needs `window + max(fh)` of them. Pass the runner's settings
+    (`rlts.tasks.supervised.forecast.ForecastConfig`) to train its model.
 
     Attributes
     ----------
@@ -446,8 +451,8 @@ class SequenceClassifier(BaseClassifier):
         Data augmentation of the training series (`rlts.data.augment`): any of "jitter",
         "scaling", "window_slice", "window_warp"; each series of a batch goes through all of them
         with probability 1/2. None or (): none. The weights kept are those of the epoch with the
-        lowest mean loss on the augmented batches. On the six datasets of docs/results.md window
-        warping helped the default mamba backbone and not aaren (use augment=None there).
+        lowest mean loss on the augmented batches. Whether it helps depends on the backbone
+        (docs/results.md, "Time-series classification").
     backbone_kwargs : dict or None, default=None
         Extra options for every backbone block, e.g. {"headdim": 16, "d_state": 16} for mamba2
         (whose headdim must divide 2 * d_model) or {"n_heads": 2} for aaren / transformer.
@@ -475,7 +480,8 @@ class SequenceClassifier(BaseClassifier):
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
 
-    The defaults are those of `rlts classify` (docs/results.md, where they are measured).
+    The defaults are those of `rlts classify`: both read them from `rlts.heads.classify`
+    (`CLASSIFIER`, `CLASSIFIER_TRAIN`); docs/results.md measures them.
 
     Attributes
     ----------
@@ -521,12 +527,15 @@ class SequenceClassifier(BaseClassifier):
         "y_inner_mtype": "numpy1D",
     }
 
-    def __init__(self, backbone: str = "mamba", d_model: int = 64, n_layers: int = 2, pooling: str = "mean",
-                 patch_len: int = 1, stem: str = "conv", bidirectional: bool = True,
-                 dropout: float = 0.0, augment: Optional[Sequence[str]] = ("window_warp",),
-                 backbone_kwargs: Optional[dict] = None,
-                 epochs: int = 200, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0,
-                 plateau_patience: int = 10, patience: int = 0, random_state=None, device: str = "cpu"):
+    def __init__(self, backbone: str = CLASSIFIER.backbone, d_model: int = CLASSIFIER.d_model,
+                 n_layers: int = CLASSIFIER.n_layers, pooling: str = CLASSIFIER.pooling,
+                 patch_len: int = CLASSIFIER.patch_len, stem: str = CLASSIFIER.stem,
+                 bidirectional: bool = CLASSIFIER.bidirectional, dropout: float = CLASSIFIER.dropout,
+                 augment: Optional[Sequence[str]] = CLASSIFIER.augment, backbone_kwargs: Optional[dict] = None,
+                 epochs: int = CLASSIFIER_TRAIN.epochs, batch_size: int = CLASSIFIER_TRAIN.batch_size,
+                 lr: float = CLASSIFIER_TRAIN.lr, weight_decay: float = CLASSIFIER_TRAIN.weight_decay,
+                 ema: float = CLASSIFIER_TRAIN.ema, plateau_patience: int = CLASSIFIER_TRAIN.plateau_patience,
+                 patience: int = CLASSIFIER_TRAIN.patience, random_state=None, device: str = "cpu"):
         self.backbone = backbone
         self.d_model = d_model
         self.n_layers = n_layers
@@ -577,7 +586,8 @@ class SequenceClassifier(BaseClassifier):
                 dropout=self.dropout, **(self.backbone_kwargs or {}))
             self.train_summary_ = _train(self, self.network_, classification_loss, data, seed, collate_fn=collate_unequal,
                                          batch_transform=BatchAugment(augment) if augment else None,
-                                         monitor="train", min_lr=1e-4, plateau_patience=int(self.plateau_patience),
+                                         monitor=CLASSIFIER_TRAIN.monitor, min_lr=CLASSIFIER_TRAIN.min_lr,
+                                         plateau_patience=int(self.plateau_patience),
                                          patience=int(self.patience))
         self.n_channels_ = series[0].shape[1]
         return self

@@ -187,7 +187,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
             start, best, bad, best_weights = state["epoch"], state["best"], state["bad_epochs"], state["best_model"]
-            best_val = state.get("best_val", best)  # older checkpoints: only the validation loss was tracked
+            best_val = state.get("best_val", best)  # a checkpoint without it tracked the validation loss as `best`
             if plateau is not None and state.get("plateau") is not None:
                 plateau.load_state_dict(state["plateau"])
             earlier = float(state.get("train_time_s", 0.0))  # time spent before an interruption

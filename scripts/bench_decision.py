@@ -17,7 +17,7 @@ bytes of the acting state. Models, side by side in one run:
   `--context` steps at every step (no cache): O(context^2) attention per step.
   Only measured up to `--recompute-max` steps (it is slow by design).
 
-Targets (issue 8): the acting state constant in the episode length, and per-step acting time
+Targets: the acting state constant in the episode length, and per-step acting time
 at least 3x lower than the Transformer's at 1000 steps of context.
 """
 from __future__ import annotations

@@ -398,7 +398,7 @@ def bench_cpu_op(op: ScanOp, cfg: Settings) -> Table:
     table.notes.append("loop/kernel and Blelloch/kernel: speed-up of the kernel; kernel/copy: "
                        "times the memory bound. * = one timed run (over the time limit).")
     if op.key == "selective":
-        table.notes.append("Issue reference for this shape (L16k, fwd, 2 threads): loop 204 ms, "
+        table.notes.append("Reference figures for this shape (L16k, fwd, 2 threads): loop 204 ms, "
                            "a public Blelloch pscan 103 ms.")
     return table
 

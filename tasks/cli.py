@@ -104,6 +104,7 @@ class _HelpWithOptions(argparse.Action):
                          "machine shared with other jobs, --threads 1 avoids oversubscription.")
         if cmd.aliases:
             lines.append("Short spellings: " + ", ".join(f"{a} = {k}" for a, k in cmd.aliases.items()) + ".")
+        lines = [textwrap.fill(line, 100, break_on_hyphens=False) for line in lines]
         options = describe_config(cmd.parse([]))
         if options:
             lines.append("Options (--key value; the defaults shown are those of the YAML file, before any "
@@ -209,11 +210,6 @@ def execute(cmd: Command, argv: Sequence[str]) -> int:
     tee = None
     try:
         threads, argv = _pop_threads(list(argv)) if cmd.trains else (None, list(argv))
-        if cmd.config is None:
-            if threads is not None:
-                import torch
-                torch.set_num_threads(threads)
-            return cmd.run(argv)
         cfg = cmd.parse(argv)
         if threads is not None:
             import torch
@@ -221,11 +217,13 @@ def execute(cmd: Command, argv: Sequence[str]) -> int:
         out = cmd.out_folder(cfg)
         tee = _Tee(sys.stdout, out)
         sys.stdout = tee
-        cmd.run(cfg)
+        code = cmd.run(cfg)
         if out is not None and out.is_dir():
             print(f"rlts {cmd.name}: wrote {out}")
             for line in _written(out):
                 print(line)
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
     except ValueError as e:
         print(f"rlts {cmd.name}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -250,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = " ".join(argv[:words]), argv[words:]
     if name not in found:
         build_parser(found).parse_args([name])  # argparse's message: invalid choice ... (exit 2)
-    if any(a in ("-h", "--help") for a in rest) and found[name].config is not None:
+    if any(a in ("-h", "--help") for a in rest):
         build_parser(found).parse_args([name, "--help"])  # prints and exits 0
     return execute(found[name], rest)
 

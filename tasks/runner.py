@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import sys
 from datetime import datetime
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -40,13 +39,13 @@ class Command:
 
     name: str
     """The subcommand: `rlts <name> --key value ...`."""
-    config: Optional[type]
-    """The config dataclass: every field is an option; its docstrings are the --help (None: `run`
-    takes the argument list and parses it itself, returning an exit code)."""
+    config: type
+    """The config dataclass: every field is an option; its docstrings are the --help."""
     yaml: Optional[str]
     """Its YAML defaults and overlays in tasks/configs/ (None: the dataclass defaults only)."""
-    run: Callable[..., Any]
-    """run(cfg) does the work; a ValueError is a user error (one line, exit code 2)."""
+    run: Callable[[Any], Any]
+    """run(cfg) does the work; a ValueError is a user error (one line, exit code 2). An int it
+    returns is the exit code (`rlts atari100k run`: 1 when jobs failed); anything else means 0."""
     help: str = ""
     """One line for `rlts --help`."""
     usage: str = ""
@@ -198,8 +197,10 @@ def open_run(cfg, task: str, stem: str, file_keys: Sequence[str] = ()):
     digests = file_digests(cfg, file_keys)
     previous = load_results(out / "results.json", cfg, digests=digests)
     if out.is_dir() and not (out / "results.json").exists():
-        # hidden files (.DS_Store, a half-written .results.json.*.tmp of a killed run) do not count
-        files = sorted(p.name for p in out.iterdir() if not p.is_dir() and not p.name.startswith("."))
+        # hidden files (.DS_Store, a half-written .results.json.*.tmp of a killed run) and the log
+        # of a run killed before its first result do not count
+        files = sorted(p.name for p in out.iterdir()
+                       if not p.is_dir() and not p.name.startswith(".") and p.name != "log.txt")
         if files:
             raise ValueError(f"--out {out} already holds {', '.join(files[:5])}{' ...' if len(files) > 5 else ''} "
                              f"but no results.json of an `rlts {task}` run, so they would be overwritten; "
@@ -266,7 +267,7 @@ def load_results(path: Path, cfg, data_keys: Optional[Sequence[str]] = None, leg
 
     def compared(k: str, a: dict, b: dict) -> List[str]:
         """The keys of nested section `k` (train) that define a result, of those both have."""
-        keys = set(result_keys(type(getattr(cfg, k))))
+        keys = set(result_keys(type(getattr(cfg, k)), section=True))
         return sorted(n for n in a.keys() & b.keys() if n in keys)
 
     def differs(k: str, a, b) -> bool:
@@ -293,13 +294,3 @@ def load_results(path: Path, cfg, data_keys: Optional[Sequence[str]] = None, leg
         diff = ", ".join(show(k) for k in changed)
         raise ValueError(f"{path} holds results of a different setup ({diff}); use another --out")
     return data
-
-
-def cli_main(task: str, run: Callable[[], object]) -> int:
-    """Run; a ValueError becomes `rlts <task>: error: <message>` on stderr and exit code 2."""
-    try:
-        run()
-    except ValueError as e:
-        print(f"rlts {task}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    return 0

@@ -19,7 +19,7 @@ def _seed():
 @pytest.fixture
 def one_thread():
     """Tiny models: one intra-op thread is faster than two, and far steadier on a busy machine
-    (two threads made a small fit ~20x slower there). Use with
+    (two threads can make a small fit many times slower there). Use with
     `pytestmark = pytest.mark.usefixtures("one_thread")`."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -272,6 +272,29 @@ def test_run_report_prints_markdown(tree, capsys):
     assert "PARTIAL RESULTS" in out and "| Pong |" in out and res["partial"]
 
 
+def test_rlts_atari100k_report_command(tree, tmp_path, capsys):
+    """`rlts atari100k report DIR` (the folder as first argument or as --dir) with its keys; one
+    error line for a missing folder or a bad key."""
+    from rlts.tasks.cli import main
+
+    assert main(["atari100k", "report", str(tree), "--reps", "50", "--backbone", "mamba2"]) == 0
+    assert "| Pong |" in capsys.readouterr().out and json.loads((tree / "report.json").read_text())["partial"]
+    (tree / "report.json").unlink()
+    assert main(["atari100k", "report", "--dir", str(tree), "--reps", "50"]) == 0
+    assert (tree / "report.json").is_file()
+    capsys.readouterr()
+    for argv, message in [
+        ([], "give the benchmark folder: rlts atari100k report DIR"),
+        ([str(tmp_path / "nope")], "run folder not found"),
+        ([str(tree), "--reps", "0"], "reps must be at least 1, got 0"),
+        ([str(tree), "--steps", "300"], "no finished runs"),
+        ([str(tree), "extra"], "'extra']"),  # two values for the folder
+    ]:
+        assert main(["atari100k", "report", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rlts atari100k report: error: ") and message in err and err.count("\n") == 1, err
+
+
 def test_report_complete_run_not_partial(tmp_path):
     ref = ar.load_reference()
     for g in ref.index:                            # 26 games, one seed each at the human score
@@ -286,7 +309,7 @@ def test_report_complete_run_not_partial(tmp_path):
 
 
 def test_scores_plot_keeps_the_highest_point_inside(tmp_path):
-    """DIAMOND's Breakout (HNS 4.54) once sat on the frame, under the legend."""
+    """The highest point (DIAMOND's Breakout, HNS 4.54) stays inside the frame, clear of the legend."""
     from rlts.tasks.atari100k.report import _plot_scores
 
     games = ["Breakout", "Pong"]

@@ -139,7 +139,7 @@ def test_record_with_snapshot(run_dir):
 @pytest.mark.parametrize("args, message", [
     (["--env", "CartPole-v1"], "SAC needs continuous (Box) actions"),
     (["--env", "NoSuchEnv-v0"], "unknown environment id 'NoSuchEnv-v0'"),
-    (["--env", "Pendulum-v1", "--steps", "0"], "`steps` must be >= 1"),
+    (["--env", "Pendulum-v1", "--steps", "0"], "steps must be at least 1, got 0"),
     (["--env", "Pendulum-v1", "--steps", "ten"], "`steps` expects an integer"),
 ])
 def test_errors(tmp_path, capsys, args, message):

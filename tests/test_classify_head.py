@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlts.heads.classify import (SequenceClassifier, classification_loss, collate_unequal,
-                                 nan_padded_lengths, predict_proba)
+from rlts.heads.classify import (CLASSIFIER, CLASSIFIER_TRAIN, SequenceClassifier, classification_loss,
+                                 collate_unequal, nan_padded_lengths, predict_proba)
 
 F64 = torch.float64
 BACKBONES = ["aaren", "mamba", "mamba2", "transformer", "gru"]
@@ -319,3 +319,20 @@ def test_heads_import_no_data_module():
             "rlts.heads.decision; print(sorted(m for m in sys.modules if m.startswith('rlts.data')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_shared_defaults_build_a_head_and_a_train_config():
+    """CLASSIFIER holds head arguments (and the augmentation), CLASSIFIER_TRAIN TrainConfig fields:
+    `rlts classify` and rlts.sktime build their model and training from them."""
+    import dataclasses
+
+    from rlts.trainer import TrainConfig
+
+    options = {k: v for k, v in dataclasses.asdict(CLASSIFIER).items() if k != "augment"}
+    model = SequenceClassifier(2, 3, **options)
+    assert model.model_rev is not None and model.stem is not None and model.pooling == CLASSIFIER.pooling
+    assert model(torch.randn(2, 9, 2)).shape == (2, 3)
+    cfg = TrainConfig(**dataclasses.asdict(CLASSIFIER_TRAIN))
+    assert all(getattr(cfg, k) == v for k, v in dataclasses.asdict(CLASSIFIER_TRAIN).items())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CLASSIFIER.d_model = 8

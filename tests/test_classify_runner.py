@@ -267,7 +267,7 @@ def test_seed_ensemble_averages_the_runs_class_scores(tmp_path):
     assert len({run["accuracy"] for run in state["results"]["gru"]["runs"]}) > 1
     row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| gru |"))
     assert f"{state['results']['gru']['ensemble_accuracy']:.4g}" in row
-    # A run without its scores (written before rlts kept them): no ensemble rather than a wrong one.
+    # A run without its scores file: no ensemble rather than a wrong one.
     files = [out / "gru" / f"seed{s}" / "test_scores.pt" for s in range(3)]
     files[1].unlink()
     assert ensemble_accuracy(files, np.array(truth)) is None
@@ -477,8 +477,8 @@ def test_short_options_map_to_their_keys():
     assert parse_classify_config([]).models == ["backbone", "minirocket"]
 
 
-def test_folder_from_before_the_stem_key_counts_as_no_stem(tmp_path):
-    """results.json written before `stem` existed holds models run without a stem: resumed under
+def test_folder_without_the_stem_key_counts_as_no_stem(tmp_path):
+    """A results.json whose config has no `stem` holds models run without a stem: resumed under
     --stem none, refused under --stem conv (its numbers would be reported for the wrong model)."""
     train, test = _toy_pair(tmp_path)
     out = tmp_path / "out"
@@ -512,7 +512,7 @@ def test_augment_is_stored_checked_and_part_of_the_setup(tmp_path, capsys):
     assert any("[skip] gru" in line for line in log)
     with pytest.raises(ValueError, match="different setup \\(augment"):
         _run([*argv, "--augment", "window_slice"])
-    # a folder from before the key: no augmentation
+    # a folder whose config has no augment key: no augmentation
     old = json.loads((out / "results.json").read_text())
     del old["config"]["augment"]
     (tmp_path / "old").mkdir()
@@ -520,7 +520,7 @@ def test_augment_is_stored_checked_and_part_of_the_setup(tmp_path, capsys):
     with pytest.raises(ValueError, match="different setup \\(augment"):
         _run([*argv[:-1], str(tmp_path / "old"), "--augment", "jitter"])
     with pytest.raises(ValueError, match="different setup \\(augment: \\[\\] -> \\['window_warp'\\]\\)"):
-        _run([*argv[:-1], str(tmp_path / "old")])               # today's default warps
+        _run([*argv[:-1], str(tmp_path / "old")])               # the default warps
     log = []
     none = _run([*argv[:-1], str(tmp_path / "old"), "--augment", "none"], log=log.append)  # same setup: no run
     assert any("[skip] gru" in line for line in log)

@@ -42,15 +42,21 @@ def _keys(cls, prefix=""):
 
 
 @pytest.mark.parametrize("command, module, cls", [
-    ("forecast", "rlts.tasks.supervised.forecast", "ForecastConfig"), ("classify", "rlts.tasks.supervised.classify", "ClassifyConfig"),
-    ("events", "rlts.tasks.supervised.events", "EventsConfig"), ("rl", "rlts.tasks.rl.loop", "RLConfig"), ("atari", "rlts.tasks.rl.loop", "RLConfig"),
-    ("behaviour", "rlts.tasks.rl.behaviour", "BehaviourConfig"), ("offline", "rlts.tasks.supervised.offline", "OfflineConfig"),
+    ("forecast", "rlts.tasks.supervised.forecast", "ForecastConfig"),
+    ("classify", "rlts.tasks.supervised.classify", "ClassifyConfig"),
+    ("events", "rlts.tasks.supervised.events", "EventsConfig"),
+    ("rl", "rlts.tasks.rl.config", "RLConfig"), ("atari", "rlts.tasks.rl.config", "RLConfig"),
+    ("behaviour", "rlts.tasks.rl.behaviour", "BehaviourConfig"),
+    ("offline", "rlts.tasks.supervised.offline", "OfflineConfig"),
+    ("record", "rlts.tasks.rl.record", "RecordConfig"),
+    ("atari100k run", "rlts.tasks.atari100k.run", "Atari100kRunConfig"),
+    ("atari100k report", "rlts.tasks.atari100k.report", "ReportConfig"),
 ])
 def test_command_help_lists_every_config_key_with_its_default_and_doc(capsys, command, module, cls):
     import importlib
     klass = getattr(importlib.import_module(module), cls)
     with pytest.raises(SystemExit) as exit_:
-        main([command, "--help"])
+        main([*command.split(), "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: rlts {command}")
@@ -60,11 +66,11 @@ def test_command_help_lists_every_config_key_with_its_default_and_doc(capsys, co
         assert re.search(rf"^  --{re.escape(key)} .*\n {{6}}\S", out, flags=re.M), key
 
 
-def test_help_shows_the_yaml_defaults_and_the_docstrings(capsys):
+def test_help_shows_the_task_defaults_and_the_docstrings(capsys):
     with pytest.raises(SystemExit):
         main(["classify", "--help"])
     out = capsys.readouterr().out
-    assert "  --bidirectional true\n" in out and "  --train.patience 0\n" in out  # classify.yaml, not the dataclass
+    assert "  --bidirectional true\n" in out and "  --train.patience 0\n" in out  # the classifier's shared defaults, not TrainConfig's
     assert "  --augment window_warp\n" in out
     with pytest.raises(SystemExit):
         main(["forecast", "--help"])
@@ -79,3 +85,14 @@ def test_atari100k_subcommand_usage_is_its_own(capsys, sub):
         main(["atari100k", sub, "--help"])
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(f"usage: rlts atari100k {sub} ") and "|" not in first
+
+
+def test_every_command_has_a_config_dataclass():
+    """Every subcommand takes its options in the one style: its config dataclass, parsed by
+    Command.parse (no command parses its own argument list)."""
+    import dataclasses
+
+    from rlts.tasks.cli import commands
+    for cmd in commands().values():
+        assert dataclasses.is_dataclass(cmd.config), cmd.name
+        assert dataclasses.is_dataclass(cmd.parse([])), cmd.name

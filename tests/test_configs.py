@@ -67,3 +67,36 @@ def test_check_ranges_names_the_key():
         check_ranges(Outer(inner=Inner(rate=1.0)))
     with pytest.raises(ValueError, match="inner.rate must lie in"):
         check_ranges(Outer(inner=Inner(rate=float("nan"))))
+
+
+def test_a_result_section_without_marks_is_compared_whole(tmp_path):
+    """A model config that marks no key (every field shapes the model) counts whole; one that
+    marks keys counts on those."""
+    import json
+
+    from rlts.tasks.runner import load_results
+
+    @dataclasses.dataclass
+    class Model:
+        width: int = 8
+        depth: int = 2
+
+    @dataclasses.dataclass
+    class Train:
+        lr: float = param(1e-3, result=True)
+        progress: bool = True
+
+    @dataclasses.dataclass
+    class Run:
+        model: Model = param(default_factory=Model, result=True)
+        train: Train = param(default_factory=Train, result=True)
+        out: str = ""
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"config": dataclasses.asdict(Run())}))
+    load_results(path, Run(train=Train(progress=False), out="elsewhere"))   # neither defines a result
+    with pytest.raises(ValueError, match=r"model\.depth: 2 -> 3"):
+        load_results(path, Run(model=Model(depth=3)))
+    with pytest.raises(ValueError, match=r"train\.lr: 0\.001 -> 0\.01"):
+        load_results(path, Run(train=Train(lr=1e-2)))
+    assert result_keys(Model) == [] and result_keys(Model, section=True) == ["width", "depth"]

@@ -35,7 +35,7 @@ def test_one_after_another_matches_a_plain_loop():
     seeds = [derive_seed(0, 1, k) for k in range(4)]
     want_returns, want_lengths = [], []
     env = make_env("CartPole-v1")
-    for s in seeds:                                       # the loop each command used to run itself
+    for s in seeds:                                       # the reference: one rollout per seed, run directly
         obs, _ = env.reset(seed=s)
         total, t, done = 0.0, 0, False
         while not done:

@@ -74,8 +74,8 @@ def test_marks_rerun_skips_and_time_unit_shift(tmp_path):
     again = _run(["--data", str(data), "--config", "debug", "--out", str(out), "--plots", "false"])
     assert again["results"]["aaren"] == r["aaren"]
     assert (out / "aaren" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
-    # results written before copy_marks existed were run without it: a rerun with the new
-    # default (on) is refused, one with it off continues them
+    # a results folder whose config has no copy_marks was run without it: a rerun with the
+    # default (on) is refused, one with it off continues it
     res = json.loads((out / "results.json").read_text())
     assert res["config"].pop("copy_marks") is True and r["aaren"]["params"] > 0
     (out / "results.json").write_text(json.dumps(res))
@@ -235,7 +235,7 @@ def test_seeds_are_the_single_seed_runs_summarised_and_resume_after_a_kill(tmp_p
     assert not any(line.startswith("[plot]") for line in lines), lines   # gru was drawn, from seed3/
     single_header = (tmp_path / "s3" / "results.md").read_text().splitlines()[0]
     assert "| nll |" in single_header and "nll_std" not in single_header and "seeds" not in single_header
-    # a folder written before the key existed holds one seed per model
+    # a folder whose config has no "seeds" key holds one seed per model
     old = json.loads((tmp_path / "s3" / "results.json").read_text())
     del old["config"]["seeds"]
     (tmp_path / "s3" / "results.json").write_text(json.dumps(old))

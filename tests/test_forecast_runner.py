@@ -120,16 +120,16 @@ def test_rerun_refuses_changed_model_settings_but_not_new_models(tmp_path):
     assert set(state["results"]) == {"naive", "linear"}
 
 
-def test_rerun_refuses_a_folder_made_before_a_training_setting_existed(tmp_path):
-    """Results written before `train.ema` existed were made without weight averaging; the
-    forecast defaults now average (0.99), so they must not be resumed as if made with it."""
+def test_rerun_refuses_a_folder_without_a_training_setting(tmp_path):
+    """A results folder whose config has no `train.ema` was made without weight averaging; the
+    forecast default is 0.99, so such a folder is not resumed as if made with it."""
     csv = _write_series(tmp_path / "sines.csv")
     out = tmp_path / "out"
     argv = ["--csv", str(csv), "--config", "debug", "--models", "naive", "--horizon", "12", "--plots", "false",
             "--out", str(out)]
     _run(argv + ["--train.ema", "0"])
     data = json.loads((out / "results.json").read_text())
-    del data["config"]["train"]["ema"]  # as written by rlts before the key existed
+    del data["config"]["train"]["ema"]  # a config that does not record the key
     (out / "results.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"different setup \(train\.ema: 0\.0 -> 0\.99\)"):
         _run(argv + ["--train.ema", "0.99"])  # the defaults' averaging (the debug overlay has none)

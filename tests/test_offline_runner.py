@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from rlts.data.trajectories import Trajectories, load_trajectories, returns_to_go, save_trajectories
-from rlts.tasks.supervised.offline import (DecisionSequences, OfflineConfig, check_config, collate_decision, cli_run, episode_spans,
+from rlts.tasks.cli import main
+from rlts.tasks.supervised.offline import (DecisionSequences, OfflineConfig, check_config, collate_decision, episode_spans,
                            parse_offline_config, run_offline, split_episodes, train_config)
 from rlts.tasks.rl.record import record
 
@@ -156,7 +157,7 @@ def test_training_sequences(dataset):
 
 
 def _cli_error(capsys, argv):
-    assert cli_run(SimpleNamespace(overrides=argv)) == 2
+    assert main(["offline", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rlts offline: error:") and err.count("\n") == 1, err
     return err
@@ -212,3 +213,42 @@ def test_another_env_with_the_same_spaces_is_named(dataset, tmp_path):
     same = [a if a != "CartPole-v0" else "CartPole-v1" for a in argv]
     run_offline(parse_offline_config([*same[:-4], "--out", str(tmp_path / "same"), "--device", "cpu"]), log=log.append)
     assert not any(line.startswith("[note]") for line in log)
+
+
+def test_seeds_runs_each_seed_and_resumes_after_a_kill(dataset, tmp_path, monkeypatch):
+    """--seeds 2: two runs of the model on one split and one set of evaluation episodes; the
+    first is the single-seed run, the second differs only in the model's seed; a run killed
+    after its first seed keeps it and trains only the second."""
+    base = ["--dataset", str(dataset), "--config", "debug", "--models", "aaren"]
+    single = _run([*base, "--out", str(tmp_path / "one")])["results"]["aaren"]
+    import rlts.tasks.supervised.offline as offline
+
+    calls = []
+    real = offline.Trainer
+
+    class Killed(real):
+        def fit(self, *a, **k):
+            calls.append(self.cfg.seed)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return super().fit(*a, **k)
+
+    monkeypatch.setattr(offline, "Trainer", Killed)
+    out = tmp_path / "two"
+    with pytest.raises(KeyboardInterrupt):
+        _run([*base, "--seeds", "2", "--out", str(out)])
+    partial = json.loads((out / "results.json").read_text())["partial"]["aaren"]
+    assert [r["seed"] for r in partial] == [0]
+    monkeypatch.setattr(offline, "Trainer", real)
+    state = _run([*base, "--seeds", "2", "--out", str(out)])
+    entry = state["results"]["aaren"]
+    assert [r["seed"] for r in entry["runs"]] == [0, 1] and state["partial"] == {}
+    first = {k: v for k, v in entry["runs"][0].items() if k not in ("seed", "train_time_s", "act_ms_per_step")}
+    assert first == {k: v for k, v in single.items() if k not in ("train_time_s", "act_ms_per_step")}
+    returns = [r["return_mean"] for r in entry["runs"]]
+    assert entry["return_mean"] == pytest.approx(np.mean(returns))
+    assert entry["return_mean_std"] == pytest.approx(np.std(returns, ddof=1))
+    assert len(entry["returns"]) == 2 * len(single["returns"])
+    assert (out / "aaren" / "seed1" / "checkpoints" / "last.pt").exists()
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert "| return_mean_std |" in header and "| seeds |" in header

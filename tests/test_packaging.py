@@ -23,7 +23,7 @@ def _tracked_files():
 
 def test_no_import_of_a_top_level_folder_name():
     pattern = re.compile(rf"^\s*(from|import)\s+({'|'.join(FOLDERS)})\b", re.M)
-    module_strings = re.compile(rf"""(["']|-m\s+)({'|'.join(FOLDERS)})\.[a-z_]+""")  # "tasks.cli", -m tasks.cli
+    module_strings = re.compile(rf"""(["']|-m\s+)({'|'.join(FOLDERS)})\.[a-z_]+""")  # module paths in strings and after -m
     bad = []
     for path in _tracked_files():
         if path.suffix != ".py":
@@ -54,3 +54,12 @@ def test_wheel_installs_one_top_level_package(tmp_path):
         assert needed in names, needed
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "rlts = rlts.tasks.cli:main" in entry
+
+
+def test_plots_never_touch_the_global_matplotlib_backend():
+    """Plots draw on matplotlib.figure.Figure: no module calls matplotlib.use or pyplot, which
+    would change the backend or the figures of the program that called rlts."""
+    pattern = re.compile(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot")
+    bad = [str(p.relative_to(ROOT)) for p in _tracked_files()
+           if p.suffix == ".py" and p.parts[len(ROOT.parts)] != "tests" and pattern.search(p.read_text())]
+    assert not bad, bad

@@ -9,6 +9,7 @@ import torch
 
 from rlts.tasks.cli import main
 from rlts.tasks.rl import loop as rl
+from rlts.tasks.rl.config import RLConfig, parse_rl_config
 from rlts.world_models.learner import Learner, LearnerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,7 +20,7 @@ class Killed(Exception):
 
 
 def run(tmp_path, name, argv, yaml="rl.yaml", kill_after_updates=None, monkeypatch=None):
-    cfg = rl.parse_rl_config(["--config", "debug", "--out", str(tmp_path / name), *argv], yaml)
+    cfg = parse_rl_config(["--config", "debug", "--out", str(tmp_path / name), *argv], yaml)
     if kill_after_updates is not None:
         original = Learner.update
 
@@ -124,9 +125,9 @@ def test_every_backbone_trains_in_the_loop(tmp_path, backbone):
 
 
 def test_resume_refuses_other_settings(tmp_path):
-    rl.train(rl.parse_rl_config(["--config", "debug", "--out", str(tmp_path / "a"), "--steps", "250",
+    rl.train(parse_rl_config(["--config", "debug", "--out", str(tmp_path / "a"), "--steps", "250",
                                  "--random_steps", "200"]))
-    cfg = rl.parse_rl_config(["--config", "debug", "--out", str(tmp_path / "a"), "--world_model.d_model", "48"])
+    cfg = parse_rl_config(["--config", "debug", "--out", str(tmp_path / "a"), "--world_model.d_model", "48"])
     with pytest.raises(ValueError, match="different setup.*world_model"):
         rl.train(cfg)
 
@@ -145,9 +146,9 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
 
 def test_learner_config_is_the_run_config_of_the_learner():
     """Every LearnerConfig key is an RLConfig key of the same meaning; the runner copies them all."""
-    cfg = rl.parse_rl_config(["--config", "debug", "--batch_size", "3", "--sampling", "uniform"])
+    cfg = parse_rl_config(["--config", "debug", "--batch_size", "3", "--sampling", "uniform"])
     learner_cfg = rl.learner_config(cfg)
     assert isinstance(learner_cfg, LearnerConfig)
     for f in fields(LearnerConfig):
         assert getattr(learner_cfg, f.name) == getattr(cfg, f.name), f.name
-    assert rl.learner_config(rl.RLConfig()) == LearnerConfig()  # the same defaults (Drama's)
+    assert rl.learner_config(RLConfig()) == LearnerConfig()  # the same defaults (Drama's)

@@ -16,11 +16,12 @@ Per update (Drama's schedule):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import torch
 
+from rlts.config import param
 from rlts.world_models.actor_critic import ActorCritic, ActorCriticConfig
 from rlts.world_models.optim import LaProp
 from rlts.world_models.replay import ReplayBuffer
@@ -31,17 +32,17 @@ from rlts.world_models.world_model import WorldModel, WorldModelConfig
 class LearnerConfig:
     """What the learner's updates read (defaults: Drama's Atari100k settings)."""
 
-    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    world_model: WorldModelConfig = param(default_factory=WorldModelConfig, result=True)
     """The world model."""
-    agent: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    agent: ActorCriticConfig = param(default_factory=ActorCriticConfig, result=True)
     """The actor-critic, its Adam settings (lr, eps) and gradient clipping included."""
-    batch_size: int = 16
+    batch_size: int = param(16, result=True, within="[1, inf)")
     """World-model batch: windows per update."""
-    batch_length: int = 128
+    batch_length: int = param(128, result=True, within="[1, inf)")
     """World-model batch: steps per window (windows may cross episode ends)."""
-    sampling: str = "dfs"
+    sampling: str = param("dfs", result=True, choices=("dfs", "uniform"))
     """Replay sampling: dfs (Drama's count-based sampling) or uniform."""
-    wm_lr: float = 4e-5
+    wm_lr: float = param(4e-5, result=True)
     """World-model LaProp learning rate."""
     wm_eps: float = 1e-20
     """World-model LaProp epsilon."""
@@ -49,11 +50,11 @@ class LearnerConfig:
     """Updates of linear learning-rate warm-up for the world model."""
     wm_grad_clip: float = 1000.0
     """Largest world-model gradient norm."""
-    imagine_batch: int = 1024
+    imagine_batch: int = param(1024, result=True, within="[1, inf)")
     """Imagined rollouts per actor-critic update."""
-    imagine_context: int = 8
+    imagine_context: int = param(8, result=True, within="[1, inf)")
     """Real frames read by the world model before each rollout."""
-    imagine_horizon: int = 16
+    imagine_horizon: int = param(16, result=True, within="[1, inf)")
     """Imagined steps per rollout."""
 
 

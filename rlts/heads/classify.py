@@ -41,6 +41,7 @@ a GPU, a synchronisation or two per call; for NaN-free input with lengths=None i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -54,6 +55,52 @@ from rlts.nn.model import SequenceModel
 
 POOLINGS = ("last", "mean")
 STEMS = ("none", "conv")
+
+
+@dataclass(frozen=True)
+class ClassifierDefaults:
+    """The default classifier of `rlts classify` and of the sktime estimator
+    `rlts.sktime.SequenceClassifier`: both read their model settings from `CLASSIFIER` (this
+    class's one instance), so the two build the same network unless told otherwise
+    (docs/results.md, "Time-series classification", measures it). The head's own constructor
+    defaults below (`SequenceClassifier`) are the plain, causal model and differ on purpose."""
+
+    backbone: str = "mamba"
+    d_model: int = 64
+    n_layers: int = 2
+    pooling: str = "mean"
+    patch_len: int = 1
+    stem: str = "conv"
+    bidirectional: bool = True
+    dropout: float = 0.0
+    augment: Tuple[str, ...] = ("window_warp",)
+    """Names of rlts.data.augment's transforms applied to the training series."""
+
+
+@dataclass(frozen=True)
+class ClassifierTrainDefaults:
+    """How the default classifier is trained: the `train` section of `rlts classify`'s config
+    (a `rlts.trainer.TrainConfig` built from `CLASSIFIER_TRAIN`; the other TrainConfig fields
+    keep their own defaults) and the training of `rlts.sktime.SequenceClassifier`. No holdout:
+    the weights kept are those of the epoch with the lowest mean training loss, the learning
+    rate is halved after `plateau_patience` epochs without a lower one (down to `min_lr`), and
+    `patience` 0 runs every epoch."""
+
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema: float = 0.0
+    monitor: str = "train"
+    plateau_patience: int = 10
+    min_lr: float = 1e-4
+    patience: int = 0
+
+
+CLASSIFIER = ClassifierDefaults()
+"""Model defaults of `rlts classify` and `rlts.sktime.SequenceClassifier` (ClassifierDefaults)."""
+CLASSIFIER_TRAIN = ClassifierTrainDefaults()
+"""Training defaults of `rlts classify` and `rlts.sktime.SequenceClassifier` (ClassifierTrainDefaults)."""
 
 
 def _shape(x: Any) -> Any:

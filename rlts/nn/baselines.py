@@ -173,6 +173,6 @@ class GRUBlock(SequenceLayer):
         return torch.zeros(batch_size, self.d_model, device=device, dtype=dtype)
 
 
-# The names used in the docs and issues for the baseline layers.
+# Short names for the baseline layers, as the docs use them.
 CausalTransformer = CausalTransformerBlock
 GRU = GRUBlock

@@ -1,8 +1,9 @@
 """Atari100k report: per-game scores, human-normalised aggregates with stratified-bootstrap
 confidence intervals, and performance profiles, for a folder written by `rlts atari100k run`.
 
-    from rlts.tasks.atari100k.report import run_report
-    run_report("runs/atari100k")                   # prints the tables, writes the files below
+    rlts atari100k report runs/atari100k           # prints the tables, writes the files below
+    rlts atari100k report runs/atari100k --backbone aaren --steps 100000 --reps 5000
+    run_report("runs/atari100k")                   # the same from Python
 
 Input: `DIR/<Game>/seed<k>/results.json`, one `rlts atari` run folder per (game, seed) job. A job
 counts as finished when its results.json exists and holds `"finished": true`; every other job is
@@ -41,16 +42,17 @@ other configurations are then listed as excluded and the report is flagged parti
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
+from rlts.config import param
 from rlts.tasks.atari100k.stats import (AGGREGATES, human_normalized_score, performance_profile,
                                         stratified_bootstrap_ci)
 from rlts.tasks.rl.games import close_games, find_game
@@ -512,6 +514,22 @@ def _plot_profile(path: Path, taus: np.ndarray, profile: Optional[dict], pub_hns
     fig.savefig(path, dpi=110)
 
 
+@dataclass
+class ReportConfig:
+    """Settings of `rlts atari100k report`."""
+
+    dir: str = ""
+    """The benchmark folder written by `rlts atari100k run` (also the first argument:
+    `rlts atari100k report DIR`); the report files are written into it."""
+    reps: int = param(2000, within="[1, inf)")
+    """Bootstrap resamples of the confidence intervals."""
+    backbone: Optional[str] = None
+    """Only runs of this world-model backbone (a folder put together from several runs may hold
+    several; none: the folder must hold one)."""
+    steps: Optional[int] = param(None, within="[1, inf)")
+    """Only runs of this step budget (none: the folder must hold one)."""
+
+
 def run_report(out_dir: str, reps: int = 2000, backbone: Optional[str] = None, steps: Optional[int] = None) -> dict:
     """`report` that also prints the Markdown report; returns the report dict."""
     result = report(out_dir, reps=reps, backbone=backbone, steps=steps)
@@ -519,24 +537,13 @@ def run_report(out_dir: str, reps: int = 2000, backbone: Optional[str] = None, s
     return result
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="rlts atari100k report", description=__doc__.split("\n")[0])
-    p.add_argument("out_dir")
-    p.add_argument("--reps", type=int, default=2000)
-    p.add_argument("--backbone", default=None)
-    p.add_argument("--steps", type=int, default=None)
-    args = p.parse_args(argv)
-    try:
-        run_report(args.out_dir, reps=args.reps, backbone=args.backbone, steps=args.steps)
-    except ValueError as e:
-        print(f"rlts atari100k report: error: {e}")
-        return 2
-    return 0
+def report_command(cfg: ReportConfig) -> dict:
+    """`rlts atari100k report DIR`."""
+    if not cfg.dir:
+        raise ValueError("give the benchmark folder: rlts atari100k report DIR")
+    return run_report(cfg.dir, reps=cfg.reps, backbone=cfg.backbone, steps=cfg.steps)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-COMMANDS = (Command("atari100k report", None, None, main, trains=False,
-                    help="human-normalised aggregates of an Atari100k run folder, with bootstrap CIs"),)
+COMMANDS = (Command("atari100k report", ReportConfig, None, report_command, positional="dir", trains=False,
+                    help="human-normalised aggregates of an Atari100k run folder, with bootstrap CIs",
+                    usage="rlts atari100k report DIR [--reps N] [--backbone NAME] [--steps N]"),)

@@ -1,15 +1,18 @@
-"""`rlts atari100k`: the Atari100k benchmark as independent, resumable jobs, and its report.
+"""`rlts atari100k run`: the Atari100k benchmark as independent, resumable jobs.
 
     rlts atari100k run --games all --seeds 5 --out runs/a100k                 # 26 games x 5 seeds
     rlts atari100k run --games Pong,Breakout --seeds 1 --config debug --out runs/a100k-debug --jobs 2
+    rlts atari100k run --games Pong --out runs/a100k-ev --job.eval_every 5000 --job.world_model.d_model 256
     rlts atari100k report runs/a100k
 
 `run` makes one job per (game, seed): an `rlts atari` run in `OUT/<Game>/seed<k>/` with its own
 config, checkpoints (replay buffer included), TensorBoard log, `log.txt` and, once finished,
 `results.json`. Each job is a separate process (`python -m rlts.tasks.cli atari ...`), up to `--jobs`
-at a time, each with an equal share of the CPU threads. Jobs already finished are skipped, and
-a job that was stopped resumes from its last checkpoint, so running the same command again
-completes a benchmark on machines lent for short periods. A job's final score is the mean return of
+at a time, each with an equal share of the CPU threads. `--config NAME` is the overlay of
+tasks/configs/atari.yaml every job runs with, and `--job.KEY value` any other `rlts atari` key
+(rlts.tasks.rl.config.RLConfig) for every job. Jobs already finished are skipped, and a job that
+was stopped resumes from its last checkpoint, so running the same command again completes a
+benchmark on machines lent for short periods. A job's final score is the mean return of
 `final_eval_episodes` (100 by default) greedy evaluation episodes after its last training step
 (no life-loss signal, 108k-frame cap); `results.json` records the protocol and the episode count.
 
@@ -19,18 +22,51 @@ bootstrap confidence intervals, and plots; partial benchmarks are labelled as su
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from rlts.tasks.runner import Command
-from rlts.tasks.runner import write_json_atomic
+from rlts.config import check_ranges, param
+from rlts.tasks.runner import Command, write_json_atomic
+from rlts.tasks.rl.config import parse_rl_config
 from rlts.tasks.rl.games import ATARI100K_GAMES, close_games, find_game
+
+
+@dataclass
+class Atari100kRunConfig:
+    """Settings of `rlts atari100k run`."""
+
+    games: List[str] = param(default_factory=lambda: ["all"])
+    """all, or Atari100k game names (Pong,Breakout; any spelling `rlts atari --game` takes). Commas
+    split."""
+    seeds: int = param(5, within="[1, inf)")
+    """Seeds per game: jobs seed0 .. seed<N-1> of each game."""
+    steps: Optional[int] = param(None, within="[1, inf)")
+    """Agent steps per job (none: the overlay's: 100000 for atari100k, 200 for debug)."""
+    backbone: str = "mamba2"
+    """World-model backbone of every job (`rlts atari --world_model.backbone`)."""
+    overlay: str = "atari100k"
+    """The overlay of tasks/configs/atari.yaml every job runs with (`rlts atari --config NAME`):
+    atari100k (Drama's protocol) or debug (CI-sized); spelled --config NAME."""
+    job: Dict[str, Any] = param(default_factory=dict)
+    """Other `rlts atari` keys (rlts.tasks.rl.config.RLConfig) for every job, each as --job.KEY
+    value, nested ones as --job.SECTION.KEY value: --job.eval_every 5000 --job.world_model.d_model
+    256 gives every job --eval_every 5000 --world_model.d_model 256. Checked before any job starts.
+    The keys this command sets for each job are refused here (env, seed, out, progress), as are
+    those it has a key for (config, steps, device, world_model.backbone: --config, --steps,
+    --device, --backbone)."""
+    jobs: int = param(1, within="[1, inf)")
+    """Jobs run at a time, each a process with an equal share of the CPU cores."""
+    device: str = "auto"
+    """Device of every job: auto, cpu, cuda or cuda:N."""
+    out: Optional[str] = None
+    """The benchmark folder (required): <Game>/seed<k>/ per job and atari100k.json; running the
+    same command again resumes it."""
 
 
 def parse_games(games: str) -> List[str]:
@@ -94,31 +130,74 @@ def merge_manifest(out: Path, new: dict) -> dict:
     return {**new, "games": games, "seeds": max(int(old.get("seeds", 0)), new["seeds"])}
 
 
-def job_command(game: str, seed: int, args: argparse.Namespace, folder: Path) -> List[str]:
-    steps = ["--steps", str(args.steps)] if args.steps is not None else []
-    return [sys.executable, "-m", "rlts.tasks.cli", "atari", "--config", args.config, "--game", game,
-            "--seed", str(seed), *steps, "--world_model.backbone", args.backbone,
-            "--device", args.device, "--progress", "false", "--out", str(folder), *args.overrides]
+def job_args(job: Dict[str, Any], prefix: str = "") -> List[str]:
+    """The `--job.KEY value` overrides as `rlts atari` arguments, in the order given:
+    {"lr": "1e-4", "world_model": {"channels": ["4", "8"]}} -> --lr 1e-4 --world_model.channels 4 8."""
+    args: List[str] = []
+    for key, value in job.items():
+        if isinstance(value, dict):
+            args += job_args(value, f"{prefix}{key}.")
+        else:
+            values = value if isinstance(value, (list, tuple)) else [value]
+            args += [f"--{prefix}{key}", *(_show(v) for v in values)]
+    return args
 
 
-def run_jobs(args: argparse.Namespace) -> int:
+OWN_KEYS = {"env": "--games", "game": "--games", "seed": "--seeds", "out": "--out", "progress": None,
+            "config": "--config", "steps": "--steps", "device": "--device", "world_model.backbone": "--backbone"}
+"""The `rlts atari` keys every job gets from this command (refused under --job), and the key of
+this command that sets them."""
+
+
+def _flat_keys(job: Dict[str, Any], prefix: str = "") -> List[str]:
+    """The dotted keys of the `job` overrides: {"world_model": {"d_model": 8}} -> ["world_model.d_model"]."""
+    keys: List[str] = []
+    for key, value in job.items():
+        keys += _flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key]
+    return keys
+
+
+def _show(value: Any) -> str:
+    """A value as the command line spells it (a YAML true as true, not True)."""
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
+def job_command(game: str, seed: int, cfg: Atari100kRunConfig, folder: Path) -> List[str]:
+    """The command line of one job: `python -m rlts.tasks.cli atari ...` with the overlay, game,
+    seed, steps, backbone and device of `cfg`, then its `job` overrides."""
+    steps = ["--steps", str(cfg.steps)] if cfg.steps is not None else []
+    return [sys.executable, "-m", "rlts.tasks.cli", "atari", "--config", cfg.overlay, "--game", game,
+            "--seed", str(seed), *steps, "--world_model.backbone", cfg.backbone,
+            "--device", cfg.device, "--progress", "false", "--out", str(folder), *job_args(cfg.job)]
+
+
+def run_jobs(cfg: Atari100kRunConfig) -> int:
     """Start every unfinished job, at most `jobs` at a time; 0 if all finished, else 1."""
-    games = parse_games(args.games)
-    if args.seeds < 1 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
-        raise ValueError(f"--seeds, --jobs and --steps must be >= 1, got {args.seeds}, {args.jobs}, {args.steps}")
-    out = Path(args.out)
-    from rlts.tasks.rl.loop import parse_rl_config  # a bad --config or override stops here, not inside every job
-    parse_rl_config(["--config", args.config, *args.overrides], "atari.yaml")
-    manifest = merge_manifest(out, {"games": games, "seeds": args.seeds, "steps": args.steps,
-                                    "backbone": args.backbone, "config": args.config,
-                                    "overrides": list(args.overrides)})
+    if not cfg.out:
+        raise ValueError("give --out DIR: the benchmark folder (running the same command again resumes it)")
+    if not isinstance(cfg.job, dict):
+        raise ValueError(f"--job takes `rlts atari` keys as --job.KEY value (e.g. --job.eval_every 5000), "
+                         f"got --job {cfg.job!r}")
+    for key in _flat_keys(cfg.job):
+        if key in OWN_KEYS:
+            raise ValueError(f"--job.{key}: every job's {key} is set by `rlts atari100k run`"
+                             + (f"; use {OWN_KEYS[key]}" if OWN_KEYS[key] else ""))
+    games = parse_games(",".join(cfg.games))
+    out = Path(cfg.out)
+    try:  # a bad overlay or job key stops here, not inside every job
+        check_ranges(parse_rl_config(job_command(games[0], 0, cfg, job_dir(out, games[0], 0))[4:], "atari.yaml"))
+    except ValueError as e:
+        raise ValueError(f"the jobs' `rlts atari` settings (--config, --job.KEY): {e}") from e
+    overrides = job_args(cfg.job)
+    manifest = merge_manifest(out, {"games": games, "seeds": cfg.seeds, "steps": cfg.steps,
+                                    "backbone": cfg.backbone, "config": cfg.overlay, "overrides": overrides})
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(manifest, out / "atari100k.json")
-    todo = [(g, s) for g in games for s in range(args.seeds) if not job_finished(job_dir(out, g, s), args.steps)]
-    done = len(games) * args.seeds - len(todo)
-    print(f"rlts atari100k: {len(games)} games x {args.seeds} seeds = {len(games) * args.seeds} jobs; "
-          f"{done} finished, {len(todo)} to run, {args.jobs} at a time -> {out}")
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    todo = [(g, s) for g in games for s in range(cfg.seeds) if not job_finished(job_dir(out, g, s), cfg.steps)]
+    done = len(games) * cfg.seeds - len(todo)
+    print(f"rlts atari100k: {len(games)} games x {cfg.seeds} seeds = {len(games) * cfg.seeds} jobs; "
+          f"{done} finished, {len(todo)} to run, {cfg.jobs} at a time -> {out}")
+    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     running: List[tuple] = []
     failed: List[str] = []
@@ -139,13 +218,14 @@ def run_jobs(args: argparse.Namespace) -> int:
                 time.sleep(1)
 
     for game, seed in todo:
-        while len(running) >= args.jobs:
+        while len(running) >= cfg.jobs:
             reap(block=False)
             time.sleep(1)
         folder = job_dir(out, game, seed)
         folder.mkdir(parents=True, exist_ok=True)
+        # the job copies what it prints into its log.txt itself; its errors are added there too
         log = open(folder / "log.txt", "a")
-        proc = subprocess.Popen(job_command(game, seed, args, folder), stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(job_command(game, seed, cfg, folder), stdout=subprocess.DEVNULL, stderr=log, env=env)
         running.append((proc, f"{game} seed {seed}", folder, time.time(), log))
         print(f"[start] {game} seed {seed}")
     reap(block=True)
@@ -156,57 +236,8 @@ def run_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", metavar="ACTION")
-    r = sub.add_parser("run", help="run (or resume) one job per game and seed",
-                       description="Run or resume the Atari100k jobs; extra `--key value` arguments go to every "
-                                   "`rlts atari` job (keys of rlts.tasks.rl.loop.RLConfig).")
-    r.add_argument("--games", default="all", help="all, or comma-separated game names (default: all)")
-    r.add_argument("--seeds", type=int, default=5, help="seeds per game (default: 5)")
-    r.add_argument("--steps", type=int, default=None,
-                   help="agent steps per run (default: the config's: 100000 for atari100k, 200 for debug)")
-    r.add_argument("--backbone", default="mamba2", help="world-model backbone (default: mamba2)")
-    r.add_argument("--config", default="atari100k", help="atari100k (default) or debug")
-    r.add_argument("--jobs", type=int, default=1, help="jobs run in parallel processes (default: 1)")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--out", required=True, help="the benchmark folder")
-    rep = sub.add_parser("report", help="aggregate finished jobs into tables and plots")
-    rep.add_argument("out", help="the benchmark folder")
-    rep.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    rep.add_argument("--backbone", default=None,
-                     help="only runs of this backbone (a folder put together from several runs may hold several)")
-    rep.add_argument("--steps", type=int, default=None, help="only runs of this step budget")
-
-
-def main(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
-    from rlts.tasks.runner import cli_main
-
-    if args.action == "run":
-        args.overrides = list(overrides)
-        code = {"rc": 0}
-
-        def go():
-            code["rc"] = run_jobs(args)
-        rc = cli_main("atari100k", go)
-        return rc or code["rc"]
-    if args.action == "report":
-        if overrides:
-            print(f"rlts atari100k report: error: unrecognized arguments: {' '.join(overrides)}", file=sys.stderr)
-            return 2
-        from rlts.tasks.atari100k.report import run_report
-
-        return cli_main("atari100k", lambda: run_report(args.out, reps=args.reps, backbone=args.backbone,
-                                                         steps=args.steps))
-    print("rlts atari100k: give an action: run or report (see rlts atari100k --help)", file=sys.stderr)
-    return 2
-
-
-def _run_cli(argv: List[str]) -> int:
-    p = argparse.ArgumentParser(prog="rlts atari100k run")
-    add_arguments(p)
-    args, overrides = p.parse_known_args(["run", *argv])
-    return main(args, overrides)
-
-
-COMMANDS = (Command("atari100k run", None, None, _run_cli,
-                    help="run (or resume) the 26-game Atari100k benchmark as one job per game and seed"),)
+COMMANDS = (Command("atari100k run", Atari100kRunConfig, None, run_jobs, aliases={"--config": "--overlay"},
+                    lists=("games",), trains=False,
+                    help="run (or resume) the 26-game Atari100k benchmark as one job per game and seed",
+                    usage="rlts atari100k run --out DIR [--games G1,G2] [--seeds N] [--config NAME] "
+                          "[--job.KEY value ...]"),)

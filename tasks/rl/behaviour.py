@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -50,18 +50,16 @@ import numpy as np
 import torch
 
 from rlts.checkpoint import load, rng_state, save_atomic, set_rng_state
-from rlts.config import to_dict
+from rlts.config import check_ranges, param, result_keys, to_dict
 from rlts.data.trajectories import Trajectories, default_metadata, save_trajectories
 from rlts.runtime import derive_seed, episode_seed
 from rlts.tasks.runner import Command
-from rlts.tasks.runner import CONFIG_DIR, cli_main, load_results, output_folder, parse_task_config, write_json_atomic
+from rlts.tasks.runner import load_results, output_folder, write_json_atomic
 from rlts.tasks.rl.envs import make_env
 from rlts.tasks.rl.episodes import EpisodeCollector, run_episodes
 from rlts.tasks.rl.sac import BehaviourPolicy, act
 
-CONFIG_PATH = CONFIG_DIR / "behaviour.yaml"
 # Settings a resumed run must share with its checkpoint (`steps` may grow: training continues).
-_RESUME_KEYS = ("env", "seed", "learning_starts", "batch_size", "net_arch")
 _BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
@@ -69,21 +67,21 @@ _BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "do
 class BehaviourConfig:
     """Settings of `rlts behaviour` (SB3's SAC defaults unless said otherwise)."""
 
-    env: str = "Hopper-v5"
+    env: str = param("Hopper-v5", result=True)
     """Gymnasium id with 1-D Box actions (HalfCheetah-v5, Hopper-v5, Pendulum-v1, ...)."""
-    steps: int = 100_000
+    steps: int = param(100_000, within="[1, inf)")
     """Environment steps in all; also the replay buffer's size (nothing is overwritten)."""
-    seed: int = 0
+    seed: int = param(0, result=True)
     """Seeds SAC's networks, the buffer sampling, the random actions and every episode's reset."""
-    learning_starts: int = 10_000
+    learning_starts: int = param(10_000, result=True, within="[0, inf)")
     """Steps of uniformly random actions before SAC acts and trains."""
-    batch_size: int = 256
+    batch_size: int = param(256, result=True, within="[1, inf)")
     """Transitions per gradient step."""
-    net_arch: List[int] = field(default_factory=lambda: [256, 256])
+    net_arch: List[int] = param(default_factory=lambda: [256, 256], result=True, within="[1, inf)")
     """Hidden layer widths of the actor and of each critic."""
-    save_every: int = 10_000
+    save_every: int = param(10_000, within="[1, inf)")
     """Steps between checkpoints and policy snapshots (one more at the end)."""
-    eval_episodes: int = 10
+    eval_episodes: int = param(10, within="[1, inf)")
     """Greedy evaluation episodes of every snapshot (fixed seeds, the same for every snapshot)."""
     out: Optional[str] = None
     """Output folder (default: runs/behaviour-<env>-<time>); reusing it resumes the run."""
@@ -92,13 +90,9 @@ class BehaviourConfig:
 
 
 def check_config(cfg: BehaviourConfig) -> None:
-    for name in ("steps", "batch_size", "save_every", "eval_episodes"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"config key `{name}` must be >= 1, got {getattr(cfg, name)}")
-    if cfg.learning_starts < 0:
-        raise ValueError(f"config key `learning_starts` must be >= 0, got {cfg.learning_starts}")
-    if not cfg.net_arch or min(cfg.net_arch) < 1:
-        raise ValueError(f"config key `net_arch` must list positive layer widths, got {cfg.net_arch}")
+    check_ranges(cfg)
+    if not cfg.net_arch:
+        raise ValueError("config key `net_arch` must list positive layer widths, got none")
 
 
 def check_env(name: str) -> tuple:
@@ -241,7 +235,7 @@ def replay_trajectories(model, n: int, cfg: BehaviourConfig) -> Trajectories:
 def check_resumable(state: dict, cfg: BehaviourConfig, path: Path) -> None:
     """A checkpoint of other settings, or beyond `steps`, cannot be continued: a clear error."""
     old, new = state["config"], json.loads(json.dumps(to_dict(cfg)))
-    changed = [k for k in _RESUME_KEYS if old.get(k) != new[k]]
+    changed = [k for k in result_keys(BehaviourConfig) if old.get(k) != new[k]]
     if changed:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
         raise ValueError(f"{path} is a checkpoint of a different setup ({diff}); use another --out")
@@ -256,7 +250,7 @@ def train(cfg: BehaviourConfig) -> dict:
     obs_dim, act_dim = check_env(cfg.env)
     out = output_folder(cfg.out, "behaviour", cfg.env)
     results_path, ckpt_path = out / "results.json", out / "checkpoints" / "last.pt"
-    previous = load_results(results_path, cfg, _RESUME_KEYS)
+    previous = load_results(results_path, cfg)
     if previous.get("finished") and previous.get("steps", 0) >= cfg.steps:
         print(f"rlts behaviour: {out} already holds a finished run of {previous['steps']:,} steps; nothing to do "
               "(a larger --steps continues it)")
@@ -330,15 +324,11 @@ def train(cfg: BehaviourConfig) -> dict:
     return final
 
 
-def parse_behaviour_config(argv: List[str]) -> BehaviourConfig:
-    """BehaviourConfig from tasks/configs/behaviour.yaml and `--key value` args."""
-    return parse_task_config(BehaviourConfig, argv, CONFIG_PATH, {})
-
-
-def cli_run(args) -> int:
-    return cli_main("behaviour", lambda: train(parse_behaviour_config(list(args.overrides))))
-
-
 COMMANDS = (Command("behaviour", BehaviourConfig, "behaviour.yaml", train,
                     help="train a SAC behaviour policy (Stable-Baselines3) for D4RL-style datasets",
                     stem=lambda cfg: cfg.env),)
+
+
+def parse_behaviour_config(argv: List[str]) -> BehaviourConfig:
+    """BehaviourConfig from tasks/configs/behaviour.yaml and `--key value` args."""
+    return COMMANDS[0].parse(argv)

@@ -33,9 +33,9 @@ results.json with the final mean evaluation return as `eval_return`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -44,106 +44,27 @@ import torch
 from torch.utils._pytree import tree_map
 
 from rlts.checkpoint import Checkpointer, set_rng_state
-from rlts.config import save_yaml, to_dict
+from rlts.config import check_ranges, result_keys, save_yaml, to_dict
 from rlts.nn import count_parameters
 from rlts.runtime import derive_seed, seed_everything, select_device
 from rlts.tracking import RunLogger, write_table
 from rlts.tasks.runner import Command
-from rlts.tasks.runner import CONFIG_DIR, cli_main, load_results, output_folder, parse_task_config, write_json_atomic
+from rlts.tasks.runner import load_results, output_folder, write_json_atomic
+from rlts.tasks.rl.config import RLConfig, parse_rl_config
 from rlts.tasks.rl.envs import env_spec, make_env
 from rlts.tasks.rl.episodes import EpisodeCollector, run_episodes
-from rlts.world_models.actor_critic import ActorCritic, ActorCriticConfig
+from rlts.world_models.actor_critic import ActorCritic
 from rlts.world_models.agent import Agent
 from rlts.world_models.learner import Learner, LearnerConfig
 from rlts.world_models.replay import ReplayBuffer
-from rlts.world_models.world_model import WorldModel, WorldModelConfig
+from rlts.world_models.world_model import WorldModel
 
 # Settings a resumed run must share with its checkpoint (`steps` may grow: training continues).
-_RESULT_KEYS = ("env", "num_envs", "seed", "world_model", "agent", "buffer_size", "random_steps",
-                "updates_per_step", "batch_size", "batch_length", "sampling", "wm_lr", "imagine_batch",
-                "imagine_context", "imagine_horizon")
-
-
-@dataclass
-class RLConfig:
-    """Settings of `rlts rl` and `rlts atari` (defaults: Drama's Atari100k schedule)."""
-
-    env: str = "CartPole-v1"
-    """Gymnasium id (Box observations, Discrete actions: the world model is built for those) or an Atari
-    game name (Pong, ALE/Pong-v5)."""
-    steps: int = 100_000
-    """Environment steps in all (summed over the environments); training stops there."""
-    num_envs: int = 1
-    """Environments stepped together (one acting batch)."""
-    seed: int = 0
-    """Seeds the models, the sampling and every episode's reset."""
-    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
-    """The world model (rlts.world_models.world_model.WorldModelConfig)."""
-    agent: ActorCriticConfig = field(default_factory=ActorCriticConfig)
-    """The actor-critic (rlts.world_models.actor_critic.ActorCriticConfig)."""
-    buffer_size: int = 100_000
-    """Replay capacity in transitions (all environments together)."""
-    random_steps: int = 1032
-    """Steps with uniformly random actions before training starts."""
-    updates_per_step: float = 1.0
-    """World-model and actor-critic updates per environment step."""
-    batch_size: int = 16
-    """World-model batch: windows per update."""
-    batch_length: int = 128
-    """World-model batch: steps per window (windows may cross episode ends)."""
-    sampling: str = "dfs"
-    """Replay sampling: dfs (Drama's count-based sampling) or uniform."""
-    wm_lr: float = 4e-5
-    """World-model LaProp learning rate."""
-    wm_eps: float = 1e-20
-    """World-model LaProp epsilon."""
-    wm_warmup: int = 1000
-    """Updates of linear learning-rate warm-up for the world model."""
-    wm_grad_clip: float = 1000.0
-    """Largest world-model gradient norm."""
-    imagine_batch: int = 1024
-    """Imagined rollouts per actor-critic update."""
-    imagine_context: int = 8
-    """Real frames read by the world model before each rollout."""
-    imagine_horizon: int = 16
-    """Imagined steps per rollout."""
-    eval_every: int = 10_000
-    """Environment steps between evaluations (0: only the final one)."""
-    eval_episodes: int = 10
-    """Episodes of each periodic evaluation."""
-    final_eval_episodes: int = 100
-    """Episodes of the final evaluation (`eval_return` in results.json)."""
-    checkpoint_every: int = 2000
-    """Environment steps between checkpoints."""
-    log_every: int = 250
-    """Environment steps between TensorBoard scalar logs."""
-    image_every: int = 10_000
-    """Environment steps between image logs (reconstructions, imagined rollouts); 0: none."""
-    image_size: int = 64
-    """Atari: frame side after resizing."""
-    noop_max: int = 0
-    """Atari: most no-op actions at a reset (0, as Drama and STORM: no no-op starts)."""
-    max_episode_frames: int = 108_000
-    """Atari: frame cap of an episode (27k agent steps)."""
-    out: Optional[str] = None
-    """Output folder (default: runs/<task>-<env>-<time>); reusing it resumes the run."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    progress: bool = True
-    """Show a progress bar with ETA."""
 
 
 # ---------------------------------------------------------------------------------------------
 def check_config(cfg: RLConfig) -> None:
-    positive = ["steps", "num_envs", "buffer_size", "batch_size", "batch_length", "imagine_batch",
-                "imagine_context", "imagine_horizon", "final_eval_episodes", "checkpoint_every", "log_every"]
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"config key `{name}` must be >= 1, got {getattr(cfg, name)}")
-    if cfg.sampling not in ("dfs", "uniform"):
-        raise ValueError(f"config key `sampling` must be dfs or uniform, got {cfg.sampling!r}")
-    if cfg.updates_per_step < 0:
-        raise ValueError(f"config key `updates_per_step` must be >= 0, got {cfg.updates_per_step}")
+    check_ranges(cfg)
     per_env = cfg.buffer_size // cfg.num_envs
     need = max(cfg.batch_length, cfg.imagine_context)
     if per_env < need or cfg.random_steps // cfg.num_envs < need:
@@ -157,10 +78,7 @@ def env_kwargs(cfg: RLConfig) -> dict:
 
 def learner_config(cfg: RLConfig) -> LearnerConfig:
     """The learner's settings of a run: its models and update schedule."""
-    return LearnerConfig(world_model=cfg.world_model, agent=cfg.agent, batch_size=cfg.batch_size,
-                         batch_length=cfg.batch_length, sampling=cfg.sampling, wm_lr=cfg.wm_lr, wm_eps=cfg.wm_eps,
-                         wm_warmup=cfg.wm_warmup, wm_grad_clip=cfg.wm_grad_clip, imagine_batch=cfg.imagine_batch,
-                         imagine_context=cfg.imagine_context, imagine_horizon=cfg.imagine_horizon)
+    return LearnerConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LearnerConfig)})
 
 
 class Collector:
@@ -209,7 +127,7 @@ def check_resumable(old: dict, cfg: RLConfig, path: Path) -> None:
     """A checkpoint made with other settings cannot be continued: a clear error, not a shape
     mismatch deep inside load_state_dict."""
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(to_dict(cfg)))  # tuples as lists
-    changed = [k for k in _RESULT_KEYS if k in old and old[k] != new[k]]
+    changed = [k for k in result_keys(RLConfig) if k in old and old[k] != new[k]]
     if changed:
         diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
         raise ValueError(f"{path} is a checkpoint of a different setup ({diff}); use another --out")
@@ -262,7 +180,7 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
     check_config(cfg)
     out = output_folder(cfg.out, task, cfg.env.replace("/", "-"))
     results_path = out / "results.json"
-    previous = load_results(results_path, cfg, _RESULT_KEYS)
+    previous = load_results(results_path, cfg)
     if previous.get("finished") and previous.get("steps", 0) >= cfg.steps:
         print(f"rlts {task}: {out} already holds a finished run of {previous['steps']:,} steps (eval_return "
               f"{previous['eval_return']:.2f}); nothing to do (a larger --steps continues it)")
@@ -357,25 +275,6 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
     print(f"rlts {task}: {cfg.env} eval_return {final['mean']:.2f} ± {final['std']:.2f} over "
           f"{final['episodes']} episodes after {env_steps:,} steps ({wall / 60:.1f} min)")
     return results
-
-
-def parse_rl_config(argv: List[str], yaml_name: str = "rl.yaml") -> RLConfig:
-    """RLConfig from tasks/configs/<yaml_name> (rl.yaml or atari.yaml) and `--key value` args;
-    `--game` is another spelling of `--env`."""
-    return parse_task_config(RLConfig, argv, CONFIG_DIR / yaml_name, {"--game": "--env"})
-
-
-def cli_run(args) -> int:
-    return cli_main("rl", lambda: train(parse_rl_config(list(args.overrides)), "rl"))
-
-
-def cli_run_atari(args) -> int:
-    def run():
-        argv = list(args.overrides)
-        cfg = parse_rl_config(argv, "atari.yaml")
-        return train(cfg, "atari")
-    return cli_main("atari", run)
-
 
 
 COMMANDS = (

@@ -38,10 +38,9 @@ Two sources:
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
@@ -49,7 +48,7 @@ import numpy as np
 import torch
 
 from rlts.checkpoint import load as load_checkpoint
-from rlts.config import apply_dict
+from rlts.config import apply_dict, param
 from rlts.data.trajectories import Trajectories, default_metadata, save_trajectories
 from rlts.runtime import derive_seed, episode_seed
 from rlts.tasks.runner import Command
@@ -62,6 +61,8 @@ from rlts.world_models.learner import Learner, LearnerConfig
 from rlts.world_models.world_model import WorldModelConfig
 
 Policy = Union[str, Path, Callable]
+RECONSTRUCT = ("auto", "always", "never")
+"""How `export_replay` rebuilds the episodes (see the module docstring)."""
 RUN_ENV_KEYS = ("image_size", "noop_max", "max_episode_frames")
 """The keys of an rl run's config that `make_env` takes (its Atari settings)."""
 
@@ -292,7 +293,7 @@ def export_replay(run_dir: str | Path, out: Optional[str | Path] = None, reconst
     """The replay buffer of an rl run folder as Trajectories (see the module docstring); written
     to `out` if given. reconstruct: "auto" (replay through the env when the buffer allows it,
     else split by flags), "always" (a ValueError if it cannot) or "never" (flags only)."""
-    if reconstruct not in ("auto", "always", "never"):
+    if reconstruct not in RECONSTRUCT:
         raise ValueError(f"reconstruct must be auto, always or never, got {reconstruct!r}")
     if out is not None:
         check_out(out)
@@ -363,75 +364,78 @@ def export_replay(run_dir: str | Path, out: Optional[str | Path] = None, reconst
 
 
 # ---------------------------------------------------------------------------------------------
-# Options that only recording a policy uses, as (dest, flag); --from-replay refuses them.
-_POLICY_ONLY = (("env", "--env"), ("policy", "--policy"), ("episodes", "--episodes"), ("steps", "--steps"),
-                ("seed", "--seed"), ("greedy", "--greedy"), ("device", "--device"))
+@dataclass
+class RecordConfig:
+    """Settings of `rlts record`. The keys that only recording a policy uses default to none, so
+    that `--from-replay`, which refuses them, can tell which were given."""
+
+    env: Optional[str] = None
+    """Gymnasium id or Atari game (none, with a run folder as --policy: the run's env)."""
+    policy: Optional[str] = None
+    """random (none: random), the folder of an `rlts rl` / `rlts atari` run (its Drama agent acts),
+    or of an `rlts behaviour` run (its latest snapshot) or one of its policies/step<N>.pt."""
+    episodes: Optional[int] = None
+    """Whole episodes to record (give this or steps)."""
+    steps: Optional[int] = None
+    """Transitions to record; the episode running when they are spent is cut (marked truncated)."""
+    seed: Optional[int] = None
+    """Seeds the episode resets and the policy's sampling (none: 0)."""
+    greedy: Optional[bool] = None
+    """A run's agent takes its most likely action, a behaviour policy its mean action, instead of
+    sampling (none: false)."""
+    from_replay: Optional[str] = None
+    """Export the replay buffer of this `rlts rl` / `rlts atari` run folder instead of running a
+    policy (--from-replay DIR); it fixes the env, policy, length and seeds, so env, policy,
+    episodes, steps, seed, greedy and device are refused with it."""
+    reconstruct: Optional[str] = param(None, choices=RECONSTRUCT)
+    """With from_replay: auto (none: auto) recovers the true episode flags by replaying the env
+    when the buffer allows it, always stops if it cannot, never splits the buffer by its flags."""
+    out: Optional[str] = None
+    """The dataset file to write (required): one .npz in the rlts.data.trajectories format
+    (observations, actions, rewards, terminations, truncations, episode starts, JSON metadata); it
+    must not exist yet, nothing is overwritten."""
+    device: Optional[str] = None
+    """Device of a run's agent: cpu (none: cpu), cuda or cuda:N."""
+    progress: bool = True
+    """Show a progress bar on stderr (--no-progress: false)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of `rlts record` (also what `rlts record --help` shows). The options whose
-    default is None are filled in by `main`, so that it can tell which were given."""
-    p = argparse.ArgumentParser(
-        prog="rlts record", description="Record an offline dataset (.npz, rlts.data.trajectories format).",
-        usage=("rlts record --env ENV --policy random|RUN_DIR (--episodes N | --steps N) [--seed S] [--greedy] "
-               "--out FILE.npz\n       rlts record --from-replay RUN_DIR [--reconstruct auto|always|never] "
-               "--out FILE.npz"),
-        epilog=("Writes one .npz (observations, actions, rewards, terminations, truncations, episode starts and "
-                "JSON metadata), never over an existing file. --policy RUN_DIR acts with a trained `rlts rl`/"
-                "`rlts atari` agent; --from-replay exports that run's replay buffer."))
-    p.add_argument("--env", help="Gymnasium id or Atari game (default with a run folder: the run's env)")
-    p.add_argument("--policy", help="random (the default), the folder of an `rlts rl`/`rlts atari` run, or of an "
-                                    "`rlts behaviour` run (its latest snapshot) or one of its policies/step<N>.pt")
-    p.add_argument("--episodes", type=int, help="whole episodes to record")
-    p.add_argument("--steps", type=int, help="transitions to record (the last episode is cut)")
-    p.add_argument("--seed", type=int, help="seeds the episode resets and the policy's sampling (default 0)")
-    p.add_argument("--greedy", action="store_true", default=None, help="a run's agent takes its most likely action")
-    p.add_argument("--from-replay", metavar="RUN_DIR", help="export the replay buffer of an rl run instead")
-    p.add_argument("--reconstruct", choices=("auto", "always", "never"),
-                   help="--from-replay: recover the true episode flags by replaying the env (default auto)")
-    p.add_argument("--out", required=True, help="output file (.npz; must not exist yet)")
-    p.add_argument("--device", help="device of a run's agent (default cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+_POLICY_ONLY = ("env", "policy", "episodes", "steps", "seed", "greedy", "device")
+"""The keys that only recording a policy uses; --from-replay refuses them."""
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """`rlts record ...`: 0 on success, 2 with one line on stderr for bad arguments or data."""
+def run_record(cfg: RecordConfig) -> Trajectories:
+    """`rlts record`: check the keys (one ValueError naming the first problem), then record or
+    export, and print what was written."""
+    if not cfg.out:
+        raise ValueError("give --out FILE.npz: the dataset file to write")
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse printed its message
-        return int(e.code or 0)
-    try:
-        if args.from_replay:
-            extra = [flag for dest, flag in _POLICY_ONLY if getattr(args, dest) is not None]
+        if cfg.from_replay:
+            extra = [f"--{key.replace('_', '-')}" for key in _POLICY_ONLY if getattr(cfg, key) is not None]
             if extra:
                 raise ValueError(f"--from-replay takes no {', '.join(extra)}: the run's replay buffer fixes the "
                                  "environment, policy, length and seeds")
-            data = export_replay(args.from_replay, args.out, args.reconstruct or "auto",
-                                 progress=not args.no_progress)
+            data = export_replay(cfg.from_replay, cfg.out, cfg.reconstruct or "auto", progress=cfg.progress)
         else:
-            if args.reconstruct is not None:
+            if cfg.reconstruct is not None:
                 raise ValueError("--reconstruct applies only to --from-replay")
-            if args.episodes is None and args.steps is None:
+            if cfg.episodes is None and cfg.steps is None:
                 raise ValueError("give --episodes N or --steps N")
-            policy = args.policy or "random"
-            if policy == "random" and not args.env:
+            policy = cfg.policy or "random"
+            if policy == "random" and not cfg.env:
                 raise ValueError("--env is required with --policy random")
-            data = record(args.env, policy, args.episodes, args.steps, 0 if args.seed is None else args.seed,
-                          args.out, greedy=bool(args.greedy), device=args.device or "cpu",
-                          progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"rlts record: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+            data = record(cfg.env, policy, cfg.episodes, cfg.steps, 0 if cfg.seed is None else cfg.seed, cfg.out,
+                          greedy=bool(cfg.greedy), device=cfg.device or "cpu", progress=cfg.progress)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from e
     returns = data.episode_returns()
     print(f"rlts record: wrote {len(data):,} transitions in {data.n_episodes} episodes (mean return "
-          f"{returns.mean():.2f}) to {args.out}")
-    return 0
+          f"{returns.mean():.2f}) to {cfg.out}")
+    return data
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
-
-
-COMMANDS = (Command("record", None, None, main,
-                    help="record an offline RL dataset from a policy or a trained agent's replay buffer"),)
+COMMANDS = (Command("record", RecordConfig, None, run_record, aliases={"--no-progress": "--progress=false"},
+                    help="record an offline RL dataset from a policy or a trained agent's replay buffer",
+                    usage=("rlts record --env ENV --policy random|RUN_DIR (--episodes N | --steps N) [--seed S] "
+                           "[--greedy] --out FILE.npz\n       rlts record --from-replay RUN_DIR "
+                           "[--reconstruct auto|always|never] --out FILE.npz")),)

@@ -58,7 +58,7 @@ setup in the same `out` is refused.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import List, Optional
@@ -74,7 +74,8 @@ from rlts.config import check_ranges, param, to_dict
 from rlts.data.augment import BatchAugment, check_augment
 from rlts.data.panel import PanelDataset, fit_panel_scaler, stratified_order, stratified_subset
 from rlts.data.ucr import load_panels
-from rlts.heads.classify import POOLINGS, STEMS, SequenceClassifier, classification_loss, collate_unequal, predict_proba
+from rlts.heads.classify import (CLASSIFIER, CLASSIFIER_TRAIN, POOLINGS, STEMS, SequenceClassifier, classification_loss,
+                                  collate_unequal, predict_proba)
 from rlts.nn import BACKBONES, count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.tracking import write_table
@@ -94,7 +95,9 @@ SCORES_FILE = "test_scores.pt"
 
 @dataclass
 class ClassifyConfig:
-    """Settings of `rlts classify`."""
+    """Settings of `rlts classify`. The backbone models' defaults (model and `train`) are
+    rlts.heads.classify's CLASSIFIER and CLASSIFIER_TRAIN, which rlts.sktime.SequenceClassifier
+    uses too."""
 
     dataset: str = param("", result=True)
     """UCR/UEA archive name (ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels,
@@ -106,31 +109,30 @@ class ClassifyConfig:
     models: List[str] = param(default_factory=lambda: ["backbone", "minirocket"])
     """Models to run: any rlts.nn backbone name (aaren, mamba, mamba2, transformer, gru),
     minirocket, or `backbone` (= the `backbone` key). Commas split."""
-    backbone: str = "mamba"
+    backbone: str = CLASSIFIER.backbone
     """The backbone the model name `backbone` stands for."""
-    d_model: int = param(64, result=True, within="[1, inf)")
+    d_model: int = param(CLASSIFIER.d_model, result=True, within="[1, inf)")
     """Width of the sequence model (backbone models)."""
-    n_layers: int = param(2, result=True, within="[1, inf)")
+    n_layers: int = param(CLASSIFIER.n_layers, result=True, within="[1, inf)")
     """Blocks in the sequence model (backbone models)."""
-    pooling: str = param("mean", result=True, choices=POOLINGS)
+    pooling: str = param(CLASSIFIER.pooling, result=True, choices=POOLINGS)
     """How the backbone's outputs become one vector per series: last (the output at the last
     valid step, which has seen the whole series) or mean (over the valid steps)."""
-    dropout: float = param(0.0, result=True, within="[0, 1)")
+    dropout: float = param(CLASSIFIER.dropout, result=True, within="[0, 1)")
     """Dropout on the pooled features, before the read-out (backbone models)."""
-    augment: List[str] = param(default_factory=lambda: ["window_warp"], result=True, missing_as=[])
+    augment: List[str] = param(default_factory=lambda: list(CLASSIFIER.augment), result=True, missing_as=[])
     """Data augmentation of the training series (backbone models; rlts.data.augment): any of
     jitter, scaling, window_slice, window_warp, with the settings of Iwana & Uchida's survey;
     each series of a batch goes through all of them with probability 1/2. Commas split.
-    none: no augmentation (better for aaren on the six datasets of docs/results.md; window
-    warping helped mamba). The training loss that train.monitor: train judges is the loss on
-    the augmented batches."""
-    patch_len: int = param(1, result=True, within="[1, inf)")
+    none: no augmentation (docs/results.md compares both per backbone). The training loss that
+    train.monitor: train judges is the loss on the augmented batches."""
+    patch_len: int = param(CLASSIFIER.patch_len, result=True, within="[1, inf)")
     """Time steps per backbone token (backbone models; patches end at each series' last step;
     1 = one token per step)."""
-    stem: str = param("conv", result=True, choices=STEMS, missing_as="none")
+    stem: str = param(CLASSIFIER.stem, result=True, choices=STEMS, missing_as="none")
     """Before the patches (backbone models): none, or conv (three causal convolutions with batch
     norm, kernels 8, 5, 3: local shape features for the backbone; rlts.nn.conv.ConvStem)."""
-    bidirectional: bool = param(True, result=True, missing_as=False)
+    bidirectional: bool = param(CLASSIFIER.bidirectional, result=True, missing_as=False)
     """Backbone models: a second backbone reads each series backwards and its pooled features
     are added to the first's (twice the backbone's parameters and time; rlts.heads.classify)."""
     val_fraction: float = param(0.0, result=True, within="[0, 1)")
@@ -139,11 +141,13 @@ class ClassifyConfig:
     records train.monitor: val), and with train.patience > 0 stops training early. 0 (default): no holdout;
     the backbone trains on the whole training set and train.monitor (default: train, the epoch's
     mean training loss) picks the weights (the UCR/UEA training sets are small: 36-270 series;
-    early stopping on a few held-out series stopped runs far too early). MiniRocket always fits
+    early stopping on a few held-out series stops runs far too early). MiniRocket always fits
     on the whole set."""
-    train: TrainConfig = param(default_factory=TrainConfig, result=True)
+    train: TrainConfig = param(default_factory=lambda: TrainConfig(**asdict(CLASSIFIER_TRAIN)), result=True)
     """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
-    train.device are replaced by the top-level seed and device."""
+    train.device are replaced by the top-level seed and device. Defaults: rlts.heads.classify's
+    CLASSIFIER_TRAIN (monitor train, the lr halved on plateaus of the training loss, patience
+    0: every epoch runs), the other keys TrainConfig's."""
     eval_batch_size: int = param(256, within="[1, inf)")
     """Series per batch when predicting the test set."""
     minirocket_kernels: int = param(10_000, result=True, within="[1, inf)")
@@ -162,8 +166,8 @@ class ClassifyConfig:
     """Runs per model, with seeds seed, seed + 1, ..., seed + seeds - 1 (each run is exactly
     what `--seed S` alone gives); the table reports their mean accuracy and standard
     deviation and the accuracy of their averaged class scores (the seed ensemble),
-    results.json every run. On the small UCR/UEA training sets one run can move by
-    15 points or more (docs/results.md)."""
+    results.json every run. On the small UCR/UEA training sets one run moves with the seed by
+    several points (docs/results.md, "Time-series classification")."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     plots: bool = True
@@ -211,7 +215,7 @@ def build_model(name: str, cfg: ClassifyConfig, n_channels: int, n_classes: int)
 def ensemble_accuracy(score_files: List[Path], truth: np.ndarray) -> Optional[float]:
     """Accuracy of the argmax of the runs' class scores averaged (InceptionTime's ensemble of
     seeds: probabilities for the backbones, decision values for MiniRocket); None when a run
-    has no scores file (it was run before rlts wrote one)."""
+    has no scores file (a results folder without test_scores.pt)."""
     if not all(f.is_file() for f in score_files):
         return None
     mean = np.mean([load_checkpoint(f)["scores"].numpy() for f in score_files], axis=0)  # (N, n_classes)

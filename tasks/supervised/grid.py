@@ -33,6 +33,8 @@ class GridRun:
     def __init__(self, cfg, command: str, stem: str, file_keys: Sequence[str] = (), header: Optional[dict] = None,
                  log: Callable[[str], None] = print):
         self.out, previous, cfg_dict = open_run(cfg, command, stem, file_keys=file_keys)
+        self.previous: dict = previous
+        """The results object an earlier run left in the folder ({} if none)."""
         self.path = self.out / "results.json"
         self.seeds: List[int] = [cfg.seed + k for k in range(cfg.seeds)]
         self.log = log

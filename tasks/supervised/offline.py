@@ -57,6 +57,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -64,19 +65,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rlts.config import param, to_dict
+from rlts.config import check_ranges, param, to_dict
 from rlts.data.trajectories import Trajectories, load_trajectories, returns_to_go
 from rlts.heads.decision import DecisionModel, decision_loss
 from rlts.nn import count_parameters, state_nbytes
 from rlts.runtime import derive_seed, seed_everything, select_device
-from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig, check_train_config
-from rlts.tasks.runner import Command
-from rlts.tasks.runner import (CONFIG_DIR, TRAIN_ALIASES, cli_main, json_float, open_run, parse_task_config,
-                           table_order, write_json_atomic)
+from rlts.tasks.runner import TRAIN_ALIASES, Command, json_float, table_order
 from rlts.tasks.runner import resolve_models as _resolve_models
+from rlts.tasks.supervised.grid import GridRun
 
-CONFIG_PATH = CONFIG_DIR / "offline.yaml"
 WINDOWED = ("transformer",)
 """Backbones that train on windows of `context` steps; all others train from episode starts."""
 RANDOM_POLICIES = ("random", "uniform random")
@@ -98,49 +96,48 @@ class OfflineConfig:
     `backbone` (= the `backbone` key). transformer is the Decision Transformer."""
     backbone: str = "aaren"
     """The backbone the model name `backbone` stands for (aaren: DecisionAaren)."""
-    d_model: int = param(64, result=True)
+    d_model: int = param(64, result=True, within="[1, inf)")
     """Width of the sequence model."""
-    n_layers: int = param(3, result=True)
+    n_layers: int = param(3, result=True, within="[1, inf)")
     """Blocks in the sequence model."""
     aaren_decay: bool = param(False, result=True)
     """Aaren models: a learned per-head clock in the scores, so that older tokens weigh less
     (rlts.nn.aaren.Aaren, option decay); false: the paper's content-only attention."""
-    context: int = param(20, result=True)
+    context: int = param(20, result=True, within="[1, inf)")
     """The transformer's window in env steps, for training windows and acting (KV cache of
     3 * context - 2 tokens). Unused by the recurrent backbones."""
-    dropout: float = param(0.1, result=True)
+    dropout: float = param(0.1, result=True, within="[0, 1)")
     """Dropout on the token embeddings."""
-    return_scale: Optional[float] = param(None, result=True)
+    return_scale: Optional[float] = param(None, result=True, within="(0, inf)")
     """Returns-to-go are divided by it before embedding; default the dataset's largest
     |episode return| (1 if that is 0)."""
-    max_timestep: Optional[int] = param(None, result=True)
+    max_timestep: Optional[int] = param(None, result=True, within="[1, inf)")
     """Size of the timestep embedding (later steps share the last entry); default the
     dataset's longest episode."""
-    target_return: Optional[float] = param(None, result=True)
+    target_return: Optional[float] = param(None, result=True, within="(-inf, inf)")
     """Return-to-go the policy is conditioned on at the first step; default the dataset's best
     episode return."""
-    eval_episodes: int = param(10, result=True)
+    eval_episodes: int = param(10, result=True, within="[1, inf)")
     """Evaluation episodes per model (seeds derive_seed(seed, 4, k))."""
-    max_episode_len: Optional[int] = param(None, result=True)
+    max_episode_len: Optional[int] = param(None, result=True, within="[1, inf)")
     """Recurrent backbones train on the first max_episode_len steps of every episode; default
     whole episodes."""
-    window_stride: int = param(1, result=True)
+    window_stride: int = param(1, result=True, within="[1, inf)")
     """The transformer's training windows start at every window_stride-th step of each episode."""
-    recurrent_batch_size: Optional[int] = param(2, result=True)
+    recurrent_batch_size: Optional[int] = param(2, result=True, within="[1, inf)")
     """Batch size (episodes) of the recurrent backbones, which train on one whole episode per
     example: far fewer and longer examples than the transformer's windows, so small batches to
-    take enough gradient steps (2 against 8: HalfCheetah medium 1,444 against 898, Hopper medium
-    1,368 against 714; docs/results.md). None: train.batch_size."""
-    recurrent_epochs: Optional[int] = param(100, result=True)
+    take enough gradient steps (docs/results.md, offline RL, compares batch 2 and 8). None:
+    train.batch_size."""
+    recurrent_epochs: Optional[int] = param(100, result=True, within="[1, inf)")
     """Epochs of the recurrent backbones (early stopping still applies). None: train.epochs."""
-    recurrent_window: Optional[int] = param(None, result=True)
+    recurrent_window: Optional[int] = param(None, result=True, within="[1, inf)")
     """Recurrent backbones train on windows of this many steps, as the transformer does (every
     window_stride-th start, train.batch_size, train.epochs), each window seen from a fresh
     state; they still act from the episode start with their whole state. None: whole episodes.
-    Which is better depends on the dataset (docs/results.md, "How Aaren is trained"): 20 with
-    aaren_decay on HalfCheetah medium (2,992 against 1,444), 20 alone on CartPole (272 against
-    93), whole episodes on Hopper medium and replay."""
-    val_fraction: float = param(0.1, result=True)
+    Which is better depends on the dataset (docs/results.md, offline RL: the training-settings
+    table)."""
+    val_fraction: float = param(0.1, result=True, within="[0, 1)")
     """Fraction of the episodes (seeded choice, at least one when there are two or more) held
     out for early stopping; 0: no validation, no early stopping."""
     train: TrainConfig = param(default_factory=TrainConfig, result=True)
@@ -150,6 +147,12 @@ class OfflineConfig:
     """Output folder; default runs/offline-<dataset stem>-<timestamp>. Reuse it to resume."""
     seed: int = param(0, result=True)
     """Seeds the validation split, model initialisation, training and evaluation episodes."""
+    seeds: int = param(1, result=True, within="[1, inf)", missing_as=1)
+    """Runs per model, with seeds seed, seed + 1, ..., seed + seeds - 1 for the model's
+    initialisation and training, all on the validation split and evaluation episodes of `seed`
+    (the first run is exactly what `--seed` alone gives; the others differ only in the model's
+    seed); the table reports the mean return and normalised score with their sample standard
+    deviations over runs, results.json every run."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     plots: bool = True
@@ -163,23 +166,10 @@ def resolve_models(cfg: OfflineConfig) -> List[str]:
 
 def check_config(cfg: OfflineConfig) -> None:
     """ValueErrors for settings that cannot work, before anything is read or written."""
+    check_ranges(cfg)
     check_train_config(cfg.train, "train")
     if not cfg.dataset:
         raise ValueError("no dataset given; pass --dataset FILE.npz (record one with `rlts record`)")
-    for key in ("d_model", "n_layers", "context", "eval_episodes", "window_stride"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    for key in ("max_episode_len", "max_timestep", "recurrent_batch_size", "recurrent_epochs", "recurrent_window"):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be at least 1 (or unset), got {getattr(cfg, key)}")
-    if cfg.return_scale is not None and not (cfg.return_scale > 0 and math.isfinite(cfg.return_scale)):
-        raise ValueError(f"return_scale must be finite and > 0, got {cfg.return_scale}")
-    if cfg.target_return is not None and not math.isfinite(cfg.target_return):
-        raise ValueError(f"target_return must be finite, got {cfg.target_return}")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {cfg.val_fraction}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"dropout must lie in [0, 1), got {cfg.dropout}")
     resolve_models(cfg)
     select_device(cfg.device)
 
@@ -306,16 +296,11 @@ def action_size(env) -> dict:
 
 def random_returns(env, episodes: int, seed: int) -> List[float]:
     """Returns of a uniform random policy on the evaluation episodes' seeds."""
+    from rlts.tasks.rl.episodes import run_episodes
+
     env.action_space.seed(derive_seed(seed, 5))
-    out = []
-    for k in range(episodes):
-        env.reset(seed=derive_seed(seed, 4, k))
-        total, done = 0.0, False
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            total, done = total + float(r), term or trunc
-        out.append(total)
-    return out
+    seeds = [derive_seed(seed, 4, k) for k in range(episodes)]
+    return run_episodes([env], seeds, lambda obs: [env.action_space.sample()]).returns
 
 
 class DecisionPolicy:
@@ -382,10 +367,11 @@ def build_model(name: str, cfg: OfflineConfig, data: Trajectories, actions: dict
                          return_scale=return_scale, dropout=cfg.dropout, **options)
 
 
-def train_config(cfg: OfflineConfig, backbone: str) -> TrainConfig:
-    """cfg.train with the run's seed and device; backbones that train on whole episodes get
-    their own batch size and epochs (recurrent_batch_size, recurrent_epochs) when set."""
-    kw = {**to_dict(cfg.train), "seed": cfg.seed, "device": cfg.device}
+def train_config(cfg: OfflineConfig, backbone: str, seed: Optional[int] = None) -> TrainConfig:
+    """cfg.train with the run's seed (default cfg.seed) and device; backbones that train on
+    whole episodes get their own batch size and epochs (recurrent_batch_size, recurrent_epochs)
+    when set."""
+    kw = {**to_dict(cfg.train), "seed": cfg.seed if seed is None else seed, "device": cfg.device}
     if train_window(cfg, backbone) is None:
         kw["batch_size"] = cfg.recurrent_batch_size or kw["batch_size"]
         kw["epochs"] = cfg.recurrent_epochs or kw["epochs"]
@@ -396,11 +382,21 @@ def normalised(ret: float, random: float, best: float) -> Optional[float]:
     return 100.0 * (ret - random) / (best - random) if best != random else None
 
 
+METRICS = ("return_mean", "normalised_score", "act_ms_per_step")
+"""Metrics of a run; with `seeds` > 1 each gets its mean and sample std over the runs."""
+
+
 def _table_rows(results: dict, order: List[str]) -> List[dict]:
-    keys = ("return_mean", "return_std", "normalised_score", "params", "train_time_s", "epochs",
-            "act_ms_per_step", "state_bytes")
-    return [{"model": m, **{k: "-" if results[m].get(k) is None else results[m][k] for k in keys}}
-            for m in order if m in results]
+    entries = [(m, results[m]) for m in order if m in results]
+    several = any("runs" in r for _, r in entries)
+    keys = (("return_mean", "return_mean_std", "normalised_score", "normalised_score_std", "seeds") if several
+            else ("return_mean", "return_std", "normalised_score"))
+    keys += ("params", "train_time_s", "epochs", "act_ms_per_step", "state_bytes")
+    rows = []
+    for m, r in entries:
+        r = {**r, "seeds": len(r.get("runs", [r]))}
+        rows.append({"model": m, **{k: "-" if r.get(k) is None else r[k] for k in keys}})
+    return rows
 
 
 def run_offline(cfg: OfflineConfig, log=print) -> dict:
@@ -428,15 +424,17 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
     actions = action_size(env)
     train_eps, val_eps = split_episodes(data.n_episodes, cfg.val_fraction, cfg.seed)
 
-    out, previous, cfg_dict = open_run(cfg, "offline", Path(cfg.dataset).stem, file_keys=("dataset",))
-    log(f"[out] {out}")
-    recorded = data.metadata.get("env")
-    if recorded and env_name != recorded:
-        log(f"[note] evaluating in {env_name}, but {Path(cfg.dataset).name} was recorded in {recorded}: the "
-            f"normalised score still compares with that dataset's returns")
-    results_path = out / "results.json"
-    reference = previous.get("reference")
-    if reference is None:
+    header = {
+        "dataset": {**dataset_summary(data, cfg.dataset), "train_episodes": int(len(train_eps)),
+                    "val_episodes": int(len(val_eps))},
+        "env": {"id": env_name, "kwargs": env_kwargs, **actions},
+        "settings": {"return_scale": return_scale, "target_return": target, "max_timestep": max_timestep,
+                     "eval_seeds": [derive_seed(cfg.seed, 4, k) for k in range(cfg.eval_episodes)]},
+    }
+    run = GridRun(cfg, "offline", Path(cfg.dataset).stem, file_keys=("dataset",), header=header, log=log)
+    out = run.out
+    reference = run.previous.get("reference")
+    if reference is None:  # computed once per folder
         policy = str(data.metadata.get("policy", "")).strip().lower()
         if policy in RANDOM_POLICIES:
             reference = {"random": float(rets.mean()), "random_source": "dataset mean return (random policy)"}
@@ -445,66 +443,68 @@ def _run(cfg: OfflineConfig, models: List[str], data: Trajectories, env_name: st
             reference = {"random": float(np.mean(rr)), "random_returns": rr,
                          "random_source": f"{cfg.eval_episodes} uniform-random episodes on the evaluation seeds"}
         reference["best"] = best
-    state = {
-        "config": cfg_dict,
-        "dataset": {**dataset_summary(data, cfg.dataset), "train_episodes": int(len(train_eps)),
-                    "val_episodes": int(len(val_eps))},
-        "env": {"id": env_name, "kwargs": env_kwargs, **actions},
-        "settings": {"return_scale": return_scale, "target_return": target, "max_timestep": max_timestep,
-                     "eval_seeds": [derive_seed(cfg.seed, 4, k) for k in range(cfg.eval_episodes)]},
-        "reference": reference,
-        "results": previous.get("results", {}),
-    }
-    write_json_atomic(state, results_path)
+    run.state["reference"] = reference
+    recorded = data.metadata.get("env")
+    if recorded and env_name != recorded:
+        log(f"[note] evaluating in {env_name}, but {Path(cfg.dataset).name} was recorded in {recorded}: the "
+            f"normalised score still compares with that dataset's returns")
+    run.save()
 
     device = select_device(cfg.device)
     rtg = returns_to_go(data.rewards, 1.0, data.episode_starts)
-    for name in models:
-        if name in state["results"]:
-            log(f"[skip] {name}: already in {results_path}")
-            continue
+
+    def train_and_evaluate(name: str, seed: int, run_dir: Path) -> dict:
+        """One model trained (or resumed) with one seed and evaluated on the evaluation episodes."""
         train_ds = DecisionSequences(data, rtg, episode_spans(data, train_eps, name, cfg))
         val_ds = DecisionSequences(data, rtg, episode_spans(data, val_eps, name, cfg)) if len(val_eps) else None
-        seed_everything(cfg.seed)
+        seed_everything(seed)
         model = build_model(name, cfg, data, actions, return_scale, max_timestep)
         n_params = count_parameters(model)
-        log(f"[train] {name} ({n_params} parameters, {len(train_ds)} training sequences)")
-        trainer = Trainer(model, decision_loss, train_config(cfg, name), run_dir=out / name,
+        log(f"[train] {name} ({n_params} parameters, {len(train_ds)} training sequences{run.seed_note(seed)})")
+        trainer = Trainer(model, decision_loss, train_config(cfg, name, seed), run_dir=run_dir,
                           collate_fn=collate_decision, weight_key="n_steps")  # per-step validation loss
         fit = trainer.fit(train_ds, val_ds)
         train_time = fit["train_time_s"]  # summed over interrupted runs
         ev = evaluate_policy(trainer.model, env, cfg.eval_episodes, cfg.seed, target, device)
         mean = float(np.mean(ev["returns"]))
-        state["results"][name] = {
-            "return_mean": mean, "return_std": float(np.std(ev["returns"])),
-            "normalised_score": json_float(normalised(mean, reference["random"], best)),
-            "returns": ev["returns"], "lengths": ev["lengths"],
-            "params": n_params, "train_time_s": round(train_time, 3), "epochs": fit["epochs"],
-            "early_stopped": fit["early_stopped"], "best_val_loss": json_float(fit["best_val_loss"]),
-            "train_sequences": len(train_ds), "act_ms_per_step": round(ev["act_ms_per_step"], 4),
-            "state_bytes": ev["state_bytes"], "state_bytes_after_steps": ev["state_bytes_after_steps"]}
-        write_json_atomic(state, results_path)
-        log(f"[done] {name}: return {mean:.2f} +- {np.std(ev['returns']):.2f} ({train_time:.1f} s training)")
+        log(f"[done] {name}: return {mean:.2f} +- {np.std(ev['returns']):.2f} ({train_time:.1f} s training"
+            f"{run.seed_note(seed)})")
+        return {"return_mean": mean, "return_std": float(np.std(ev["returns"])),
+                "normalised_score": json_float(normalised(mean, reference["random"], best)),
+                "returns": ev["returns"], "lengths": ev["lengths"],
+                "params": n_params, "train_time_s": round(train_time, 3), "epochs": fit["epochs"],
+                "early_stopped": fit["early_stopped"], "best_val_loss": json_float(fit["best_val_loss"]),
+                "train_sequences": len(train_ds), "act_ms_per_step": round(ev["act_ms_per_step"], 4),
+                "state_bytes": ev["state_bytes"], "state_bytes_after_steps": ev["state_bytes_after_steps"]}
 
-    md = write_table(_table_rows(state["results"], table_order(models, state["results"])),
-                     out / "results.csv", out / "results.md")
+    def pool_episodes(entry: dict, runs: List[dict]) -> None:
+        """Several seeds: every run's evaluation returns together (returns.png), and the acting
+        memory (the same for every run of a model)."""
+        entry["returns"] = [x for r in runs for x in r["returns"]]
+        entry["state_bytes"] = runs[0]["state_bytes"]
+        entry["epochs"] = runs[0]["epochs"]
+
+    for name in models:
+        run.job(name, None, name, folder=name, run_one=partial(train_and_evaluate, name), metrics=METRICS,
+                extend=pool_episodes)
+
+    md = run.finish(_table_rows(run.results, table_order(models, run.results)))
     if cfg.plots:
-        plot_returns(out / "returns.png", state, models)
+        plot_returns(out / "returns.png", run.state, models)
     log(f"target return {target:g}; random reference {reference['random']:g}; dataset best {best:g}")
     log(md)
-    return state
+    return run.state
 
 
 def plot_returns(path: Path, state: dict, models: List[str]) -> None:
     """Bars: each model's mean evaluation return +- std (episodes as dots); the dataset's
     episode returns as dots, with the random reference and the target return as lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rng = np.random.default_rng(0)
     names = [m for m in models if m in state["results"]]
-    fig, ax = plt.subplots(figsize=(1.6 * (len(names) + 1) + 2, 3.5))
+    fig = Figure(figsize=(1.6 * (len(names) + 1) + 2, 3.5))
+    ax = fig.subplots()
     ds = np.asarray(state["dataset"]["episode_returns"])
     ax.scatter(rng.uniform(-0.25, 0.25, len(ds)), ds, s=6, color="0.4", alpha=0.6, zorder=3)
     ax.bar([0], [ds.mean()], yerr=[ds.std()], color="0.85", capsize=4)
@@ -520,7 +520,6 @@ def plot_returns(path: Path, state: dict, models: List[str]) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -529,15 +528,11 @@ ALIASES = {"--model": "--models", "--data": "--dataset", **TRAIN_ALIASES}
 """Short spellings accepted by `rlts offline` for the config keys."""
 
 
-def parse_offline_config(argv: List[str]) -> OfflineConfig:
-    return parse_task_config(OfflineConfig, argv, CONFIG_PATH, ALIASES)
-
-
-def cli_run(args) -> int:
-    return cli_main("offline", lambda: run_offline(parse_offline_config(list(args.overrides))))
-
-
 COMMANDS = (Command("offline", OfflineConfig, "offline.yaml", run_offline, aliases=ALIASES, lists=("models",),
                     help="train return-conditioned policies (DecisionAaren vs Decision Transformer) on an "
                          "offline dataset",
                     stem=lambda cfg: Path(cfg.dataset).stem),)
+
+
+def parse_offline_config(argv: List[str]) -> OfflineConfig:
+    return COMMANDS[0].parse(argv)
