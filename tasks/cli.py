@@ -26,6 +26,7 @@ from rlts.tasks.runner import Command
 
 MODULES = (
     "rlts.tasks.supervised.forecast",
+    "rlts.tasks.supervised.forecast_predict",
     "rlts.tasks.supervised.classify",
     "rlts.tasks.supervised.events",
     "rlts.tasks.rl.loop",

@@ -144,7 +144,7 @@ def summarise_runs(runs: List[dict], metrics: Sequence[str]) -> dict:
         return {k: v for k, v in runs[0].items() if k != "seed"}
     entry: dict = {}
     for m in metrics:
-        if any(r[m] is None for r in runs):
+        if any(r.get(m) is None for r in runs):  # no value (unmarked events), or a run made before the metric
             entry[m] = entry[f"{m}_std"] = None
             continue
         values = [float(r[m]) for r in runs]

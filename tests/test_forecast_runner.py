@@ -354,3 +354,69 @@ def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
     fresh = _run([*argv[:-1], str(tmp_path / "fresh")])
     mses = [[r["mse"] for r in st["results"]["linear"][str(HORIZON)]["runs"]] for st in (fresh, state)]
     assert mses[0] == mses[1]                     # the interrupted run ends where an uninterrupted one does
+
+
+def test_future_forecast_intervals_and_file_unit_metrics_of_the_naive_model(tmp_path):
+    """forecast.csv and the metrics in the file's units, checked on the naive model (its
+    forecast is the last value) against loops in float64: dates continue daily, the forecast
+    repeats the file's last row, the interval half-widths are the conformal rank of the
+    validation windows' absolute errors, and MAE / sMAPE / MASE / coverage over the test windows."""
+    import math
+
+    import pandas as pd
+
+    from rlts.data.timeseries import split_borders
+
+    rng = np.random.default_rng(0)
+    n, window, horizon = 300, 24, 8
+    dates = pd.date_range("2021-03-01", periods=n, freq="D")
+    vals = np.stack([10 + np.sin(np.arange(n) / 5) * 3 + rng.normal(size=n),
+                     100 + np.cumsum(rng.normal(size=n))], axis=1)
+    path = tmp_path / "daily.csv"
+    pd.DataFrame({"date": dates.strftime("%Y-%m-%d"), "a": vals[:, 0], "b": vals[:, 1]}).to_csv(path, index=False)
+    out = tmp_path / "out"
+    state = run_forecast(parse_forecast_config([
+        "--csv", str(path), "--models", "naive", "--window", str(window), "--horizon", str(horizon),
+        "--out", str(out), "--device", "cpu", "--plots", "false"]), log=lambda *_: None)
+    table = pd.read_csv(out / "forecast.csv")
+    assert list(table["unique_id"]) == ["a"] * horizon + ["b"] * horizon
+    after = [(dates[-1] + pd.Timedelta(days=k)).strftime("%Y-%m-%d") for k in (1, 2)]
+    assert list(table["ds"][:2]) == after                               # the days after the last row
+    x = vals.astype(np.float32).astype(np.float64)                      # the file's values as loaded
+    for c, name in enumerate("ab"):
+        rows = table[table["unique_id"] == name]
+        assert np.allclose(rows["naive"], x[-1, c], rtol=1e-6)
+    b = split_borders(n, window, "auto", path=path, horizon=horizon)
+    lo_val, hi_val = b["val"]
+    res = []                                                            # (N, H, C) validation errors
+    for s in range(lo_val, hi_val - window - horizon + 1):
+        res.append([[abs(x[s + window + h, c] - x[s + window - 1, c]) for c in range(2)] for h in range(horizon)])
+    res = np.asarray(res)
+    for level in (80, 95):
+        k = min(len(res), math.ceil((len(res) + 1) * level / 100))
+        half = np.sort(res, axis=0)[k - 1]                              # (H, C), file units
+        for c, name in enumerate("ab"):
+            rows = table[table["unique_id"] == name]
+            assert np.allclose(rows[f"naive-hi-{level}"] - rows["naive"], half[:, c], rtol=1e-4, atol=1e-4)
+            assert np.allclose(rows["naive"] - rows[f"naive-lo-{level}"], half[:, c], rtol=1e-4, atol=1e-4)
+    lo_test, hi_test = b["test"]
+    train = x[b["train"][0]:b["train"][1]]
+    scale = np.abs(train[7:] - train[:-7]).mean(axis=0)                 # daily data: a weekly season
+    err, sm, ms, inside, count = 0.0, 0.0, 0.0, {80: 0, 95: 0}, 0
+    halves = {lv: np.sort(res, axis=0)[min(len(res), math.ceil((len(res) + 1) * lv / 100)) - 1] for lv in (80, 95)}
+    for s in range(lo_test, hi_test - window - horizon + 1):
+        for h in range(horizon):
+            for c in range(2):
+                y, f = x[s + window + h, c], x[s + window - 1, c]
+                err += abs(y - f)
+                sm += 2 * abs(y - f) / (abs(y) + abs(f))
+                ms += abs(y - f) / scale[c]
+                for lv in (80, 95):
+                    inside[lv] += abs(y - f) <= halves[lv][h, c] + 1e-9
+                count += 1
+    r = state["results"]["naive"][str(horizon)]
+    assert r["mae_units"] == pytest.approx(err / count, rel=1e-5)
+    assert r["smape"] == pytest.approx(100 * sm / count, rel=1e-5)
+    assert r["mase"] == pytest.approx(ms / count, rel=1e-5)
+    for lv in (80, 95):
+        assert r[f"coverage_{lv}"] == pytest.approx(inside[lv] / count, abs=2 / count)

@@ -324,3 +324,28 @@ def test_etth1():
     assert len(test) == 2880 - 96 + 1 == 2785
     x, y = test[len(test) - 1]
     np.testing.assert_array_equal(y[:, 0].numpy(), table.values[14400 - 96:14400, 6])
+
+
+@pytest.mark.parametrize("freq, season", [("h", 24), ("15min", 96), ("D", 7), ("W-SUN", 52), ("MS", 12), ("QS", 4),
+                                          ("3D", 1)])
+def test_future_dates_continue_the_frequency_and_give_the_season(freq, season):
+    import pandas as pd
+
+    from rlts.data.timeseries import future_index, season_length
+
+    dates = pd.date_range("2020-01-31", periods=40, freq=freq)
+    want = list(pd.date_range(dates[0], periods=43, freq=freq)[40:])
+    assert future_index(dates, 40, 3) == want
+    assert season_length(dates) == season
+
+
+def test_future_index_without_dates_and_with_one_gap():
+    import pandas as pd
+
+    from rlts.data.timeseries import future_index, season_length
+
+    assert future_index(None, 10, 3) == [10, 11, 12] and season_length(None) == 1
+    hours = pd.date_range("2020-01-01", periods=30, freq="h")
+    gap = hours.delete(10)                                   # one missing hour: the common step still wins
+    assert future_index(gap, 29, 2) == [hours[-1] + pd.Timedelta(hours=1), hours[-1] + pd.Timedelta(hours=2)]
+    assert season_length(gap) == 24

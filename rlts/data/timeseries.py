@@ -347,6 +347,52 @@ def split_borders(n_rows: int, window: int, protocol: str = "auto",
 # ----------------------------------------------------------------------------- scaling
 
 
+def date_step(dates: pd.DatetimeIndex) -> Optional[Union[str, pd.Timedelta]]:
+    """The frequency of a date column: pandas' inferred frequency string (e.g. "h", "MS") of its
+    last 100 dates, or else the most common step between consecutive dates; None for fewer than
+    two dates."""
+    if len(dates) < 2:
+        return None
+    tail = dates[-100:]
+    if len(tail) >= 3:
+        freq = pd.infer_freq(tail)
+        if freq is not None:
+            return freq
+    return pd.Series(tail).diff().dropna().mode().iloc[0]
+
+
+def future_index(dates: Optional[pd.DatetimeIndex], n_rows: int, horizon: int) -> list:
+    """The `horizon` time stamps after the last row: the dates continued at their frequency
+    (`date_step`), or the row numbers n_rows, n_rows + 1, ... when the file has no dates."""
+    step = None if dates is None else date_step(dates)
+    if step is None:
+        return list(range(n_rows, n_rows + horizon))
+    if isinstance(step, str):
+        return list(pd.date_range(dates[-1], periods=horizon + 1, freq=step)[1:])
+    return [dates[-1] + step * (k + 1) for k in range(horizon)]
+
+
+def season_length(dates: Optional[pd.DatetimeIndex]) -> int:
+    """The seasonal period of the seasonal naive forecast (MASE's scale) from the dates'
+    frequency: a day of sub-daily steps (hourly: 24, 15 minutes: 96), a week of days (7), a year
+    of weeks (52), months (12) or quarters (4); 1 without dates or for other steps."""
+    if dates is None or len(dates) < 2:
+        return 1
+    step_td = pd.Series(dates[-100:]).diff().dropna().mode().iloc[0]   # months: 28-31 days
+    day = pd.Timedelta(days=1)
+    if step_td < day and day % step_td == pd.Timedelta(0):
+        return int(day // step_td)
+    if step_td == day:
+        return 7
+    if step_td == 7 * day:
+        return 52
+    if pd.Timedelta(days=28) <= step_td <= pd.Timedelta(days=31):
+        return 12
+    if pd.Timedelta(days=89) <= step_td <= pd.Timedelta(days=92):
+        return 4
+    return 1
+
+
 class StandardScaler:
     """Per-column standardisation (x - mean) / std with the population std (as scikit-learn),
     floored at 1e-8. Fit it on the train rows only."""

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -29,19 +29,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from rlts.config import check_ranges, param, to_dict
-from rlts.data.timeseries import (FEATURE_MODES, PROTOCOLS, StandardScaler, WindowDataset, protocol_for,
-                                  load_csv, split_borders)
+from rlts.data.timeseries import (FEATURE_MODES, PROTOCOLS, StandardScaler, WindowDataset, future_index,
+                                  load_csv, protocol_for, season_length, split_borders)
 from rlts.heads.forecast import CHANNEL_MODES, DLinear, NaiveForecaster, SequenceForecaster, forecast_loss
+from rlts.metrics import MetricSums, conformal_quantiles, seasonal_scale
 from rlts.nn import count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.trainer import Trainer, TrainConfig, check_train_config
-from rlts.tasks.runner import TRAIN_ALIASES, Command, json_float, table_order
+from rlts.tasks.runner import TRAIN_ALIASES, Command, json_float, table_order, write_json_atomic
 from rlts.tasks.runner import resolve_models as _resolve_models
 from rlts.tasks.supervised.grid import GridRun
 
 BASELINES = ("linear", "naive")
 """Model names besides the rlts.nn backbones: linear = DLinear, naive = last value repeated."""
 PLOT_WINDOWS = 3
+FUTURE_FILE = "future.json"
+"""In each run's folder: the forecast after the file's last row and the intervals' conformal
+half-widths per horizon step and channel, in the file's units; forecast.csv gathers them."""
 
 
 @dataclass
@@ -88,6 +92,13 @@ class ForecastConfig:
     train: TrainConfig = param(default_factory=TrainConfig, result=True)
     """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
     train.device are replaced by the top-level seed and device."""
+    levels: List[float] = param(default_factory=lambda: [80.0, 95.0], within="(0, 100)")
+    """Central intervals, in %, around every forecast: split-conformal, per horizon step and
+    channel, from the absolute errors on the validation windows (at most max_val_windows); their
+    coverage of the test values is reported and forecast.csv holds their bounds."""
+    season: Optional[int] = param(None, within="[1, inf)")
+    """Seasonal period of MASE's seasonal naive scale; default from the dates' frequency
+    (hourly: 24, 15 minutes: 96, daily: 7, weekly: 52, monthly: 12), 1 without dates."""
     eval_batch_size: int = param(256, within="[1, inf)")
     """Windows per batch when computing the test metrics."""
     max_train_windows: Optional[int] = param(None, result=True, within="[1, inf)")
@@ -148,17 +159,37 @@ def build_model(name: str, cfg: ForecastConfig, n_channels: int, horizon: int,
                               patch_len=cfg.patch_len, skip_window=cfg.window if cfg.skip else None)
 
 
+class Units(NamedTuple):
+    """The forecast channels' scaler statistics and MASE scales: scaled values -> file units."""
+
+    mean: np.ndarray
+    """(C,) mean of each forecast channel on the train rows."""
+    std: np.ndarray
+    """(C,) standard deviation of each forecast channel on the train rows."""
+    mase_scale: np.ndarray
+    """(C,) mean absolute error of the seasonal naive forecast on the train rows (file units)."""
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        return y * self.std + self.mean
+
+
 @torch.no_grad()
 def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, device: torch.device,
-                     keep: Optional[List[int]] = None):
-    """MSE and MAE over every element of every window of `data` (float64 sums), and the
-    forecasts of the windows listed in `keep`."""
+                     keep: Optional[List[int]] = None, units: Optional[Units] = None,
+                     half_widths: Optional[Dict[str, np.ndarray]] = None):
+    """MSE and MAE over every element of every window of `data` (float64 sums, scaled values),
+    the forecasts of the windows listed in `keep`, and a dict of what else is asked: with
+    `units`, MAE, RMSE, sMAPE and MASE in the file's units ("units"); with `half_widths`
+    ({level: (H, C) half-widths, scaled}), the share of test values inside each interval
+    ("coverage")."""
     model.eval()
     sq = ab = 0.0
     count = 0
     kept: Dict[int, np.ndarray] = {}
     keep_set = set(keep or [])
     offset = 0
+    in_units = MetricSums(units.mase_scale) if units is not None else None
+    inside = {level: 0 for level in (half_widths or {})}
     for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
         x, y = x.to(device), y.to(device)
         y_hat = model(x)
@@ -168,14 +199,36 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
         sq += float((err * err).sum())
         ab += float(err.abs().sum())
         count += err.numel()
+        if in_units is not None or inside:
+            y_np, f_np = y.double().cpu().numpy(), y_hat.double().cpu().numpy()   # (B, H, C)
+            if in_units is not None:
+                in_units.add(units(y_np), units(f_np))
+            for level, half in (half_widths or {}).items():
+                inside[level] += int((np.abs(y_np - f_np) <= half).sum())
         for i in range(x.shape[0]):
             if offset + i in keep_set:
                 kept[offset + i] = y_hat[i].cpu().numpy()
         offset += x.shape[0]
-    return sq / count, ab / count, kept
+    extra: dict = {}
+    if in_units is not None:
+        extra["units"] = in_units.values()
+    if inside:
+        extra["coverage"] = {level: n / count for level, n in inside.items()}
+    return sq / count, ab / count, kept, extra
 
 
-def _table_rows(results: dict, models: List[str], horizons: List[int]) -> List[dict]:
+@torch.no_grad()
+def abs_residuals(model: nn.Module, data, batch_size: int, device: torch.device) -> np.ndarray:
+    """|forecast - truth| of every window of `data`, (N, H, C) float32, scaled values: the
+    calibration sample of the conformal intervals."""
+    model.eval()
+    out = []
+    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
+        out.append((model(x.to(device)) - y.to(device)).abs().float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _table_rows(results: dict, models: List[str], horizons: List[int], levels: List[str]) -> List[dict]:
     entries = [(m, h, results.get(m, {}).get(str(h))) for m in models for h in horizons]
     entries = [(m, h, r) for m, h, r in entries if r is not None]
     several = any("runs" in r for _, _, r in entries)
@@ -187,6 +240,8 @@ def _table_rows(results: dict, models: List[str], horizons: List[int]) -> List[d
         row["mae"] = r["mae"]
         if several:
             row.update(mae_std=r.get("mae_std", "-"), seeds=len(r.get("runs", [r])))
+        row.update({k: "-" if r.get(k) is None else r[k] for k in ("mase", "smape")})
+        row.update({k: "-" if r.get(k) is None else r[k] for k in levels})
         row.update(params=r["params"], train_time_s=r["train_time_s"])
         rows.append(row)
     return rows
@@ -214,6 +269,9 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     # Index of the target within a forecast's channels (M: all columns; S/MS: one).
     target_out = table.target_index if cfg.features == "M" else 0
     device = select_device(cfg.device)
+    out_cols = table.target_columns
+    units = Units(scaler.mean[out_cols], scaler.std[out_cols],
+                  seasonal_scale(table.values[slice(*borders["train"])][:, out_cols], cfg.season or season_length(table.dates)))
 
     rows = {"train": borders["train"][1] - borders["train"][0],
             "val": borders["val"][1] - borders["val"][0] - cfg.window,
@@ -258,19 +316,35 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         else:
             model = model.to(device)
         train_time = fit["train_time_s"]  # summed over interrupted runs
-        mse, mae, kept = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx)
+        calibration = _subsample(val_ds, cfg.max_val_windows)
+        residuals = abs_residuals(model, calibration, cfg.eval_batch_size, device)
+        half = {f"{level:g}": conformal_quantiles(residuals, level / 100) for level in cfg.levels}   # scaled
+        mse, mae, kept, extra = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx, units, half)
         if samples_dir is not None:
             samples_dir.mkdir(parents=True, exist_ok=True)
             samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
             (samples_dir / "samples.json").write_text(json.dumps(samples))
-        log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f} ({train_time:.1f} s" + run.seed_note(seed) + ")")
-        return {"mse": mse, "mae": mae, "params": n_params, "train_time_s": round(train_time, 3),
+        run_dir.mkdir(parents=True, exist_ok=True)
+        x_last = values[-cfg.window:][:, table.input_columns].unsqueeze(0).to(device)   # (1, L, C_in)
+        with torch.no_grad():
+            future = model.eval()(x_last)[0].double().cpu().numpy()                   # (H, C_out), scaled
+        write_json_atomic({"forecast": units(future).tolist(),
+                           "half_widths": {k: (v * units.std).tolist() for k, v in half.items()}},
+                          run_dir / FUTURE_FILE)
+        u, cov = extra["units"], extra["coverage"]
+        log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f}, in the file's units mae {u['mae']:.4g} mase "
+            f"{u['mase']:.3f}" + "".join(f", {k} % interval covers {100 * c:.1f} %" for k, c in cov.items())
+            + f" ({train_time:.1f} s" + run.seed_note(seed) + ")")
+        return {"mse": mse, "mae": mae, "mae_units": u["mae"], "rmse_units": u["rmse"], "smape": u["smape"],
+                "mase": u["mase"], **{f"coverage_{k}": c for k, c in cov.items()},
+                "params": n_params, "train_time_s": round(train_time, 3),
                 "epochs": fit["epochs"],
                 "best_val_loss": json_float(fit["best_val_loss"]) if fit["best_val_loss"] is not None else None,
                 "early_stopped": fit["early_stopped"], "n_train_windows": len(train_ds),
                 "n_train_windows_used": min(len(train_ds), cfg.max_train_windows or len(train_ds)),
                 "n_val_windows": len(val_ds), "n_test_windows": len(test_ds)}
 
+    metrics = ("mse", "mae", "mae_units", "rmse_units", "smape", "mase", *(f"coverage_{x:g}" for x in cfg.levels))
     for h in horizons:
         b = all_borders[h]
         cols = dict(input_columns=table.input_columns, target_columns=table.target_columns)
@@ -279,17 +353,56 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         test_ds = WindowDataset(values, cfg.window, h, *b["test"], **cols)
         plot_idx = np.unique(np.linspace(0, len(test_ds) - 1, PLOT_WINDOWS).round().astype(int)).tolist()
         for name in models:
-            run.job(name, str(h), f"{name} h={h}", folder=f"{name}-h{h}", metrics=("mse", "mae"),
+            run.job(name, str(h), f"{name} h={h}", folder=f"{name}-h{h}", metrics=metrics,
                     run_one=partial(train_and_test, name, h, (train_ds, val_ds, test_ds), plot_idx))
 
     stored_horizons = sorted({int(h) for r in run.results.values() for h in r})
-    md = run.finish(_table_rows(run.results, table_order(models, run.results), table_order(horizons, stored_horizons)))
+    md = run.finish(_table_rows(run.results, table_order(models, run.results), table_order(horizons, stored_horizons),
+                                [f"coverage_{level:g}" for level in cfg.levels]))
+    futures = {m: job_futures(out, m, horizons[0]) for m in table_order(models, run.results)}
+    futures = {m: f for m, f in futures.items() if f}      # a job folder without future.json is left out
+    if futures:
+        write_future(out / "forecast.csv", [table.columns[c] for c in table.target_columns],
+                     future_index(table.dates, len(table), horizons[0]), cfg.levels, futures)
+        log(f"[forecast] the next {horizons[0]} steps after the file's last row: {out / 'forecast.csv'}")
     if cfg.plots:
         plot_predictions(out / "predictions.png", values, table, cfg.window, horizons[0], all_borders[horizons[0]],
                          {m: out / f"{m}-h{horizons[0]}" / "samples.json"  # earlier runs' models too
                           for m in table_order(models, run.results)})
     log(md)
     return run.state
+
+
+def write_future(path: Path, columns: List[str], ds: list, levels: List[float], futures: Dict[str, List[dict]]) -> None:
+    """A forecast table: one row per forecast column and step (unique_id = the column, ds = the
+    date or row number), a column per model with its forecast (the mean over its seeds; with
+    several, <model>-std is their spread) and, per interval level L, <model>-lo-L and
+    <model>-hi-L (the seeds' mean half-width around it); all in the file's units."""
+    import pandas as pd
+
+    from rlts.checkpoint import write_text_atomic
+
+    horizon = len(ds)
+    frame = pd.DataFrame({"unique_id": np.repeat(columns, horizon), "ds": list(ds) * len(columns)})
+    for model, runs in futures.items():
+        f = np.mean([np.asarray(r["forecast"]) for r in runs], axis=0)           # (H, C_out)
+        frame[model] = f.T.reshape(-1)
+        if len(runs) > 1:
+            frame[f"{model}-std"] = np.std([np.asarray(r["forecast"]) for r in runs], axis=0, ddof=1).T.reshape(-1)
+        half = {lv: np.mean([np.asarray(r["half_widths"][f"{lv:g}"]) for r in runs], axis=0)
+                for lv in levels if all(f"{lv:g}" in r["half_widths"] for r in runs)}
+        for lv in sorted(half, reverse=True):
+            frame[f"{model}-lo-{lv:g}"] = (f - half[lv]).T.reshape(-1)
+        for lv in sorted(half):
+            frame[f"{model}-hi-{lv:g}"] = (f + half[lv]).T.reshape(-1)
+    write_text_atomic(frame.to_csv(index=False, float_format="%.7g"), path)
+
+
+def job_futures(out: Path, model: str, horizon: int) -> List[dict]:
+    """The future.json of every run of a job (one per seed), [] when it has none."""
+    job = out / f"{model}-h{horizon}"
+    files = [job / FUTURE_FILE] if (job / FUTURE_FILE).exists() else sorted(job.glob(f"seed*/{FUTURE_FILE}"))
+    return [json.loads(p.read_text()) for p in files]
 
 
 def plot_predictions(path: Path, values: torch.Tensor, table, window: int, horizon: int, borders: dict,

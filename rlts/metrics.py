@@ -1,0 +1,87 @@
+"""Forecast metrics in a series' own units and split-conformal intervals, on numpy arrays.
+
+    m = point_metrics(y, y_hat, scale)           # MAE, RMSE, sMAPE (%), MASE over every element
+    q = conformal_quantiles(abs_residuals, 0.8)  # (H, C): half-width per horizon step and channel
+    coverage(y, y_hat - q, y_hat + q)            # share of elements inside
+
+Arrays are (N, H, C): N forecast windows, H horizon steps, C channels. MASE divides each
+channel's absolute errors by its `scale`, the mean absolute error of the seasonal naive
+forecast on the training rows (`seasonal_scale`), so 1 means "as good as repeating the last
+season".
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import numpy as np
+
+
+def seasonal_scale(train: np.ndarray, season: int) -> np.ndarray:
+    """(C,): mean |y_t - y_{t-season}| of each column of `train` (T, C), the MASE denominator;
+    a column without change (or too short) gets 1 so its MASE is its MAE."""
+    train = np.asarray(train, dtype=np.float64)
+    if season < 1:
+        raise ValueError(f"season must be at least 1, got {season}")
+    if train.shape[0] <= season:
+        return np.ones(train.shape[1])
+    scale = np.abs(train[season:] - train[:-season]).mean(axis=0)
+    return np.where(scale > 0, scale, 1.0)
+
+
+class MetricSums:
+    """Running sums over batches of windows (float64), so that a whole test split never needs
+    to be held at once: add(y, y_hat) per batch, then values()."""
+
+    def __init__(self, scale: Optional[np.ndarray] = None):
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float64)
+        self.abs = self.sq = self.smape = self.scaled = 0.0
+        self.n = 0
+
+    def add(self, y: np.ndarray, y_hat: np.ndarray) -> None:
+        y, y_hat = np.asarray(y, dtype=np.float64), np.asarray(y_hat, dtype=np.float64)
+        if y.shape != y_hat.shape:
+            raise ValueError(f"forecast shape {y_hat.shape} differs from the truth's {y.shape}")
+        err = np.abs(y_hat - y)
+        denom = np.abs(y) + np.abs(y_hat)
+        self.abs += float(err.sum())
+        self.sq += float((err * err).sum())
+        self.smape += float(np.where(denom > 0, 2.0 * err / np.where(denom > 0, denom, 1.0), 0.0).sum())
+        if self.scale is not None:
+            self.scaled += float((err / self.scale).sum())
+        self.n += err.size
+
+    def values(self) -> Dict[str, Optional[float]]:
+        if self.n == 0:
+            raise ValueError("no forecast to score")
+        return {"mae": self.abs / self.n, "rmse": math.sqrt(self.sq / self.n), "smape": 100.0 * self.smape / self.n,
+                "mase": self.scaled / self.n if self.scale is not None else None}
+
+
+def point_metrics(y: np.ndarray, y_hat: np.ndarray, scale: Optional[np.ndarray] = None) -> Dict[str, Optional[float]]:
+    """MAE, RMSE, sMAPE (in %, 0 where truth and forecast are both 0) and MASE (with the
+    per-channel `scale` of `seasonal_scale`; None without it) over every element."""
+    sums = MetricSums(scale)
+    sums.add(y, y_hat)
+    return sums.values()
+
+
+def conformal_quantiles(abs_residuals: np.ndarray, level: float) -> np.ndarray:
+    """Split-conformal half-widths: for each horizon step and channel the
+    ceil((n + 1) * level)-th smallest of the n calibration windows' absolute residuals
+    (N, H, C) -> (H, C), so that a new window's error lies within it with probability at least
+    `level` when windows are exchangeable. With too few windows for the level, the largest."""
+    r = np.asarray(abs_residuals, dtype=np.float64)
+    if r.ndim != 3 or r.shape[0] == 0:
+        raise ValueError(f"expected absolute residuals of shape (N >= 1, H, C), got {r.shape}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"interval level must lie in (0, 1), got {level}")
+    n = r.shape[0]
+    k = min(n, math.ceil((n + 1) * level))          # 1-based rank
+    return np.sort(r, axis=0)[k - 1]
+
+
+def coverage(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """Share of the elements of `y` within [lower, upper]."""
+    y = np.asarray(y)
+    return float(((y >= lower) & (y <= upper)).mean())

@@ -1,0 +1,83 @@
+"""`rlts forecast predict`: a finished run forecasts from the end of a new file without training;
+on the training file itself it reproduces the run's forecast.csv, seeds are averaged, and bad
+input (columns, rows, models, an existing output) is one message."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from rlts.tasks.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict")
+    n = 360
+    t = np.arange(n)
+    frame = pd.DataFrame({"date": pd.date_range("2022-01-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M"),
+                          "load": 5 + np.sin(t / 6) + 0.1 * np.cos(t / 2), "temp": 20 + np.cos(t / 24)})
+    path = tmp / "series.csv"
+    frame.to_csv(path, index=False)
+    out = tmp / "run"
+    args = ["forecast", "--csv", str(path), "--config", "debug", "--models", "aaren,linear,naive", "--window", "24",
+            "--horizon", "6", "--seeds", "2", "--device", "cpu", "--plots", "false", "--out", str(out)]
+    assert main(args) == 0
+    return path, out, frame
+
+
+def test_predict_on_the_training_file_reproduces_the_runs_forecast(trained, tmp_path):
+    path, run, _ = trained
+    out = tmp_path / "again.csv"
+    assert main(["forecast", "predict", "--run", str(run), "--csv", str(path), "--out", str(out)]) == 0
+    mine, theirs = pd.read_csv(out), pd.read_csv(run / "forecast.csv")
+    assert list(mine.columns) == list(theirs.columns) and "aaren-std" in mine.columns    # two seeds: their spread
+    assert list(mine["ds"]) == list(theirs["ds"])
+    for col in mine.columns[2:]:
+        assert np.allclose(mine[col], theirs[col], rtol=1e-5, atol=1e-6), col
+
+
+def test_predict_starts_after_the_new_files_last_row(trained, tmp_path):
+    path, run, frame = trained
+    short = tmp_path / "short.csv"
+    frame.iloc[:200].to_csv(short, index=False)
+    out = tmp_path / "f.csv"
+    assert main(["forecast", "predict", "--run", str(run), "--csv", str(short), "--models", "naive",
+                 "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert table["ds"][0] == pd.Timestamp(frame["date"][199]).__add__(pd.Timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+    load = table[table["unique_id"] == "load"]
+    assert np.allclose(load["naive"], frame["load"][199], rtol=1e-6)                  # the last value repeated
+    assert (load["naive-lo-95"] <= load["naive-lo-80"]).all() and (load["naive-hi-80"] <= load["naive-hi-95"]).all()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.drop(columns=["temp"]), "lacks column temp"),
+    (lambda f: f.assign(extra=1.0), "has column extra that the run did not train on"),
+    (lambda f: f[["date", "temp", "load"]], "has the columns in another order"),
+    (lambda f: f.iloc[:10], "has 10 rows; the run's models read the last 24"),
+])
+def test_bad_files_are_one_message(trained, tmp_path, capsys, change, message):
+    path, run, frame = trained
+    bad = tmp_path / "bad.csv"
+    change(frame).to_csv(bad, index=False)
+    assert main(["forecast", "predict", "--run", str(run), "--csv", str(bad), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlts forecast predict: error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_bad_runs_models_and_outputs(trained, tmp_path, capsys):
+    path, run, _ = trained
+    exists = tmp_path / "exists.csv"
+    exists.write_text("keep me\n")
+    cases = [
+        (["--run", str(tmp_path), "--csv", str(path)], "has no results.json"),
+        (["--run", str(run), "--csv", str(path), "--models", "mamba"], "no finished model mamba"),
+        (["--run", str(run), "--csv", str(path), "--horizon", "12"], "no model for horizon 12"),
+        (["--run", str(run), "--csv", str(path), "--out", str(exists)], "already exists"),
+    ]
+    for argv, message in cases:
+        assert main(["forecast", "predict", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert exists.read_text() == "keep me\n"

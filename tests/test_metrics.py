@@ -1,0 +1,74 @@
+"""rlts.metrics against naive loops in float64: MAE, RMSE, sMAPE, MASE, seasonal scale,
+split-conformal quantiles (finite-sample rank) and coverage, on adversarial values."""
+import math
+
+import numpy as np
+import pytest
+
+from rlts.metrics import MetricSums, conformal_quantiles, coverage, point_metrics, seasonal_scale
+
+
+def _loops(y, f, scale):
+    n = mae = sq = sm = ms = 0.0
+    N, H, C = y.shape
+    for i in range(N):
+        for h in range(H):
+            for c in range(C):
+                e = abs(float(f[i, h, c]) - float(y[i, h, c]))
+                d = abs(float(y[i, h, c])) + abs(float(f[i, h, c]))
+                mae += e
+                sq += e * e
+                sm += 0.0 if d == 0 else 2 * e / d
+                ms += e / scale[c]
+                n += 1
+    return mae / n, math.sqrt(sq / n), 100 * sm / n, ms / n
+
+
+def test_point_metrics_match_loops_and_batches_add_up():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(7, 5, 3)) * np.array([1.0, 1e3, 1e-3])
+    f = y + rng.normal(size=y.shape)
+    y[0, 0, 0] = f[0, 0, 0] = 0.0                       # 0/0 in sMAPE counts as 0
+    scale = np.array([0.5, 2.0, 3.0])
+    want = _loops(y, f, scale)
+    got = point_metrics(y, f, scale)
+    assert [got[k] for k in ("mae", "rmse", "smape", "mase")] == pytest.approx(want, rel=1e-12)
+    sums = MetricSums(scale)
+    for part in np.array_split(np.arange(7), 3):
+        sums.add(y[part], f[part])
+    assert sums.values() == pytest.approx(got, rel=1e-12)
+    assert point_metrics(y, f)["mase"] is None
+    with pytest.raises(ValueError, match="differs from the truth"):
+        point_metrics(y, f[:, :4])
+
+
+def test_seasonal_scale_is_the_seasonal_naive_mae():
+    t = np.arange(50, dtype=float)
+    train = np.stack([np.sin(t), np.full(50, 3.0), t], axis=1)
+    for m in (1, 7):
+        want = [np.mean([abs(train[i, c] - train[i - m, c]) for i in range(m, 50)]) for c in range(3)]
+        want[1] = 1.0                                    # a constant column: MASE = MAE
+        assert seasonal_scale(train, m) == pytest.approx(want)
+    assert seasonal_scale(train[:5], 7).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_conformal_quantile_is_the_finite_sample_rank():
+    rng = np.random.default_rng(1)
+    r = np.abs(rng.standard_cauchy(size=(19, 4, 2)))
+    for level in (0.5, 0.8, 0.95):
+        k = math.ceil(20 * level)
+        want = np.array([[sorted(r[:, h, c])[min(k, 19) - 1] for c in range(2)] for h in range(4)])
+        assert np.array_equal(conformal_quantiles(r, level), want)
+    with pytest.raises(ValueError, match="level must lie in"):
+        conformal_quantiles(r, 1.0)
+
+
+def test_conformal_intervals_cover_exchangeable_errors():
+    """Calibrated on one sample of errors, the intervals cover about `level` of a new one."""
+    rng = np.random.default_rng(2)
+    calib = rng.standard_t(3, size=(2000, 3, 2))
+    test = rng.standard_t(3, size=(20000, 3, 2))
+    for level in (0.8, 0.95):
+        q = conformal_quantiles(np.abs(calib), level)
+        assert abs(coverage(test, -q, q) - level) < 0.02
+    assert coverage(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.5, 0.0]), np.array([1.0, 2.0, 1.0])) == pytest.approx(1 / 3)
