@@ -132,7 +132,7 @@ BAD_INPUTS = [
      r"bad\.csv: date column 'd' holds 'not a date' at row 2 \(line 3\)"),
     ("date,a\n2020-01-01,1\n2020-01-03,2\n2020-01-02,3\n", {},
      r"bad\.csv: dates in column 'date' are not increasing: row 3 \(line 4\)"),
-    ("date,a\n2020-01-01,1\n2020-01-01,2\n", {}, r"bad\.csv: dates in column 'date' are not increasing: row 2"),
+    ("date,a\n2020-01-01,1\n2020-01-01,2\n", {}, r"bad\.csv: date column 'date' holds 2020-01-01 00:00:00 twice"),
     ("date,a\n2020-01-01,1\n2020-01-02,inf\n", {}, r"bad\.csv: column 'a' holds inf at row 2"),
     ("date,a\n2020-01-01,1\n,2\n", {}, r"bad\.csv: date column 'date' has no value at row 2 \(line 3\)"),
     ("date,a\n2020-01-01,1\n", {"target": "date"},
@@ -349,3 +349,40 @@ def test_future_index_without_dates_and_with_one_gap():
     gap = hours.delete(10)                                   # one missing hour: the common step still wins
     assert future_index(gap, 29, 2) == [hours[-1] + pd.Timedelta(hours=1), hours[-1] + pd.Timedelta(hours=2)]
     assert season_length(gap) == 24
+
+
+def _dated_csv(tmp_path, dates):
+    path = tmp_path / "d.csv"
+    path.write_text("date,y\n" + "".join(f"{d},{i}\n" for i, d in enumerate(dates)))
+    return path
+
+
+def test_dates_backwards_duplicated_or_with_gaps_are_named(tmp_path):
+    import warnings
+
+    from rlts.data.timeseries import load_csv
+
+    days = [f"2021-01-{d:02d}" for d in range(1, 21)]
+    with pytest.raises(ValueError, match=r"run backwards \(2021-01-20 00:00:00 first, 2021-01-01 00:00:00 last\); "
+                                         "sort the file oldest first"):
+        load_csv(_dated_csv(tmp_path, days[::-1]))
+    with pytest.raises(ValueError, match=r"holds 2021-01-05 00:00:00 twice, at row 5 \(line 6\) and row 6"):
+        load_csv(_dated_csv(tmp_path, days[:5] + days[4:]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_csv(_dated_csv(tmp_path, days[:7] + days[9:]))        # 01-08 and 01-09 missing
+    gap = [str(w.message) for w in caught if "gap" in str(w.message)]
+    assert len(gap) == 1 and "1 gap; the first between row 7 (line 8) (2021-01-07" in gap[0] and "1 days" in gap[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                             # a regular file: no warning
+        load_csv(_dated_csv(tmp_path, days))
+
+
+def test_split_ratios_are_options():
+    from rlts.data.timeseries import split_borders
+
+    b = split_borders(1000, 10, "ratio", horizon=5, ratios=(0.5, 0.25, 0.25))
+    assert b == {"train": (0, 500), "val": (490, 750), "test": (740, 1000)}
+    assert split_borders(1000, 10, "ratio", horizon=5) == {"train": (0, 700), "val": (690, 800), "test": (790, 1000)}
+    with pytest.raises(ValueError, match=r"split ratios must be three positive fractions summing to 1, got \[0.5, 0.5\]"):
+        split_borders(1000, 10, "ratio", horizon=5, ratios=(0.5, 0.5))

@@ -253,6 +253,14 @@ def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: 
                              "(name the date column with date_column)")
     if dates is not None:
         step = np.diff(dates.asi8)
+        if len(step) and (step < 0).all():
+            raise ValueError(f"{path}: dates in column {date_column!r} run backwards ({dates[0]} first, {dates[-1]} "
+                             "last); sort the file oldest first")
+        if (step == 0).any():
+            i = int(np.flatnonzero(step == 0)[0]) + 1
+            raise ValueError(f"{path}: date column {date_column!r} holds {dates[i]} twice, at {_row(i - 1)} and "
+                             f"{_row(i)}; one row per time step is needed (aggregate the duplicates first; a "
+                             "table of several series needs one column per series)")
         if (step <= 0).any():
             i = int(np.flatnonzero(step <= 0)[0]) + 1
             hint = ("" if date_format is not None else
@@ -260,6 +268,14 @@ def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: 
                     "(--date_format %d/%m/%Y on the command line)")
             raise ValueError(f"{path}: dates in column {date_column!r} are not increasing: {_row(i)} "
                              f"({dates[i]}) does not come after {_row(i - 1)} ({dates[i - 1]}){hint}")
+        deltas = dates[1:] - dates[:-1]                       # TimedeltaIndex, whatever the dates' unit
+        usual = deltas.median() if len(deltas) else None
+        gaps = np.flatnonzero(np.asarray(deltas > 1.5 * usual)) if usual is not None else []
+        if len(gaps):
+            i = int(gaps[0]) + 1
+            warnings.warn(f"{path}: dates in column {date_column!r} have {len(gaps)} gap{'s' * (len(gaps) > 1)}; the "
+                          f"first between {_row(i - 1)} ({dates[i - 1]}) and {_row(i)} ({dates[i]}), where the usual "
+                          f"step is {usual}; windows run across them", stacklevel=2)
 
     candidates = [str(c) for c in frame.columns if c != date_column]
     if not candidates:
@@ -304,12 +320,14 @@ def protocol_for(path: Optional[Union[str, Path]]) -> str:
 
 
 def split_borders(n_rows: int, window: int, protocol: str = "auto",
-                  path: Optional[Union[str, Path]] = None, *, horizon: int) -> Dict[str, Tuple[int, int]]:
+                  path: Optional[Union[str, Path]] = None, *, horizon: int,
+                  ratios: Sequence[float] = (0.7, 0.1, 0.2)) -> Dict[str, Tuple[int, int]]:
     """Row ranges [start, end) of the train, val and test splits.
 
     protocol: "ett-hour" (8640 / 2880 / 2880 rows; rows after the first 14400 unused),
-    "ett-minute" (x4), "ratio" (first 70 % train, last 20 % test, val between; the sizes are
-    truncated as in Time-Series-Library), or "auto" (ett-hour for ETTh*.csv, ett-minute for
+    "ett-minute" (x4), "ratio" (`ratios` of the rows, in order: by default the first 70 % train,
+    the last 20 % test, val between; the train and test sizes are truncated as in
+    Time-Series-Library, val takes the rest), or "auto" (ett-hour for ETTh*.csv, ett-minute for
     ETTm*.csv, else ratio; from `path`). The val and test ranges start `window` rows before
     their split point. Each range must hold at least one window of `window + horizon` rows.
     """
@@ -321,7 +339,9 @@ def split_borders(n_rows: int, window: int, protocol: str = "auto",
     if protocol == "auto":
         protocol = protocol_for(path)
     if protocol == "ratio":
-        n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
+        if len(ratios) != 3 or min(ratios) <= 0 or abs(sum(ratios) - 1.0) > 1e-6:
+            raise ValueError(f"{where}split ratios must be three positive fractions summing to 1, got {list(ratios)}")
+        n_train, n_test = int(n_rows * ratios[0]), int(n_rows * ratios[2])
         n_val = n_rows - n_train - n_test
     else:
         n_train, n_val, n_test = (r * (4 if protocol == "ett-minute" else 1) for r in ETT_HOUR_ROWS)

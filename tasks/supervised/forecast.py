@@ -66,8 +66,11 @@ class ForecastConfig:
     """Format of the dates for pandas.to_datetime, e.g. %d/%m/%Y for day-first dates; default:
     inferred."""
     protocol: str = param("auto", result=True, choices=PROTOCOLS)
-    """Split protocol: auto (ETTh*/ETTm* files: TSLib 12/4/4 months, else 70/10/20 %),
+    """Split protocol: auto (ETTh*/ETTm* files: TSLib 12/4/4 months, else the `split` ratios),
     ett-hour, ett-minute or ratio."""
+    split: List[float] = param(default_factory=lambda: [0.7, 0.1, 0.2], result=True, within="(0, 1)",
+                               missing_as=[0.7, 0.1, 0.2])
+    """Train / validation / test fractions of the rows under the ratio protocol (in time order)."""
     window: int = param(96, result=True, within="[1, inf)")
     """Input length L (look-back window)."""
     horizons: List[int] = param(default_factory=lambda: [96, 192, 336, 720], within="[1, inf)")
@@ -259,7 +262,8 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                      fill=cfg.fill, date_format=cfg.date_format)
     n_rows, n_channels = table.values.shape
     # Validate every horizon's splits before writing anything.
-    all_borders = {h: split_borders(n_rows, cfg.window, cfg.protocol, path=table.path, horizon=h) for h in horizons}
+    all_borders = {h: split_borders(n_rows, cfg.window, cfg.protocol, path=table.path, horizon=h, ratios=cfg.split)
+                   for h in horizons}
     borders = all_borders[horizons[0]]  # the ranges do not depend on the horizon
     protocol = protocol_for(table.path) if cfg.protocol == "auto" else cfg.protocol
 
@@ -280,7 +284,8 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         "name": protocol,
         "description": (
             "Time-Series-Library long-term forecasting protocol: chronological "
-            + ("12/4/4-month split (ETT)" if protocol.startswith("ett") else "70/10/20 % split")
+            + ("12/4/4-month split (ETT)" if protocol.startswith("ett")
+               else "/".join(f"{100 * r:g}" for r in cfg.split) + " % split")
             + f"; val and test ranges start window={cfg.window} rows before their split point; "
             "StandardScaler fitted on the train rows only; every stride-1 window is one example; "
             "MSE and MAE on the scaled values, averaged over every element of every test window"),
