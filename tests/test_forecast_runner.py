@@ -420,3 +420,21 @@ def test_future_forecast_intervals_and_file_unit_metrics_of_the_naive_model(tmp_
     assert r["mase"] == pytest.approx(ms / count, rel=1e-5)
     for lv in (80, 95):
         assert r[f"coverage_{lv}"] == pytest.approx(inside[lv] / count, abs=2 / count)
+
+
+def test_benchmark_false_trains_the_same_models_and_skips_the_test_split(tmp_path):
+    import pandas as pd
+
+    t = np.arange(400)
+    path = tmp_path / "s.csv"
+    pd.DataFrame({"a": np.sin(t / 7), "b": np.cos(t / 11)}).to_csv(path, index=False)
+    common = ["--csv", str(path), "--config", "debug", "--models", "linear,naive", "--window", "24", "--horizon", "8",
+              "--device", "cpu", "--plots", "false"]
+    scored = run_forecast(parse_forecast_config([*common, "--out", str(tmp_path / "a")]), log=lambda *_: None)
+    only = run_forecast(parse_forecast_config([*common, "--out", str(tmp_path / "b"), "--benchmark", "false"]),
+                        log=lambda *_: None)
+    assert scored["results"]["linear"]["8"]["mse"] > 0 and scored["results"]["linear"]["8"]["mase"] > 0
+    assert only["results"]["linear"]["8"]["mse"] is None and only["results"]["linear"]["8"]["coverage_95"] is None
+    a, b = pd.read_csv(tmp_path / "a" / "forecast.csv"), pd.read_csv(tmp_path / "b" / "forecast.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert "| linear | 8 | - | - |" in (tmp_path / "b" / "results.md").read_text()

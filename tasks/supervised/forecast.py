@@ -99,6 +99,10 @@ class ForecastConfig:
     """Central intervals, in %, around every forecast: split-conformal, per horizon step and
     channel, from the absolute errors on the validation windows (at most max_val_windows); their
     coverage of the test values is reported and forecast.csv holds their bounds."""
+    benchmark: bool = param(True, result=True, missing_as=True)
+    """Score every test window (the TSLib protocol: MSE and MAE on the scaled values, and MAE,
+    RMSE, sMAPE, MASE and the intervals' coverage in the file's units); false: only train and
+    write forecast.csv, for users who want the forecast alone."""
     season: Optional[int] = param(None, within="[1, inf)")
     """Seasonal period of MASE's seasonal naive scale; default from the dates' frequency
     (hourly: 24, 15 minutes: 96, daily: 7, weekly: 52, monthly: 12), 1 without dates."""
@@ -237,10 +241,10 @@ def _table_rows(results: dict, models: List[str], horizons: List[int], levels: L
     several = any("runs" in r for _, _, r in entries)
     rows = []
     for m, h, r in entries:
-        row = {"model": m, "horizon": h, "mse": r["mse"]}
+        row = {"model": m, "horizon": h, "mse": "-" if r.get("mse") is None else r["mse"]}
         if several:
             row["mse_std"] = r.get("mse_std", "-")
-        row["mae"] = r["mae"]
+        row["mae"] = "-" if r.get("mae") is None else r["mae"]
         if several:
             row.update(mae_std=r.get("mae_std", "-"), seeds=len(r.get("runs", [r])))
         row.update({k: "-" if r.get(k) is None else r[k] for k in ("mase", "smape")})
@@ -301,6 +305,8 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                   log=log)
     out = run.out
 
+    metrics = ("mse", "mae", "mae_units", "rmse_units", "smape", "mase", *(f"coverage_{x:g}" for x in cfg.levels))
+
     def train_and_test(name: str, h: int, data: tuple, plot_idx: List[int], seed: int, run_dir: Path) -> dict:
         """One model trained (resumed) with one seed and scored on every test window; at the
         first horizon, the first seed's forecasts of the plotted windows go to the job's
@@ -324,11 +330,22 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         calibration = _subsample(val_ds, cfg.max_val_windows)
         residuals = abs_residuals(model, calibration, cfg.eval_batch_size, device)
         half = {f"{level:g}": conformal_quantiles(residuals, level / 100) for level in cfg.levels}   # scaled
-        mse, mae, kept, extra = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx, units, half)
-        if samples_dir is not None:
-            samples_dir.mkdir(parents=True, exist_ok=True)
-            samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
-            (samples_dir / "samples.json").write_text(json.dumps(samples))
+        scores: dict = {}
+        if cfg.benchmark:
+            mse, mae, kept, extra = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx, units,
+                                                     half)
+            if samples_dir is not None:
+                samples_dir.mkdir(parents=True, exist_ok=True)
+                samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
+                (samples_dir / "samples.json").write_text(json.dumps(samples))
+            u, cov = extra["units"], extra["coverage"]
+            scores = {"mse": mse, "mae": mae, "mae_units": u["mae"], "rmse_units": u["rmse"], "smape": u["smape"],
+                      "mase": u["mase"], **{f"coverage_{k}": c for k, c in cov.items()}}
+            log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f}, in the file's units mae {u['mae']:.4g} mase "
+                f"{u['mase']:.3f}" + "".join(f", {k} % interval covers {100 * c:.1f} %" for k, c in cov.items())
+                + f" ({train_time:.1f} s" + run.seed_note(seed) + ")")
+        else:
+            log(f"[done] {name} h={h}: trained, test split not scored ({train_time:.1f} s" + run.seed_note(seed) + ")")
         run_dir.mkdir(parents=True, exist_ok=True)
         x_last = values[-cfg.window:][:, table.input_columns].unsqueeze(0).to(device)   # (1, L, C_in)
         with torch.no_grad():
@@ -336,12 +353,7 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         write_json_atomic({"forecast": units(future).tolist(),
                            "half_widths": {k: (v * units.std).tolist() for k, v in half.items()}},
                           run_dir / FUTURE_FILE)
-        u, cov = extra["units"], extra["coverage"]
-        log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f}, in the file's units mae {u['mae']:.4g} mase "
-            f"{u['mase']:.3f}" + "".join(f", {k} % interval covers {100 * c:.1f} %" for k, c in cov.items())
-            + f" ({train_time:.1f} s" + run.seed_note(seed) + ")")
-        return {"mse": mse, "mae": mae, "mae_units": u["mae"], "rmse_units": u["rmse"], "smape": u["smape"],
-                "mase": u["mase"], **{f"coverage_{k}": c for k, c in cov.items()},
+        return {**{m: None for m in metrics}, **scores,
                 "params": n_params, "train_time_s": round(train_time, 3),
                 "epochs": fit["epochs"],
                 "best_val_loss": json_float(fit["best_val_loss"]) if fit["best_val_loss"] is not None else None,
@@ -349,7 +361,6 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                 "n_train_windows_used": min(len(train_ds), cfg.max_train_windows or len(train_ds)),
                 "n_val_windows": len(val_ds), "n_test_windows": len(test_ds)}
 
-    metrics = ("mse", "mae", "mae_units", "rmse_units", "smape", "mase", *(f"coverage_{x:g}" for x in cfg.levels))
     for h in horizons:
         b = all_borders[h]
         cols = dict(input_columns=table.input_columns, target_columns=table.target_columns)
@@ -371,7 +382,7 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                      future_index(table.dates, len(table), horizons[0]), cfg.levels, futures)
         log(f"[forecast] the next {horizons[0]} steps after the file's last row: {out / 'forecast.csv'}")
     if cfg.plots:
-        plot_predictions(out / "predictions.png", values, table, cfg.window, horizons[0], all_borders[horizons[0]],
+        plot_predictions(out / "predictions.png", table, scaler, cfg.window, horizons[0], all_borders[horizons[0]],
                          {m: out / f"{m}-h{horizons[0]}" / "samples.json"  # earlier runs' models too
                           for m in table_order(models, run.results)})
     log(md)
@@ -410,10 +421,11 @@ def job_futures(out: Path, model: str, horizon: int) -> List[dict]:
     return [json.loads(p.read_text()) for p in files]
 
 
-def plot_predictions(path: Path, values: torch.Tensor, table, window: int, horizon: int, borders: dict,
+def plot_predictions(path: Path, table, scaler: StandardScaler, window: int, horizon: int, borders: dict,
                      samples: Dict[str, Path]) -> None:
     """One row of panels per model, one column per sampled test window: the input's last
-    part, the true future and the forecast of the target channel (scaled values)."""
+    part, the true future and the forecast of the target column, in the file's units, against
+    the file's dates (row numbers without dates)."""
     from matplotlib.figure import Figure
 
     loaded = {m: json.loads(p.read_text()) for m, p in samples.items() if p.exists()}
@@ -422,21 +434,24 @@ def plot_predictions(path: Path, values: torch.Tensor, table, window: int, horiz
     windows = next(iter(loaded.values()))["windows"]
     fig = Figure(figsize=(4 * len(windows), 2.6 * len(loaded)))
     axes = fig.subplots(len(loaded), len(windows), squeeze=False)
-    series = values[:, table.target_index].numpy()
+    t = table.target_index
+    series = table.values[:, t]
+    when = np.asarray(table.dates) if table.dates is not None else np.arange(len(table))
     start = borders["test"][0]
     context = min(window, 2 * horizon)
     for r, (model, data) in enumerate(loaded.items()):
         for c, (w, forecast) in enumerate(zip(data["windows"], data["forecast"])):
             ax = axes[r][c]
             s = start + w
-            t_in = np.arange(window - context, window)
-            t_out = np.arange(window, window + horizon)
-            ax.plot(t_in, series[s + window - context:s + window], color="0.5", lw=1, label="input")
-            ax.plot(t_out, series[s + window:s + window + horizon], color="k", lw=1.2, label="truth")
-            ax.plot(t_out, forecast, color="tab:red", lw=1.2, label="forecast")
+            past, future = slice(s + window - context, s + window), slice(s + window, s + window + horizon)
+            ax.plot(when[past], series[past], color="0.5", lw=1, label="input")
+            ax.plot(when[future], series[future], color="k", lw=1.2, label="truth")
+            ax.plot(when[future], np.asarray(forecast) * scaler.std[t] + scaler.mean[t], color="tab:red", lw=1.2,
+                    label="forecast")
             ax.set_title(f"{model} | test window {w}", fontsize=9)
+            ax.tick_params(axis="x", labelsize=7, labelrotation=30)
             if c == 0:
-                ax.set_ylabel(f"{table.target} (scaled)")
+                ax.set_ylabel(table.target)
     axes[0][0].legend(fontsize=8, loc="best")
     fig.suptitle(f"{table.path.name}: horizon {horizon}, window {window}", fontsize=10)
     fig.tight_layout()
