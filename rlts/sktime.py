@@ -38,6 +38,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Subset
 from sktime.classification.base import BaseClassifier
 from sktime.forecasting.base import BaseForecaster
 
@@ -48,6 +49,7 @@ from rlts.heads.classify import CLASSIFIER, CLASSIFIER_TRAIN, POOLINGS, STEMS, S
 from rlts.heads.classify import classification_loss, collate_unequal, predict_proba
 from rlts.heads.forecast import CHANNEL_MODES, SequenceForecaster as _ForecasterHead
 from rlts.heads.forecast import forecast_loss
+from rlts.metrics import conformal_quantiles
 from rlts.nn import BACKBONES
 from rlts.runtime import seed_everything, select_device
 from rlts.trainer import TrainConfig, Trainer
@@ -131,6 +133,16 @@ def _check_training_params(est: Any, name: str) -> None:
         raise ValueError(f"{name}: backbone_kwargs must be a dict or None, got "
                          f"{type(est.backbone_kwargs).__name__}")
     select_device(est.device)  # ValueError for an unknown or unavailable device
+
+
+def _calibration_windows(name: str, share: Any, n_windows: int) -> int:
+    """How many of the latest of `n_windows` training windows calibrate the intervals: `share`
+    of them, at least one when share > 0, and never all (0 when there is a single window)."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
+        raise ValueError(f"{name}: calibration must be a share in [0, 1), got {share!r}")
+    if share == 0 or n_windows < 2:
+        return 0
+    return min(n_windows - 1, max(1, int(round(share * n_windows))))
 
 
 def _train(est: Any, model: torch.nn.Module, loss_fn, data, seed: int, collate_fn=None, batch_transform=None,
@@ -222,6 +234,11 @@ class SequenceForecaster(BaseForecaster):
         None draws a fresh seed each fit.
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
+    calibration : float, default=0.2
+        Share of the latest training windows held out of training to calibrate the prediction
+        intervals (split-conformal: per horizon step and column, the finite-sample quantile of
+        their absolute errors, `rlts.metrics.conformal_quantiles`); 0 trains on every window and
+        leaves `predict_interval` / `predict_quantiles` unavailable.
 
     The defaults are deliberately smaller than those of `rlts forecast` (a shorter window and
     patches, a narrower model, fewer epochs): sktime series are often short (load_airline has
@@ -261,7 +278,7 @@ class SequenceForecaster(BaseForecaster):
         "capability:multivariate": True,      # y univariate or multivariate
         "capability:exogenous": False,        # X is accepted and ignored
         "capability:insample": False,         # fh must lie after the cutoff
-        "capability:pred_int": False,
+        "capability:pred_int": True,          # split-conformal, from the `calibration` windows
         "capability:missing_values": False,
         "capability:update": True,            # _update: new data enter the input window
         "capability:random_state": True,
@@ -278,11 +295,12 @@ class SequenceForecaster(BaseForecaster):
                  channel_mode: str = "independent", revin: bool = True, patch_len: int = 8, skip: bool = True,
                  dropout: float = 0.0, backbone_kwargs: Optional[dict] = None, epochs: int = 10, batch_size: int = 32,
                  lr: float = 1e-3, weight_decay: float = 0.0, ema: float = 0.0, random_state=None,
-                 device: str = "cpu"):
+                 device: str = "cpu", calibration: float = 0.2):
         self.backbone = backbone
         self.d_model = d_model
         self.n_layers = n_layers
         self.window = window
+        self.calibration = calibration
         self.channel_mode = channel_mode
         self.revin = revin
         self.patch_len = patch_len
@@ -343,12 +361,20 @@ class SequenceForecaster(BaseForecaster):
             self.scaler_ = StandardScaler().fit(values)
             scaled = torch.from_numpy(self.scaler_.transform(values).astype(np.float32))  # (T, C)
             data = WindowDataset(scaled, self.window, horizon)           # items (window, C), (horizon, C)
+            n_cal = _calibration_windows(name, self.calibration, len(data))
+            fit_part = Subset(data, range(len(data) - n_cal)) if n_cal else data
             self.network_ = _ForecasterHead(
                 n_channels=n_columns, horizon=horizon, backbone=self.backbone, d_model=self.d_model,
                 n_layers=self.n_layers, channel_mode=self.channel_mode, revin=self.revin,
                 patch_len=self.patch_len, skip_window=self.window if self.skip else None,
                 dropout=self.dropout, **(self.backbone_kwargs or {}))
-            self.train_summary_ = _train(self, self.network_, forecast_loss, data, seed)
+            self.train_summary_ = _train(self, self.network_, forecast_loss, fit_part, seed)
+            self.residuals_ = None                                       # (n_cal, horizon, C), scaled
+            if n_cal:
+                device = next(self.network_.parameters()).device
+                with torch.no_grad():
+                    xs, ys = (torch.stack(t) for t in zip(*(data[i] for i in range(len(data) - n_cal, len(data)))))
+                    self.residuals_ = (self.network_(xs.to(device)) - ys.to(device)).abs().double().cpu().numpy()
         self.horizon_ = horizon
         self.n_columns_ = n_columns
         self._columns = y.columns
@@ -378,6 +404,25 @@ class SequenceForecaster(BaseForecaster):
         y_hat = self.scaler_.inverse_transform(y_hat)[steps - 1]         # (len(fh), C)
         index = fh.to_absolute_index(self.cutoff)
         return pd.DataFrame(y_hat, index=index, columns=self._columns)
+
+    def _predict_quantiles(self, fh, X, alpha) -> pd.DataFrame:
+        """Quantile forecasts: the point forecast plus or minus the split-conformal half-width
+        of the central interval of level |2 alpha - 1| (so the alpha and 1 - alpha quantiles
+        bound that interval); alpha = 0.5 is the point forecast."""
+        if self.residuals_ is None:
+            raise ValueError("SequenceForecaster: intervals need calibration windows; fit with calibration > 0 "
+                             "(the default 0.2) on a series of at least window + max(fh) + 1 observations")
+        point = self._predict(fh, X)
+        steps = self._steps(fh)
+        columns, values = [], []
+        for j, var in enumerate(self._get_varnames()):
+            for a in alpha:
+                level = abs(2 * float(a) - 1)
+                half = (conformal_quantiles(self.residuals_, level)[steps - 1, j] * self.scaler_.std[j]
+                        if level > 0 else np.zeros(len(steps)))
+                columns.append((var, a))
+                values.append(point.iloc[:, j].to_numpy() + np.sign(a - 0.5) * half)
+        return pd.DataFrame(np.stack(values, axis=1), index=point.index, columns=pd.MultiIndex.from_tuples(columns))
 
     @classmethod
     def get_test_params(cls, parameter_set: str = "default") -> List[Dict[str, Any]]:
@@ -601,6 +646,25 @@ class SequenceClassifier(BaseClassifier):
         data = PanelDataset(series, None, self.scaler_)
         with _global_rng_preserved():  # batches of similar lengths pad less; rows in the order of X
             return predict_proba(self.network_, data, int(self.batch_size), by_length=True)   # (N, n_classes_)
+
+    def _predict_quantiles(self, fh, X, alpha) -> pd.DataFrame:
+        """Quantile forecasts: the point forecast plus or minus the split-conformal half-width
+        of the central interval of level |2 alpha - 1| (so the alpha and 1 - alpha quantiles
+        bound that interval); alpha = 0.5 is the point forecast."""
+        if self.residuals_ is None:
+            raise ValueError("SequenceForecaster: intervals need calibration windows; fit with calibration > 0 "
+                             "(the default 0.2) on a series of at least window + max(fh) + 1 observations")
+        point = self._predict(fh, X)
+        steps = self._steps(fh)
+        columns, values = [], []
+        for j, var in enumerate(self._get_varnames()):
+            for a in alpha:
+                level = abs(2 * float(a) - 1)
+                half = (conformal_quantiles(self.residuals_, level)[steps - 1, j] * self.scaler_.std[j]
+                        if level > 0 else np.zeros(len(steps)))
+                columns.append((var, a))
+                values.append(point.iloc[:, j].to_numpy() + np.sign(a - 0.5) * half)
+        return pd.DataFrame(np.stack(values, axis=1), index=point.index, columns=pd.MultiIndex.from_tuples(columns))
 
     @classmethod
     def get_test_params(cls, parameter_set: str = "default") -> List[Dict[str, Any]]:

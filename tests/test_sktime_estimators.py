@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from sktime.classification.ensemble import WeightedEnsembleClassifier
-from sktime.datasets import load_UCR_UEA_dataset
+from sktime.datasets import load_airline, load_UCR_UEA_dataset
 from sktime.forecasting.compose import ForecastingPipeline, TransformedTargetForecaster
 from sktime.forecasting.model_evaluation import evaluate
 from sktime.split import ExpandingWindowSplitter
@@ -430,3 +430,41 @@ def test_classifier_monitors_the_training_loss():
     assert clf.train_summary_["epochs"] == 6 and np.isfinite(clf.train_summary_["best_train_loss"])
     with pytest.raises(ValueError, match="plateau_patience must be a non-negative int, got -1"):
         small_classifier(plateau_patience=-1).fit(X, y)
+
+
+def test_forecaster_intervals_are_split_conformal_on_the_latest_windows():
+    """The latest `calibration` share of windows is held out of training; its absolute errors
+    (checked against windows cut by hand) give half-widths per step and column; quantiles
+    are symmetric around the point forecast and nested; calibration 0 gives no intervals."""
+    import math
+
+    y = load_airline()
+    window, H = 12, 6
+    f = SequenceForecaster(backbone="gru", d_model=8, n_layers=1, window=window, patch_len=4, epochs=2,
+                           random_state=0).fit(y, fh=range(1, H + 1))
+    n_windows = len(y) - window - H + 1
+    n_cal = round(0.2 * n_windows)
+    assert f.residuals_.shape == (n_cal, H, 1)
+    v = (y.to_numpy(dtype=np.float64) - f.scaler_.mean[0]) / f.scaler_.std[0]
+    for k, start in enumerate(range(n_windows - n_cal, n_windows)):
+        x = torch.tensor(v[start:start + window], dtype=torch.float32)[None, :, None]
+        with torch.no_grad():
+            pred = f.network_(x)[0, :, 0].double().numpy()
+        assert np.allclose(f.residuals_[k, :, 0], np.abs(pred - v[start + window:start + window + H]), atol=1e-5)
+    point = f.predict()
+    q = f.predict_quantiles(alpha=[0.025, 0.1, 0.5, 0.9, 0.975])
+    name = q.columns.get_level_values(0)[0]
+    assert np.allclose(q[(name, 0.5)], point)
+    for lo, hi, level in ((0.1, 0.9, 0.8), (0.025, 0.975, 0.95)):
+        rank = min(n_cal, math.ceil((n_cal + 1) * level))
+        half = np.sort(f.residuals_[:, :, 0], axis=0)[rank - 1] * f.scaler_.std[0]
+        assert np.allclose(q[(name, hi)] - point, half) and np.allclose(point - q[(name, lo)], half)
+    assert (q[(name, 0.025)] <= q[(name, 0.1)]).all() and (q[(name, 0.9)] <= q[(name, 0.975)]).all()
+    interval = f.predict_interval(coverage=0.8)
+    assert np.allclose(interval[(name, 0.8, "lower")], q[(name, 0.1)])
+    none = SequenceForecaster(backbone="gru", d_model=4, n_layers=1, window=window, patch_len=4, epochs=1,
+                              random_state=0, calibration=0.0).fit(y, fh=range(1, H + 1))
+    with pytest.raises(ValueError, match="intervals need calibration windows"):
+        none.predict_interval(coverage=0.8)
+    with pytest.raises(ValueError, match=r"calibration must be a share in \[0, 1\), got 1.0"):
+        SequenceForecaster(calibration=1.0, window=window).fit(y, fh=range(1, H + 1))
