@@ -647,25 +647,6 @@ class SequenceClassifier(BaseClassifier):
         with _global_rng_preserved():  # batches of similar lengths pad less; rows in the order of X
             return predict_proba(self.network_, data, int(self.batch_size), by_length=True)   # (N, n_classes_)
 
-    def _predict_quantiles(self, fh, X, alpha) -> pd.DataFrame:
-        """Quantile forecasts: the point forecast plus or minus the split-conformal half-width
-        of the central interval of level |2 alpha - 1| (so the alpha and 1 - alpha quantiles
-        bound that interval); alpha = 0.5 is the point forecast."""
-        if self.residuals_ is None:
-            raise ValueError("SequenceForecaster: intervals need calibration windows; fit with calibration > 0 "
-                             "(the default 0.2) on a series of at least window + max(fh) + 1 observations")
-        point = self._predict(fh, X)
-        steps = self._steps(fh)
-        columns, values = [], []
-        for j, var in enumerate(self._get_varnames()):
-            for a in alpha:
-                level = abs(2 * float(a) - 1)
-                half = (conformal_quantiles(self.residuals_, level)[steps - 1, j] * self.scaler_.std[j]
-                        if level > 0 else np.zeros(len(steps)))
-                columns.append((var, a))
-                values.append(point.iloc[:, j].to_numpy() + np.sign(a - 0.5) * half)
-        return pd.DataFrame(np.stack(values, axis=1), index=point.index, columns=pd.MultiIndex.from_tuples(columns))
-
     @classmethod
     def get_test_params(cls, parameter_set: str = "default") -> List[Dict[str, Any]]:
         """Fast settings for sktime's estimator checks: tiny networks, one or two epochs.
