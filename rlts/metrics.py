@@ -85,3 +85,46 @@ def coverage(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
     """Share of the elements of `y` within [lower, upper]."""
     y = np.asarray(y)
     return float(((y >= lower) & (y <= upper)).mean())
+
+
+def interval_taus(levels) -> list:
+    """The quantile levels of central intervals of `levels` (in %) and the median:
+    [80, 95] -> [0.025, 0.1, 0.5, 0.9, 0.975]."""
+    taus = {0.5}
+    for level in levels:
+        low = (1.0 - float(level) / 100.0) / 2.0
+        taus |= {round(low, 10), round(1.0 - low, 10)}
+    return sorted(taus)
+
+
+class QuantileLossSums:
+    """Running sums of the weighted quantile loss over batches: for each quantile level tau,
+    wQL_tau = 2 * sum |(y - q_tau) * (1{y <= q_tau} - tau)| / sum |y| (GluonTS), and their mean
+    over the levels; plus the share of y inside each central interval (tau, 1 - tau)."""
+
+    def __init__(self, taus):
+        self.taus = sorted(float(t) for t in taus)
+        self.loss = {t: 0.0 for t in self.taus}
+        self.inside = {t: 0 for t in self.taus if t < 0.5 and round(1 - t, 10) in self.taus}
+        self.scale = 0.0
+        self.n = 0
+
+    def add(self, y: np.ndarray, quantiles: Dict[float, np.ndarray]) -> None:
+        """y (N, H, C) and {tau: quantile forecast of y's shape}."""
+        y = np.asarray(y, dtype=np.float64)
+        for t in self.taus:
+            q = np.asarray(quantiles[t], dtype=np.float64)
+            self.loss[t] += float(np.abs((y - q) * ((y <= q) - t)).sum())
+        for t in self.inside:
+            lo, hi = quantiles[t], quantiles[round(1 - t, 10)]
+            self.inside[t] += int(((y >= lo) & (y <= hi)).sum())
+        self.scale += float(np.abs(y).sum())
+        self.n += y.size
+
+    def values(self) -> Dict[str, float]:
+        """{"wql": mean over the levels, "coverage_<L>": share inside the interval of level L %}."""
+        if self.n == 0 or self.scale == 0:
+            raise ValueError("no forecast to score (or only zeros)")
+        out = {"wql": float(np.mean([2 * self.loss[t] / self.scale for t in self.taus]))}
+        out.update({f"coverage_{100 * (1 - 2 * t):g}": n / self.n for t, n in self.inside.items()})
+        return out

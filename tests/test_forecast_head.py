@@ -330,3 +330,16 @@ def test_forecast_loss_on_window_dataset_batch():
     loss.backward()
     with pytest.raises(ValueError, match="forecast_loss"):
         forecast_loss(SequenceForecaster(3, 4, "gru", d_model=16, n_layers=1), (x, y))
+
+
+def test_seasonal_naive_repeats_the_last_season():
+    from rlts.heads.forecast import SeasonalNaiveForecaster
+
+    x = torch.randn(2, 10, 3, dtype=torch.float64)
+    for season in (1, 4, 10):
+        y = SeasonalNaiveForecaster(7, season)(x)
+        want = torch.stack([x[:, 10 - season + (h % season)] for h in range(7)], dim=1)
+        assert torch.equal(y, want)
+    assert torch.equal(SeasonalNaiveForecaster(3, 2, target_index=1)(x), x[:, [8, 9, 8], 1:2])
+    with pytest.raises(ValueError, match=r"season \(11 steps\) is longer than the window \(10 steps\)"):
+        SeasonalNaiveForecaster(3, 11)(x)

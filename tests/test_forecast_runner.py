@@ -420,6 +420,29 @@ def test_future_forecast_intervals_and_file_unit_metrics_of_the_naive_model(tmp_
     assert r["mase"] == pytest.approx(ms / count, rel=1e-5)
     for lv in (80, 95):
         assert r[f"coverage_{lv}"] == pytest.approx(inside[lv] / count, abs=2 / count)
+    # weighted quantile loss of the three interval methods, from the signed validation errors
+    from statistics import NormalDist
+
+    def windows(lo, hi):
+        starts = range(lo, hi - window - horizon + 1)
+        truth = np.array([x[s + window:s + window + horizon] for s in starts])        # (N, H, C)
+        last = np.array([np.repeat(x[s + window - 1][None], horizon, 0) for s in starts])
+        return truth, last
+
+    vy, vf = windows(lo_val, hi_val)
+    ty, tf = windows(lo_test, hi_test)
+    e = vy - vf
+    taus = [0.025, 0.1, 0.5, 0.9, 0.975]
+    rms = np.sqrt((e ** 2).mean(axis=0))
+    absolute = np.sort(np.abs(e), axis=0)
+    conf = {t: 0 if t == 0.5 else np.sign(t - 0.5) * absolute[min(len(e), math.ceil((len(e) + 1) * abs(2 * t - 1))) - 1]
+            for t in taus}
+    methods = {"wql": conf, "wql_gaussian": {t: NormalDist().inv_cdf(t) * rms for t in taus},
+               "wql_empirical": {t: np.quantile(e, t, axis=0) for t in taus}}
+    for key, offsets in methods.items():
+        losses = [2 * np.sum(np.maximum(t * (ty - tf - offsets[t]), (t - 1) * (ty - tf - offsets[t]))) / np.abs(ty).sum()
+                  for t in taus]
+        assert r[key] == pytest.approx(np.mean(losses), rel=1e-4), key
 
 
 def test_benchmark_false_trains_the_same_models_and_skips_the_test_split(tmp_path):

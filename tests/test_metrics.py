@@ -72,3 +72,27 @@ def test_conformal_intervals_cover_exchangeable_errors():
         q = conformal_quantiles(np.abs(calib), level)
         assert abs(coverage(test, -q, q) - level) < 0.02
     assert coverage(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.5, 0.0]), np.array([1.0, 2.0, 1.0])) == pytest.approx(1 / 3)
+
+
+def test_weighted_quantile_loss_matches_a_loop():
+    from rlts.metrics import QuantileLossSums, interval_taus
+
+    assert interval_taus([80, 95]) == [0.025, 0.1, 0.5, 0.9, 0.975]
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(6, 4, 2)) + 5
+    f = y + rng.normal(size=y.shape)
+    taus = interval_taus([80])
+    qs = {t: f + (t - 0.5) * 3 for t in taus}
+    sums = QuantileLossSums(taus)
+    for part in np.array_split(np.arange(6), 2):
+        sums.add(y[part], {t: q[part] for t, q in qs.items()})
+    want = []
+    for t in taus:
+        tot = 0.0
+        for v, q in zip(y.ravel(), qs[t].ravel()):
+            tot += (v - q) * (t - (1.0 if v <= q else 0.0))          # the pinball loss, >= 0
+        want.append(2 * tot / np.abs(y).sum())
+    got = sums.values()
+    assert got["wql"] == pytest.approx(np.mean(want), rel=1e-12)
+    inside = np.mean((y >= qs[0.1]) & (y <= qs[0.9]))
+    assert got["coverage_80"] == pytest.approx(inside)

@@ -404,6 +404,35 @@ class NaiveForecaster(nn.Module):
         return last.expand(-1, self.horizon, -1).clone()
 
 
+class SeasonalNaiveForecaster(nn.Module):
+    """Repeats the last season: y[:, h] = x[:, L - m + (h mod m)] for steps h = 0 .. H-1 and
+    season m <= L (no parameters); m = 1 is NaiveForecaster.
+
+    Args:
+        horizon: H.
+        season: m, the seasonal period in steps.
+        target_index: None (forecast every channel) or the one channel to forecast (MS).
+    """
+
+    def __init__(self, horizon: int, season: int, target_index: Optional[int] = None):
+        super().__init__()
+        if horizon < 1 or season < 1:
+            raise ValueError(f"SeasonalNaiveForecaster: horizon and season must be >= 1, got {horizon}, {season}")
+        self.horizon, self.season, self.target_index = horizon, season, target_index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_window("SeasonalNaiveForecaster", x)
+        L = x.shape[1]
+        if self.season > L:
+            raise ValueError(f"SeasonalNaiveForecaster: the season ({self.season} steps) is longer than the "
+                             f"window ({L} steps)")
+        if self.target_index is not None:
+            t = _check_target(self.target_index, x.shape[2], "SeasonalNaiveForecaster")
+            x = x[..., t:t + 1]
+        idx = L - self.season + torch.arange(self.horizon, device=x.device) % self.season      # (H,)
+        return x[:, idx].clone()                                                             # (B, H, C)
+
+
 def moving_average(x: torch.Tensor, kernel: int) -> torch.Tensor:
     """Moving average over time of x (B, L, C), same length, edge-padded as in DLinear: the
     first value repeated (kernel - 1) // 2 times in front, the last value repeated

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from statistics import NormalDist
 from functools import partial
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
@@ -31,8 +32,9 @@ from torch.utils.data import DataLoader, Subset
 from rlts.config import check_ranges, param, to_dict
 from rlts.data.timeseries import (FEATURE_MODES, PROTOCOLS, StandardScaler, WindowDataset, future_index,
                                   load_csv, protocol_for, season_length, split_borders)
-from rlts.heads.forecast import CHANNEL_MODES, DLinear, NaiveForecaster, SequenceForecaster, forecast_loss
-from rlts.metrics import MetricSums, conformal_quantiles, seasonal_scale
+from rlts.heads.forecast import (CHANNEL_MODES, DLinear, NaiveForecaster, SeasonalNaiveForecaster, SequenceForecaster,
+                                 forecast_loss)
+from rlts.metrics import MetricSums, QuantileLossSums, conformal_quantiles, interval_taus, seasonal_scale
 from rlts.nn import count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.trainer import Trainer, TrainConfig, check_train_config
@@ -40,8 +42,11 @@ from rlts.tasks.runner import TRAIN_ALIASES, Command, json_float, table_order, w
 from rlts.tasks.runner import resolve_models as _resolve_models
 from rlts.tasks.supervised.grid import GridRun
 
-BASELINES = ("linear", "naive")
-"""Model names besides the rlts.nn backbones: linear = DLinear, naive = last value repeated."""
+BASELINES = ("linear", "naive", "snaive")
+"""Model names besides the rlts.nn backbones: linear = DLinear, naive = last value repeated,
+snaive = last season repeated (the season of MASE: `season`, or from the dates)."""
+PARAMETER_FREE = ("naive", "snaive")
+"""Models with nothing to train."""
 PLOT_WINDOWS = 3
 FUTURE_FILE = "future.json"
 """In each run's folder: the forecast after the file's last row and the intervals' conformal
@@ -77,7 +82,8 @@ class ForecastConfig:
     """Forecast lengths H; one run per model and horizon. The plot uses the first."""
     models: List[str] = param(default_factory=lambda: ["backbone", "linear", "naive"])
     """Models to run: any rlts.nn backbone name (aaren, mamba, mamba2, transformer, gru), linear
-    (DLinear), naive (last value repeated), or `backbone` (= the `backbone` key). Commas split."""
+    (DLinear), naive (last value repeated), snaive (last season repeated), or `backbone` (= the
+    `backbone` key). Commas split."""
     backbone: str = "aaren"
     """The backbone the model name `backbone` stands for."""
     d_model: int = param(64, result=True, within="[1, inf)")
@@ -156,9 +162,11 @@ def _subsample(data: WindowDataset, limit: Optional[int]):
 
 
 def build_model(name: str, cfg: ForecastConfig, n_channels: int, horizon: int,
-                target_index: Optional[int]) -> nn.Module:
+                target_index: Optional[int], season: int = 1) -> nn.Module:
     if name == "naive":
         return NaiveForecaster(horizon, target_index=target_index)
+    if name == "snaive":
+        return SeasonalNaiveForecaster(horizon, season, target_index=target_index)
     if name == "linear":
         return DLinear(cfg.window, horizon, n_channels, target_index=target_index)
     return SequenceForecaster(n_channels, horizon, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
@@ -183,12 +191,12 @@ class Units(NamedTuple):
 @torch.no_grad()
 def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, device: torch.device,
                      keep: Optional[List[int]] = None, units: Optional[Units] = None,
-                     half_widths: Optional[Dict[str, np.ndarray]] = None):
+                     quantiles: Optional[Dict[str, Dict[float, np.ndarray]]] = None):
     """MSE and MAE over every element of every window of `data` (float64 sums, scaled values),
-    the forecasts of the windows listed in `keep`, and a dict of what else is asked: with
-    `units`, MAE, RMSE, sMAPE and MASE in the file's units ("units"); with `half_widths`
-    ({level: (H, C) half-widths, scaled}), the share of test values inside each interval
-    ("coverage")."""
+    the forecasts of the windows listed in `keep`, and a dict of what else is asked (needs
+    `units`): MAE, RMSE, sMAPE and MASE in the file's units ("units"), and for each method of
+    `quantiles` ({method: {tau: (H, C) offset from the forecast, scaled}}) its weighted
+    quantile loss and the coverage of its central intervals in the file's units ("quantiles")."""
     model.eval()
     sq = ab = 0.0
     count = 0
@@ -196,7 +204,7 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
     keep_set = set(keep or [])
     offset = 0
     in_units = MetricSums(units.mase_scale) if units is not None else None
-    inside = {level: 0 for level in (half_widths or {})}
+    qsums = {m: QuantileLossSums(q) for m, q in (quantiles or {}).items()} if units is not None else {}
     for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
         x, y = x.to(device), y.to(device)
         y_hat = model(x)
@@ -206,12 +214,11 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
         sq += float((err * err).sum())
         ab += float(err.abs().sum())
         count += err.numel()
-        if in_units is not None or inside:
-            y_np, f_np = y.double().cpu().numpy(), y_hat.double().cpu().numpy()   # (B, H, C)
-            if in_units is not None:
-                in_units.add(units(y_np), units(f_np))
-            for level, half in (half_widths or {}).items():
-                inside[level] += int((np.abs(y_np - f_np) <= half).sum())
+        if in_units is not None:
+            y_np, f_np = y.double().cpu().numpy(), y_hat.double().cpu().numpy()   # (B, H, C), scaled
+            in_units.add(units(y_np), units(f_np))
+            for method, sums in qsums.items():
+                sums.add(units(y_np), {t: units(f_np + off) for t, off in quantiles[method].items()})
         for i in range(x.shape[0]):
             if offset + i in keep_set:
                 kept[offset + i] = y_hat[i].cpu().numpy()
@@ -219,20 +226,36 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
     extra: dict = {}
     if in_units is not None:
         extra["units"] = in_units.values()
-    if inside:
-        extra["coverage"] = {level: n / count for level, n in inside.items()}
+        extra["quantiles"] = {m: sums.values() for m, sums in qsums.items()}
     return sq / count, ab / count, kept, extra
 
 
 @torch.no_grad()
-def abs_residuals(model: nn.Module, data, batch_size: int, device: torch.device) -> np.ndarray:
-    """|forecast - truth| of every window of `data`, (N, H, C) float32, scaled values: the
-    calibration sample of the conformal intervals."""
+def errors(model: nn.Module, data, batch_size: int, device: torch.device) -> np.ndarray:
+    """truth - forecast of every window of `data`, (N, H, C) float64, scaled values: the
+    calibration sample of the intervals."""
     model.eval()
     out = []
     for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
-        out.append((model(x.to(device)) - y.to(device)).abs().float().cpu().numpy())
+        out.append((y.to(device) - model(x.to(device))).double().cpu().numpy())
     return np.concatenate(out)
+
+
+def quantile_offsets(err: np.ndarray, levels: List[float]) -> Dict[str, Dict[float, np.ndarray]]:
+    """Offsets from the forecast (scaled) of the quantiles of the central intervals of `levels`
+    and the median, from calibration errors `err` (N, H, C), by three methods: conformal (the
+    split-conformal half-width of |err|, symmetric: what forecast.csv uses), gaussian (a normal
+    with the errors' root mean square per step and column) and empirical (the errors' own
+    quantiles, as a seasonal naive forecaster with empirical residual quantiles has)."""
+    taus = interval_taus(levels)
+    rms = np.sqrt((err ** 2).mean(axis=0))                                   # (H, C)
+    absolute = np.abs(err)
+    return {
+        "conformal": {t: np.sign(t - 0.5) * conformal_quantiles(absolute, abs(2 * t - 1)) if t != 0.5
+                      else np.zeros(err.shape[1:]) for t in taus},
+        "gaussian": {t: NormalDist().inv_cdf(t) * rms for t in taus},
+        "empirical": {t: np.quantile(err, t, axis=0) for t in taus},
+    }
 
 
 def _table_rows(results: dict, models: List[str], horizons: List[int], levels: List[str]) -> List[dict]:
@@ -248,7 +271,7 @@ def _table_rows(results: dict, models: List[str], horizons: List[int], levels: L
         if several:
             row.update(mae_std=r.get("mae_std", "-"), seeds=len(r.get("runs", [r])))
         row.update({k: "-" if r.get(k) is None else r[k] for k in ("mase", "smape")})
-        row.update({k: "-" if r.get(k) is None else r[k] for k in levels})
+        row.update({k: "-" if r.get(k) is None else r[k] for k in (*levels, "wql", "wql_gaussian", "wql_empirical")})
         row.update(params=r["params"], train_time_s=r["train_time_s"])
         rows.append(row)
     return rows
@@ -278,8 +301,12 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     target_out = table.target_index if cfg.features == "M" else 0
     device = select_device(cfg.device)
     out_cols = table.target_columns
+    season = cfg.season or season_length(table.dates)
+    if "snaive" in models and season > cfg.window:
+        raise ValueError(f"snaive repeats the last season ({season} steps), longer than the window ({cfg.window}); "
+                         "raise --window or set --season")
     units = Units(scaler.mean[out_cols], scaler.std[out_cols],
-                  seasonal_scale(table.values[slice(*borders["train"])][:, out_cols], cfg.season or season_length(table.dates)))
+                  seasonal_scale(table.values[slice(*borders["train"])][:, out_cols], season))
 
     rows = {"train": borders["train"][1] - borders["train"][0],
             "val": borders["val"][1] - borders["val"][0] - cfg.window,
@@ -305,7 +332,9 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                   log=log)
     out = run.out
 
-    metrics = ("mse", "mae", "mae_units", "rmse_units", "smape", "mase", *(f"coverage_{x:g}" for x in cfg.levels))
+    metrics = ("mse", "mae", "mae_units", "rmse_units", "smape", "mase", *(f"coverage_{x:g}" for x in cfg.levels),
+               "wql", "wql_gaussian", "wql_empirical",
+               *(f"coverage_{x:g}_{m}" for m in ("gaussian", "empirical") for x in cfg.levels))
 
     def train_and_test(name: str, h: int, data: tuple, plot_idx: List[int], seed: int, run_dir: Path) -> dict:
         """One model trained (resumed) with one seed and scored on every test window; at the
@@ -314,10 +343,10 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         train_ds, val_ds, test_ds = data
         samples_dir = out / f"{name}-h{h}" if h == horizons[0] and seed == run.seeds[0] else None
         seed_everything(seed)
-        model = build_model(name, cfg, n_channels, h, target_index)
+        model = build_model(name, cfg, n_channels, h, target_index, season)
         n_params = count_parameters(model)
         fit = {"epochs": 0, "best_val_loss": None, "early_stopped": False, "train_time_s": 0.0}
-        if name != "naive":
+        if name not in PARAMETER_FREE:
             resumed = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
             log(f"[{'resume' if resumed else 'train'}] {name} h={h} ({n_params} parameters" + run.seed_note(seed) + ")")
             train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
@@ -327,20 +356,22 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         else:
             model = model.to(device)
         train_time = fit["train_time_s"]  # summed over interrupted runs
-        calibration = _subsample(val_ds, cfg.max_val_windows)
-        residuals = abs_residuals(model, calibration, cfg.eval_batch_size, device)
-        half = {f"{level:g}": conformal_quantiles(residuals, level / 100) for level in cfg.levels}   # scaled
+        err = errors(model, _subsample(val_ds, cfg.max_val_windows), cfg.eval_batch_size, device)
+        half = {f"{level:g}": conformal_quantiles(np.abs(err), level / 100) for level in cfg.levels}   # scaled
+        offsets = quantile_offsets(err, cfg.levels)
         scores: dict = {}
         if cfg.benchmark:
             mse, mae, kept, extra = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx, units,
-                                                     half)
+                                                     offsets)
             if samples_dir is not None:
                 samples_dir.mkdir(parents=True, exist_ok=True)
                 samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
                 (samples_dir / "samples.json").write_text(json.dumps(samples))
-            u, cov = extra["units"], extra["coverage"]
+            u, q = extra["units"], extra["quantiles"]
+            cov = {k[len("coverage_"):]: v for k, v in q["conformal"].items() if k.startswith("coverage_")}
             scores = {"mse": mse, "mae": mae, "mae_units": u["mae"], "rmse_units": u["rmse"], "smape": u["smape"],
-                      "mase": u["mase"], **{f"coverage_{k}": c for k, c in cov.items()}}
+                      "mase": u["mase"], **{f"coverage_{k}": c for k, c in cov.items()}, "wql": q["conformal"]["wql"],
+                      **{f"{key}_{m}": v for m in ("gaussian", "empirical") for key, v in q[m].items()}}
             log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f}, in the file's units mae {u['mae']:.4g} mase "
                 f"{u['mase']:.3f}" + "".join(f", {k} % interval covers {100 * c:.1f} %" for k, c in cov.items())
                 + f" ({train_time:.1f} s" + run.seed_note(seed) + ")")

@@ -25,10 +25,10 @@ import torch
 
 from rlts.checkpoint import Checkpointer
 from rlts.config import apply_dict, param
-from rlts.data.timeseries import StandardScaler, future_index, load_csv
+from rlts.data.timeseries import StandardScaler, future_index, load_csv, season_length
 from rlts.runtime import select_device
 from rlts.tasks.runner import Command
-from rlts.tasks.supervised.forecast import FUTURE_FILE, ForecastConfig, build_model, write_future
+from rlts.tasks.supervised.forecast import FUTURE_FILE, PARAMETER_FREE, ForecastConfig, build_model, write_future
 
 
 @dataclass
@@ -125,8 +125,9 @@ def predict(cfg: PredictConfig) -> Path:
             raise ValueError(f"{run / f'{name}-h{horizon}'} holds no trained model")
         futures[name] = []
         for folder in runs:
-            model = build_model(name, rcfg, len(table.input_columns), horizon, target_index)
-            if name != "naive":
+            model = build_model(name, rcfg, len(table.input_columns), horizon, target_index,
+                                rcfg.season or season_length(table.dates))
+            if name not in PARAMETER_FREE:
                 ckpt = Checkpointer(folder / "checkpoints").load_latest(map_location="cpu", restore_rng=False)
                 if ckpt is None:
                     raise ValueError(f"{folder} holds no checkpoint of {name}")
