@@ -1,16 +1,24 @@
-"""Long-term forecasting runner: every (model, horizon) pair on one CSV series, TSLib protocol.
+"""Long-term forecasting runner: every (model, horizon) pair on one CSV series, TSLib protocol,
+and the forecast of the file's future with intervals.
 
-    rlts forecast --csv ETTh1.csv --target OT --features M --window 96 --horizon 96 192 \
+    rlts forecast --csv tasks/data/ETTh1.csv --target OT --features M --window 96 --horizon 96 192 \
         --models aaren,linear,naive --out runs/etth1 --config debug --train.epochs 3
 
 Per (model, horizon): load_csv -> split_borders (ETTh*/ETTm* files: 12/4/4-month TSLib split,
-others 70/10/20 %) -> StandardScaler fitted on the train rows only -> stride-1 WindowDatasets
-(val/test start `window` rows early) -> model -> Trainer.fit(train, val) with early stopping
-(naive: no training) -> MSE and MAE on the scaled values over every stride-1 test window.
+others the `split` ratios, 70/10/20 %) -> StandardScaler fitted on the train rows only ->
+stride-1 WindowDatasets (val/test start `window` rows early) -> model -> Trainer.fit(train, val)
+with early stopping (naive, snaive: no training) -> the validation windows' errors calibrate
+the intervals (split-conformal per horizon step and column; rlts.metrics) -> on every stride-1
+test window: MSE and MAE on the scaled values (the published protocol), MAE, RMSE, sMAPE and
+MASE in the file's units, the intervals' coverage and weighted quantile loss (against a normal
+and the empirical quantiles of the same errors) -> the forecast of the `horizon` steps after
+the file's last row (from its last `window` rows) with its intervals, in the file's units.
 
 Outputs in `out`: results.json (metrics, config, protocol, split sizes, test-window counts;
-rewritten atomically after each pair), results.csv / results.md (the table), one folder per
-pair (`<model>-h<H>`: Trainer checkpoints and TensorBoard logs) and predictions.png.
+rewritten atomically after each pair), results.csv / results.md (the table), forecast.csv (the
+first horizon's future, every model), one folder per pair (`<model>-h<H>`: Trainer checkpoints,
+TensorBoard logs, future.json) and predictions.png. `rlts forecast predict` applies a finished
+run to a new file (tasks/supervised/forecast_predict.py).
 
 Running the same command with the same `out` again skips the pairs already in results.json
 and resumes an interrupted one from its last checkpoint.
