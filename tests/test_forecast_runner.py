@@ -461,3 +461,47 @@ def test_benchmark_false_trains_the_same_models_and_skips_the_test_split(tmp_pat
     a, b = pd.read_csv(tmp_path / "a" / "forecast.csv"), pd.read_csv(tmp_path / "b" / "forecast.csv")
     pd.testing.assert_frame_equal(a, b)
     assert "| linear | 8 | - | - |" in (tmp_path / "b" / "results.md").read_text()
+
+
+def test_a_long_table_gives_the_wide_files_results(tmp_path):
+    """unique_id, ds, y: one column per series, one model across them; the same numbers as the
+    wide file in channel-independent mode, and forecast.csv with one id per series."""
+    import pandas as pd
+
+    wide = _write_series(tmp_path / "wide.csv")
+    frame = pd.read_csv(wide)
+    long = frame.melt(id_vars="date", var_name="unique_id", value_name="y").rename(columns={"date": "ds"})
+    long.sample(frac=1.0, random_state=0)[["unique_id", "ds", "y"]].to_csv(tmp_path / "long.csv", index=False)
+    common = ["--config", "debug", "--models", "aaren,linear", "--device", "cpu", "--plots", "false"]
+    a = run_forecast(parse_forecast_config(["--csv", str(wide), "--out", str(tmp_path / "a"), *common]),
+                     log=lambda *_: None)
+    b = run_forecast(parse_forecast_config(["--csv", str(tmp_path / "long.csv"), "--out", str(tmp_path / "b"),
+                                            *common]), log=lambda *_: None)
+    for m in ("aaren", "linear"):
+        assert a["results"][m][str(HORIZON)]["mse"] == b["results"][m][str(HORIZON)]["mse"]
+    assert b["protocol"]["columns"] == ["a", "b", "OT"]
+    assert sorted(set(pd.read_csv(tmp_path / "b" / "forecast.csv")["unique_id"])) == ["OT", "a", "b"]
+    assert main(["forecast", "predict", "--run", str(tmp_path / "b"), "--csv", str(tmp_path / "long.csv"),
+                 "--out", str(tmp_path / "again.csv")]) == 0       # a run on a long table predicts from one
+    again, first = pd.read_csv(tmp_path / "again.csv"), pd.read_csv(tmp_path / "b" / "forecast.csv")
+    assert np.allclose(again["aaren"], first["aaren"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: pd.concat([f, f.iloc[:1]]), "series 'a' has the time '2021-01-01 00:00:00' twice"),
+    (lambda f: f.drop(index=f.index[(f.unique_id == "b")][3]), "series 'b' has no value at"),
+    (lambda f: f[(f.unique_id != "b") | (f.index % 2 == 0)], "have different time steps"),
+    (lambda f: f.rename(columns={"y": "value"}).assign(extra=0), "no value column 'y'"),
+])
+def test_bad_long_tables_are_one_message(tmp_path, edit, message):
+    import pandas as pd
+
+    frame = pd.read_csv(_write_series(tmp_path / "wide.csv"))
+    long = frame.melt(id_vars="date", var_name="unique_id", value_name="y").rename(columns={"date": "ds"})
+    edit(long[["unique_id", "ds", "y"]].reset_index(drop=True)).to_csv(tmp_path / "long.csv", index=False)
+    argv = ["--csv", str(tmp_path / "long.csv"), "--config", "debug", "--out", str(tmp_path / "o")]
+    if "value" in message:
+        argv += ["--id_column", "unique_id"]
+    with pytest.raises(ValueError, match=message):
+        run_forecast(parse_forecast_config(argv), log=lambda *_: None)
+    assert not (tmp_path / "o").exists()

@@ -210,9 +210,59 @@ def _fill(data: np.ndarray, dates: Optional[pd.DatetimeIndex]) -> np.ndarray:
     return frame.to_numpy(dtype=np.float64)
 
 
+LONG_COLUMNS = ("unique_id", "ds", "y")
+"""The columns of a long table (id, time, value) that are recognised without being named."""
+
+
+def _long_to_wide(frame: pd.DataFrame, path: Path, id_column: str, time_column: str, value_column: str,
+                  date_format: Optional[str], fill: bool) -> pd.DataFrame:
+    """A long table (one row per series and time) as a wide one: the time column, then one column
+    per series id (in order of first appearance), one row per time. ValueErrors name a missing
+    column, a time repeated within an id, ids with different time steps, and (without `fill`)
+    an id that lacks a time the others have."""
+    for role, name in (("id", id_column), ("time", time_column), ("value", value_column)):
+        if name not in frame.columns:
+            raise ValueError(f"{path}: no {role} column {name!r} for a long table; columns: "
+                             f"{', '.join(map(str, frame.columns))} (name it with --{role}_column)")
+    frame = frame[[id_column, time_column, value_column]].copy()
+    frame[id_column] = frame[id_column].astype(str)
+    dup = frame.duplicated([id_column, time_column])
+    if dup.any():
+        row = frame[dup].iloc[0]
+        raise ValueError(f"{path}: series {row[id_column]!r} has the time {row[time_column]!r} twice; one row per "
+                         "series and time is needed")
+    times = pd.to_datetime(frame[time_column].astype("string"), format=date_format, errors="coerce")
+    key = times if not times.isna().any() else pd.to_numeric(frame[time_column], errors="coerce")
+    if not key.isna().any():
+        steps = {i: pd.Series(g.sort_values().to_numpy()).diff().dropna().median()
+                 for i, g in key.groupby(frame[id_column], sort=False) if len(g) > 1}
+        first = next(iter(steps.items()), None)
+        other = next(((i, st) for i, st in steps.items() if st != first[1]), None) if first else None
+        if other is not None:
+            raise ValueError(f"{path}: series {first[0]!r} and {other[0]!r} have different time steps ({first[1]} and "
+                             f"{other[1]}); one model needs series of one frequency")
+        frame["_order"] = key
+    ids = list(dict.fromkeys(frame[id_column]))
+    wide = frame.pivot(index=time_column, columns=id_column, values=value_column)[ids]
+    if "_order" in frame:
+        wide = wide.loc[frame.drop_duplicates(time_column).set_index(time_column)["_order"].sort_values().index]
+    missing = wide.isna()
+    if missing.any().any() and not fill and not frame[value_column].isna().any():
+        i, c = np.argwhere(missing.to_numpy())[0]
+        raise ValueError(f"{path}: series {wide.columns[c]!r} has no value at {wide.index[i]!r}, which other series "
+                         "have; give every series the same times, or pass --fill true to interpolate")
+    wide.columns = [str(c) for c in wide.columns]
+    return wide.reset_index().rename(columns={"index": time_column})
+
+
 def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: Optional[str] = None,
-             features: str = "M", fill: bool = False, date_format: Optional[str] = None) -> SeriesTable:
+             features: str = "M", fill: bool = False, date_format: Optional[str] = None,
+             id_column: Optional[str] = None, value_column: Optional[str] = None) -> SeriesTable:
     """Read a comma-separated file with a header row into a SeriesTable.
+
+    A long table (one row per series and time: `id_column`, `date_column` as the time and
+    `value_column`; a file whose columns are exactly unique_id, ds, y is one) becomes one column
+    per series, in order of first appearance: one model then learns across all of them.
 
     date_column: named, or detected (see `_find_date_column`); a file without one is allowed.
     date_format: the dates' format for pandas.to_datetime (e.g. "%d/%m/%Y" for day-first
@@ -240,6 +290,12 @@ def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: 
                          "but no data rows")
     _check_separator(frame, path)
     frame = _drop_saved_index(frame, path)
+    if id_column is None and value_column is None and sorted(map(str, frame.columns)) == sorted(LONG_COLUMNS):
+        id_column = LONG_COLUMNS[0]
+    if id_column is not None or value_column is not None:
+        date_column = date_column or LONG_COLUMNS[1]
+        frame = _long_to_wide(frame, path, id_column or LONG_COLUMNS[0], date_column, value_column or LONG_COLUMNS[2],
+                              date_format, fill)
     available = ", ".join(map(str, frame.columns))
 
     if date_column is not None:

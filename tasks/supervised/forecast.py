@@ -73,6 +73,13 @@ class ForecastConfig:
     """Name of the date column; default: detected (date/time/timestamp/datetime, or parseable)."""
     features: str = param("M", result=True, choices=FEATURE_MODES)
     """M: all columns in and out; S: the target only; MS: all columns in, the target out."""
+    id_column: Optional[str] = param(None, result=True, missing_as=None)
+    """A long table: the column naming each row's series (its times in date_column, default ds;
+    its values in value_column, default y). Every series becomes a column and one model learns
+    across them (channel_mode independent: shared weights); forecast.csv has one id per series.
+    A file whose columns are exactly unique_id, ds, y is read so without it."""
+    value_column: Optional[str] = param(None, result=True, missing_as=None)
+    """A long table: the column of the values (default y)."""
     fill: bool = param(False, result=True)
     """Interpolate missing values instead of stopping on them."""
     date_format: Optional[str] = param(None, result=True, missing_as=None)
@@ -294,7 +301,7 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     models = resolve_models(cfg)
     horizons = list(dict.fromkeys(cfg.horizons))
     table = load_csv(cfg.csv, target=cfg.target, date_column=cfg.date_column, features=cfg.features,
-                     fill=cfg.fill, date_format=cfg.date_format)
+                     fill=cfg.fill, date_format=cfg.date_format, id_column=cfg.id_column, value_column=cfg.value_column)
     n_rows, n_channels = table.values.shape
     # Validate every horizon's splits before writing anything.
     all_borders = {h: split_borders(n_rows, cfg.window, cfg.protocol, path=table.path, horizon=h, ratios=cfg.split)

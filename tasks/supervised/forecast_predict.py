@@ -25,7 +25,7 @@ import torch
 
 from rlts.checkpoint import Checkpointer
 from rlts.config import apply_dict, param
-from rlts.data.timeseries import StandardScaler, future_index, load_csv, season_length
+from rlts.data.timeseries import LONG_COLUMNS, StandardScaler, future_index, load_csv, season_length
 from rlts.runtime import select_device
 from rlts.tasks.runner import Command
 from rlts.tasks.supervised.forecast import FUTURE_FILE, PARAMETER_FREE, ForecastConfig, build_model, write_future
@@ -91,17 +91,20 @@ def predict(cfg: PredictConfig) -> Path:
                          f"it has {', '.join(done)}")
 
     want = protocol.get("columns")
-    if want is not None and Path(cfg.csv).is_file():  # a missing column named before the target check
+    if want is not None and Path(cfg.csv).is_file() and rcfg.id_column is None:  # named before the target check
         import pandas as pd
         try:
             header = [str(c).strip() for c in pd.read_csv(cfg.csv, nrows=0).columns]
         except (ValueError, UnicodeDecodeError):
             header = None                              # load_csv names the problem
+        if header is not None and sorted(header) == sorted(LONG_COLUMNS):
+            header = None                              # a long table: its series are checked once read
         gone = [c for c in want if header is not None and c not in header]
         if gone:
             raise ValueError(f"{cfg.csv} lacks column{'s' * (len(gone) > 1)} {', '.join(gone)} of the run")
     table = load_csv(cfg.csv, target=protocol.get("target", rcfg.target), date_column=rcfg.date_column,
-                     features=rcfg.features, fill=rcfg.fill, date_format=rcfg.date_format)
+                     features=rcfg.features, fill=rcfg.fill, date_format=rcfg.date_format,
+                     id_column=rcfg.id_column, value_column=rcfg.value_column)
     if want is not None and table.columns != want:
         gone = [c for c in want if c not in table.columns]
         extra = [c for c in table.columns if c not in want]
