@@ -81,3 +81,33 @@ def test_bad_runs_models_and_outputs(trained, tmp_path, capsys):
         assert main(["forecast", "predict", *argv]) == 2
         assert message in capsys.readouterr().err
     assert exists.read_text() == "keep me\n"
+
+
+def test_stream_gives_after_each_row_the_forecast_predict_gives_on_the_file_so_far(trained, tmp_path, capsys):
+    import io
+    import json
+
+    from rlts.tasks.supervised.forecast_predict import StreamConfig, stream
+
+    path, run, frame = trained
+    history = tmp_path / "history.csv"
+    frame.iloc[:200].to_csv(history, index=False)
+    rows = frame.iloc[200:203].to_csv(index=False, header=False).splitlines()
+    lines = [rows[0], "2022-01-09 09:00,abc,3", "1,2", rows[1], rows[1], rows[2]]     # bad, short, repeated
+    out = io.StringIO()
+    stream(StreamConfig(run=str(run), csv=str(history), models=["aaren", "naive"]), lines, out)
+    records = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert len(records) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert "line 2 skipped: column load holds 'abc', not a number" in err[0]
+    assert "line 3 skipped: 2 fields" in err[1] and "line 5 skipped: its time" in err[2]
+    so_far = tmp_path / "so_far.csv"
+    frame.iloc[:203].to_csv(so_far, index=False)
+    assert main(["forecast", "predict", "--run", str(run), "--csv", str(so_far), "--models", "aaren,naive",
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    table = pd.read_csv(tmp_path / "p.csv")
+    last = records[-1]["forecasts"]
+    for name in ("aaren", "naive", "aaren-hi-95"):
+        for col in ("load", "temp"):
+            assert np.allclose(last[name][col], table[table["unique_id"] == col][name], rtol=1e-5, atol=1e-5)
+    assert records[-1]["time"] == str(pd.Timestamp(frame["date"][202]))

@@ -16,9 +16,10 @@ table holds their mean and spread (<model>-std). The output has forecast.csv's l
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, TextIO
 
 import numpy as np
 import torch
@@ -67,42 +68,69 @@ def _runs(job: Path) -> List[Path]:
     return [job] if (job / "checkpoints").exists() or (job / FUTURE_FILE).exists() else sorted(job.glob("seed*"))
 
 
-def predict(cfg: PredictConfig) -> Path:
-    """Write the forecast table; returns its path."""
-    if not cfg.run or not cfg.csv:
+@dataclass
+class Loaded:
+    """A finished run ready to forecast: its config, scaler and models, and the series read."""
+
+    rcfg: ForecastConfig
+    table: Any
+    """The SeriesTable of the file read (the run's columns, in the run's order)."""
+    scaler: StandardScaler
+    horizon: int
+    models: Dict[str, List[tuple]]
+    """{name: [(model, half-widths {level: (H, C_out) list}) per seed]}."""
+    device: torch.device
+
+    def forecast(self, values: np.ndarray) -> Dict[str, List[dict]]:
+        """{name: [{"forecast": (H, C_out), "half_widths": ...} per seed]} from the last `window`
+        rows of `values` (T, C), in the file's units."""
+        cols = self.table.target_columns
+        mean, std = self.scaler.mean[cols], self.scaler.std[cols]
+        x = torch.from_numpy(self.scaler.transform(values[-self.rcfg.window:]).astype(np.float32))
+        x = x[:, self.table.input_columns].unsqueeze(0).to(self.device)                  # (1, L, C_in)
+        out: Dict[str, List[dict]] = {}
+        with torch.no_grad():
+            for name, runs in self.models.items():
+                out[name] = [{"forecast": model(x)[0].double().cpu().numpy() * std + mean, "half_widths": half}
+                             for model, half in runs]
+        return out
+
+
+def load_run(run_dir: str, csv: str, names: List[str], horizon: Optional[int], device: str) -> Loaded:
+    """Read a finished run and the file `csv` it forecasts from; every problem is one ValueError
+    naming the run, the file, a column, a model or a horizon."""
+    if not run_dir or not csv:
         raise ValueError("give --run DIR (an `rlts forecast` run) and --csv FILE (the series to forecast from)")
-    run, out = Path(cfg.run), Path(cfg.out)
-    if out.exists():
-        raise ValueError(f"--out {out} already exists; choose a new file")
+    run = Path(run_dir)
     state, rcfg = _run_config(run)
     protocol = state.get("protocol", {})
     horizons = sorted({int(h) for r in state.get("results", {}).values() for h in r})
     if not horizons:
         raise ValueError(f"--run {run} holds no finished model yet; finish it with the same `rlts forecast` command")
-    horizon = cfg.horizon if cfg.horizon is not None else (rcfg.horizons[0] if rcfg.horizons[0] in horizons
-                                                           else horizons[0])
+    if horizon is None:
+        horizon = rcfg.horizons[0] if rcfg.horizons[0] in horizons else horizons[0]
     if horizon not in horizons:
         raise ValueError(f"--run {run} has no model for horizon {horizon}; its horizons: {', '.join(map(str, horizons))}")
     done = [m for m, r in state["results"].items() if str(horizon) in r]
-    models = cfg.models or done
-    missing = [m for m in models if m not in done]
+    names = list(names) or done
+    missing = [m for m in names if m not in done]
     if missing:
         raise ValueError(f"--run {run} has no finished model {', '.join(missing)} at horizon {horizon}; "
                          f"it has {', '.join(done)}")
 
     want = protocol.get("columns")
-    if want is not None and Path(cfg.csv).is_file() and rcfg.id_column is None:  # named before the target check
+    if want is not None and Path(csv).is_file() and rcfg.id_column is None:  # named before the target check
         import pandas as pd
         try:
-            header = [str(c).strip() for c in pd.read_csv(cfg.csv, nrows=0).columns]
+            header = [str(c).strip() for c in pd.read_csv(csv, nrows=0).columns]
         except (ValueError, UnicodeDecodeError):
             header = None                              # load_csv names the problem
         if header is not None and sorted(header) == sorted(LONG_COLUMNS):
             header = None                              # a long table: its series are checked once read
         gone = [c for c in want if header is not None and c not in header]
         if gone:
-            raise ValueError(f"{cfg.csv} lacks column{'s' * (len(gone) > 1)} {', '.join(gone)} of the run")
-    table = load_csv(cfg.csv, target=protocol.get("target", rcfg.target), date_column=rcfg.date_column,
+            raise ValueError(f"{csv} lacks column{'s' * (len(gone) > 1)} {', '.join(gone)} of the run")
+    table = load_csv(csv, target=protocol.get("target", rcfg.target), date_column=rcfg.date_column,
                      features=rcfg.features, fill=rcfg.fill, date_format=rcfg.date_format,
                      id_column=rcfg.id_column, value_column=rcfg.value_column)
     if want is not None and table.columns != want:
@@ -111,22 +139,18 @@ def predict(cfg: PredictConfig) -> Path:
         what = (f"lacks column{'s' * (len(gone) > 1)} {', '.join(gone)}" if gone else
                 f"has column{'s' * (len(extra) > 1)} {', '.join(extra)} that the run did not train on" if extra else
                 f"has the columns in another order ({', '.join(table.columns)}; the run: {', '.join(want)})")
-        raise ValueError(f"{cfg.csv} {what}")
+        raise ValueError(f"{csv} {what}")
     if len(table) < rcfg.window:
-        raise ValueError(f"{cfg.csv} has {len(table)} rows; the run's models read the last {rcfg.window} (window)")
+        raise ValueError(f"{csv} has {len(table)} rows; the run's models read the last {rcfg.window} (window)")
     scaler = StandardScaler(**{k: protocol["scaler"][k] for k in ("mean", "std")})
-    device = select_device(cfg.device)
-    x = torch.from_numpy(scaler.transform(table.values[-rcfg.window:]).astype(np.float32))[:, table.input_columns]
-    out_cols = table.target_columns
-    mean, std = scaler.mean[out_cols], scaler.std[out_cols]
+    dev = select_device(device)
     target_index = table.target_index if rcfg.features == "MS" else None
-
-    futures: Dict[str, List[dict]] = {}
-    for name in models:
+    models: Dict[str, List[tuple]] = {}
+    for name in names:
         runs = _runs(run / f"{name}-h{horizon}")
         if not runs:
             raise ValueError(f"{run / f'{name}-h{horizon}'} holds no trained model")
-        futures[name] = []
+        models[name] = []
         for folder in runs:
             model = build_model(name, rcfg, len(table.input_columns), horizon, target_index,
                                 rcfg.season or season_length(table.dates))
@@ -135,20 +159,124 @@ def predict(cfg: PredictConfig) -> Path:
                 if ckpt is None:
                     raise ValueError(f"{folder} holds no checkpoint of {name}")
                 model.load_state_dict(ckpt["best_model"] or ckpt["model"])
-            model = model.to(device).eval()
-            with torch.no_grad():
-                f = model(x.unsqueeze(0).to(device))[0].double().cpu().numpy() * std + mean      # (H, C_out)
             half = json.loads((folder / FUTURE_FILE).read_text())["half_widths"] if (folder / FUTURE_FILE).exists() else {}
-            futures[name].append({"forecast": f.tolist(), "half_widths": half})
-    levels = sorted({float(k) for r in futures.values() for run_ in r for k in run_["half_widths"]})
-    write_future(out, [table.columns[c] for c in out_cols], future_index(table.dates, len(table), horizon), levels,
-                 futures)
-    print(f"rlts forecast predict: the next {horizon} steps after row {len(table)} of {cfg.csv} by "
-          f"{', '.join(models)} -> {out}")
+            models[name].append((model.to(dev).eval(), half))
+    return Loaded(rcfg, table, scaler, horizon, models, dev)
+
+
+def _levels(futures: Dict[str, List[dict]]) -> List[float]:
+    return sorted({float(k) for runs in futures.values() for r in runs for k in r["half_widths"]})
+
+
+def predict(cfg: PredictConfig) -> Path:
+    """Write the forecast table; returns its path."""
+    out = Path(cfg.out)
+    if out.exists():
+        raise ValueError(f"--out {out} already exists; choose a new file")
+    loaded = load_run(cfg.run, cfg.csv, cfg.models, cfg.horizon, cfg.device)
+    table = loaded.table
+    futures = loaded.forecast(table.values)
+    write_future(out, [table.columns[c] for c in table.target_columns],
+                 future_index(table.dates, len(table), loaded.horizon), _levels(futures), futures)
+    print(f"rlts forecast predict: the next {loaded.horizon} steps after row {len(table)} of {cfg.csv} by "
+          f"{', '.join(loaded.models)} -> {out}")
     return out
 
 
-COMMANDS = (Command("forecast predict", PredictConfig, None, predict, trains=False, lists=("models",),
-                    aliases={"--model": "--models"},
-                    help="forecast from the end of a CSV file with a finished `rlts forecast` run (no training)",
-                    usage="rlts forecast predict --run DIR --csv FILE [--models NAME] [--out forecast.csv]"),)
+@dataclass
+class StreamConfig:
+    """Settings of `rlts forecast stream`."""
+
+    run: str = ""
+    """The folder of a finished `rlts forecast` run."""
+    csv: str = ""
+    """The history the stream starts from (at least the run's window of rows; its header gives
+    the fields of every streamed line)."""
+    models: List[str] = param(default_factory=list)
+    """Models of the run to forecast with (commas split); default: every model of the run."""
+    horizon: Optional[int] = param(None, within="[1, inf)")
+    """Which of the run's horizons; default: its first."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
+
+
+def stream(cfg: StreamConfig, lines: Optional[Iterable[str]] = None, out: Optional[TextIO] = None) -> None:
+    """Read new rows (CSV lines with the history file's fields, no header) from `lines`
+    (default: standard input); after each, write the updated forecast as one JSON line to `out`
+    (default: standard output) and flush. Each forecast reads the latest `window` rows (the
+    models recompute their window; constant time per row). A malformed line is reported with
+    its line number on standard error, changes nothing, and the stream goes on."""
+    import csv as csv_module
+
+    loaded = load_run(cfg.run, cfg.csv, cfg.models, cfg.horizon, cfg.device)
+    if loaded.rcfg.id_column is not None or sorted(loaded.table.columns) == sorted(LONG_COLUMNS):
+        raise ValueError("a stream reads rows of a wide table (one column per series); this run was made on a long "
+                         "table")
+    table, horizon = loaded.table, loaded.horizon
+    with open(cfg.csv, newline="") as f:
+        header = [h.strip() for h in next(csv_module.reader(f))]
+    value_at = [header.index(c) for c in table.columns]
+    date_at = header.index(str(table.dates.name)) if table.dates is not None and table.dates.name in header else None
+    window = loaded.rcfg.window
+    recent = list(table.values[-window:].astype(np.float64))                   # the latest rows, file units
+    last_time = table.dates[-1] if table.dates is not None else len(table) - 1
+    names = [table.columns[c] for c in table.target_columns]
+    lines = sys.stdin if lines is None else lines
+    out = sys.stdout if out is None else out
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = next(csv_module.reader([line]))
+        try:
+            if len(fields) != len(header):
+                raise ValueError(f"{len(fields)} fields, the history's header has {len(header)} "
+                                 f"({', '.join(header)})")
+            row = []
+            for i in value_at:
+                try:
+                    v = float(fields[i])
+                except ValueError:
+                    raise ValueError(f"column {header[i]} holds {fields[i].strip()!r}, not a number") from None
+                if not np.isfinite(v):
+                    raise ValueError(f"column {header[i]} holds {fields[i].strip()!r}")
+                row.append(v)
+            if date_at is not None:
+                import pandas as pd
+                try:
+                    when = pd.Timestamp(fields[date_at].strip())
+                except ValueError:
+                    raise ValueError(f"column {header[date_at]} holds {fields[date_at].strip()!r}, not a date") from None
+                if when <= last_time:
+                    raise ValueError(f"its time {when} does not come after {last_time}")
+            else:
+                when = last_time + 1
+        except ValueError as e:
+            print(f"rlts forecast stream: line {number} skipped: {e}", file=sys.stderr, flush=True)
+            continue
+        recent = recent[1:] + [np.asarray(row)]
+        last_time = when
+        futures = loaded.forecast(np.stack(recent))
+        record: Dict[str, Any] = {"time": str(last_time), "forecasts": {}}
+        for name, runs in futures.items():
+            f = np.mean([r["forecast"] for r in runs], axis=0)                      # (H, C_out)
+            record["forecasts"][name] = {c: f[:, j].tolist() for j, c in enumerate(names)}
+            for level in _levels({name: runs}):
+                half = np.mean([np.asarray(r["half_widths"][f"{level:g}"]) for r in runs], axis=0)
+                record["forecasts"][f"{name}-lo-{level:g}"] = {c: (f[:, j] - half[:, j]).tolist()
+                                                              for j, c in enumerate(names)}
+                record["forecasts"][f"{name}-hi-{level:g}"] = {c: (f[:, j] + half[:, j]).tolist()
+                                                              for j, c in enumerate(names)}
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+
+
+COMMANDS = (
+    Command("forecast predict", PredictConfig, None, predict, trains=False, lists=("models",),
+            aliases={"--model": "--models"},
+            help="forecast from the end of a CSV file with a finished `rlts forecast` run (no training)",
+            usage="rlts forecast predict --run DIR --csv FILE [--models NAME] [--out forecast.csv]"),
+    Command("forecast stream", StreamConfig, None, stream, trains=False, lists=("models",),
+            aliases={"--model": "--models"},
+            help="read new rows on standard input and write the updated forecast after each, as JSON lines",
+            usage="rlts forecast stream --run DIR --csv HISTORY.csv [--models NAME] < new_rows.csv"),
+)
