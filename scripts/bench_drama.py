@@ -34,7 +34,8 @@ from _bench import Table, bench_device, machine_info, measure, sync  # noqa: E40
 
 from rlts.nn import count_parameters  # noqa: E402
 from rlts.tasks.rl.envs import env_spec, make_env  # noqa: E402
-from rlts.tasks.rl.loop import learner_config, parse_rl_config  # noqa: E402
+from rlts.tasks.rl.config import parse_rl_config  # noqa: E402
+from rlts.tasks.rl.loop import learner_config  # noqa: E402
 from rlts.world_models.learner import Learner  # noqa: E402
 from rlts.world_models.replay import ReplayBuffer  # noqa: E402
 

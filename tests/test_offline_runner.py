@@ -2,7 +2,6 @@
 overlay: a smoke test of the pipeline, not of learning), resume, the data sampling and bad input."""
 import json
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

@@ -50,7 +50,7 @@ from rlts.runtime import derive_seed, seed_everything, select_device
 from rlts.tracking import RunLogger, write_table
 from rlts.tasks.runner import Command
 from rlts.tasks.runner import load_results, output_folder, write_json_atomic
-from rlts.tasks.rl.config import RLConfig, parse_rl_config
+from rlts.tasks.rl.config import RLConfig
 from rlts.tasks.rl.envs import env_spec, make_env
 from rlts.tasks.rl.episodes import EpisodeCollector, run_episodes
 from rlts.world_models.actor_critic import ActorCritic

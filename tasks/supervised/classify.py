@@ -61,7 +61,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 import torch
@@ -78,12 +78,14 @@ from rlts.heads.classify import (CLASSIFIER, CLASSIFIER_TRAIN, POOLINGS, STEMS, 
                                   collate_unequal, predict_proba)
 from rlts.nn import BACKBONES, count_parameters
 from rlts.runtime import seed_everything, select_device
-from rlts.tracking import write_table
 from rlts.trainer import Trainer, TrainConfig, check_train_config
 from rlts.tasks.runner import Command
 from rlts.tasks.runner import TRAIN_ALIASES, json_float, table_order
 from rlts.tasks.runner import resolve_models as _resolve_models
 from rlts.tasks.supervised.grid import GridRun
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 BASELINES = ("minirocket",)
 """Model names besides the rlts.nn backbones: minirocket = MiniRocket features + ridge classifier."""
@@ -394,7 +396,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> dict:
     return run.state
 
 
-def plot_confusion(path: Path, state: dict, models: List[str]) -> Optional["matplotlib.figure.Figure"]:
+def plot_confusion(path: Path, state: dict, models: List[str]) -> Optional["Figure"]:
     """One panel per model: test-set counts, row = true class, column = predicted class (summed
     over the seeds of a model run with several). Returns the figure, None without models."""
     from matplotlib.figure import Figure

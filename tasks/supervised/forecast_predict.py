@@ -212,7 +212,7 @@ def stream(cfg: StreamConfig, lines: Optional[Iterable[str]] = None, out: Option
     if loaded.rcfg.id_column is not None or sorted(loaded.table.columns) == sorted(LONG_COLUMNS):
         raise ValueError("a stream reads rows of a wide table (one column per series); this run was made on a long "
                          "table")
-    table, horizon = loaded.table, loaded.horizon
+    table = loaded.table
     with open(cfg.csv, newline="") as f:
         header = [h.strip() for h in next(csv_module.reader(f))]
     value_at = [header.index(c) for c in table.columns]

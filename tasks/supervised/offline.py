@@ -54,7 +54,6 @@ the episodes as dots) next to the dataset's episode returns.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
