@@ -128,3 +128,26 @@ class QuantileLossSums:
         out = {"wql": float(np.mean([2 * self.loss[t] / self.scale for t in self.taus]))}
         out.update({f"coverage_{100 * (1 - 2 * t):g}": n / self.n for t, n in self.inside.items()})
         return out
+
+
+def rolling_conformal(known: np.ndarray, stream: np.ndarray, level: float, lag: int, size: int,
+                      every: int = 1) -> np.ndarray:
+    """Split-conformal half-widths that follow a stream of forecasts: for stream window i, the
+    `conformal_quantiles` of the latest `size` absolute errors known when it is forecast: those
+    of `known` (N0, H, C: windows before the stream), then those of stream windows 0 .. i - lag
+    (a window's error is known once its last target is: lag = H for stride-1 windows).
+    Recomputed every `every` windows (the half-widths of window i are those of the last window
+    before it, or itself, at a multiple of `every`). Returns (N, H, C)."""
+    known, stream = np.abs(np.asarray(known, dtype=np.float64)), np.abs(np.asarray(stream, dtype=np.float64))
+    if known.ndim != 3 or stream.ndim != 3 or known.shape[1:] != stream.shape[1:]:
+        raise ValueError(f"expected errors (N, H, C) of one shape, got {known.shape} and {stream.shape}")
+    if size < 1 or lag < 1 or every < 1:
+        raise ValueError(f"size, lag and every must be at least 1, got {size}, {lag}, {every}")
+    pool = np.concatenate([known, stream])
+    out = np.empty_like(stream)
+    for start in range(0, len(stream), every):
+        end = len(known) + max(0, start - lag + 1)              # errors known at window `start`
+        if end == 0:
+            raise ValueError("no error is known before the first window; give errors of earlier windows")
+        out[start:start + every] = conformal_quantiles(pool[max(0, end - size):end], level)
+    return out

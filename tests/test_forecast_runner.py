@@ -443,6 +443,23 @@ def test_future_forecast_intervals_and_file_unit_metrics_of_the_naive_model(tmp_
         losses = [2 * np.sum(np.maximum(t * (ty - tf - offsets[t]), (t - 1) * (ty - tf - offsets[t]))) / np.abs(ty).sum()
                   for t in taus]
         assert r[key] == pytest.approx(np.mean(losses), rel=1e-4), key
+    # recent-error intervals: each test window's half-widths from the latest len(e) errors known at its origin
+    pool = np.concatenate([np.abs(e), np.abs(ty - tf)])
+    half = {}
+    for lv in (80, 95):
+        rows = []
+        for i in range(len(ty)):
+            at = i - i % 24                                               # recomputed every 24 windows
+            end = len(e) + max(0, at - horizon + 1)
+            known = np.sort(pool[max(0, end - len(e)):end], axis=0)
+            rows.append(known[min(len(known), math.ceil((len(known) + 1) * lv / 100)) - 1])
+        half[lv] = np.array(rows)
+    recent = {0.5: 0 * tf, 0.1: -half[80], 0.9: half[80], 0.025: -half[95], 0.975: half[95]}
+    losses = [2 * np.sum(np.maximum(t * (ty - tf - recent[t]), (t - 1) * (ty - tf - recent[t]))) / np.abs(ty).sum()
+              for t in taus]
+    assert r["wql_recent"] == pytest.approx(np.mean(losses), rel=1e-4)
+    for lv in (80, 95):
+        assert r[f"coverage_{lv}_recent"] == pytest.approx(np.mean(np.abs(ty - tf) <= half[lv] + 1e-9), abs=2 / count)
 
 
 def test_benchmark_false_trains_the_same_models_and_skips_the_test_split(tmp_path):

@@ -96,3 +96,20 @@ def test_weighted_quantile_loss_matches_a_loop():
     assert got["wql"] == pytest.approx(np.mean(want), rel=1e-12)
     inside = np.mean((y >= qs[0.1]) & (y <= qs[0.9]))
     assert got["coverage_80"] == pytest.approx(inside)
+
+
+def test_rolling_conformal_uses_only_errors_known_at_each_origin():
+    from rlts.metrics import rolling_conformal
+
+    rng = np.random.default_rng(4)
+    known, stream = rng.normal(size=(9, 3, 2)), rng.normal(size=(11, 3, 2)) * 3
+    for lag, size, every in ((3, 5, 1), (1, 20, 1), (3, 4, 4)):
+        got = rolling_conformal(known, stream, 0.8, lag, size, every)
+        for i in range(11):
+            at = i - i % every                                   # the last recomputation
+            pool = list(np.abs(known)) + [np.abs(stream[k]) for k in range(0, max(0, at - lag + 1))]
+            pool = np.array(pool[-size:])
+            rank = min(len(pool), math.ceil((len(pool) + 1) * 0.8))
+            assert np.array_equal(got[i], np.sort(pool, axis=0)[rank - 1]), (lag, size, every, i)
+    with pytest.raises(ValueError, match="no error is known"):
+        rolling_conformal(known[:0], stream, 0.8, 3, 5)

@@ -42,7 +42,8 @@ from rlts.data.timeseries import (FEATURE_MODES, PROTOCOLS, StandardScaler, Wind
                                   load_csv, protocol_for, season_length, split_borders)
 from rlts.heads.forecast import (CHANNEL_MODES, DLinear, NaiveForecaster, SeasonalNaiveForecaster, SequenceForecaster,
                                  forecast_loss)
-from rlts.metrics import MetricSums, QuantileLossSums, conformal_quantiles, interval_taus, seasonal_scale
+from rlts.metrics import (MetricSums, QuantileLossSums, conformal_quantiles, interval_taus, rolling_conformal,
+                          seasonal_scale)
 from rlts.nn import count_parameters
 from rlts.runtime import seed_everything, select_device
 from rlts.trainer import Trainer, TrainConfig, check_train_config
@@ -124,6 +125,10 @@ class ForecastConfig:
     """Score every test window (the TSLib protocol: MSE and MAE on the scaled values, and MAE,
     RMSE, sMAPE, MASE and the intervals' coverage in the file's units); false: only train and
     write forecast.csv, for users who want the forecast alone."""
+    recalibrate_every: int = param(24, within="[1, inf)")
+    """The test scores of recent-error intervals (wql_recent, coverage_<L>_recent: conformal
+    half-widths from the latest errors known at each forecast) are recomputed every this many
+    test windows."""
     season: Optional[int] = param(None, within="[1, inf)")
     """Seasonal period of MASE's seasonal naive scale; default from the dates' frequency
     (hourly: 24, 15 minutes: 96, daily: 7, weekly: 52, monthly: 12), 1 without dates."""
@@ -245,6 +250,37 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
     return sq / count, ab / count, kept, extra
 
 
+def recent_interval_scores(err_known: np.ndarray, model: nn.Module, data, batch_size: int, device: torch.device,
+                           units: Units, levels: List[float], lag: int, every: int) -> Dict[str, float]:
+    """Coverage and weighted quantile loss of conformal intervals that follow the test stream:
+    each test window's half-widths come from the latest len(err_known) absolute errors known at
+    its origin (the validation windows', then the test windows' whose targets it has seen;
+    `rlts.metrics.rolling_conformal`, recomputed every `every` windows), as a forecaster that
+    recalibrates on its recent errors would have them. Keys: wql_recent, coverage_<L>_recent."""
+    f, y = [], []
+    model.eval()
+    with torch.no_grad():
+        for x, t in DataLoader(data, batch_size=batch_size, shuffle=False):
+            f.append(model(x.to(device)).float().cpu().numpy())
+            y.append(t.float().numpy())
+    f, y = np.concatenate(f), np.concatenate(y)                              # (N, H, C), scaled
+    half = {lv: rolling_conformal(err_known, y - f, lv / 100, lag, len(err_known), every) for lv in levels}
+    taus = interval_taus(levels)
+    sums = QuantileLossSums(taus)
+    for part in np.array_split(np.arange(len(f)), max(1, len(f) // 512)):
+        fp = f[part].astype(np.float64)
+        quantiles = {}
+        for t in taus:
+            if t == 0.5:
+                quantiles[t] = units(fp)
+            else:
+                level = round(100 * abs(2 * t - 1), 6)
+                lv = next(v for v in levels if abs(v - level) < 1e-6)
+                quantiles[t] = units(fp + np.sign(t - 0.5) * half[lv][part])
+        sums.add(units(y[part].astype(np.float64)), quantiles)
+    return {f"{k}_recent": v for k, v in sums.values().items()}
+
+
 @torch.no_grad()
 def errors(model: nn.Module, data, batch_size: int, device: torch.device) -> np.ndarray:
     """truth - forecast of every window of `data`, (N, H, C) float64, scaled values: the
@@ -286,7 +322,9 @@ def _table_rows(results: dict, models: List[str], horizons: List[int], levels: L
         if several:
             row.update(mae_std=r.get("mae_std", "-"), seeds=len(r.get("runs", [r])))
         row.update({k: "-" if r.get(k) is None else r[k] for k in ("mase", "smape")})
-        row.update({k: "-" if r.get(k) is None else r[k] for k in (*levels, "wql", "wql_gaussian", "wql_empirical")})
+        row.update({k: "-" if r.get(k) is None else r[k]
+                    for k in (*levels, "wql", "wql_gaussian", "wql_empirical", *(f"{c}_recent" for c in levels),
+                              "wql_recent")})
         row.update(params=r["params"], train_time_s=r["train_time_s"])
         rows.append(row)
     return rows
@@ -348,8 +386,8 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     out = run.out
 
     metrics = ("mse", "mae", "mae_units", "rmse_units", "smape", "mase", *(f"coverage_{x:g}" for x in cfg.levels),
-               "wql", "wql_gaussian", "wql_empirical",
-               *(f"coverage_{x:g}_{m}" for m in ("gaussian", "empirical") for x in cfg.levels))
+               "wql", "wql_gaussian", "wql_empirical", "wql_recent",
+               *(f"coverage_{x:g}_{m}" for m in ("gaussian", "empirical", "recent") for x in cfg.levels))
 
     def train_and_test(name: str, h: int, data: tuple, plot_idx: List[int], seed: int, run_dir: Path) -> dict:
         """One model trained (resumed) with one seed and scored on every test window; at the
@@ -382,11 +420,13 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                 samples_dir.mkdir(parents=True, exist_ok=True)
                 samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
                 (samples_dir / "samples.json").write_text(json.dumps(samples))
+            recent = recent_interval_scores(err, model, test_ds, cfg.eval_batch_size, device, units, cfg.levels,
+                                            lag=h, every=cfg.recalibrate_every)
             u, q = extra["units"], extra["quantiles"]
             cov = {k[len("coverage_"):]: v for k, v in q["conformal"].items() if k.startswith("coverage_")}
             scores = {"mse": mse, "mae": mae, "mae_units": u["mae"], "rmse_units": u["rmse"], "smape": u["smape"],
                       "mase": u["mase"], **{f"coverage_{k}": c for k, c in cov.items()}, "wql": q["conformal"]["wql"],
-                      **{f"{key}_{m}": v for m in ("gaussian", "empirical") for key, v in q[m].items()}}
+                      **{f"{key}_{m}": v for m in ("gaussian", "empirical") for key, v in q[m].items()}, **recent}
             log(f"[done] {name} h={h}: mse {mse:.4f} mae {mae:.4f}, in the file's units mae {u['mae']:.4g} mase "
                 f"{u['mase']:.3f}" + "".join(f", {k} % interval covers {100 * c:.1f} %" for k, c in cov.items())
                 + f" ({train_time:.1f} s" + run.seed_note(seed) + ")")
