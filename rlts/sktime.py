@@ -414,14 +414,14 @@ class SequenceForecaster(BaseForecaster):
                              "(the default 0.2) on a series of at least window + max(fh) + 1 observations")
         point = self._predict(fh, X)
         steps = self._steps(fh)
+        half = {level: conformal_quantiles(self.residuals_, level)[steps - 1] * self.scaler_.std   # (len(fh), C)
+                for level in {abs(2 * float(a) - 1) for a in alpha} if level > 0}
         columns, values = [], []
         for j, var in enumerate(self._get_varnames()):
             for a in alpha:
                 level = abs(2 * float(a) - 1)
-                half = (conformal_quantiles(self.residuals_, level)[steps - 1, j] * self.scaler_.std[j]
-                        if level > 0 else np.zeros(len(steps)))
                 columns.append((var, a))
-                values.append(point.iloc[:, j].to_numpy() + np.sign(a - 0.5) * half)
+                values.append(point.iloc[:, j].to_numpy() + (np.sign(a - 0.5) * half[level][:, j] if level > 0 else 0))
         return pd.DataFrame(np.stack(values, axis=1), index=point.index, columns=pd.MultiIndex.from_tuples(columns))
 
     @classmethod
@@ -629,7 +629,8 @@ class SequenceClassifier(BaseClassifier):
                 d_model=self.d_model, n_layers=self.n_layers, pooling=self.pooling,
                 patch_len=self.patch_len, stem=self.stem, bidirectional=bool(self.bidirectional),
                 dropout=self.dropout, **(self.backbone_kwargs or {}))
-            self.train_summary_ = _train(self, self.network_, classification_loss, data, seed, collate_fn=collate_unequal,
+            self.train_summary_ = _train(self, self.network_, classification_loss, data, seed,
+                                         collate_fn=collate_unequal,
                                          batch_transform=BatchAugment(augment) if augment else None,
                                          monitor=CLASSIFIER_TRAIN.monitor, min_lr=CLASSIFIER_TRAIN.min_lr,
                                          plateau_patience=int(self.plateau_patience),

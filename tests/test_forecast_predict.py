@@ -45,7 +45,7 @@ def test_predict_starts_after_the_new_files_last_row(trained, tmp_path):
     assert main(["forecast", "predict", "--run", str(run), "--csv", str(short), "--models", "naive",
                  "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert table["ds"][0] == pd.Timestamp(frame["date"][199]).__add__(pd.Timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+    assert table["ds"][0] == (pd.Timestamp(frame["date"][199]) + pd.Timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
     load = table[table["unique_id"] == "load"]
     assert np.allclose(load["naive"], frame["load"][199], rtol=1e-6)                  # the last value repeated
     assert (load["naive-lo-95"] <= load["naive-lo-80"]).all() and (load["naive-hi-80"] <= load["naive-hi-95"]).all()

@@ -222,7 +222,8 @@ class BatchAugment:
         B, L, _ = x.shape
         if len(batch) == 3:
             lengths = torch.as_tensor(batch[1])
-            if lengths.shape != (B,) or lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            integer = not (lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool)
+            if lengths.shape != (B,) or not integer:
                 raise ValueError(f"BatchAugment: lengths must be an integer tensor of shape (B,) = ({B},), "
                                  f"got {lengths.dtype} {tuple(lengths.shape)}")
             if B and (int(lengths.min()) < 1 or int(lengths.max()) > L):

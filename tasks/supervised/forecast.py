@@ -211,12 +211,13 @@ class Units(NamedTuple):
 @torch.no_grad()
 def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, device: torch.device,
                      keep: Optional[List[int]] = None, units: Optional[Units] = None,
-                     quantiles: Optional[Dict[str, Dict[float, np.ndarray]]] = None):
+                     quantiles: Optional[Dict[str, Dict[float, np.ndarray]]] = None, collect: bool = False):
     """MSE and MAE over every element of every window of `data` (float64 sums, scaled values),
     the forecasts of the windows listed in `keep`, and a dict of what else is asked (needs
     `units`): MAE, RMSE, sMAPE and MASE in the file's units ("units"), and for each method of
     `quantiles` ({method: {tau: (H, C) offset from the forecast, scaled}}) its weighted
-    quantile loss and the coverage of its central intervals in the file's units ("quantiles")."""
+    quantile loss and the coverage of its central intervals in the file's units ("quantiles");
+    with `collect`, every window's forecast and truth, (N, H, C) float32 scaled ("windows")."""
     model.eval()
     sq = ab = 0.0
     count = 0
@@ -225,6 +226,7 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
     offset = 0
     in_units = MetricSums(units.mase_scale) if units is not None else None
     qsums = {m: QuantileLossSums(q) for m, q in (quantiles or {}).items()} if units is not None else {}
+    collected: List[tuple] = []
     for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
         x, y = x.to(device), y.to(device)
         y_hat = model(x)
@@ -239,6 +241,8 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
             in_units.add(units(y_np), units(f_np))
             for method, sums in qsums.items():
                 sums.add(units(y_np), {t: units(f_np + off) for t, off in quantiles[method].items()})
+        if collect:
+            collected.append((y_hat.float().cpu().numpy(), y.float().cpu().numpy()))
         for i in range(x.shape[0]):
             if offset + i in keep_set:
                 kept[offset + i] = y_hat[i].cpu().numpy()
@@ -247,37 +251,35 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
     if in_units is not None:
         extra["units"] = in_units.values()
         extra["quantiles"] = {m: sums.values() for m, sums in qsums.items()}
+    if collect:
+        extra["windows"] = tuple(np.concatenate(part) for part in zip(*collected))
     return sq / count, ab / count, kept, extra
 
 
-def recent_interval_scores(err_known: np.ndarray, model: nn.Module, data, batch_size: int, device: torch.device,
-                           units: Units, levels: List[float], lag: int, every: int) -> Dict[str, float]:
-    """Coverage and weighted quantile loss of conformal intervals that follow the test stream:
-    each test window's half-widths come from the latest len(err_known) absolute errors known at
-    its origin (the validation windows', then the test windows' whose targets it has seen;
-    `rlts.metrics.rolling_conformal`, recomputed every `every` windows), as a forecaster that
-    recalibrates on its recent errors would have them. Keys: wql_recent, coverage_<L>_recent."""
-    f, y = [], []
-    model.eval()
-    with torch.no_grad():
-        for x, t in DataLoader(data, batch_size=batch_size, shuffle=False):
-            f.append(model(x.to(device)).float().cpu().numpy())
-            y.append(t.float().numpy())
-    f, y = np.concatenate(f), np.concatenate(y)                              # (N, H, C), scaled
-    half = {lv: rolling_conformal(err_known, y - f, lv / 100, lag, len(err_known), every) for lv in levels}
-    taus = interval_taus(levels)
-    sums = QuantileLossSums(taus)
-    for part in np.array_split(np.arange(len(f)), max(1, len(f) // 512)):
-        fp = f[part].astype(np.float64)
-        quantiles = {}
-        for t in taus:
-            if t == 0.5:
-                quantiles[t] = units(fp)
-            else:
-                level = round(100 * abs(2 * t - 1), 6)
-                lv = next(v for v in levels if abs(v - level) < 1e-6)
-                quantiles[t] = units(fp + np.sign(t - 0.5) * half[lv][part])
-        sums.add(units(y[part].astype(np.float64)), quantiles)
+def symmetric_offsets(half: Dict[float, np.ndarray]) -> Dict[float, np.ndarray]:
+    """{tau: offset from the forecast} of central intervals with half-widths {level in %: array}:
+    -half at (1 - level) / 2, +half at (1 + level) / 2, and 0 at the median."""
+    out = {0.5: np.zeros_like(next(iter(half.values())))}
+    for level, h in half.items():
+        low = round((1.0 - float(level) / 100.0) / 2.0, 10)
+        out[low], out[round(1.0 - low, 10)] = -h, h
+    return out
+
+
+def recent_interval_scores(err_known: np.ndarray, forecast: np.ndarray, truth: np.ndarray, units: Units,
+                           levels: List[float], lag: int, every: int) -> Dict[str, float]:
+    """Coverage and weighted quantile loss of conformal intervals that follow the test stream
+    (`forecast`, `truth`: (N, H, C) scaled, in time order): each test window's half-widths come
+    from the latest len(err_known) absolute errors known at its origin (the validation
+    windows', then the test windows' whose targets it has seen; `rlts.metrics.rolling_conformal`,
+    recomputed every `every` windows), as a forecaster that recalibrates on its recent errors
+    would have them. Keys: wql_recent, coverage_<L>_recent."""
+    half = {lv: rolling_conformal(err_known, truth - forecast, lv / 100, lag, len(err_known), every) for lv in levels}
+    sums = QuantileLossSums(interval_taus(levels))
+    for part in np.array_split(np.arange(len(forecast)), max(1, len(forecast) // 512)):
+        f = forecast[part].astype(np.float64)
+        offsets = symmetric_offsets({lv: h[part] for lv, h in half.items()})
+        sums.add(units(truth[part].astype(np.float64)), {t: units(f + off) for t, off in offsets.items()})
     return {f"{k}_recent": v for k, v in sums.values().items()}
 
 
@@ -292,18 +294,17 @@ def errors(model: nn.Module, data, batch_size: int, device: torch.device) -> np.
     return np.concatenate(out)
 
 
-def quantile_offsets(err: np.ndarray, levels: List[float]) -> Dict[str, Dict[float, np.ndarray]]:
-    """Offsets from the forecast (scaled) of the quantiles of the central intervals of `levels`
-    and the median, from calibration errors `err` (N, H, C), by three methods: conformal (the
-    split-conformal half-width of |err|, symmetric: what forecast.csv uses), gaussian (a normal
-    with the errors' root mean square per step and column) and empirical (the errors' own
-    quantiles, as a seasonal naive forecaster with empirical residual quantiles has)."""
-    taus = interval_taus(levels)
+def quantile_offsets(err: np.ndarray, half: Dict[float, np.ndarray]) -> Dict[str, Dict[float, np.ndarray]]:
+    """Offsets from the forecast (scaled) of the quantiles of the central intervals of the
+    levels of `half` and the median, from calibration errors `err` (N, H, C), by three methods:
+    conformal (`half`, the split-conformal half-widths of |err|: what forecast.csv uses),
+    gaussian (a normal with the errors' root mean square per step and column) and empirical
+    (the errors' own quantiles, as a seasonal naive forecaster with empirical residual
+    quantiles has)."""
+    taus = interval_taus(list(half))
     rms = np.sqrt((err ** 2).mean(axis=0))                                   # (H, C)
-    absolute = np.abs(err)
     return {
-        "conformal": {t: np.sign(t - 0.5) * conformal_quantiles(absolute, abs(2 * t - 1)) if t != 0.5
-                      else np.zeros(err.shape[1:]) for t in taus},
+        "conformal": symmetric_offsets(half),
         "gaussian": {t: NormalDist().inv_cdf(t) * rms for t in taus},
         "empirical": {t: np.quantile(err, t, axis=0) for t in taus},
     }
@@ -410,18 +411,18 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
             model = model.to(device)
         train_time = fit["train_time_s"]  # summed over interrupted runs
         err = errors(model, _subsample(val_ds, cfg.max_val_windows), cfg.eval_batch_size, device)
-        half = {f"{level:g}": conformal_quantiles(np.abs(err), level / 100) for level in cfg.levels}   # scaled
-        offsets = quantile_offsets(err, cfg.levels)
+        half = {level: conformal_quantiles(np.abs(err), level / 100) for level in cfg.levels}   # scaled
+        offsets = quantile_offsets(err, half)
         scores: dict = {}
         if cfg.benchmark:
             mse, mae, kept, extra = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx, units,
-                                                     offsets)
+                                                     offsets, collect=True)
             if samples_dir is not None:
                 samples_dir.mkdir(parents=True, exist_ok=True)
                 samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
                 (samples_dir / "samples.json").write_text(json.dumps(samples))
-            recent = recent_interval_scores(err, model, test_ds, cfg.eval_batch_size, device, units, cfg.levels,
-                                            lag=h, every=cfg.recalibrate_every)
+            recent = recent_interval_scores(err, *extra["windows"], units, cfg.levels, lag=h,
+                                            every=cfg.recalibrate_every)
             u, q = extra["units"], extra["quantiles"]
             cov = {k[len("coverage_"):]: v for k, v in q["conformal"].items() if k.startswith("coverage_")}
             scores = {"mse": mse, "mae": mae, "mae_units": u["mae"], "rmse_units": u["rmse"], "smape": u["smape"],
@@ -437,7 +438,7 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         with torch.no_grad():
             future = model.eval()(x_last)[0].double().cpu().numpy()                   # (H, C_out), scaled
         write_json_atomic({"forecast": units(future).tolist(),
-                           "half_widths": {k: (v * units.std).tolist() for k, v in half.items()}},
+                           "half_widths": {f"{k:g}": (v * units.std).tolist() for k, v in half.items()}},
                           run_dir / FUTURE_FILE)
         return {**{m: None for m in metrics}, **scores,
                 "params": n_params, "train_time_s": round(train_time, 3),
