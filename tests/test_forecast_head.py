@@ -343,3 +343,137 @@ def test_seasonal_naive_repeats_the_last_season():
     assert torch.equal(SeasonalNaiveForecaster(3, 2, target_index=1)(x), x[:, [8, 9, 8], 1:2])
     with pytest.raises(ValueError, match=r"season \(11 steps\) is longer than the window \(10 steps\)"):
         SeasonalNaiveForecaster(3, 11)(x)
+
+
+# ---------------------------------------------------------------------------------- running statistics
+
+def _ewm_loop(x, span, eps):
+    """float64 loop: at each t the weighted mean and std of rows 0..t, weights beta^(t - i)."""
+    beta = 1.0 - 2.0 / (span + 1.0)
+    B, T, Cx = x.shape
+    mean, std = torch.empty_like(x), torch.empty_like(x)
+    for t in range(T):
+        w = beta ** torch.arange(t, -1, -1, dtype=F64)                      # (t+1,)
+        w = (w / w.sum()).view(1, -1, 1)
+        m = (w * x[:, :t + 1]).sum(1)
+        v = (w * (x[:, :t + 1] - m.unsqueeze(1)) ** 2).sum(1)
+        mean[:, t], std[:, t] = m, torch.sqrt(v + eps)
+    return mean, std
+
+
+@pytest.mark.parametrize("span", [1, 2, 7, 96])
+def test_running_statistics_match_a_weighted_loop_and_continue_from_their_sums(span):
+    from rlts.heads.forecast import running_statistics
+    gen = torch.Generator().manual_seed(span)
+    x = torch.randn(3, 37, 4, dtype=F64, generator=gen) * torch.tensor([1.0, 1e-3, 50.0, 1.0], dtype=F64)
+    x[..., 3] = 1e3 + 1e-2 * x[..., 3]          # a large level with small variation
+    x[1, :, 0] = 2.5                             # a constant channel: std = sqrt(eps)
+    stats, sums = running_statistics(x, span, eps=1e-5)
+    mean, std = _ewm_loop(x, span, 1e-5)
+    torch.testing.assert_close(stats.mean, mean, atol=1e-9, rtol=1e-10)
+    torch.testing.assert_close(stats.std, std, atol=1e-7, rtol=1e-7)
+    torch.testing.assert_close(stats.std[1, :, 0], torch.full((37,), math.sqrt(1e-5), dtype=F64), atol=0, rtol=1e-6)
+    first, s1 = running_statistics(x[:, :11], span)
+    rest, s2 = running_statistics(x[:, 11:], span, sums=s1)
+    torch.testing.assert_close(torch.cat([first.mean, rest.mean], 1), stats.mean, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(s2, sums, atol=1e-9, rtol=1e-12)
+    if span > 1:  # float32 input: statistics in float32, computed in float64
+        s32, _ = running_statistics(x.float(), span)
+        assert s32.mean.dtype == torch.float32
+        torch.testing.assert_close(s32.mean.double(), mean, atol=1e-3, rtol=1e-5)
+
+
+def streaming_forecaster(backbone, **kw):
+    extra = {"decay": True} if backbone == "aaren" else {}
+    return forecaster(backbone, running_span=5, **{**extra, **kw})
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("mode,target", [("independent", None), ("mixing", None), ("independent", 1)])
+@pytest.mark.parametrize("patched", [False, True], ids=["step-tokens", "patches+skip"])
+def test_running_model_forecasts_agree_by_prefix_by_sequence_and_by_stream(backbone, mode, target, patched):
+    """Running statistics: the forecast after row t is forward(x[:, :t+1]), whether from one
+    parallel pass over the sequence or from a stream started on a window and updated row by row."""
+    m = streaming_forecaster(backbone, channel_mode=mode, target_index=target, **(PATCHED if patched else {}))
+    randomise_revin(m)
+    T = 31
+    x = torch.randn(2, T, C, dtype=F64).cumsum(1) + 3.0
+    positions = list(range(m.min_window - 1, T))
+    with torch.no_grad():
+        seq = m.forecast_sequence(x, positions)
+        by_prefix = torch.stack([m(x[:, :t + 1]) for t in positions], 1)
+    torch.testing.assert_close(seq, by_prefix, atol=1e-11, rtol=1e-9)
+    start = 13
+    stream = m.start_stream(x[:, :start])
+    got = [stream.forecast]
+    t = start
+    for k in (1, 3, 1, 2, 5, 1, 4, 1):
+        y, stream = m.update(stream, x[:, t:t + k])
+        got.append(y)
+        t += k
+        assert stream.n_seen == t
+    want = seq[:, [positions.index(s - 1) for s in [start, start + 1, start + 4, start + 5, start + 7, start + 12,
+                                                     start + 13, start + 17, start + 18]]]
+    torch.testing.assert_close(torch.stack(got, 1), want, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_running_model_forecasts_ignore_later_rows(backbone):
+    m = streaming_forecaster(backbone, **PATCHED)
+    x = torch.randn(1, 30, C, dtype=F64)
+    x2 = x.clone()
+    x2[:, 20:] += 100.0
+    with torch.no_grad():
+        a, b = m.forecast_sequence(x, list(range(7, 30))), m.forecast_sequence(x2, list(range(7, 30)))
+    torch.testing.assert_close(a[:, :13], b[:, :13], atol=1e-12, rtol=0)
+    assert not torch.allclose(a[:, 13:], b[:, 13:])
+
+
+@pytest.mark.parametrize("backbone", RECURRENT)
+def test_running_stream_state_size_is_constant(backbone):
+    m = streaming_forecaster(backbone, **PATCHED)
+    stream = m.start_stream(torch.randn(2, L, C, dtype=F64))
+    sizes = []
+    for _ in range(40):
+        _, stream = m.update(stream, torch.randn(2, 1, C, dtype=F64) * 5)
+        sizes.append(_state_bytes(stream))
+    assert len(set(sizes)) == 1 and sizes[0] == _state_bytes(m.start_stream(torch.randn(2, 9, C, dtype=F64)))
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["step-tokens", "patches+skip"])
+def test_sequence_forecast_loss_is_the_mean_over_patch_ends_and_its_gradient_matches(patched):
+    """The loss equals, and differentiates as, the MSE of forward on each prefix that ends at a
+    patch end past the burn-in against the next H rows, computed one prefix at a time."""
+    from rlts.heads.forecast import sequence_forecast_loss
+    m = streaming_forecaster("gru", target_index=2 if patched else None, **(PATCHED if patched else {}))
+    p = m.patch_len
+    T, burn = 29, 10
+    x = torch.randn(3, T, C, dtype=F64)
+    y = torch.randn(3, H, 1 if patched else C, dtype=F64)
+    loss, metrics = sequence_forecast_loss(m, (x, y), burn_in=burn)
+    full = torch.cat([x[..., 2:3] if patched else x, y], 1)
+    ends = [t for t in range(T - 1, burn - 2, -p)]
+    ref = torch.stack([((m(x[:, :t + 1]) - full[:, t + 1:t + 1 + H]) ** 2).mean() for t in ends]).mean()
+    torch.testing.assert_close(loss, ref, atol=1e-12, rtol=1e-10)
+    assert metrics["mse"] == pytest.approx(ref.item())
+    g = torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)
+    g_ref = torch.autograd.grad(ref, list(m.parameters()), allow_unused=True)
+    for a, b in zip(g, g_ref):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-8)
+    with pytest.raises(ValueError, match="no forecast after the burn-in of 40 rows"):
+        sequence_forecast_loss(m, (x, y), burn_in=40)
+
+
+def test_running_model_bad_input_messages():
+    with pytest.raises(ValueError, match="running_span .* needs revin=True"):
+        SequenceForecaster(C, H, "gru", d_model=16, revin=False, running_span=5)
+    with pytest.raises(ValueError, match="needs a model made with running_span"):
+        forecaster("gru").forecast_sequence(torch.randn(1, 10, C, dtype=F64))
+    m = streaming_forecaster("gru", **PATCHED)
+    with pytest.raises(ValueError, match=r"position 3 is outside \[7, 19\]"):
+        m.forecast_sequence(torch.randn(1, 20, C, dtype=F64), [3, 9])
+    with pytest.raises(ValueError, match="takes no `stats`"):
+        m(torch.randn(1, 20, C, dtype=F64), stats=RevINStats(torch.zeros(1, 1, C), torch.ones(1, 1, C)))

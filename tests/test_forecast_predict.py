@@ -111,3 +111,76 @@ def test_stream_gives_after_each_row_the_forecast_predict_gives_on_the_file_so_f
         for col in ("load", "temp"):
             assert np.allclose(last[name][col], table[table["unique_id"] == col][name], rtol=1e-5, atol=1e-5)
     assert records[-1]["time"] == str(pd.Timestamp(frame["date"][202]))
+
+
+# ---------------------------------------------------------------------------------- models made for streaming
+
+@pytest.fixture(scope="module")
+def streaming(tmp_path_factory, trained):
+    path, _, frame = trained
+    out = tmp_path_factory.mktemp("streaming") / "run"
+    args = ["forecast", "--csv", str(path), "--config", "debug", "--models", "aaren,gru,linear", "--window", "24",
+            "--horizon", "6", "--streaming", "true", "--stream_length", "32", "--patch_len", "4", "--device", "cpu",
+            "--plots", "false", "--out", str(out)]
+    assert main(args) == 0
+    return path, out, frame
+
+
+def test_a_streaming_run_is_scored_on_forecasts_from_the_files_first_row(streaming):
+    """Its test MSE is that of forward on each test window's whole prefix of the file (one
+    forecast at a time, no parallel pass), its forecast.csv that of forward on the whole file."""
+    import json
+
+    import torch
+
+    from rlts.tasks.supervised.forecast_predict import load_run
+
+    path, run, frame = streaming
+    state = json.loads((run / "results.json").read_text())
+    loaded = load_run(str(run), str(path), ["aaren", "gru"], None, "cpu")
+    x = loaded.inputs(frame[["load", "temp"]].to_numpy())                               # (1, T, C), scaled
+    start, end = state["protocol"]["ranges"]["test"]
+    for name in ("aaren", "gru"):
+        model = loaded.models[name][0][0]
+        assert model.running_span == 24
+        sq = []
+        with torch.no_grad():
+            for t in range(start + 24 - 1, end - 6):
+                sq.append(((model(x[:, :t + 1]) - x[:, t + 1:t + 7]) ** 2).mean().item())
+            future = loaded.units(model(x))
+        assert state["results"][name]["6"]["mse"] == pytest.approx(np.mean(sq), rel=1e-5)
+        table = pd.read_csv(run / "forecast.csv")
+        assert np.allclose(table[table["unique_id"] == "load"][name], future[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_streaming_runs_stream_updates_its_state_and_matches_predict(streaming, tmp_path, monkeypatch):
+    import io
+    import json
+
+    from rlts.heads.forecast import SequenceForecaster
+    from rlts.tasks.supervised.forecast_predict import StreamConfig, stream
+
+    path, run, frame = streaming
+    history = tmp_path / "history.csv"
+    frame.iloc[:150].to_csv(history, index=False)
+    lines = frame.iloc[150:190].to_csv(index=False, header=False).splitlines()
+    calls = {"update": 0, "forward": 0}
+    for method in ("update", "forward"):
+        original = getattr(SequenceForecaster, method)
+        def counted(self, *a, _original=original, _name=method, **k):
+            calls[_name] += 1
+            return _original(self, *a, **k)
+        monkeypatch.setattr(SequenceForecaster, method, counted)
+    out = io.StringIO()
+    stream(StreamConfig(run=str(run), csv=str(history), models=["aaren", "gru", "linear"]), lines, out)
+    assert calls == {"update": 80, "forward": 0}           # two streaming models, 40 rows: one step each
+    records = [json.loads(r) for r in out.getvalue().splitlines()]
+    assert len(records) == 40
+    so_far = tmp_path / "so_far.csv"
+    frame.iloc[:190].to_csv(so_far, index=False)
+    assert main(["forecast", "predict", "--run", str(run), "--csv", str(so_far), "--out", str(tmp_path / "p.csv")]) == 0
+    table = pd.read_csv(tmp_path / "p.csv")
+    for name in ("aaren", "gru", "linear", "gru-lo-80"):
+        for col in ("load", "temp"):
+            assert np.allclose(records[-1]["forecasts"][name][col], table[table["unique_id"] == col][name],
+                               rtol=1e-4, atol=1e-5), (name, col)

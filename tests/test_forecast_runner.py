@@ -359,8 +359,9 @@ def test_interrupted_seeds_keep_the_finished_runs(tmp_path, monkeypatch):
 def test_future_forecast_intervals_and_file_unit_metrics_of_the_naive_model(tmp_path):
     """forecast.csv and the metrics in the file's units, checked on the naive model (its
     forecast is the last value) against loops in float64: dates continue daily, the forecast
-    repeats the file's last row, the interval half-widths are the conformal rank of the
-    validation windows' absolute errors, and MAE / sMAPE / MASE / coverage over the test windows."""
+    repeats the file's last row, its interval half-widths are the conformal rank of the absolute
+    errors of the file's latest windows (as many as there are validation windows), and MAE /
+    sMAPE / MASE / coverage (of the validation-calibrated intervals) over the test windows."""
     import math
 
     import pandas as pd
@@ -392,9 +393,14 @@ def test_future_forecast_intervals_and_file_unit_metrics_of_the_naive_model(tmp_
     for s in range(lo_val, hi_val - window - horizon + 1):
         res.append([[abs(x[s + window + h, c] - x[s + window - 1, c]) for c in range(2)] for h in range(horizon)])
     res = np.asarray(res)
+    latest = []                                                         # the file's last len(res) windows
+    for s in range(n - window - horizon + 1 - len(res), n - window - horizon + 1):
+        latest.append([[abs(x[s + window + h, c] - x[s + window - 1, c]) for c in range(2)] for h in range(horizon)])
+    latest = np.asarray(latest)
+    assert len(latest) == len(res) and not np.allclose(np.sort(latest, axis=0), np.sort(res, axis=0))
     for level in (80, 95):
-        k = min(len(res), math.ceil((len(res) + 1) * level / 100))
-        half = np.sort(res, axis=0)[k - 1]                              # (H, C), file units
+        k = min(len(latest), math.ceil((len(latest) + 1) * level / 100))
+        half = np.sort(latest, axis=0)[k - 1]                           # (H, C), file units
         for c, name in enumerate("ab"):
             rows = table[table["unique_id"] == name]
             assert np.allclose(rows[f"naive-hi-{level}"] - rows["naive"], half[:, c], rtol=1e-4, atol=1e-4)

@@ -8,11 +8,16 @@
     stream = model.start_stream(x_window)     # after fitting: read the window once
     y_hat, stream = model.update(stream, x_new)    # x_new (B, k, C): O(k) work, O(1) memory
 
+    streaming = SequenceForecaster(7, 96, running_span=96, skip_window=96, patch_len=16)
+    y_all = streaming.forecast_sequence(x_long, positions)   # (B, P, H, C_out): after each row t
+    loss, metrics = sequence_forecast_loss(streaming, (x_long, y), burn_in=96)
+
 Every model here maps a window x (B, L, C) (the `WindowDataset` input, already scaled) to a
 forecast (B, H, C_out): C_out = C ("M" mode), or 1 with `target_index` ("MS" mode: all
 channels in, one out; "S" mode is simply C = 1).
 
     RevIN               reversible instance normalisation (per window, per channel)
+    running_statistics  its streaming form: exponentially weighted mean and std at every step
     SequenceForecaster  RevIN -> embedding -> SequenceModel -> last-step summary -> Linear
     NaiveForecaster     repeats the last observed value
     DLinear             moving-average decomposition + two Linear(window, horizon)
@@ -130,6 +135,41 @@ class RevIN(nn.Module):
         return y * std + mean
 
 
+def running_statistics(x: torch.Tensor, span: int, eps: float = 1e-5,
+                       sums: Optional[torch.Tensor] = None) -> Tuple[RevINStats, torch.Tensor]:
+    """RevIN's statistics for a stream: at every step t of x (B, T, C), the exponentially
+    weighted mean and std of the rows so far,
+
+        w_i = beta^(t - i),  beta = 1 - 2 / (span + 1)   (pandas' ewm(span=span, adjust=True))
+        mean_t = sum_i w_i x_i / sum_i w_i,   std_t = sqrt(sum_i w_i x_i^2 / sum_i w_i - mean_t^2 + eps)
+
+    so that a row's statistics depend on the rows before it only, and about the last `span`
+    rows carry most of the weight, as RevIN's window would. The three sums run as one linear
+    recurrence S_t = beta * S_{t-1} + (1, x_t, x_t^2) in float64 (`rlts.kernels.linear_scan`).
+
+    Args:
+        x: (B, T, C).
+        span: the weights' span in steps (>= 1; 1 gives the latest row alone).
+        eps: added to the variance, as in RevIN.
+        sums: (B, 3, C) float64, the sums after the rows before x (a stream's), or None.
+
+    Returns:
+        (RevINStats with mean and std (B, T, C) in x's dtype, the sums after x's last row).
+    """
+    from rlts.kernels.linear import linear_scan
+
+    B, T, C = x.shape
+    beta = 1.0 - 2.0 / (span + 1.0)
+    xd = x.detach().double()
+    terms = torch.stack([torch.ones_like(xd), xd, xd * xd], dim=2).reshape(B, T, 3 * C)
+    a = torch.full((B, T, 1), beta, dtype=torch.float64, device=x.device)
+    h0 = None if sums is None else sums.reshape(B, 3 * C)
+    s = linear_scan(a, terms, h0).view(B, T, 3, C)
+    mean = s[:, :, 1] / s[:, :, 0]
+    var = (s[:, :, 2] / s[:, :, 0] - mean * mean).clamp_min(0.0)
+    return RevINStats(mean.to(x.dtype), torch.sqrt(var + eps).to(x.dtype)), s[:, -1]
+
+
 # --------------------------------------------------------------------------------------------
 # SequenceForecaster
 
@@ -137,21 +177,28 @@ class RevIN(nn.Module):
 class ForecastStream(NamedTuple):
     """State of a streaming forecast (see `SequenceForecaster.start_stream`).
 
-    stats: RevIN statistics frozen at `start_stream` (None without RevIN).
+    stats: RevIN statistics frozen at `start_stream` (None without RevIN); with running
+        statistics, those of the latest observation, (B, 1, C) each.
     state: one backbone state (a list, one entry per layer) per patch phase: state[j] has read
         the patches that end j steps before the latest observation (patch_len entries; one
         for patch_len = 1). Each entry has constant size for aaren/mamba/mamba2/gru and grows
         with the observations for the transformer (its KV cache).
-    recent: (B, K, C) the latest K normalised observations, K = max(patch_len, skip_window):
-        the next patch and the linear path's input.
+    recent: (B, K, C) the latest K normalised observations: the next patch and, with frozen
+        statistics, the linear path's input. K = max(patch_len, skip_window), or patch_len with
+        running statistics.
     forecast: (B, H, C_out), the forecast made after the last observation.
     n_seen: number of time steps read so far (window + updates).
+    sums: running statistics only: their sums (B, 3, C) float64 (see `running_statistics`).
+    raw: running statistics with a linear path only: the latest skip_window observations as
+        given, (B, W, C), normalised at each step with that step's statistics.
     """
     stats: Optional[RevINStats]
     state: List[Any]
     recent: torch.Tensor
     forecast: torch.Tensor
     n_seen: int
+    sums: Optional[torch.Tensor] = None
+    raw: Optional[torch.Tensor] = None
 
 
 class SequenceForecaster(nn.Module):
@@ -187,10 +234,19 @@ class SequenceForecaster(nn.Module):
     influence it, so this equals computing all channels and selecting one, at 1/C of the
     cost); in "mixing" mode every channel is read and one channel is predicted.
 
-    Streaming (`start_stream`, `update`): see those methods. Streaming forecasts are NOT
-    the same as re-running `forward` on a sliding window: they condition on the whole growing
-    context since `start_stream` and normalise with RevIN statistics frozen at
-    `start_stream`; they equal `forward(concatenated history, stats=frozen stats)`.
+    Streaming (`start_stream`, `update`): see those methods. With per-window RevIN, streaming
+    forecasts are NOT the same as re-running `forward` on a sliding window: they condition on
+    the whole growing context since `start_stream` and normalise with RevIN statistics frozen
+    at `start_stream`; they equal `forward(concatenated history, stats=frozen stats)`.
+
+    A model made for streaming (`running_span` = N) normalises every row with the running
+    statistics of the rows up to it (`running_statistics`: an exponentially weighted mean and
+    std of span N) and reads each forecast out with the statistics of its last row, so a
+    forecast depends on the rows before it only, however long the sequence. The forecast after
+    row t is then one thing whether computed by `forward(x[:, :t+1])`, by
+    `forecast_sequence(x, [t])` (every position of a long sequence in one parallel pass: how
+    it trains, with `sequence_forecast_loss`, and how it is scored) or by a stream's `update`
+    (O(1) per row).
 
     Args:
         n_channels: C, the input channels of a window.
@@ -210,6 +266,8 @@ class SequenceForecaster(nn.Module):
             Linear (the head's own).
         patch_len: p, time steps per backbone token (1: one token per step).
         skip_window: W, or None for no linear path.
+        running_span: None (RevIN over each window), or N: running statistics of span N steps
+            (needs revin; see "A model made for streaming" above).
         **backbone_options: passed to every block (n_heads, d_state, headdim, chunk_size, ...).
             A backbone's own dropout (aaren, transformer and gru take one) is spelled
             `backbone_dropout=p`, since `dropout` is this head's argument.
@@ -219,7 +277,7 @@ class SequenceForecaster(nn.Module):
                  n_layers: int = 2, channel_mode: str = "independent", revin: bool = True,
                  out_channels: Optional[int] = None, target_index: Optional[int] = None,
                  dropout: float = 0.0, patch_len: int = 1, skip_window: Optional[int] = None,
-                 **backbone_options):
+                 running_span: Optional[int] = None, **backbone_options):
         super().__init__()
         name = "SequenceForecaster"
         if n_channels < 1 or horizon < 1:
@@ -228,6 +286,8 @@ class SequenceForecaster(nn.Module):
             raise ValueError(f"{name}: channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}")
         if patch_len < 1 or (skip_window is not None and skip_window < 1):
             raise ValueError(f"{name}: patch_len ({patch_len}) and skip_window ({skip_window}) must be >= 1")
+        if running_span is not None and (not revin or running_span < 1):
+            raise ValueError(f"{name}: running_span ({running_span}) must be >= 1 and needs revin=True")
         target_index = _check_target(target_index, n_channels, name)
         default_out = n_channels if target_index is None else 1
         out_channels = default_out if out_channels is None else out_channels
@@ -240,7 +300,7 @@ class SequenceForecaster(nn.Module):
             backbone_options["dropout"] = backbone_options.pop("backbone_dropout")
         self.n_channels, self.horizon, self.out_channels = n_channels, horizon, out_channels
         self.channel_mode, self.target_index = channel_mode, target_index
-        self.patch_len, self.skip_window = patch_len, skip_window
+        self.patch_len, self.skip_window, self.running_span = patch_len, skip_window, running_span
         self.revin = RevIN(n_channels) if revin else None
         self.embed = nn.Linear(patch_len * (1 if channel_mode == "independent" else n_channels), d_model)
         self.drop = nn.Dropout(dropout)
@@ -262,6 +322,56 @@ class SequenceForecaster(nn.Module):
         if stats is None:
             stats = self.revin.statistics(x)
         return self.revin.apply(x, stats), stats
+
+    def _read_out_running(self, summary: torch.Tensor, x: torch.Tensor, stats: RevINStats,
+                          ends: List[int]) -> torch.Tensor:
+        """Running statistics: backbone outputs after rows `ends` of x (B, T, C), summary
+        (B*C' or B, P, d_model), and x's statistics (B, T, C) -> forecasts (B, P, H, C_out),
+        each read out with the statistics of its row (its linear path: the last W rows
+        normalised with them)."""
+        B, P = x.shape[0], len(ends)
+        idx = torch.as_tensor(ends, device=x.device)
+        if self.channel_mode == "independent":
+            summary = summary.view(B, -1, P, summary.shape[-1]).transpose(1, 2)       # (B, P, C', d)
+        at = RevINStats(stats.mean[:, idx].reshape(B * P, 1, -1), stats.std[:, idx].reshape(B * P, 1, -1))
+        if self.skip is not None:
+            W = self.skip_window
+            rows = idx.view(P, 1) + torch.arange(1 - W, 1, device=x.device)          # (P, W)
+            recent = self.revin.apply(x[:, rows].reshape(B * P, W, -1), at)           # (B*P, W, C)
+        else:
+            recent = x.new_zeros(B * P, 1, x.shape[2])
+        y = self._read_out(summary.reshape(-1, summary.shape[-1]), recent, at)        # (B*P, H, C_out)
+        return y.view(B, P, self.horizon, -1)
+
+    def forecast_sequence(self, x: torch.Tensor, positions: Optional[List[int]] = None) -> torch.Tensor:
+        """A model with running statistics: x (B, T, C) -> the forecasts (B, P, H, C_out) made
+        after each row t of `positions` (default: every row from min_window - 1 on), each the
+        one `forward(x[:, :t+1])` gives, in one parallel pass per patch phase in use (the
+        forecasts after rows t with the same (t + 1) mod patch_len read the same patches).
+        Differentiable: `sequence_forecast_loss` trains with it."""
+        if self.running_span is None:
+            raise ValueError("SequenceForecaster.forecast_sequence needs a model made with running_span")
+        _check_window("SequenceForecaster", x, self.n_channels)
+        self._check_length(x, "x")
+        T, p = x.shape[1], self.patch_len
+        positions = list(range(self.min_window - 1, T)) if positions is None else [int(t) for t in positions]
+        bad = [t for t in positions if not self.min_window - 1 <= t < T]
+        if bad:
+            raise ValueError(f"SequenceForecaster.forecast_sequence: position {bad[0]} is outside "
+                             f"[{self.min_window - 1}, {T - 1}] (rows of x after which a forecast can be made)")
+        stats, _ = running_statistics(x, self.running_span, self.revin.eps)
+        xn = self.revin.apply(x, stats)
+        out = x.new_empty(x.shape[0], len(positions), self.horizon, self.out_channels)
+        by_phase: dict = {}
+        for i, t in enumerate(positions):
+            by_phase.setdefault((t + 1) % p, []).append(i)
+        for q, which in by_phase.items():
+            n_tok = (T - q) // p
+            h, _ = self.backbone(self._tokens(xn[:, q:q + n_tok * p]))                 # (B', n_tok, d)
+            ends = [positions[i] for i in which]
+            tok = torch.as_tensor([(t + 1 - q) // p - 1 for t in ends], device=x.device)
+            out[:, which] = self._read_out_running(h[:, tok], x, stats, ends)
+        return out
 
     def _channels(self, xn: torch.Tensor) -> torch.Tensor:
         """The channels forecast, (B, L, C'): all, or the target alone (MS)."""
@@ -309,6 +419,10 @@ class SequenceForecaster(nn.Module):
         """
         _check_window("SequenceForecaster", x, self.n_channels)
         self._check_length(x, "x")
+        if self.running_span is not None:
+            if stats is not None:
+                raise ValueError("SequenceForecaster: a model with running statistics takes no `stats`")
+            return self.forecast_sequence(x, [x.shape[1] - 1])[:, 0]
         xn, stats = self._normalise(x, stats)
         h, _ = self.backbone(self._tokens(xn))
         return self._read_out(h[:, -1], xn, stats)
@@ -332,7 +446,12 @@ class SequenceForecaster(nn.Module):
         every later observation completes a patch of exactly one phase."""
         _check_window("SequenceForecaster.start_stream", x_window, self.n_channels, what="x_window")
         self._check_length(x_window, "x_window")
-        xn, stats = self._normalise(x_window, None)
+        sums = None
+        if self.running_span is not None:
+            stats, sums = running_statistics(x_window, self.running_span, self.revin.eps)
+            xn = self.revin.apply(x_window, stats)
+        else:
+            xn, stats = self._normalise(x_window, None)
         L, p = xn.shape[1], self.patch_len
         states, forecast = [], None
         for j in range(p):
@@ -342,9 +461,16 @@ class SequenceForecaster(nn.Module):
             h, state = self.backbone(self._tokens(xn[:, :L - j]))
             states.append(state)
             if j == 0:
-                forecast = self._read_out(h[:, -1], xn, stats)
-        keep = max(p, self.skip_window or 1)
-        return ForecastStream(stats, states, xn[:, L - keep:], forecast, L)
+                if sums is None:
+                    forecast = self._read_out(h[:, -1], xn, stats)
+                else:
+                    forecast = self._read_out_running(h[:, -1:], x_window, stats, [L - 1])[:, 0]
+        if sums is None:
+            keep = max(p, self.skip_window or 1)
+            return ForecastStream(stats, states, xn[:, L - keep:], forecast, L)
+        last = RevINStats(stats.mean[:, -1:], stats.std[:, -1:])
+        raw = x_window[:, L - self.skip_window:] if self.skip is not None else None
+        return ForecastStream(last, states, xn[:, L - p:], forecast, L, sums, raw)
 
     @torch.no_grad()
     def update(self, stream: ForecastStream, x_new: torch.Tensor) -> Tuple[torch.Tensor, ForecastStream]:
@@ -365,6 +491,8 @@ class SequenceForecaster(nn.Module):
         if x_new.shape[0] != B:
             raise ValueError(f"SequenceForecaster.update: x_new must have shape (B, k, C) with B = {B}, "
                              f"C = {self.n_channels}, got {tuple(x_new.shape)}")
+        if stream.sums is not None:
+            return self._update_running(stream, x_new)
         xn, _ = self._normalise(x_new, stream.stats)
         p, keep = self.patch_len, stream.recent.shape[1]
         states, recent, forecast = list(stream.state), stream.recent, stream.forecast
@@ -375,6 +503,33 @@ class SequenceForecaster(nn.Module):
             states = [state] + states[:-1]
             forecast = self._read_out(summary, recent, stream.stats)
         return forecast, ForecastStream(stream.stats, states, recent, forecast, stream.n_seen + x_new.shape[1])
+
+    def _update_running(self, stream: ForecastStream, x_new: torch.Tensor) -> Tuple[torch.Tensor, ForecastStream]:
+        """`update` with running statistics: per row, the sums take one step, the row is
+        normalised with its statistics, its patch phase's state one backbone step, and the
+        forecast is read out with the row's statistics."""
+        beta = 1.0 - 2.0 / (self.running_span + 1.0)
+        p, eps = self.patch_len, self.revin.eps
+        states, recent, raw, sums = list(stream.state), stream.recent, stream.raw, stream.sums
+        stats, forecast = stream.stats, stream.forecast
+        for t in range(x_new.shape[1]):
+            row = x_new[:, t:t + 1]                                             # (B, 1, C)
+            xd = row[:, 0].double()
+            sums = beta * sums + torch.stack([torch.ones_like(xd), xd, xd * xd], dim=1)
+            mean = sums[:, 1] / sums[:, 0]
+            var = (sums[:, 2] / sums[:, 0] - mean * mean).clamp_min(0.0)
+            stats = RevINStats(mean.unsqueeze(1).to(row.dtype), torch.sqrt(var + eps).unsqueeze(1).to(row.dtype))
+            recent = torch.cat([recent, self.revin.apply(row, stats)], dim=1)[:, -p:]   # (B, p, C)
+            token = self._tokens(recent)[:, 0]                                  # (B', d_model)
+            summary, state = self.backbone.step(token, states[-1])              # the phase p-1 steps old
+            states = [state] + states[:-1]
+            if raw is not None:
+                raw = torch.cat([raw, row], dim=1)[:, -self.skip_window:]       # (B, W, C)
+                window = self.revin.apply(raw, stats)
+            else:
+                window = row.new_zeros(row.shape)
+            forecast = self._read_out(summary, window, stats)
+        return forecast, ForecastStream(stats, states, recent, forecast, stream.n_seen + x_new.shape[1], sums, raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,6 +654,28 @@ class DLinear(nn.Module):
 
 # --------------------------------------------------------------------------------------------
 # Trainer glue
+
+
+def sequence_forecast_loss(model: SequenceForecaster, batch, burn_in: int) -> Tuple[torch.Tensor, dict]:
+    """`Trainer` loss_fn that trains a model made for streaming (running statistics) on long
+    sequences: for (x (B, T, C), y (B, H, C_out)) batches, the forecasts after every patch end
+    of x (rows T-1, T-1-p, ...) from row `burn_in` - 1 on, each against the H rows after it
+    (from x's forecast channels, then y). MSE loss; metrics mse/mae over all those forecasts."""
+    x, y = batch[0], batch[1]
+    T, H, p = x.shape[1], y.shape[1], model.patch_len
+    if H != model.horizon:
+        raise ValueError(f"sequence_forecast_loss: the target y has {H} steps, the model forecasts {model.horizon}")
+    first = max(burn_in, model.min_window) - 1
+    positions = list(range(T - 1, first - 1, -p))[::-1]
+    if not positions:
+        raise ValueError(f"sequence_forecast_loss: sequences of {T} rows hold no forecast after the burn-in "
+                         f"of {burn_in} rows")
+    future = torch.cat([model._channels(x), y], dim=1)                           # (B, T+H, C_out)
+    idx = torch.as_tensor(positions, device=x.device).view(-1, 1) + torch.arange(1, H + 1, device=x.device)
+    target = future[:, idx]                                                       # (B, P, H, C_out)
+    y_hat = model.forecast_sequence(x, positions)
+    mse = F.mse_loss(y_hat, target)
+    return mse, {"mse": mse.item(), "mae": (y_hat - target).abs().mean().item()}
 
 
 def forecast_loss(model: nn.Module, batch) -> Tuple[torch.Tensor, dict]:

@@ -41,7 +41,7 @@ from rlts.config import check_ranges, param, to_dict
 from rlts.data.timeseries import (FEATURE_MODES, PROTOCOLS, StandardScaler, WindowDataset, future_index,
                                   load_csv, protocol_for, season_length, split_borders)
 from rlts.heads.forecast import (CHANNEL_MODES, DLinear, NaiveForecaster, SeasonalNaiveForecaster, SequenceForecaster,
-                                 forecast_loss)
+                                 forecast_loss, sequence_forecast_loss)
 from rlts.metrics import (MetricSums, QuantileLossSums, conformal_quantiles, interval_taus, rolling_conformal,
                           seasonal_scale)
 from rlts.nn import count_parameters
@@ -58,8 +58,9 @@ PARAMETER_FREE = ("naive", "snaive")
 """Models with nothing to train."""
 PLOT_WINDOWS = 3
 FUTURE_FILE = "future.json"
-"""In each run's folder: the forecast after the file's last row and the intervals' conformal
-half-widths per horizon step and channel, in the file's units; forecast.csv gathers them."""
+"""In each run's folder: the forecast after the file's last row and its intervals' conformal
+half-widths per horizon step and channel, in the file's units (from the errors of the file's
+latest windows, as many as calibrate the validation intervals); forecast.csv gathers them."""
 
 
 @dataclass
@@ -114,6 +115,15 @@ class ForecastConfig:
     """Backbone models: add a linear path from the whole normalised window to the forecast."""
     dropout: float = param(0.0, result=True, within="[0, 1)")
     """Dropout of the SequenceForecaster head."""
+    streaming: bool = param(False, result=True, missing_as=False)
+    """Backbone models made for streaming: running statistics over the last ~`window` rows
+    instead of RevIN per window, trained on forecasts at every patch end of
+    `stream_length`-row sequences (aaren with its learned decay), and scored as one stream over
+    the whole file (every validation and test forecast made after the rows before it, from the
+    file's first row on). `rlts forecast stream` then advances them by one step per row."""
+    stream_length: int = param(256, result=True, within="[2, inf)", missing_as=256)
+    """Streaming models: rows per training sequence; the forecasts after its first `window`
+    rows are trained."""
     train: TrainConfig = param(default_factory=TrainConfig, result=True)
     """Trainer settings (train.epochs, train.lr, train.patience, ...); train.seed and
     train.device are replaced by the top-level seed and device."""
@@ -168,6 +178,9 @@ def check_config(cfg: ForecastConfig) -> None:
         raise ValueError("no CSV file given; pass --csv FILE")
     if cfg.patch_len > cfg.window:
         raise ValueError(f"patch_len must lie in [1, window] = [1, {cfg.window}], got {cfg.patch_len}")
+    if cfg.streaming and cfg.stream_length < cfg.window:
+        raise ValueError(f"stream_length ({cfg.stream_length}) must be at least the window ({cfg.window}): the "
+                         "forecasts after a sequence's first `window` rows are trained")
     if not cfg.horizons:
         raise ValueError("horizons must be a non-empty list of positive integers")
     resolve_models(cfg)
@@ -189,9 +202,52 @@ def build_model(name: str, cfg: ForecastConfig, n_channels: int, horizon: int,
         return SeasonalNaiveForecaster(horizon, season, target_index=target_index)
     if name == "linear":
         return DLinear(cfg.window, horizon, n_channels, target_index=target_index)
+    stream = {"running_span": cfg.window, **({"decay": True} if name == "aaren" else {})} if cfg.streaming else {}
     return SequenceForecaster(n_channels, horizon, backbone=name, d_model=cfg.d_model, n_layers=cfg.n_layers,
                               channel_mode=cfg.channel_mode, target_index=target_index, dropout=cfg.dropout,
-                              patch_len=cfg.patch_len, skip_window=cfg.window if cfg.skip else None)
+                              patch_len=cfg.patch_len, skip_window=cfg.window if cfg.skip else None, **stream)
+
+
+def is_streaming(model: nn.Module) -> bool:
+    """A model made for streaming (running statistics): its forecasts come from one stream."""
+    return getattr(model, "running_span", None) is not None
+
+
+def window_rows(data) -> np.ndarray:
+    """The last row of every window of `data` (a WindowDataset or a Subset of one), in order."""
+    base, idx = (data.dataset, np.asarray(data.indices)) if isinstance(data, Subset) else (data, np.arange(len(data)))
+    return base.start + idx + base.window - 1
+
+
+@torch.no_grad()
+def streamed(model: nn.Module, inputs: torch.Tensor, rows: np.ndarray, device: torch.device,
+             chunk: int = 1024) -> torch.Tensor:
+    """Forecasts (N, H, C_out) of a model made for streaming after each of `rows`, from one
+    stream over `inputs` (T, C_in) (all rows from the file's first on), in chunks of rows."""
+    model.eval()
+    last = int(rows.max()) + 1 if len(rows) else 0
+    x = inputs[:last].unsqueeze(0).to(device)
+    parts = [model.forecast_sequence(x, rows[i:i + chunk].tolist())[0] for i in range(0, len(rows), chunk)]
+    return torch.cat(parts) if parts else inputs.new_zeros(0)
+
+
+def forecast_batches(model: nn.Module, data, batch_size: int, device: torch.device,
+                     inputs: Optional[torch.Tensor] = None):
+    """(forecast, truth) batches over every window of `data`, in order, on `device`: the model
+    on each window, or, for a model made for streaming, its forecasts after each window's last
+    row from one stream over `inputs` (T, C_in), the file's rows from the first."""
+    model.eval()
+    rows = window_rows(data) if is_streaming(model) else None
+    offset = 0
+    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
+        y = y.to(device)
+        if rows is None:
+            with torch.no_grad():
+                y_hat = model(x.to(device))
+        else:
+            y_hat = streamed(model, inputs, rows[offset:offset + len(y)], device)
+        offset += len(y)
+        yield y_hat, y
 
 
 class Units(NamedTuple):
@@ -211,14 +267,15 @@ class Units(NamedTuple):
 @torch.no_grad()
 def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, device: torch.device,
                      keep: Optional[List[int]] = None, units: Optional[Units] = None,
-                     quantiles: Optional[Dict[str, Dict[float, np.ndarray]]] = None, collect: bool = False):
+                     quantiles: Optional[Dict[str, Dict[float, np.ndarray]]] = None, collect: bool = False,
+                     inputs: Optional[torch.Tensor] = None):
     """MSE and MAE over every element of every window of `data` (float64 sums, scaled values),
     the forecasts of the windows listed in `keep`, and a dict of what else is asked (needs
     `units`): MAE, RMSE, sMAPE and MASE in the file's units ("units"), and for each method of
     `quantiles` ({method: {tau: (H, C) offset from the forecast, scaled}}) its weighted
     quantile loss and the coverage of its central intervals in the file's units ("quantiles");
-    with `collect`, every window's forecast and truth, (N, H, C) float32 scaled ("windows")."""
-    model.eval()
+    with `collect`, every window's forecast and truth, (N, H, C) float32 scaled ("windows").
+    A model made for streaming forecasts from one stream over `inputs` (`forecast_batches`)."""
     sq = ab = 0.0
     count = 0
     kept: Dict[int, np.ndarray] = {}
@@ -227,9 +284,7 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
     in_units = MetricSums(units.mase_scale) if units is not None else None
     qsums = {m: QuantileLossSums(q) for m, q in (quantiles or {}).items()} if units is not None else {}
     collected: List[tuple] = []
-    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
-        x, y = x.to(device), y.to(device)
-        y_hat = model(x)
+    for y_hat, y in forecast_batches(model, data, batch_size, device, inputs):
         if y_hat.shape != y.shape:
             raise ValueError(f"the model's forecast has shape {tuple(y_hat.shape)}, the target {tuple(y.shape)}")
         err = (y_hat - y).double()
@@ -243,10 +298,10 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
                 sums.add(units(y_np), {t: units(f_np + off) for t, off in quantiles[method].items()})
         if collect:
             collected.append((y_hat.float().cpu().numpy(), y.float().cpu().numpy()))
-        for i in range(x.shape[0]):
+        for i in range(y.shape[0]):
             if offset + i in keep_set:
                 kept[offset + i] = y_hat[i].cpu().numpy()
-        offset += x.shape[0]
+        offset += y.shape[0]
     extra: dict = {}
     if in_units is not None:
         extra["units"] = in_units.values()
@@ -283,15 +338,12 @@ def recent_interval_scores(err_known: np.ndarray, forecast: np.ndarray, truth: n
     return {f"{k}_recent": v for k, v in sums.values().items()}
 
 
-@torch.no_grad()
-def errors(model: nn.Module, data, batch_size: int, device: torch.device) -> np.ndarray:
+def errors(model: nn.Module, data, batch_size: int, device: torch.device,
+           inputs: Optional[torch.Tensor] = None) -> np.ndarray:
     """truth - forecast of every window of `data`, (N, H, C) float64, scaled values: the
-    calibration sample of the intervals."""
-    model.eval()
-    out = []
-    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
-        out.append((y.to(device) - model(x.to(device))).double().cpu().numpy())
-    return np.concatenate(out)
+    calibration sample of the intervals (`forecast_batches` makes the forecasts)."""
+    return np.concatenate([(y - y_hat).double().cpu().numpy()
+                           for y_hat, y in forecast_batches(model, data, batch_size, device, inputs)])
 
 
 def quantile_offsets(err: np.ndarray, half: Dict[float, np.ndarray]) -> Dict[str, Dict[float, np.ndarray]]:
@@ -348,8 +400,16 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     borders = all_borders[horizons[0]]  # the ranges do not depend on the horizon
     protocol = protocol_for(table.path) if cfg.protocol == "auto" else cfg.protocol
 
+    if cfg.streaming:
+        for h, b in all_borders.items():
+            for part in ("train", "val"):
+                have = b[part][1] - b[part][0]
+                if have < cfg.stream_length + h:
+                    raise ValueError(f"--stream_length {cfg.stream_length}: the {part} rows ({have}) hold no training "
+                                     f"sequence of stream_length + horizon = {cfg.stream_length + h} rows; lower it")
     scaler = StandardScaler().fit(table.values[slice(*borders["train"])])
     values = torch.from_numpy(scaler.transform(table.values).astype(np.float32))
+    inputs = values[:, table.input_columns]                                           # (T, C_in), scaled
     target_index = table.target_index if cfg.features == "MS" else None
     # Index of the target within a forecast's channels (M: all columns; S/MS: one).
     target_out = table.target_index if cfg.features == "M" else 0
@@ -394,29 +454,36 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         """One model trained (resumed) with one seed and scored on every test window; at the
         first horizon, the first seed's forecasts of the plotted windows go to the job's
         samples.json (for predictions.png)."""
-        train_ds, val_ds, test_ds = data
+        train_ds, val_ds, test_ds, seq_data = data
         samples_dir = out / f"{name}-h{h}" if h == horizons[0] and seed == run.seeds[0] else None
         seed_everything(seed)
         model = build_model(name, cfg, n_channels, h, target_index, season)
         n_params = count_parameters(model)
+        stream = is_streaming(model)
         fit = {"epochs": 0, "best_val_loss": None, "early_stopped": False, "train_time_s": 0.0}
         if name not in PARAMETER_FREE:
             resumed = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
             log(f"[{'resume' if resumed else 'train'}] {name} h={h} ({n_params} parameters" + run.seed_note(seed) + ")")
             train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": seed, "device": cfg.device})
-            trainer = Trainer(model, forecast_loss, train_cfg, run_dir=run_dir)
-            fit = trainer.fit(_subsample(train_ds, cfg.max_train_windows), _subsample(val_ds, cfg.max_val_windows))
+            if stream:   # sequences of stream_length rows, a forecast after each patch end past the burn-in
+                trainer = Trainer(model, partial(sequence_forecast_loss, burn_in=cfg.window), train_cfg,
+                                  run_dir=run_dir)
+                fit = trainer.fit(_subsample(seq_data[0], cfg.max_train_windows),
+                                  _subsample(seq_data[1], cfg.max_val_windows))
+            else:
+                trainer = Trainer(model, forecast_loss, train_cfg, run_dir=run_dir)
+                fit = trainer.fit(_subsample(train_ds, cfg.max_train_windows), _subsample(val_ds, cfg.max_val_windows))
             model = trainer.model
         else:
             model = model.to(device)
         train_time = fit["train_time_s"]  # summed over interrupted runs
-        err = errors(model, _subsample(val_ds, cfg.max_val_windows), cfg.eval_batch_size, device)
+        err = errors(model, _subsample(val_ds, cfg.max_val_windows), cfg.eval_batch_size, device, inputs)
         half = {level: conformal_quantiles(np.abs(err), level / 100) for level in cfg.levels}   # scaled
         offsets = quantile_offsets(err, half)
         scores: dict = {}
         if cfg.benchmark:
             mse, mae, kept, extra = evaluate_windows(model, test_ds, cfg.eval_batch_size, device, plot_idx, units,
-                                                     offsets, collect=True)
+                                                     offsets, collect=True, inputs=inputs)
             if samples_dir is not None:
                 samples_dir.mkdir(parents=True, exist_ok=True)
                 samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
@@ -434,11 +501,20 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         else:
             log(f"[done] {name} h={h}: trained, test split not scored ({train_time:.1f} s" + run.seed_note(seed) + ")")
         run_dir.mkdir(parents=True, exist_ok=True)
-        x_last = values[-cfg.window:][:, table.input_columns].unsqueeze(0).to(device)   # (1, L, C_in)
-        with torch.no_grad():
-            future = model.eval()(x_last)[0].double().cpu().numpy()                   # (H, C_out), scaled
+        if stream:                                                                  # the stream's latest
+            future = streamed(model, inputs, np.array([n_rows - 1]), device)[0].double().cpu().numpy()
+        else:
+            x_last = inputs[-cfg.window:].unsqueeze(0).to(device)                       # (1, L, C_in)
+            with torch.no_grad():
+                future = model.eval()(x_last)[0].double().cpu().numpy()               # (H, C_out), scaled
+        # The future's intervals: the conformal rank of the latest windows' errors (as many as
+        # calibrate the validation intervals), those nearest the forecast whose truth is known.
+        latest = WindowDataset(values, cfg.window, h, max(0, n_rows - (len(err) + cfg.window + h - 1)), n_rows,
+                               input_columns=table.input_columns, target_columns=table.target_columns)
+        err_latest = np.abs(errors(model, latest, cfg.eval_batch_size, device, inputs))
+        half_future = {level: conformal_quantiles(err_latest, level / 100) for level in cfg.levels}
         write_json_atomic({"forecast": units(future).tolist(),
-                           "half_widths": {f"{k:g}": (v * units.std).tolist() for k, v in half.items()}},
+                           "half_widths": {f"{k:g}": (v * units.std).tolist() for k, v in half_future.items()}},
                           run_dir / FUTURE_FILE)
         return {**{m: None for m in metrics}, **scores,
                 "params": n_params, "train_time_s": round(train_time, 3),
@@ -454,10 +530,12 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         train_ds = WindowDataset(values, cfg.window, h, *b["train"], **cols)
         val_ds = WindowDataset(values, cfg.window, h, *b["val"], **cols)
         test_ds = WindowDataset(values, cfg.window, h, *b["test"], **cols)
+        seq_data = tuple(WindowDataset(values, cfg.stream_length, h, *b[part], **cols)
+                         for part in ("train", "val")) if cfg.streaming else None
         plot_idx = np.unique(np.linspace(0, len(test_ds) - 1, PLOT_WINDOWS).round().astype(int)).tolist()
         for name in models:
             run.job(name, str(h), f"{name} h={h}", folder=f"{name}-h{h}", metrics=metrics,
-                    run_one=partial(train_and_test, name, h, (train_ds, val_ds, test_ds), plot_idx))
+                    run_one=partial(train_and_test, name, h, (train_ds, val_ds, test_ds, seq_data), plot_idx))
 
     stored_horizons = sorted({int(h) for r in run.results.values() for h in r})
     md = run.finish(_table_rows(run.results, table_order(models, run.results), table_order(horizons, stored_horizons),

@@ -10,7 +10,8 @@ the scaler fitted on the training rows) and, per model and horizon, the trained 
 conformal half-widths of its intervals (future.json). The new file must have the run's columns
 in the run's order (extra rows are the point: the forecast starts after its last row); it is
 read with the run's date and target settings, scaled with the run's scaler, and its last
-`window` rows feed every model. A run made with `--seeds N` forecasts with every seed; the
+`window` rows feed every model (a model made for streaming, `--streaming true`, reads the whole
+file as one stream, as it was scored). A run made with `--seeds N` forecasts with every seed; the
 table holds their mean and spread (<model>-std). The output has forecast.csv's layout.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ from rlts.config import apply_dict, param
 from rlts.data.timeseries import LONG_COLUMNS, StandardScaler, future_index, load_csv, season_length
 from rlts.runtime import select_device
 from rlts.tasks.runner import Command
-from rlts.tasks.supervised.forecast import FUTURE_FILE, PARAMETER_FREE, ForecastConfig, build_model, write_future
+from rlts.tasks.supervised.forecast import (FUTURE_FILE, PARAMETER_FREE, ForecastConfig, build_model, is_streaming,
+                                            write_future)
 
 
 @dataclass
@@ -81,18 +83,58 @@ class Loaded:
     """{name: [(model, half-widths {level: (H, C_out) list}) per seed]}."""
     device: torch.device
 
-    def forecast(self, values: np.ndarray) -> Dict[str, List[dict]]:
-        """{name: [{"forecast": (H, C_out), "half_widths": ...} per seed]} from the last `window`
-        rows of `values` (T, C), in the file's units."""
+    def inputs(self, values: np.ndarray) -> torch.Tensor:
+        """Rows (T, C) in the file's units -> the models' input (1, T, C_in), scaled."""
+        x = torch.from_numpy(self.scaler.transform(values).astype(np.float32))
+        return x[:, self.table.input_columns].unsqueeze(0).to(self.device)
+
+    def units(self, y: torch.Tensor) -> np.ndarray:
+        """A forecast (1, H, C_out), scaled -> (H, C_out) in the file's units."""
         cols = self.table.target_columns
-        mean, std = self.scaler.mean[cols], self.scaler.std[cols]
-        x = torch.from_numpy(self.scaler.transform(values[-self.rcfg.window:]).astype(np.float32))
-        x = x[:, self.table.input_columns].unsqueeze(0).to(self.device)                  # (1, L, C_in)
+        return y[0].double().cpu().numpy() * self.scaler.std[cols] + self.scaler.mean[cols]
+
+    def forecast(self, values: np.ndarray) -> Dict[str, List[dict]]:
+        """{name: [{"forecast": (H, C_out), "half_widths": ...} per seed]} after the last row of
+        `values` (T, C), in the file's units: from its last `window` rows, or, by a model made
+        for streaming, from all of them."""
+        x = self.inputs(values)
         out: Dict[str, List[dict]] = {}
         with torch.no_grad():
             for name, runs in self.models.items():
-                out[name] = [{"forecast": model(x)[0].double().cpu().numpy() * std + mean, "half_widths": half}
-                             for model, half in runs]
+                out[name] = [{"forecast": self.units(model.forecast_sequence(x, [x.shape[1] - 1])[:, 0]
+                                                     if is_streaming(model) else model(x[:, -self.rcfg.window:])),
+                              "half_widths": half} for model, half in runs]
+        return out
+
+
+class LiveForecast:
+    """The forecasts of a loaded run kept up to date row by row: a model made for streaming
+    reads the history once and then advances its state by one step per row (O(1) time and
+    memory, `SequenceForecaster.update`); the others recompute their window from the latest
+    `window` rows."""
+
+    def __init__(self, loaded: Loaded, history: np.ndarray):
+        self.loaded = loaded
+        self.recent = list(history[-loaded.rcfg.window:].astype(np.float64))       # file units
+        x = loaded.inputs(history)
+        self.streams = {name: [model.start_stream(x) if is_streaming(model) else None for model, _ in runs]
+                        for name, runs in loaded.models.items()}
+
+    def add(self, row: np.ndarray) -> Dict[str, List[dict]]:
+        """One new row (C,) in the file's units -> the forecasts after it, as `Loaded.forecast`."""
+        self.recent = self.recent[1:] + [np.asarray(row, dtype=np.float64)]
+        window = self.loaded.inputs(np.stack(self.recent))
+        out: Dict[str, List[dict]] = {}
+        with torch.no_grad():
+            for name, runs in self.loaded.models.items():
+                out[name] = []
+                for k, (model, half) in enumerate(runs):
+                    state = self.streams[name][k]
+                    if state is None:
+                        y = model(window)
+                    else:
+                        y, self.streams[name][k] = model.update(state, window[:, -1:])
+                    out[name].append({"forecast": self.loaded.units(y), "half_widths": half})
         return out
 
 
@@ -203,8 +245,9 @@ class StreamConfig:
 def stream(cfg: StreamConfig, lines: Optional[Iterable[str]] = None, out: Optional[TextIO] = None) -> None:
     """Read new rows (CSV lines with the history file's fields, no header) from `lines`
     (default: standard input); after each, write the updated forecast as one JSON line to `out`
-    (default: standard output) and flush. Each forecast reads the latest `window` rows (the
-    models recompute their window; constant time per row). A malformed line is reported with
+    (default: standard output) and flush. A model made for streaming advances its state by one
+    step per row; the others recompute their window from the latest `window` rows (constant
+    time per row either way; `LiveForecast`). A malformed line is reported with
     its line number on standard error, changes nothing, and the stream goes on."""
     import csv as csv_module
 
@@ -217,8 +260,7 @@ def stream(cfg: StreamConfig, lines: Optional[Iterable[str]] = None, out: Option
         header = [h.strip() for h in next(csv_module.reader(f))]
     value_at = [header.index(c) for c in table.columns]
     date_at = header.index(str(table.dates.name)) if table.dates is not None and table.dates.name in header else None
-    window = loaded.rcfg.window
-    recent = list(table.values[-window:].astype(np.float64))                   # the latest rows, file units
+    live = LiveForecast(loaded, table.values)
     last_time = table.dates[-1] if table.dates is not None else len(table) - 1
     names = [table.columns[c] for c in table.target_columns]
     lines = sys.stdin if lines is None else lines
@@ -253,9 +295,8 @@ def stream(cfg: StreamConfig, lines: Optional[Iterable[str]] = None, out: Option
         except ValueError as e:
             print(f"rlts forecast stream: line {number} skipped: {e}", file=sys.stderr, flush=True)
             continue
-        recent = recent[1:] + [np.asarray(row)]
         last_time = when
-        futures = loaded.forecast(np.stack(recent))
+        futures = live.add(np.asarray(row))
         record: Dict[str, Any] = {"time": str(last_time), "forecasts": {}}
         for name, runs in futures.items():
             f = np.mean([r["forecast"] for r in runs], axis=0)                      # (H, C_out)
