@@ -8,6 +8,9 @@ Arrays are (N, H, C): N forecast windows, H horizon steps, C channels. MASE divi
 channel's absolute errors by its `scale`, the mean absolute error of the seasonal naive
 forecast on the training rows (`seasonal_scale`), so 1 means "as good as repeating the last
 season".
+
+A NaN in the truth marks an element that does not exist (a series that does not cover that
+window): every sum, rank and share here leaves those elements out.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ def seasonal_scale(train: np.ndarray, season: int) -> np.ndarray:
         raise ValueError(f"season must be at least 1, got {season}")
     if train.shape[0] <= season:
         return np.ones(train.shape[1])
-    scale = np.abs(train[season:] - train[:-season]).mean(axis=0)
+    diff = np.abs(train[season:] - train[:-season])
+    count = np.isfinite(diff).sum(axis=0)
+    scale = np.where(count > 0, np.nansum(diff, axis=0) / np.maximum(count, 1), 0.0)
     return np.where(scale > 0, scale, 1.0)
 
 
@@ -42,6 +47,12 @@ class MetricSums:
         y, y_hat = np.asarray(y, dtype=np.float64), np.asarray(y_hat, dtype=np.float64)
         if y.shape != y_hat.shape:
             raise ValueError(f"forecast shape {y_hat.shape} differs from the truth's {y.shape}")
+        if np.isnan(y).any():
+            keep = ~np.isnan(y)
+            y, y_hat = np.where(keep, y, 0.0), np.where(keep, y_hat, 0.0)     # contribute 0, not counted
+            n = int(keep.sum())
+        else:
+            n = y.size
         err = np.abs(y_hat - y)
         denom = np.abs(y) + np.abs(y_hat)
         self.abs += float(err.sum())
@@ -49,7 +60,7 @@ class MetricSums:
         self.smape += float(np.where(denom > 0, 2.0 * err / np.where(denom > 0, denom, 1.0), 0.0).sum())
         if self.scale is not None:
             self.scaled += float((err / self.scale).sum())
-        self.n += err.size
+        self.n += n
 
     def values(self) -> Dict[str, Optional[float]]:
         if self.n == 0:
@@ -70,21 +81,26 @@ def conformal_quantiles(abs_residuals: np.ndarray, level: float) -> np.ndarray:
     """Split-conformal half-widths: for each horizon step and channel the
     ceil((n + 1) * level)-th smallest of the n calibration windows' absolute residuals
     (N, H, C) -> (H, C), so that a new window's error lies within it with probability at least
-    `level` when windows are exchangeable. With too few windows for the level, the largest."""
+    `level` when windows are exchangeable. With too few windows for the level, the largest.
+    NaN residuals (windows a series does not cover) are left out: n is counted per step and
+    channel, and a step and channel without any residual gets NaN."""
     r = np.asarray(abs_residuals, dtype=np.float64)
     if r.ndim != 3 or r.shape[0] == 0:
         raise ValueError(f"expected absolute residuals of shape (N >= 1, H, C), got {r.shape}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"interval level must lie in (0, 1), got {level}")
-    n = r.shape[0]
-    k = min(n, math.ceil((n + 1) * level))          # 1-based rank
-    return np.sort(r, axis=0)[k - 1]
+    ranked = np.sort(r, axis=0)                     # NaN last
+    n = (~np.isnan(r)).sum(axis=0)                  # (H, C)
+    k = np.minimum(n, np.ceil((n + 1) * level).astype(int))      # 1-based rank
+    out = np.take_along_axis(ranked, np.maximum(k - 1, 0)[None], axis=0)[0]
+    return np.where(n > 0, out, np.nan)
 
 
 def coverage(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
-    """Share of the elements of `y` within [lower, upper]."""
+    """Share of the elements of `y` within [lower, upper] (NaN elements left out)."""
     y = np.asarray(y)
-    return float(((y >= lower) & (y <= upper)).mean())
+    inside = (y >= lower) & (y <= upper)
+    return float(inside[~np.isnan(y)].mean())
 
 
 def interval_taus(levels) -> list:
@@ -112,14 +128,15 @@ class QuantileLossSums:
     def add(self, y: np.ndarray, quantiles: Dict[float, np.ndarray]) -> None:
         """y (N, H, C) and {tau: quantile forecast of y's shape}."""
         y = np.asarray(y, dtype=np.float64)
+        keep = ~np.isnan(y)
         for t in self.taus:
             q = np.asarray(quantiles[t], dtype=np.float64)
-            self.loss[t] += float(np.abs((y - q) * ((y <= q) - t)).sum())
+            self.loss[t] += float(np.abs((y - q) * ((y <= q) - t))[keep].sum())
         for t in self.inside:
             lo, hi = quantiles[t], quantiles[round(1 - t, 10)]
-            self.inside[t] += int(((y >= lo) & (y <= hi)).sum())
-        self.scale += float(np.abs(y).sum())
-        self.n += y.size
+            self.inside[t] += int(((y >= lo) & (y <= hi))[keep].sum())
+        self.scale += float(np.abs(y)[keep].sum())
+        self.n += int(keep.sum())
 
     def values(self) -> Dict[str, float]:
         """{"wql": mean over the levels, "coverage_<L>": share inside the interval of level L %}."""

@@ -477,3 +477,24 @@ def test_running_model_bad_input_messages():
         m.forecast_sequence(torch.randn(1, 20, C, dtype=F64), [3, 9])
     with pytest.raises(ValueError, match="takes no `stats`"):
         m(torch.randn(1, 20, C, dtype=F64), stats=RevINStats(torch.zeros(1, 1, C), torch.ones(1, 1, C)))
+
+
+def test_forecast_loss_leaves_missing_targets_out_with_finite_gradients():
+    """NaN targets (a series that does not cover the window) add nothing to the loss or its
+    gradient: the same as the loss over the other elements alone."""
+    m = forecaster("gru")
+    x = torch.randn(4, L, C, dtype=F64)
+    y = torch.randn(4, H, C, dtype=F64)
+    y_nan = y.clone()
+    y_nan[:2, :, 1] = float("nan")
+    loss, metrics = forecast_loss(m, (x, y_nan))
+    keep = ~torch.isnan(y_nan)
+    ref = ((m(x) - y)[keep] ** 2).mean()
+    torch.testing.assert_close(loss, ref, atol=1e-12, rtol=1e-10)
+    g = torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)
+    g_ref = torch.autograd.grad(ref, list(m.parameters()), allow_unused=True)
+    for a, b in zip(g, g_ref):
+        if a is not None:
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+    assert metrics["mae"] == pytest.approx((m(x) - y)[keep].abs().mean().item())

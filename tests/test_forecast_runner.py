@@ -528,3 +528,66 @@ def test_bad_long_tables_are_one_message(tmp_path, edit, message):
     with pytest.raises(ValueError, match=message):
         run_forecast(parse_forecast_config(argv), log=lambda *_: None)
     assert not (tmp_path / "o").exists()
+
+
+def _ragged_long(tmp_path, b_from=100, ot_to=560):
+    """The test series as a long table whose series cover different times: a all rows, b from
+    row `b_from`, OT until row `ot_to`."""
+    frame = pd.read_csv(_write_series(tmp_path / "wide.csv"))
+    long = frame.melt(id_vars="date", var_name="unique_id", value_name="y").rename(columns={"date": "ds"})
+    row = long.groupby("unique_id").cumcount()
+    keep = ~(((long.unique_id == "b") & (row < b_from)) | ((long.unique_id == "OT") & (row >= ot_to)))
+    path = tmp_path / "ragged.csv"
+    long[keep][["unique_id", "ds", "y"]].to_csv(path, index=False)
+    return path, frame
+
+
+def test_a_long_table_of_series_over_different_times(tmp_path):
+    """Each series is scored on the windows it covers and forecast after its own last time: the
+    naive model's test MSE is that of a loop over the (window, series) pairs that exist, scaled
+    with each series' own training rows; forecast.csv continues each series from its last row."""
+    path, frame = _ragged_long(tmp_path)
+    state = run_forecast(parse_forecast_config(["--csv", str(path), "--config", "debug", "--models", "naive,linear",
+                                                "--device", "cpu", "--plots", "false", "--out", str(tmp_path / "o")]),
+                         log=lambda *_: None)
+    x = frame[["a", "b", "OT"]].to_numpy(np.float32).astype(np.float64)
+    x[:100, 1] = np.nan
+    x[560:, 2] = np.nan
+    train = x[:420]
+    mean, std = np.nanmean(train, axis=0), np.nanstd(train, axis=0)
+    z = ((x.astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32)).astype(np.float64)
+    sq, n = 0.0, 0
+    for s in range(432, 600 - WINDOW - HORIZON + 1):
+        for c in range(3):
+            seg = z[s:s + WINDOW + HORIZON, c]
+            if np.isnan(seg).any():
+                continue
+            sq += ((seg[WINDOW:] - seg[WINDOW - 1]) ** 2).sum()
+            n += HORIZON
+    assert state["results"]["naive"][str(HORIZON)]["mse"] == pytest.approx(sq / n, rel=1e-5)
+    assert state["results"]["linear"][str(HORIZON)]["mse"] > 0
+    table = pd.read_csv(tmp_path / "o" / "forecast.csv")
+    ot = table[table.unique_id == "OT"]
+    assert ot["ds"].iloc[0] == str(pd.Timestamp(frame["date"][559]) + pd.Timedelta(hours=1))
+    assert np.allclose(ot["naive"], x[559, 2], rtol=1e-5)                  # its own last value
+    a = table[table.unique_id == "a"]
+    assert a["ds"].iloc[0] == str(pd.Timestamp(frame["date"][599]) + pd.Timedelta(hours=1))
+    assert np.isfinite(table.drop(columns=["unique_id", "ds"]).to_numpy()).all()
+    out = tmp_path / "again.csv"
+    assert main(["forecast", "predict", "--run", str(tmp_path / "o"), "--csv", str(path), "--out", str(out)]) == 0
+    again = pd.read_csv(out)
+    assert list(again["ds"]) == list(table["ds"])
+    assert np.allclose(again["linear"], table["linear"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("b_from, ot_to, extra, message", [
+    (560, 600, [], "series 'b' has 40 time steps .*window \\+ horizon = 72"),
+    (450, 600, [], "series 'b' .* has no window of window \\+ horizon = 72 steps in the train rows"),
+    (100, 560, ["--streaming", "true"], "--streaming needs series that cover the same times"),
+])
+def test_series_too_short_or_outside_a_split_are_one_message(tmp_path, b_from, ot_to, extra, message):
+    path, _ = _ragged_long(tmp_path, b_from, ot_to)
+    with pytest.raises(ValueError, match=message):
+        run_forecast(parse_forecast_config(["--csv", str(path), "--config", "debug", "--models", "naive",
+                                            "--out", str(tmp_path / "o"), *extra]), log=lambda *_: None)
+    assert not (tmp_path / "o").exists()

@@ -113,3 +113,43 @@ def test_rolling_conformal_uses_only_errors_known_at_each_origin():
             assert np.array_equal(got[i], np.sort(pool, axis=0)[rank - 1]), (lag, size, every, i)
     with pytest.raises(ValueError, match="no error is known"):
         rolling_conformal(known[:0], stream, 0.8, 3, 5)
+
+
+def test_missing_truth_is_left_out_of_every_metric_rank_and_share():
+    """NaN truth (a series that does not cover a window): the metrics, conformal ranks,
+    coverage and quantile losses equal those computed by loops over the elements that exist."""
+    from rlts.metrics import QuantileLossSums
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(11, 4, 3)) * 5
+    f = y + rng.normal(size=y.shape)
+    y[:4, :, 1] = np.nan                      # channel 1 lacks the first 4 windows
+    y[7:, :, 2] = np.nan                      # channel 2 the last 4
+    y[:, :, 0][rng.random((11, 4)) < 0.2] = np.nan
+    scale = np.array([1.0, 2.0, 0.5])
+    keep = ~np.isnan(y)
+    m = point_metrics(y, f, scale)
+    e = np.abs(f - y)[keep]
+    assert m["mae"] == pytest.approx(e.mean(), rel=1e-12)
+    assert m["rmse"] == pytest.approx(math.sqrt((e ** 2).mean()), rel=1e-12)
+    assert m["mase"] == pytest.approx((np.abs(f - y) / scale)[keep].mean(), rel=1e-12)
+    r = np.abs(f - y)
+    for level in (0.5, 0.8, 0.95):
+        q = conformal_quantiles(r, level)
+        for h in range(4):
+            for c in range(3):
+                vals = sorted(v for v in r[:, h, c] if not np.isnan(v))
+                k = min(len(vals), math.ceil((len(vals) + 1) * level))
+                assert q[h, c] == vals[k - 1]
+    assert np.isnan(conformal_quantiles(np.full((3, 2, 1), np.nan), 0.8)).all()
+    lo, hi = f - 1.0, f + 1.0
+    assert coverage(y, lo, hi) == pytest.approx(((y >= lo) & (y <= hi))[keep].mean())
+    sums = QuantileLossSums([0.1, 0.5, 0.9])
+    sums.add(y, {0.1: lo, 0.5: f, 0.9: hi})
+    ref = QuantileLossSums([0.1, 0.5, 0.9])
+    ref.add(y[keep], {0.1: lo[keep], 0.5: f[keep], 0.9: hi[keep]})
+    assert sums.values() == pytest.approx(ref.values(), rel=1e-12)
+    train = rng.normal(size=(30, 2))
+    train[:9, 1] = np.nan
+    s = seasonal_scale(train, 3)
+    assert s[1] == pytest.approx(np.abs(train[12:, 1] - train[9:-3, 1]).mean(), rel=1e-12)

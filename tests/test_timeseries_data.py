@@ -386,3 +386,43 @@ def test_split_ratios_are_options():
     assert split_borders(1000, 10, "ratio", horizon=5) == {"train": (0, 700), "val": (690, 800), "test": (790, 1000)}
     with pytest.raises(ValueError, match=r"split ratios must be three positive fractions summing to 1, got \[0.5, 0.5\]"):
         split_borders(1000, 10, "ratio", horizon=5, ratios=(0.5, 0.5))
+
+
+def test_windows_over_series_of_different_spans_mask_what_a_series_lacks():
+    """A window is kept when some target column has all its rows; in y the others are NaN and
+    in x missing values are 0 (checked against a loop over every start)."""
+    import torch
+
+    from rlts.data.timeseries import WindowDataset
+
+    v = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    v[:12, 1] = np.nan                        # column 1 starts at row 12
+    v[30:, 2] = np.nan                        # column 2 ends at row 30
+    v[:5, 0] = np.nan                         # column 0 starts at row 5
+    ds = WindowDataset(v, 6, 3, 2, 40)
+    expect = [s for s in range(2, 40 - 9 + 1) if any(not np.isnan(v[s:s + 9, c]).any() for c in range(3))]
+    assert list(ds.starts) == expect and len(ds) == len(expect)
+    for i, s in enumerate(expect):
+        x, y = ds[i]
+        for c in range(3):
+            whole = not np.isnan(v[s:s + 9, c]).any()
+            assert np.isnan(y[:, c].numpy()).all() != whole
+            if whole:
+                assert torch.equal(y[:, c], torch.from_numpy(v[s + 6:s + 9, c]))
+        assert torch.equal(x, torch.from_numpy(np.nan_to_num(v[s:s + 6], nan=0.0)))
+    with pytest.raises(ValueError, match="hold no window of window \\+ horizon = 6 \\+ 3 = 9 rows of any one series"):
+        WindowDataset(v[:, 1:2], 6, 3, 0, 14)
+
+
+def test_a_long_table_keeps_each_series_span(tmp_path):
+    text = "unique_id,ds,y\n" + "".join(f"a,2020-01-01 {h:02d}:00,{h}\n" for h in range(10)) + \
+        "".join(f"b,2020-01-01 {h:02d}:00,{100 + h}\n" for h in range(3, 8))
+    table = load_csv(write(tmp_path, text))
+    assert table.columns == ["a", "b"] and table.spans == [(0, 10), (3, 8)]
+    assert np.isnan(table.values[:3, 1]).all() and np.isnan(table.values[8:, 1]).all()
+    assert table.values[3, 1] == 103
+    gap = text.replace("b,2020-01-01 05:00,105\n", "")
+    with pytest.raises(ValueError, match="series 'b' has no value at .* between its first and last times"):
+        load_csv(write(tmp_path, gap))
+    filled = load_csv(write(tmp_path, gap), fill=True)
+    assert filled.values[5, 1] == pytest.approx(105) and np.isnan(filled.values[8:, 1]).all()

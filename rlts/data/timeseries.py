@@ -58,6 +58,9 @@ class SeriesTable:
     path: Path
     features: str = "M"
     """The feature mode the table was loaded with (M, S or MS)."""
+    spans: Optional[List[Tuple[int, int]]] = None
+    """A long table whose series cover different times: per column, the rows [first, end) it
+    has values for (NaN outside); None when every column has every row."""
 
     def __len__(self) -> int:
         return self.values.shape[0]
@@ -217,9 +220,11 @@ LONG_COLUMNS = ("unique_id", "ds", "y")
 def _long_to_wide(frame: pd.DataFrame, path: Path, id_column: str, time_column: str, value_column: str,
                   date_format: Optional[str], fill: bool) -> pd.DataFrame:
     """A long table (one row per series and time) as a wide one: the time column, then one column
-    per series id (in order of first appearance), one row per time. ValueErrors name a missing
-    column, a time repeated within an id, ids with different time steps, and (without `fill`)
-    an id that lacks a time the others have."""
+    per series id (in order of first appearance), one row per time of any series; a series
+    that starts later or ends earlier than others is NaN outside its own times. ValueErrors
+    name a missing column, a time repeated within an id, ids with different time steps, and
+    (without `fill`) an id that lacks a time between its own first and last ones which other
+    series have."""
     for role, name in (("id", id_column), ("time", time_column), ("value", value_column)):
         if name not in frame.columns:
             raise ValueError(f"{path}: no {role} column {name!r} for a long table; columns: "
@@ -246,11 +251,14 @@ def _long_to_wide(frame: pd.DataFrame, path: Path, id_column: str, time_column: 
     wide = frame.pivot(index=time_column, columns=id_column, values=value_column)[ids]
     if "_order" in frame:
         wide = wide.loc[frame.drop_duplicates(time_column).set_index(time_column)["_order"].sort_values().index]
-    missing = wide.isna()
-    if missing.any().any() and not fill and not frame[value_column].isna().any():
-        i, c = np.argwhere(missing.to_numpy())[0]
-        raise ValueError(f"{path}: series {wide.columns[c]!r} has no value at {wide.index[i]!r}, which other series "
-                         "have; give every series the same times, or pass --fill true to interpolate")
+    known = wide.notna().to_numpy()
+    inside = (np.cumsum(known, axis=0) > 0) & (np.cumsum(known[::-1], axis=0)[::-1] > 0)   # within each span
+    missing = inside & ~known
+    if missing.any() and not fill and not frame[value_column].isna().any():
+        i, c = np.argwhere(missing)[0]
+        raise ValueError(f"{path}: series {wide.columns[c]!r} has no value at {wide.index[i]!r}, between its first "
+                         "and last times, which other series have; give it that time, or pass --fill true to "
+                         "interpolate")
     wide.columns = [str(c) for c in wide.columns]
     return wide.reset_index().rename(columns={"index": time_column})
 
@@ -349,6 +357,21 @@ def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: 
     if bad.any():
         i, j = map(int, np.argwhere(bad)[0])
         raise ValueError(f"{path}: column {columns[j]!r} holds {data[i, j]} at {_row(i)}")
+    spans = None
+    if id_column is not None:      # a long table: each series' own span; NaN outside it is no gap
+        known = ~np.isnan(data)
+        spans = [(int(np.argmax(k)), len(k) - int(np.argmax(k[::-1]))) if k.any() else (0, 0) for k in known.T]
+        if all(span == (0, len(data)) for span in spans):
+            spans = None
+        else:
+            data = data.copy()
+            for j, (a, b) in enumerate(spans):
+                if b > a and fill and np.isnan(data[a:b, j]).any():
+                    data[a:b, j] = _fill(data[a:b, j:j + 1], dates[a:b] if dates is not None else None)[:, 0]
+            inside = np.zeros_like(known)
+            for j, (a, b) in enumerate(spans):
+                inside[a:b, j] = True
+            data[~inside] = 0.0                 # checked below as values, then NaN again
     nans = np.isnan(data).sum(axis=0)
     if nans.any():
         empty = [c for c, n in zip(columns, nans) if n == len(data)]
@@ -359,8 +382,11 @@ def load_csv(path: Union[str, Path], target: Optional[str] = None, date_column: 
             raise ValueError(f"{path}: missing values (NaN) in columns {counts}; "
                              "pass fill=True (--fill on the command line) to interpolate them")
         data = _fill(data, dates)
+    if spans is not None:
+        for j, (a, b) in enumerate(spans):
+            data[:a, j] = data[b:, j] = np.nan
     return SeriesTable(values=data.astype(np.float32), columns=columns, dates=dates,
-                       target_index=columns.index(target), path=path, features=features)
+                       target_index=columns.index(target), path=path, features=features, spans=spans)
 
 
 # ----------------------------------------------------------------------------- splits
@@ -482,8 +508,13 @@ class StandardScaler:
         data = values.detach().cpu().double().numpy() if torch.is_tensor(values) else np.asarray(values, np.float64)
         if data.ndim != 2 or data.shape[0] < 1:
             raise ValueError(f"StandardScaler.fit: expected a (rows, columns) array with rows, got shape {data.shape}")
-        self.mean = data.mean(axis=0)
-        self.std = np.maximum(data.std(axis=0), STD_FLOOR)
+        if np.isnan(data).any():   # series that do not cover every row: the rows they have
+            if np.isnan(data).all(axis=0).any():
+                raise ValueError("StandardScaler.fit: a column has no value in these rows")
+            self.mean, std = np.nanmean(data, axis=0), np.nanstd(data, axis=0)
+        else:
+            self.mean, std = data.mean(axis=0), data.std(axis=0)
+        self.std = np.maximum(std, STD_FLOOR)
         return self
 
     def _stats(self, like: ArrayLike, columns: Optional[Sequence[int]]):
@@ -554,6 +585,12 @@ class WindowDataset(Dataset):
     Item i is (x, y) with x = values[s : s+window, input_columns] (window, C_in) and
     y = values[s+window : s+window+horizon, target_columns] (horizon, C_out), s = start + i,
     both float32 views of one tensor (no copy per item).
+
+    Series that do not cover every row (NaN where a series has no value: a long table's
+    series of different spans): a window is kept when at least one target column has every
+    one of its window + horizon rows; in its y the other target columns are NaN (the losses
+    and metrics leave NaN targets out) and in its x missing values are 0. `starts` holds the
+    kept windows' first rows.
     """
 
     def __init__(self, values: ArrayLike, window: int, horizon: int, start: int = 0,
@@ -576,6 +613,20 @@ class WindowDataset(Dataset):
         self.values = data
         self.inputs = _column_view(data, input_columns, "input_columns")
         self.targets = _column_view(data, target_columns, "target_columns")
+        self.starts = np.arange(start, start + self.n)
+        self.complete = None                     # (n, C_out) bool: target columns whose rows all exist
+        if torch.isnan(data[start:end]).any():
+            cols = list(range(data.shape[1])) if target_columns is None else list(target_columns)
+            missing = torch.cat([torch.zeros(1, len(cols)), torch.isnan(data[:, cols]).double().cumsum(0)])
+            span = window + horizon
+            s = torch.arange(start, start + self.n)
+            complete = (missing[s + span] - missing[s]) == 0                  # (n, C_out)
+            keep = complete.any(1)
+            self.starts, self.complete = s[keep].numpy(), complete[keep]
+            self.n = len(self.starts)
+            if self.n < 1:
+                raise ValueError(f"WindowDataset: rows [{start}, {end}) hold no window of window + horizon = "
+                                 f"{window} + {horizon} = {span} rows of any one series")
 
     def __len__(self) -> int:
         return self.n
@@ -586,5 +637,9 @@ class WindowDataset(Dataset):
             i += self.n
         if not 0 <= i < self.n:
             raise IndexError(f"WindowDataset: index {i} out of range for {self.n} windows")
-        s = self.start + i
-        return self.inputs[s:s + self.window], self.targets[s + self.window:s + self.window + self.horizon]
+        s = int(self.starts[i])
+        x, y = self.inputs[s:s + self.window], self.targets[s + self.window:s + self.window + self.horizon]
+        if self.complete is not None:
+            x = torch.nan_to_num(x, nan=0.0)
+            y = torch.where(self.complete[i], y, torch.full_like(y, float("nan")))
+        return x, y

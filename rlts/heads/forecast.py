@@ -680,11 +680,18 @@ def sequence_forecast_loss(model: SequenceForecaster, batch, burn_in: int) -> Tu
 
 def forecast_loss(model: nn.Module, batch) -> Tuple[torch.Tensor, dict]:
     """`Trainer` loss_fn for (x (B, L, C), y (B, H, C_out)) batches: MSE loss, metrics mse/mae
-    (on the scaled values, as Time-Series-Library reports them)."""
+    (on the scaled values, as Time-Series-Library reports them). NaN targets (a series that
+    does not cover the window, see `WindowDataset`) are left out of the loss and the metrics."""
     x, y = batch[0], batch[1]
     y_hat = model(x)
     if y_hat.shape != y.shape:
         raise ValueError(f"forecast_loss: the model's forecast has shape {tuple(y_hat.shape)} but the "
                          f"target y has shape {tuple(y.shape)} (B, H, C_out)")
+    known = ~torch.isnan(y)
+    if not bool(known.all()):
+        err = torch.where(known, y_hat - torch.nan_to_num(y), torch.zeros_like(y_hat))
+        n = known.sum().clamp_min(1)
+        mse = (err * err).sum() / n
+        return mse, {"mse": mse.item(), "mae": (err.abs().sum() / n).item()}
     mse = F.mse_loss(y_hat, y)
     return mse, {"mse": mse.item(), "mae": (y_hat - y).abs().mean().item()}

@@ -79,7 +79,9 @@ class ForecastConfig:
     """A long table: the column naming each row's series (its times in date_column, default ds;
     its values in value_column, default y). Every series becomes a column and one model learns
     across them (channel_mode independent: shared weights); forecast.csv has one id per series.
-    A file whose columns are exactly unique_id, ds, y is read so without it."""
+    Series may start and end at different times: each is trained and scored on the windows it
+    covers (the split is by time over all of them) and forecast after its own last time. A file
+    whose columns are exactly unique_id, ds, y is read so without it."""
     value_column: Optional[str] = param(None, result=True, missing_as=None)
     """A long table: the column of the values (default y)."""
     fill: bool = param(False, result=True)
@@ -216,7 +218,7 @@ def is_streaming(model: nn.Module) -> bool:
 def window_rows(data) -> np.ndarray:
     """The last row of every window of `data` (a WindowDataset or a Subset of one), in order."""
     base, idx = (data.dataset, np.asarray(data.indices)) if isinstance(data, Subset) else (data, np.arange(len(data)))
-    return base.start + idx + base.window - 1
+    return base.starts[idx] + base.window - 1
 
 
 @torch.no_grad()
@@ -288,9 +290,11 @@ def evaluate_windows(model: nn.Module, data: WindowDataset, batch_size: int, dev
         if y_hat.shape != y.shape:
             raise ValueError(f"the model's forecast has shape {tuple(y_hat.shape)}, the target {tuple(y.shape)}")
         err = (y_hat - y).double()
+        known = ~torch.isnan(err)                   # NaN truth: a series that does not cover the window
+        err = torch.where(known, err, torch.zeros_like(err))
         sq += float((err * err).sum())
         ab += float(err.abs().sum())
-        count += err.numel()
+        count += int(known.sum())
         if in_units is not None:
             y_np, f_np = y.double().cpu().numpy(), y_hat.double().cpu().numpy()   # (B, H, C), scaled
             in_units.add(units(y_np), units(f_np))
@@ -354,12 +358,63 @@ def quantile_offsets(err: np.ndarray, half: Dict[float, np.ndarray]) -> Dict[str
     (the errors' own quantiles, as a seasonal naive forecaster with empirical residual
     quantiles has)."""
     taus = interval_taus(list(half))
-    rms = np.sqrt((err ** 2).mean(axis=0))                                   # (H, C)
+    rms = np.sqrt(np.nanmean(err ** 2, axis=0))                              # (H, C); NaN: no window
     return {
         "conformal": symmetric_offsets(half),
         "gaussian": {t: NormalDist().inv_cdf(t) * rms for t in taus},
-        "empirical": {t: np.quantile(err, t, axis=0) for t in taus},
+        "empirical": {t: np.nanquantile(err, t, axis=0) for t in taus},
     }
+
+
+@torch.no_grad()
+def future_forecast(model: nn.Module, inputs: torch.Tensor, window: int, ends: List[int],
+                    device: torch.device) -> np.ndarray:
+    """The forecast (H, C_out), scaled, of each forecast column after its own last row
+    `ends[j]` - 1: from the `window` rows before it (missing values of other series 0), or,
+    for a model made for streaming, from one stream over every row of `inputs` (T, C_in)."""
+    model.eval()
+    if is_streaming(model):
+        return streamed(model, inputs, np.array([ends[0] - 1]), device)[0].double().cpu().numpy()
+    out = None
+    for end in sorted(set(ends)):
+        x = torch.nan_to_num(inputs[end - window:end], nan=0.0).unsqueeze(0).to(device)   # (1, L, C_in)
+        y = model(x)[0].double().cpu().numpy()                                           # (H, C_out)
+        out = np.empty_like(y) if out is None else out
+        cols = [j for j, e in enumerate(ends) if e == end]
+        out[:, cols] = y[:, cols]
+    return out
+
+
+def series_ends(table, n_rows: int) -> List[int]:
+    """One past the last row of each forecast column: its own end in a long table whose series
+    cover different times, else the file's."""
+    return [table.spans[c][1] if table.spans else n_rows for c in table.target_columns]
+
+
+def check_spans(table, cfg: ForecastConfig, borders: Dict[int, dict]) -> None:
+    """A long table whose series cover different times: every series long enough, with a window
+    in the training and validation rows, and no streaming model; one ValueError naming the
+    series otherwise."""
+    if not table.spans:
+        return
+    if cfg.streaming:
+        raise ValueError(f"{table.path}: its series cover different times; --streaming needs series that cover "
+                         "the same times")
+    when = (lambda i: str(table.dates[i])) if table.dates is not None else (lambda i: f"row {i + 1}")
+    for h, b in borders.items():
+        need = cfg.window + h
+        for c in table.target_columns:
+            first, end = table.spans[c]
+            name = table.columns[c]
+            if end - first < need:
+                raise ValueError(f"{table.path}: series {name!r} has {end - first} time steps ({when(first)} to "
+                                 f"{when(end - 1)}); a window and its horizon need window + horizon = {need}")
+            for part in ("train", "val"):
+                lo, hi = b[part]
+                if min(hi, end) - max(lo, first) < need:
+                    raise ValueError(f"{table.path}: series {name!r} ({when(first)} to {when(end - 1)}) has no window "
+                                     f"of window + horizon = {need} steps in the {part} rows ({when(lo)} to "
+                                     f"{when(hi - 1)}); the split is by time over all series")
 
 
 def _table_rows(results: dict, models: List[str], horizons: List[int], levels: List[str]) -> List[dict]:
@@ -400,6 +455,7 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     borders = all_borders[horizons[0]]  # the ranges do not depend on the horizon
     protocol = protocol_for(table.path) if cfg.protocol == "auto" else cfg.protocol
 
+    check_spans(table, cfg, all_borders)
     if cfg.streaming:
         for h, b in all_borders.items():
             for part in ("train", "val"):
@@ -501,18 +557,15 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
         else:
             log(f"[done] {name} h={h}: trained, test split not scored ({train_time:.1f} s" + run.seed_note(seed) + ")")
         run_dir.mkdir(parents=True, exist_ok=True)
-        if stream:                                                                  # the stream's latest
-            future = streamed(model, inputs, np.array([n_rows - 1]), device)[0].double().cpu().numpy()
-        else:
-            x_last = inputs[-cfg.window:].unsqueeze(0).to(device)                       # (1, L, C_in)
-            with torch.no_grad():
-                future = model.eval()(x_last)[0].double().cpu().numpy()               # (H, C_out), scaled
+        future = future_forecast(model, inputs, cfg.window, series_ends(table, n_rows), device)   # (H, C_out)
         # The future's intervals: the conformal rank of the latest windows' errors (as many as
         # calibrate the validation intervals), those nearest the forecast whose truth is known.
         latest = WindowDataset(values, cfg.window, h, max(0, n_rows - (len(err) + cfg.window + h - 1)), n_rows,
                                input_columns=table.input_columns, target_columns=table.target_columns)
         err_latest = np.abs(errors(model, latest, cfg.eval_batch_size, device, inputs))
-        half_future = {level: conformal_quantiles(err_latest, level / 100) for level in cfg.levels}
+        # (a series that ends before these windows keeps its validation half-widths)
+        half_future = {level: np.where(np.isnan(q := conformal_quantiles(err_latest, level / 100)), half[level], q)
+                       for level in cfg.levels}
         write_json_atomic({"forecast": units(future).tolist(),
                            "half_widths": {f"{k:g}": (v * units.std).tolist() for k, v in half_future.items()}},
                           run_dir / FUTURE_FILE)
@@ -544,7 +597,7 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     futures = {m: f for m, f in futures.items() if f}      # a job folder without future.json is left out
     if futures:
         write_future(out / "forecast.csv", [table.columns[c] for c in table.target_columns],
-                     future_index(table.dates, len(table), horizons[0]), cfg.levels, futures)
+                     future_dates(table, horizons[0]), cfg.levels, futures)
         log(f"[forecast] the next {horizons[0]} steps after the file's last row: {out / 'forecast.csv'}")
     if cfg.plots:
         plot_predictions(out / "predictions.png", table, scaler, cfg.window, horizons[0], all_borders[horizons[0]],
@@ -554,17 +607,24 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
     return run.state
 
 
-def write_future(path: Path, columns: List[str], ds: list, levels: List[float], futures: Dict[str, List[dict]]) -> None:
-    """A forecast table: one row per forecast column and step (unique_id = the column, ds = the
-    date or row number), a column per model with its forecast (the mean over its seeds; with
+def future_dates(table, horizon: int) -> List[list]:
+    """Per forecast column, the dates (or row numbers) of the `horizon` steps after its last row."""
+    ends = series_ends(table, len(table))
+    return [future_index(table.dates[:e] if table.dates is not None else None, e, horizon) for e in ends]
+
+
+def write_future(path: Path, columns: List[str], ds: List[list], levels: List[float],
+                 futures: Dict[str, List[dict]]) -> None:
+    """A forecast table: one row per forecast column and step (unique_id = the column, ds = its
+    date or row number, `ds[j]` for column j), a column per model with its forecast (the mean over its seeds; with
     several, <model>-std is their spread) and, per interval level L, <model>-lo-L and
     <model>-hi-L (the seeds' mean half-width around it); all in the file's units."""
     import pandas as pd
 
     from rlts.checkpoint import write_text_atomic
 
-    horizon = len(ds)
-    frame = pd.DataFrame({"unique_id": np.repeat(columns, horizon), "ds": list(ds) * len(columns)})
+    horizon = len(ds[0])
+    frame = pd.DataFrame({"unique_id": np.repeat(columns, horizon), "ds": [d for column in ds for d in column]})
     for model, runs in futures.items():
         f = np.mean([np.asarray(r["forecast"]) for r in runs], axis=0)           # (H, C_out)
         frame[model] = f.T.reshape(-1)
@@ -611,8 +671,9 @@ def plot_predictions(path: Path, table, scaler: StandardScaler, window: int, hor
             past, future = slice(s + window - context, s + window), slice(s + window, s + window + horizon)
             ax.plot(when[past], series[past], color="0.5", lw=1, label="input")
             ax.plot(when[future], series[future], color="k", lw=1.2, label="truth")
-            ax.plot(when[future], np.asarray(forecast) * scaler.std[t] + scaler.mean[t], color="tab:red", lw=1.2,
-                    label="forecast")
+            if not np.isnan(series[past.start:future.stop]).any():   # a series that covers the window
+                ax.plot(when[future], np.asarray(forecast) * scaler.std[t] + scaler.mean[t], color="tab:red", lw=1.2,
+                        label="forecast")
             ax.set_title(f"{model} | test window {w}", fontsize=9)
             ax.tick_params(axis="x", labelsize=7, labelrotation=30)
             if c == 0:

@@ -27,11 +27,11 @@ import torch
 
 from rlts.checkpoint import Checkpointer
 from rlts.config import apply_dict, param
-from rlts.data.timeseries import LONG_COLUMNS, StandardScaler, future_index, load_csv, season_length
+from rlts.data.timeseries import LONG_COLUMNS, StandardScaler, load_csv, season_length
 from rlts.runtime import select_device
 from rlts.tasks.runner import Command
-from rlts.tasks.supervised.forecast import (FUTURE_FILE, PARAMETER_FREE, ForecastConfig, build_model, is_streaming,
-                                            write_future)
+from rlts.tasks.supervised.forecast import (FUTURE_FILE, PARAMETER_FREE, ForecastConfig, build_model, future_dates,
+                                            future_forecast, is_streaming, series_ends, write_future)
 
 
 @dataclass
@@ -93,18 +93,17 @@ class Loaded:
         cols = self.table.target_columns
         return y[0].double().cpu().numpy() * self.scaler.std[cols] + self.scaler.mean[cols]
 
-    def forecast(self, values: np.ndarray) -> Dict[str, List[dict]]:
+    def forecast(self, values: np.ndarray, ends: Optional[List[int]] = None) -> Dict[str, List[dict]]:
         """{name: [{"forecast": (H, C_out), "half_widths": ...} per seed]} after the last row of
-        `values` (T, C), in the file's units: from its last `window` rows, or, by a model made
-        for streaming, from all of them."""
-        x = self.inputs(values)
-        out: Dict[str, List[dict]] = {}
-        with torch.no_grad():
-            for name, runs in self.models.items():
-                out[name] = [{"forecast": self.units(model.forecast_sequence(x, [x.shape[1] - 1])[:, 0]
-                                                     if is_streaming(model) else model(x[:, -self.rcfg.window:])),
-                              "half_widths": half} for model, half in runs]
-        return out
+        `values` (T, C) (or each forecast column's `ends[j]` - 1), in the file's units: from the
+        `window` rows before it, or, by a model made for streaming, from all of them."""
+        x = self.inputs(values)[0]
+        ends = ends or [len(values)] * len(self.table.target_columns)
+        cols = self.table.target_columns
+        mean, std = self.scaler.mean[cols], self.scaler.std[cols]
+        return {name: [{"forecast": future_forecast(model, x, self.rcfg.window, ends, self.device) * std + mean,
+                        "half_widths": half} for model, half in runs]
+                for name, runs in self.models.items()}
 
 
 class LiveForecast:
@@ -184,6 +183,11 @@ def load_run(run_dir: str, csv: str, names: List[str], horizon: Optional[int], d
         raise ValueError(f"{csv} {what}")
     if len(table) < rcfg.window:
         raise ValueError(f"{csv} has {len(table)} rows; the run's models read the last {rcfg.window} (window)")
+    for c in table.target_columns if table.spans else []:
+        first, end = table.spans[c]
+        if end - first < rcfg.window:
+            raise ValueError(f"{csv}: series {table.columns[c]!r} has {end - first} time steps; the run's models read "
+                             f"the last {rcfg.window} (window)")
     scaler = StandardScaler(**{k: protocol["scaler"][k] for k in ("mean", "std")})
     dev = select_device(device)
     target_index = table.target_index if rcfg.features == "MS" else None
@@ -217,9 +221,9 @@ def predict(cfg: PredictConfig) -> Path:
         raise ValueError(f"--out {out} already exists; choose a new file")
     loaded = load_run(cfg.run, cfg.csv, cfg.models, cfg.horizon, cfg.device)
     table = loaded.table
-    futures = loaded.forecast(table.values)
-    write_future(out, [table.columns[c] for c in table.target_columns],
-                 future_index(table.dates, len(table), loaded.horizon), _levels(futures), futures)
+    futures = loaded.forecast(table.values, series_ends(table, len(table)))
+    write_future(out, [table.columns[c] for c in table.target_columns], future_dates(table, loaded.horizon),
+                 _levels(futures), futures)
     print(f"rlts forecast predict: the next {loaded.horizon} steps after row {len(table)} of {cfg.csv} by "
           f"{', '.join(loaded.models)} -> {out}")
     return out
