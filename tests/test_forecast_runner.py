@@ -591,3 +591,19 @@ def test_series_too_short_or_outside_a_split_are_one_message(tmp_path, b_from, o
         run_forecast(parse_forecast_config(["--csv", str(path), "--config", "debug", "--models", "naive",
                                             "--out", str(tmp_path / "o"), *extra]), log=lambda *_: None)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_long_table_with_named_columns(tmp_path):
+    """--id_column / --time_column / --value_column name a long table's columns."""
+    path, _ = _ragged_long(tmp_path)
+    named = tmp_path / "named.csv"
+    pd.read_csv(path).rename(columns={"unique_id": "store", "ds": "when", "y": "sales"}).to_csv(named, index=False)
+    common = ["--config", "debug", "--models", "naive", "--device", "cpu", "--plots", "false"]
+    cfg = parse_forecast_config(["--csv", str(named), "--id_column", "store", "--time_column", "when",
+                                 "--value_column", "sales", "--out", str(tmp_path / "a"), *common])
+    assert cfg.date_column == "when"
+    a = run_forecast(cfg, log=lambda *_: None)
+    b = run_forecast(parse_forecast_config(["--csv", str(path), "--out", str(tmp_path / "b"), *common]),
+                     log=lambda *_: None)
+    assert a["results"]["naive"][str(HORIZON)]["mse"] == b["results"]["naive"][str(HORIZON)]["mse"]
+    assert a["protocol"]["columns"] == ["a", "b", "OT"]

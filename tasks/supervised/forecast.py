@@ -72,7 +72,8 @@ class ForecastConfig:
     target: Optional[str] = param(None, result=True)
     """Column to predict (S/MS modes, and the plotted channel); default: the last value column."""
     date_column: Optional[str] = param(None, result=True)
-    """Name of the date column; default: detected (date/time/timestamp/datetime, or parseable)."""
+    """Name of the date column (--time_column is the same key: a long table's time column);
+    default: detected (date/time/timestamp/datetime, or parseable), ds in a long table."""
     features: str = param("M", result=True, choices=FEATURE_MODES)
     """M: all columns in and out; S: the target only; MS: all columns in, the target out."""
     id_column: Optional[str] = param(None, result=True, missing_as=None)
@@ -686,7 +687,7 @@ def plot_predictions(path: Path, table, scaler: StandardScaler, window: int, hor
 
 # ----------------------------------------------------------------------------- CLI
 
-ALIASES = {"--horizon": "--horizons", "--model": "--models", **TRAIN_ALIASES}
+ALIASES = {"--horizon": "--horizons", "--model": "--models", "--time_column": "--date_column", **TRAIN_ALIASES}
 """Short spellings accepted by `rlts forecast` for the config keys."""
 
 COMMANDS = (Command("forecast", ForecastConfig, "forecast.yaml", run_forecast, aliases=ALIASES, lists=("models",),
