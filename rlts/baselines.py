@@ -46,7 +46,7 @@ def minirocket_input(series: List[np.ndarray], variant: str):
     return np.stack([x.T for x in series])
 
 
-def _transform(variant: str, n_kernels: int, seed: Optional[int]):
+def minirocket_transform(variant: str, n_kernels: int, seed: Optional[int]):
     """An unfitted sktime MiniRocket transform of `variant`; ValueError for an unknown one."""
     from sktime.transformations import rocket
 
@@ -67,7 +67,7 @@ def fit_minirocket(train_x: List[np.ndarray], train_y: np.ndarray, variant: str,
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    transform = _transform(variant, n_kernels, seed)
+    transform = minirocket_transform(variant, n_kernels, seed)
     classifier = make_pipeline(StandardScaler(with_mean=False), RidgeClassifierCV(alphas=MINIROCKET_ALPHAS))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,7 +81,7 @@ def warm_up_minirocket(series: List[np.ndarray], variant: str) -> None:
     numba compiles (or loads from its cache) the functions that fit_minirocket then calls."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _transform(variant, 84, 0).fit_transform(minirocket_input(series[:2], variant))
+        minirocket_transform(variant, 84, 0).fit_transform(minirocket_input(series[:2], variant))
 
 
 def minirocket_scores(transform, classifier, series: List[np.ndarray], variant: str,

@@ -205,3 +205,37 @@ def test_agent_acts_on_a_batch_and_keeps_rows():
     agent.keep([0, 2])
     assert torch.equal(agent.state[0], h[[0, 2]])
     assert agent.act(np.zeros((2, 5), np.float32)).shape == (2,)
+
+
+def test_open_loop_reads_the_context_then_only_the_actions():
+    """After `context` steps the prediction ignores the real observations (changing them changes
+    nothing) but follows the actions; within the context it is the posterior's reconstruction."""
+    from rlts.world_models.world_model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    wm = WorldModel((5,), 3, WorldModelConfig(d_model=16, headdim=8, n_latents=4, n_classes=4, mlp_units=16,
+                                              head_units=16)).eval()
+    obs = torch.randn(2, 12, 5)
+    action = torch.randint(0, 3, (2, 12))
+
+    def run(o, a, context=4, seed=1):
+        torch.manual_seed(seed)
+        return wm.open_loop(o, a, context)
+
+    base = run(obs, action)
+    assert base["recon"].shape == (2, 12, 5) and base["reward"].shape == base["cont"].shape == (2, 12)
+    later = obs.clone()
+    later[:, 4:] += 10.0
+    same = run(later, action)
+    for key in base:
+        torch.testing.assert_close(same[key], base[key])
+    other = action.clone()
+    other[:, 6] = (other[:, 6] + 1) % 3
+    moved = run(obs, other)
+    torch.testing.assert_close(moved["recon"][:, :7], base["recon"][:, :7])   # frame t depends on actions < t
+    assert not torch.allclose(moved["recon"][:, 7:], base["recon"][:, 7:])
+    earlier = obs.clone()
+    earlier[:, 2] += 10.0
+    assert not torch.allclose(run(earlier, action)["recon"][:, 2], base["recon"][:, 2])
+    with pytest.raises(ValueError, match=r"context must lie in \[1, 12\]"):
+        wm.open_loop(obs, action, 13)

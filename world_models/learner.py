@@ -112,17 +112,24 @@ class Learner:
     @torch.no_grad()
     def images(self) -> Dict[str, torch.Tensor]:
         """(3, H, W) images in [0, 1] of the last updates, for image observations: real frames
-        above their reconstructions (one training window), and one imagined rollout decoded.
-        {} before the first update or for vector observations. Samples latents (torch RNG)."""
+        above their reconstructions (one training window), one imagined rollout decoded, and the
+        open-loop prediction of a training window (real frames above the world model's, which
+        reads `imagine_context` of them and then only the actions; `open_loop_frames`, as
+        `rlts play --dream` shows it). {} before the first update or for vector observations.
+        Samples latents (torch RNG)."""
         wm, batch = self.wm, getattr(self, "last_batch", None)
         if batch is None or not wm.is_image:
             return {}
         real = batch["obs"][0, :8].float() / 255.0                                   # (8, H, W, 3)
         recon = wm.decode(wm.sample(wm.encode(batch["obs"][0, :8])))
         imagined = wm.decode(self.last_rollout["feat"][0, :, : wm.d_z])                # (H+1, H, W, 3)
+        steps = min(batch["obs"].shape[1], self.cfg.imagine_context + 2 * self.cfg.imagine_horizon)
+        context = min(self.cfg.imagine_context, steps)
+        dream = wm.open_loop(batch["obs"][:1, :steps], batch["action"][:1, :steps], context)["recon"][0]
         return {"wm/real_vs_reconstruction": torch.cat([torch.cat(list(real), 1),
                                                         torch.cat(list(recon), 1)], 0).permute(2, 0, 1),
-                "wm/imagined_rollout": torch.cat(list(imagined), 1).permute(2, 0, 1)}
+                "wm/imagined_rollout": torch.cat(list(imagined), 1).permute(2, 0, 1),
+                "wm/open_loop": torch.cat(list(open_loop_frames(batch["obs"][0, :steps], dream)), 1).permute(2, 0, 1)}
 
     def state_dict(self) -> dict:
         return {"wm": self.wm.state_dict(), "ac": self.ac.state_dict(), "wm_opt": self.wm_opt.state_dict(),
@@ -136,3 +143,10 @@ class Learner:
         self.actor_opt.load_state_dict(d["actor_opt"])
         self.critic_opt.load_state_dict(d["critic_opt"])
         self.updates = int(d["updates"])
+
+
+def open_loop_frames(real: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """Real frames (T, H, W, 3) uint8 or in [0, 1] over the world model's (T, H, W, 3) in [0, 1]
+    (`WorldModel.open_loop`'s recon): (T, 2H, W, 3) float in [0, 1], one frame per step."""
+    real = real.float() / 255.0 if not real.is_floating_point() else real.float()
+    return torch.cat([real, predicted.float().clamp(0.0, 1.0)], dim=1)

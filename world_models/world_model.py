@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlts.nn import SequenceModel
-from rlts.world_models.functions import TwoHot, kl_losses, sample_straight_through, symlog, unimix
+from rlts.world_models.functions import TwoHot, kl_losses, sample_straight_through, symexp, symlog, unimix
 
 
 @dataclass
@@ -272,3 +272,29 @@ class WorldModel(nn.Module):
         feats.append(torch.cat([z, h_prev], dim=-1))
         return {"feat": torch.stack(feats, 1), "action": torch.stack(actions, 1),
                 "reward": torch.stack(rewards, 1), "cont": torch.stack(conts, 1)}
+
+    @torch.no_grad()
+    def open_loop(self, obs: torch.Tensor, action: torch.Tensor, context: int) -> Dict[str, torch.Tensor]:
+        """DreamerV3's open-loop prediction: read the first `context` real observations of
+        obs (B, T, *obs_shape) with their actions (B, T), then predict every later observation
+        from the real actions alone (latents sampled from the prior, never from the frames).
+
+        Returns recon (B, T, *obs_shape): the decoded latents (reconstructions for t < context,
+        imagined observations after; pixels in [0, 1], or the vector in the observation's units),
+        and reward, cont (B, T): the predicted reward and continuation of action t in state t."""
+        B, T = action.shape
+        if not 1 <= context <= T:
+            raise ValueError(f"open_loop: context must lie in [1, {T}] (the steps given), got {context}")
+        z_ctx = self.sample(self.encode(obs[:, :context]))                       # (B, C, d_z)
+        h, state = self.sequence(self.seq_input(z_ctx, action[:, :context]))     # (B, C, D)
+        zs, hs = list(z_ctx.unbind(1)), list(h.unbind(1))
+        for t in range(context, T):
+            z = self.sample(self.prior_logits(hs[-1]))                           # frame t, imagined
+            h_t, state = self.sequence.step(self.seq_input(z, action[:, t]), state)
+            zs.append(z)
+            hs.append(h_t)
+        z, h = torch.stack(zs, 1), torch.stack(hs, 1)                            # (B, T, d_z), (B, T, D)
+        recon = self.decode(z)
+        if not self.is_image:
+            recon = symexp(recon)
+        return {"recon": recon, "reward": self.reward(h), "cont": self.continues(h)}

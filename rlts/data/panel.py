@@ -7,14 +7,22 @@
     loader = DataLoader(data, collate_fn=collate_unequal)   # rlts.heads.classify
     order = stratified_order(codes, seed)         # its first k entries: a stratified sample of k
     series, codes = stratified_subset(series, codes, limit=100, seed=0)
+    new = read_panel_csv("new.csv")                # or read_panel_npy("new.npy"): a SeriesFile to label
 
 The classification runner (`rlts classify`) and the sktime estimator `rlts.sktime.SequenceClassifier`
 both go through these functions, so they standardise and batch alike. No sktime import here:
 sktime's "numpy3D" (N, C, L) and "df-list" (list of (L_i, C) DataFrames) panels are accepted as
 plain arrays.
+
+Series files to label (`rlts classify predict`): a CSV file in the long layout (one row per
+series and time step: an `id` or `series_id` column, numeric channel columns, optionally a
+`label` column; `read_panel_csv`) or a .npy array (n, C, L) right-padded with NaN
+(`read_panel_npy`); rlts.data.ucr.read_ts_series reads .ts files into the same `SeriesFile`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -130,3 +138,158 @@ class PanelDataset(Dataset):
     @property
     def lengths(self) -> List[int]:
         return [x.shape[0] for x in self.x]
+
+
+# ----------------------------------------------------------------------------- series files to label
+
+ID_COLUMNS = ("id", "series_id")
+"""The id column of a series CSV file (read_panel_csv): one of these names."""
+LABEL_COLUMN = "label"
+"""The optional class-label column of a series CSV file."""
+
+
+@dataclass
+class SeriesFile:
+    """The series of one file, read for prediction: ids, (L_i, C) float64 arrays and, if the
+    file has them, their class labels."""
+
+    path: str
+    ids: List[str]
+    """One per series: the CSV's id values; 0, 1, ... in file order for .ts and .npy files."""
+    series: List[np.ndarray]
+    labels: Optional[np.ndarray]
+    """The class labels as strings (N,), or None for an unlabelled file."""
+    channels: Optional[List[str]] = None
+    """The channel columns' names (CSV files), else None."""
+
+
+def checked_series(items: Sequence[np.ndarray], ids: Sequence[str], what: str) -> List[np.ndarray]:
+    """Arrays (L_i, C) -> float64 arrays; a ValueError starting with `what` (the file) and
+    naming the series for an empty one, non-numeric or missing or infinite values, or a channel
+    count other than the first series'."""
+    out: List[np.ndarray] = []
+    for x, name in zip(items, ids):
+        x = np.asarray(x)
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.shape[0] == 0:
+            raise ValueError(f"{what}: series {name} is empty (no time steps)")
+        if out and x.shape[1] != out[0].shape[1]:
+            raise ValueError(f"{what}: series {name} has {x.shape[1]} channels, series {ids[0]} has {out[0].shape[1]}")
+        try:
+            x = x.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: series {name} holds non-numeric values") from None
+        bad = ~np.isfinite(x)
+        if bad.any():
+            t, c = (int(v) for v in np.argwhere(bad)[0])
+            raise ValueError(f"{what}: series {name} has a missing or infinite value at time step {t}, channel {c}; "
+                             "impute missing values first")
+        out.append(x)
+    if not out:
+        raise ValueError(f"{what} holds no series")
+    return out
+
+
+def _trailing_padding(x: np.ndarray) -> int:
+    """The number of trailing time steps of x (L, C) whose channels are all NaN."""
+    empty = np.isnan(x).all(axis=1)                                      # (L,)
+    return int(np.argmin(empty[::-1])) if not empty.all() else len(empty)
+
+
+def read_panel_csv(path: str, role: str = "input") -> SeriesFile:
+    """The series of a CSV file in the long layout: one row per series and time step, an id
+    column (`id` or `series_id`), numeric channel columns (every other column except `label`,
+    in file order: channel 0, 1, ...) and optionally a `label` column (the same on every row of
+    a series). A series' rows are its time steps in order; the series come in the order of their
+    first rows. A series' trailing rows whose channel cells are all empty are padding and are
+    dropped. Every problem is a ValueError naming the file, a column or a series."""
+    import pandas as pd
+
+    what = f"{role} file {path}"
+    if not Path(path).is_file():
+        raise ValueError(f"{what} does not exist")
+    try:
+        raw = list(pd.read_csv(path, nrows=0).columns)
+        text = {c: str for c in raw if str(c).strip() in (*ID_COLUMNS, LABEL_COLUMN)}  # ids and labels stay text
+        frame = pd.read_csv(path, dtype=text)
+    except (ValueError, OSError) as e:  # pandas' ParserError, EmptyDataError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{what} is not a readable CSV file ({' '.join(str(e).split())[:200]})") from None
+    header = [str(c).strip() for c in raw]
+    frame.columns = header
+    found = [c for c in ID_COLUMNS if c in header]
+    if len(found) != 1:
+        raise ValueError(f"{what} needs one id column, named {' or '.join(ID_COLUMNS)}; "
+                         + ("it has both" if found else f"its columns: {', '.join(header)}"))
+    id_column = found[0]
+    labelled = LABEL_COLUMN in header
+    channels = [c for c in header if c not in (id_column, LABEL_COLUMN)]
+    if not channels:
+        raise ValueError(f"{what} has no channel columns (numeric columns besides {id_column}"
+                         f"{' and ' + LABEL_COLUMN if labelled else ''})")
+    if len(frame) == 0:
+        raise ValueError(f"{what} holds no series (no rows below its header)")
+    values = np.empty((len(frame), len(channels)))
+    for j, c in enumerate(channels):
+        numbers = pd.to_numeric(frame[c], errors="coerce")
+        wrong = numbers.isna() & frame[c].notna()
+        if wrong.any():
+            row = int(np.flatnonzero(wrong.to_numpy())[0])
+            raise ValueError(f"{what}: column {c} holds {str(frame[c].iloc[row])!r} (row {row + 2}), not a number")
+        values[:, j] = numbers.to_numpy(dtype=np.float64)
+    if frame[id_column].isna().any():
+        row = int(np.flatnonzero(frame[id_column].isna().to_numpy())[0])
+        raise ValueError(f"{what}: row {row + 2} has no {id_column}")
+    keys = frame[id_column].str.strip().to_numpy()
+    ids = list(dict.fromkeys(keys))                                       # first-appearance order
+    rows = {name: [] for name in ids}
+    for i, name in enumerate(keys):
+        rows[name].append(i)
+    series, labels = [], []
+    for name in ids:
+        x = values[rows[name]]
+        x = x[:len(x) - _trailing_padding(x)]
+        if len(x) == 0:
+            raise ValueError(f"{what}: series {name} is empty (its rows hold no values)")
+        series.append(x)
+        if labelled:
+            found_labels = sorted({v.strip() for v in frame[LABEL_COLUMN].iloc[rows[name]].dropna() if v.strip()})
+            if len(found_labels) != 1:
+                raise ValueError(f"{what}: series {name} has " + (f"several labels ({', '.join(found_labels)})"
+                                                                   if found_labels else f"no {LABEL_COLUMN}"))
+            labels.append(found_labels[0])
+    return SeriesFile(str(path), ids, checked_series(series, ids, what),
+                      np.asarray(labels, dtype=str) if labelled else None, channels)
+
+
+def read_panel_npy(path: str, role: str = "input") -> SeriesFile:
+    """The series of a .npy file (np.save) holding one numeric array (n, C, L) (sktime's
+    numpy3D layout: channels before time), series shorter than L right-padded with NaN: the
+    trailing time steps whose channels are all NaN are padding. Ids 0 .. n-1; no labels. Every
+    problem is a ValueError naming the file or a series."""
+    what = f"{role} file {path}"
+    if not Path(path).is_file():
+        raise ValueError(f"{what} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise ValueError(f"{what} is not a .npy file: " + ("it is an .npz archive" if magic[:2] == b"PK" else
+                                                           "it has no NumPy header")
+                         + "; save one array (n, channels, length) with np.save")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:  # pickled objects, truncated data: numpy raises ValueError, OSError, EOFError, ...
+        raise ValueError(f"{what} is not a readable .npy file ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]})") from None
+    if arr.ndim != 3:
+        raise ValueError(f"{what} holds an array of shape {arr.shape}; expected (n, channels, length)"
+                         + (" (one channel: x[:, None, :])" if arr.ndim == 2 else ""))
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{what} holds {arr.dtype} values; expected numbers")
+    ids = [str(i) for i in range(arr.shape[0])]
+    series = []
+    for i, a in enumerate(arr.astype(np.float64)):
+        x = a.T                                                           # (L, C)
+        x = x[:len(x) - _trailing_padding(x)] if x.size else x
+        series.append(x)
+    return SeriesFile(str(path), ids, checked_series(series, ids, what), None)

@@ -4,11 +4,14 @@
     data = load_panels(dataset="JapaneseVowels")       # or load_panels(train_file=..., test_file=...)
     data.train_x[i]                                    # (L_i, C) float64, one array per series
     data.train_y, data.classes                         # int64 codes 0..K-1 (N_train,), sorted labels (K,)
+    new = read_ts_series("new.ts")                     # series to label, with their labels if the file has them
 
 A dataset name is matched case-insensitively against the datasets shipped with sktime (read
 offline); any other name is downloaded by sktime if the machine can. A pair of .ts files is
 read with sktime's parser after checks of its own: the file exists, has a @data line, holds
 class labels (not a regression target) and only labels that its @classLabel line declares.
+`read_ts_series` also reads unlabelled .ts files (`@classLabel false`, as sktime writes series
+without labels), for prediction.
 
 Every problem (unknown dataset, a missing, unparseable or non-.ts file, a label outside the
 declared or the training classes, a channel-count mismatch between the splits, missing
@@ -24,7 +27,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from rlts.data.panel import as_series_list, encode_labels
+from rlts.data.panel import SeriesFile, as_series_list, checked_series, encode_labels
 
 
 def _has_regression_target(path: Path) -> bool:
@@ -164,3 +167,42 @@ def load_panels(dataset: str = "", train_file: str = "", test_file: str = "") ->
     if len(classes) < 2:
         raise ValueError(f"{what['train']} has a single class ({str(classes[0])!r}); classification needs two or more")
     return Panels(source, train_x, train_y, test_x, test_y, classes)
+
+
+def read_ts_series(path: str, role: str = "input") -> SeriesFile:
+    """The series of a .ts file, labelled (`@classLabel true A B ...`, read and checked as
+    `load_ts` does) or not (`@classLabel false`), as (L_i, C) arrays with ids 0, 1, ... in
+    file order; a ValueError naming the file (and the series) for a missing, unparseable or
+    regression file, an empty series, channels of unequal length within a series, or missing
+    values."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{role} file {path} does not exist")
+    header = _ts_header(p, role)
+    declared = next(([w.lower() for w in words[1:2]] for words in header
+                     if words[:1] and words[0].lower() == "@classlabel"), None)
+    if declared == ["true"]:
+        X, y = load_ts(path, role)
+        labels = np.asarray(y).astype(str)
+    else:
+        if _has_regression_target(p):
+            raise ValueError(f"{role} file {path} holds a regression target (@targetLabel), not class labels")
+        # load_from_tsfile fails on unlabelled files (it unpacks the columns as (X, y)); its reader does not
+        from sktime.datasets import load_from_tsfile_to_dataframe
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                X = load_from_tsfile_to_dataframe(str(p), return_separate_X_and_y=True)
+        except Exception as e:
+            reason = " ".join(str(e).split())[:200]
+            raise ValueError(f"{role} file {path} is not a readable .ts file ({type(e).__name__}: {reason})") from None
+        labels = None
+    ids = [str(i) for i in range(len(X))]
+    items = []
+    for i in range(len(X)):
+        dims = [np.asarray(X.iloc[i, j], dtype=np.float64) for j in range(X.shape[1])]
+        if len({len(d) for d in dims}) > 1:
+            raise ValueError(f"{role} file {path}: series {i} has channels of different lengths "
+                             f"({', '.join(str(len(d)) for d in dims)} steps)")
+        items.append(np.stack(dims, axis=1))                               # (L_i, C)
+    return SeriesFile(str(path), ids, checked_series(items, ids, f"{role} file {path}"), labels)

@@ -10,6 +10,10 @@ what is it?
 
     dist, logits, state = model.start(batch_size)     # streaming: prediction for event 0
     dist, logits, state = model.step(dt_t, mark_t, state)   # after one more event: O(1)
+    dist, logits, state = model.read(dt, marks, copies=n)   # whole histories at once, then step
+
+    dist.cdf(tau), dist.quantile(0.5), dist.mean()          # float64 quantiles by bisection
+    tau = dist.sample((1000,), generator=torch.Generator().manual_seed(0))
 
 The batch is a dict (as built by `rlts.data.events.collate_events`):
     "dt"       float (B, L): dt[b, i] = t_i - t_{i-1} (dt[b, 0]: origin to the first event),
@@ -145,16 +149,66 @@ class LogNormalMixture(NamedTuple):
         sigma = self.scales()
         return torch.logsumexp(self.log_weights() + self.locs + 0.5 * sigma * sigma, dim=-1).exp()
 
-    def sample(self, sample_shape: Tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(self, sample_shape: Tuple[int, ...] = (), generator: Optional[torch.Generator] = None
+               ) -> torch.Tensor:
         """Exact samples, shape sample_shape + batch_shape: a component k ~ Categorical(w), then
-        tau = exp(mu_k + sigma_k z) with z ~ N(0, 1). Not differentiable."""
+        tau = exp(mu_k + sigma_k z) with z ~ N(0, 1). Not differentiable. `generator` (on the
+        parameters' device) makes the draws reproducible; None uses torch's global generator."""
         with torch.no_grad():
-            shape = torch.Size(sample_shape) + self.batch_shape
+            sample_shape = torch.Size(sample_shape)
+            shape = sample_shape + self.batch_shape
             K = self.n_components
-            k = torch.distributions.Categorical(logits=self.logits).sample(torch.Size(sample_shape))  # shape
+            probs = torch.distributions.Categorical(logits=self.logits).probs.reshape(-1, K)   # (prod batch, K)
+            k = torch.multinomial(probs, sample_shape.numel(), True, generator=generator)
+            k = k.T.reshape(shape)                                                   # as Categorical.sample
             locs = self.locs.expand(shape + (K,)).gather(-1, k.unsqueeze(-1)).squeeze(-1)
             sigma = self.scales().expand(shape + (K,)).gather(-1, k.unsqueeze(-1)).squeeze(-1)
-            return torch.exp(locs + sigma * torch.randn_like(locs))
+            z = torch.randn(shape, generator=generator, dtype=locs.dtype, device=locs.device)
+            return torch.exp(locs + sigma * z)
+
+    def quantile(self, q, max_iter: int = 200) -> torch.Tensor:
+        """tau_q with P(T <= tau_q) = q, for q in (0, 1) (a number or a tensor broadcastable to
+        the batch shape); float64, shape broadcast(q, batch_shape). Not differentiable.
+
+        The mixture CDF has no closed-form inverse: bisection in x = log tau, in float64. The
+        bracket [min_k, max_k] of the components' own q-quantiles mu_k + sigma_k Phi^-1(q)
+        always holds the answer (every component CDF is <= q at the lower end and >= q at the
+        upper one), however unequal the weights, far apart the components or narrow the scales.
+        Each step compares log P(T <= tau) with log q (q <= 0.5) or log P(T > tau) with
+        log(1 - q) (q > 0.5), so both tails keep their relative accuracy; it stops when the
+        bracket is a few ulps wide (about 60 halvings)."""
+        with torch.no_grad():
+            d = self.double()
+            q = torch.as_tensor(q, dtype=torch.float64, device=d.locs.device)
+            if not bool(((q > 0) & (q < 1)).all()):
+                raise ValueError(f"LogNormalMixture.quantile: q must lie in (0, 1), got {q.tolist()}")
+            shape = torch.broadcast_shapes(q.shape, d.batch_shape)
+            q = q.expand(shape)
+            log_w, locs, sigma = d.log_weights(), d.locs, d.scales()                       # (..., K)
+            x_k = locs + sigma * torch.special.ndtri(q).unsqueeze(-1)                     # (..., K) broadcast
+            lo, hi = x_k.min(dim=-1).values, x_k.max(dim=-1).values                      # shape
+            lower = q <= 0.5
+            target = torch.where(lower, torch.log(q), torch.log1p(-q))
+            for _ in range(max_iter):
+                mid = 0.5 * (lo + hi)
+                z = (mid.unsqueeze(-1) - locs) / sigma
+                below_cdf = torch.logsumexp(log_w + torch.special.log_ndtr(z), dim=-1) < target
+                above_sf = torch.logsumexp(log_w + torch.special.log_ndtr(-z), dim=-1) > target
+                below = torch.where(lower, below_cdf, above_sf)                           # F(mid) < q
+                lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+                if not bool(((hi - lo) > 4 * torch.finfo(torch.float64).eps * torch.maximum(lo.abs(), hi.abs())
+                             .clamp_min(1.0)).any()):
+                    break
+            return torch.exp(0.5 * (lo + hi))
+
+    def double(self) -> "LogNormalMixture":
+        """The same mixture with float64 parameters (for float64 quantiles, means, samples)."""
+        return LogNormalMixture(*(t.double() for t in self))
+
+    def repeat_interleave(self, n: int) -> "LogNormalMixture":
+        """Each element of the leading batch dimension repeated n times in place (element b
+        becomes elements b n .. b n + n - 1), as `StreamState.repeat_interleave`."""
+        return LogNormalMixture(*(t.repeat_interleave(n, dim=0) for t in self))
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,12 +575,71 @@ class EventModel(nn.Module):
         return dist, logits, StreamState(inner, counts)
 
 
+    @torch.no_grad()
+    def read(self, dt: torch.Tensor, marks: Optional[torch.Tensor] = None, copies: int = 1
+             ) -> Tuple[LogNormalMixture, torch.Tensor, "StreamState"]:
+        """Read B whole histories at once and continue from their ends: dt (B, L) >= 0 and marks
+        (B, L) long (None when n_marks = 1), every entry a real event (no padding: histories of
+        one length per call) -> (prediction of the event after each history's last one:
+        LogNormalMixture over (B copies,), mark logits (B copies, M), the state after the
+        history, for `step`). With copies = n each history becomes n identical streams (rows
+        b n .. b n + n - 1), e.g. for n sampled continuations. The same numbers as `start`
+        followed by a `step` per event, in one parallel pass of the backbone; eval-mode use
+        (no gradients)."""
+        name = "EventModel.read"
+        if not isinstance(dt, torch.Tensor) or dt.dim() != 2 or not dt.is_floating_point() or dt.shape[1] < 1:
+            raise ValueError(f"{name}: dt must be a float tensor of shape (B, L) with L >= 1, got {_shape(dt)}")
+        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+            raise ValueError(f"{name}: copies must be an int >= 1, got {copies!r}")
+        B, L = dt.shape
+        if marks is None:
+            if self.n_marks > 1:
+                raise ValueError(f"{name}: marks are required when n_marks = {self.n_marks}")
+            marks = torch.zeros(B, L, dtype=torch.long)
+        eb = self.check_batch({"dt": dt, "marks": marks, "lengths": torch.full((B,), L, dtype=torch.long)})
+        e = self._embed(eb.dt, eb.marks)                                       # (B, L, D)
+        start = self.start_token.to(e.dtype).expand(B, 1, -1)                  # (B, 1, D)
+        h, inner = self.backbone(torch.cat([start, e], dim=1))                 # (B, L+1, D)
+        h = h[:, -1]                                                           # after event L-1
+        dist, logits = self._decode(h)
+        counts = None
+        if self.copy_head is not None:
+            log_gamma = F.logsigmoid(self.copy_decay).to(logits.dtype)
+            lag = torch.arange(L - 1, -1, -1, device=h.device).to(logits.dtype)  # L-1-j
+            counts = logits.new_zeros(B, self.n_marks).scatter_add(
+                -1, eb.marks, torch.exp(lag * log_gamma).expand(B, L).contiguous())   # (B, M)
+            last = F.one_hot(eb.marks[:, -1], self.n_marks).to(logits.dtype)  # (B, M)
+            ab = self.copy_head(self.drop(h))                                  # (B, 2)
+            logits = logits + ab[:, :1] * last + ab[:, 1:] * counts
+        state = StreamState(inner, counts)
+        if copies > 1:
+            dist, logits, state = (dist.repeat_interleave(copies), logits.repeat_interleave(copies, dim=0),
+                                   state.repeat_interleave(copies))
+        return dist, logits, state
+
+
 class StreamState(NamedTuple):
     """EventModel's streaming state: the backbone's (one entry per layer) and, with
     copy_marks, the decayed counts of each mark (B, M); None without."""
 
     backbone: List[Any]
     counts: Optional[torch.Tensor]
+
+    def repeat_interleave(self, n: int) -> "StreamState":
+        """Every stream repeated n times in place (stream b becomes streams b n .. b n + n - 1):
+        each tensor of the state repeated along its first dimension, the batch dimension of
+        every backbone's state."""
+        def rep(x):
+            if isinstance(x, torch.Tensor):
+                return x.repeat_interleave(n, dim=0)
+            if isinstance(x, tuple) and hasattr(x, "_fields"):            # a NamedTuple
+                return type(x)(*(rep(v) for v in x))
+            if isinstance(x, (list, tuple)):
+                return type(x)(rep(v) for v in x)
+            if isinstance(x, dict):
+                return {k: rep(v) for k, v in x.items()}
+            return x
+        return StreamState(rep(self.backbone), None if self.counts is None else rep(self.counts))
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -127,7 +127,7 @@ class LifeLossInfo(gym.Wrapper):
 
 
 def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
-             max_episode_frames: int = 108_000) -> gym.Env:
+             max_episode_frames: int = 108_000, render_mode: Optional[str] = None) -> gym.Env:
     """One environment: an Atari game (Atari100k protocol, see the module docstring) or any
     Gymnasium id with a Box observation space and a Discrete or 1-D Box action space (MuJoCo
     tasks such as HalfCheetah-v5 and Hopper-v5 included).
@@ -139,12 +139,13 @@ def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
     to [-1, 1] (`RescaleAction`) when the env's bounds are other finite values. Raises ValueError
     for an unknown game or id (with close matches), for unbounded or multi-dimensional Box
     actions, and for other action spaces. The world-model agent needs Discrete actions: its
-    `env_spec` says so.
+    `env_spec` says so. `render_mode` ("rgb_array" for videos) is passed to gym.make.
     """
     game = _atari_game(name)
     if game is not None:
         env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0,
-                       full_action_space=False, max_num_frames_per_episode=max_episode_frames)
+                       full_action_space=False, max_num_frames_per_episode=max_episode_frames,
+                       render_mode=render_mode)
         env = gym.wrappers.AtariPreprocessing(
             env, frame_skip=4, screen_size=image_size, grayscale_obs=False, noop_max=noop_max,
             terminal_on_life_loss=False)
@@ -152,7 +153,7 @@ def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
     if name not in gym.registry:
         raise _unknown(name)
     try:
-        env = gym.make(name)
+        env = gym.make(name, render_mode=render_mode)
     except gym.error.DependencyNotInstalled as e:
         raise ValueError(f"{name!r} needs a package that is not installed: {e}") from None
     actions = env.action_space

@@ -153,8 +153,13 @@ def evaluate(wm: WorldModel, ac: ActorCritic, cfg: RLConfig, episodes: int, roun
 
 
 def log_images(log: RunLogger, step: int, learner: Learner) -> None:
-    """Real vs reconstructed frames of one training window, and one imagined rollout decoded."""
-    for tag, image in learner.images().items():
+    """Real vs reconstructed frames of one training window, one imagined rollout decoded, and
+    the open-loop prediction of a window (`Learner.images`), drawn with a forked RNG: logging
+    images leaves training's random streams as they were."""
+    device = learner.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        images = learner.images()
+    for tag, image in images.items():
         log.image(step, tag, image)
 
 
