@@ -283,13 +283,16 @@ def play(cfg: PlayConfig) -> dict:
     atari = len(_space_shape(player)) == 3
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")         # pygame renders off screen, without sound
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    os.environ.setdefault("MUJOCO_GL", "egl")                  # MuJoCo renders without a display
     try:
         env = make_env(player.env, **player.env_kwargs, render_mode=None if atari or video is None else "rgb_array")
         if video is not None and not atari:
             env.reset(seed=0)
-            env.render()
-    except gym.error.DependencyNotInstalled as e:
-        raise ValueError(f"cannot draw {player.env} for the video: {e}") from None
+            if env.render() is None:
+                raise ValueError("its render() gave no image")
+    except (gym.error.DependencyNotInstalled, ImportError, AttributeError, RuntimeError, ValueError) as e:
+        raise ValueError(f"cannot draw {player.env} for the video: {e} (leave out --video to play without one)") \
+            from None
     episodes: List[dict] = []
 
     def start(n: int) -> None:
