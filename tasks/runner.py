@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from rlts.checkpoint import write_text_atomic
-from rlts.config import check_ranges, missing_values, parse_config, result_keys, to_dict
+from rlts.config import apply_dict, check_ranges, missing_values, parse_config, result_keys, to_dict
 
 TASKS_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = TASKS_DIR / "configs"
@@ -294,3 +294,19 @@ def load_results(path: Path, cfg, data_keys: Optional[Sequence[str]] = None, leg
         diff = ", ".join(show(k) for k in changed)
         raise ValueError(f"{path} holds results of a different setup ({diff}); use another --out")
     return data
+
+
+def read_finished_run(run: Path, task: str, config_cls) -> tuple:
+    """(results.json, its config as a `config_cls`) of the folder of an `rlts <task>` run, for
+    the commands that apply a finished run; one ValueError naming the folder or the file when
+    it is none."""
+    path = Path(run) / "results.json"
+    if not path.is_file():
+        raise ValueError(f"--run {run} is not a finished `rlts {task}` run: it has no results.json")
+    try:
+        state = json.loads(path.read_text())
+        stored = {k: v for k, v in state["config"].items() if k not in ("out", "data_sha256")}
+        return state, apply_dict(config_cls(), stored)
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+        reason = " ".join(str(e).split())[:160]
+        raise ValueError(f"{path} is not the results of an `rlts {task}` run ({reason})") from None

@@ -49,25 +49,7 @@ def as_series_list(X: Any, name: str = "X") -> List[np.ndarray]:
         raise ValueError(f"{name}: expected an array (N, C, L) or a list of (L_i, C) arrays, got {type(X).__name__}")
     if not items:
         raise ValueError(f"{name}: the panel is empty")
-    out: List[np.ndarray] = []
-    for i, x in enumerate(items):
-        if x.ndim == 1:
-            x = x[:, None]
-        if x.ndim != 2 or x.shape[0] < 1:
-            raise ValueError(f"{name}: instance {i} must have shape (L_i, C) with L_i >= 1, got {x.shape}")
-        if x.shape[1] != (out[0].shape[1] if out else x.shape[1]):
-            raise ValueError(f"{name}: instance {i} has {x.shape[1]} channels, instance 0 has {out[0].shape[1]}")
-        try:
-            x = x.astype(np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: instance {i} holds non-numeric values") from None
-        bad = ~np.isfinite(x)
-        if bad.any():
-            t, c = (int(v) for v in np.argwhere(bad)[0])
-            raise ValueError(f"{name}: instance {i} has a missing or infinite value at time step {t}, "
-                             f"channel {c}; impute missing values first")
-        out.append(x)
-    return out
+    return checked_series(items, [str(i) for i in range(len(items))], name, noun="instance")
 
 
 def encode_labels(y: Any, classes: Optional[Sequence[Any]] = None, name: str = "y") -> Tuple[np.ndarray, np.ndarray]:
@@ -163,27 +145,32 @@ class SeriesFile:
     """The channel columns' names (CSV files), else None."""
 
 
-def checked_series(items: Sequence[np.ndarray], ids: Sequence[str], what: str) -> List[np.ndarray]:
-    """Arrays (L_i, C) -> float64 arrays; a ValueError starting with `what` (the file) and
-    naming the series for an empty one, non-numeric or missing or infinite values, or a channel
-    count other than the first series'."""
+def checked_series(items: Sequence[np.ndarray], ids: Sequence[str], what: str,
+                   noun: str = "series") -> List[np.ndarray]:
+    """Arrays (L_i, C) (or (L_i,)) -> float64 arrays (L_i, C); a ValueError starting with
+    `what` (the file or argument) and naming the series (`noun` and its id) for one that is not
+    (L_i, C), an empty one, non-numeric or missing or infinite values, or a channel count other
+    than the first series'."""
     out: List[np.ndarray] = []
     for x, name in zip(items, ids):
         x = np.asarray(x)
         if x.ndim == 1:
             x = x[:, None]
+        if x.ndim != 2:
+            raise ValueError(f"{what}: {noun} {name} must have shape (L_i, C), got {x.shape}")
         if x.shape[0] == 0:
-            raise ValueError(f"{what}: series {name} is empty (no time steps)")
+            raise ValueError(f"{what}: {noun} {name} is empty (no time steps)")
         if out and x.shape[1] != out[0].shape[1]:
-            raise ValueError(f"{what}: series {name} has {x.shape[1]} channels, series {ids[0]} has {out[0].shape[1]}")
+            raise ValueError(f"{what}: {noun} {name} has {x.shape[1]} channels, {noun} {ids[0]} has "
+                             f"{out[0].shape[1]}")
         try:
             x = x.astype(np.float64)
         except (TypeError, ValueError):
-            raise ValueError(f"{what}: series {name} holds non-numeric values") from None
+            raise ValueError(f"{what}: {noun} {name} holds non-numeric values") from None
         bad = ~np.isfinite(x)
         if bad.any():
             t, c = (int(v) for v in np.argwhere(bad)[0])
-            raise ValueError(f"{what}: series {name} has a missing or infinite value at time step {t}, channel {c}; "
+            raise ValueError(f"{what}: {noun} {name} has a missing or infinite value at time step {t}, channel {c}; "
                              "impute missing values first")
         out.append(x)
     if not out:

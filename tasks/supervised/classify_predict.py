@@ -69,14 +69,14 @@ from rlts.baselines import minirocket_transform
 from rlts.baselines import minirocket_input
 from rlts.checkpoint import Checkpointer, write_text_atomic
 from rlts.checkpoint import load as load_checkpoint
-from rlts.config import apply_dict, param
+from rlts.config import param
 from rlts.data.panel import PanelDataset, SeriesFile, encode_labels, read_panel_csv, read_panel_npy
 from rlts.data.timeseries import StandardScaler
 from rlts.data.ucr import read_ts_series
 from rlts.heads.classify import predict_proba
 from rlts.nn import BACKBONES
 from rlts.runtime import select_device
-from rlts.tasks.runner import Command
+from rlts.tasks.runner import Command, read_finished_run
 from rlts.tasks.supervised.classify import BASELINES, ClassifyConfig, build_model, confusion
 
 VARIABLE = "MiniRocketMultivariateVariable"
@@ -117,19 +117,13 @@ class PredictConfig:
 
 def _run_state(run: Path) -> tuple[dict, ClassifyConfig]:
     """results.json of a classify run and its config; a ValueError when it is none."""
-    path = run / "results.json"
-    if not path.is_file():
-        raise ValueError(f"--run {run} is not a finished `rlts classify` run: it has no results.json")
+    state, rcfg = read_finished_run(run, "classify", ClassifyConfig)
     try:
-        state = json.loads(path.read_text())
-        stored = {k: v for k, v in state["config"].items() if k not in ("out", "data_sha256")}
-        rcfg = apply_dict(ClassifyConfig(), stored)
         lacking = [f"{section}.{key}" for section, key in NEEDED if key not in state[section]]
-    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-        reason = " ".join(str(e).split())[:120]
-        raise ValueError(f"{path} is not the results of an `rlts classify` run ({reason})") from None
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{run / 'results.json'} is not the results of an `rlts classify` run ({e})") from None
     if lacking:
-        raise ValueError(f"{path} lacks {', '.join(lacking)}, which predicting needs")
+        raise ValueError(f"{run / 'results.json'} lacks {', '.join(lacking)}, which predicting needs")
     return state, rcfg
 
 

@@ -47,11 +47,11 @@ import numpy as np
 import torch
 
 from rlts.checkpoint import Checkpointer
-from rlts.config import apply_dict, param
+from rlts.config import param
 from rlts.data.events import EventDataset, EventSequence, TimeScale, load_events
 from rlts.heads.events import EventModel
 from rlts.runtime import select_device
-from rlts.tasks.runner import Command
+from rlts.tasks.runner import Command, read_finished_run
 from rlts.tasks.supervised.events import BASELINES, EventsConfig, build_model, model_folder
 
 QUANTILES = {"q10": 0.1, "median": 0.5, "q90": 0.9}
@@ -92,19 +92,14 @@ class PredictConfig:
 
 
 def _run_config(run: Path) -> tuple[dict, EventsConfig]:
-    path = run / "results.json"
-    if not path.is_file():
-        raise ValueError(f"--run {run} is not a finished `rlts events` run: it has no results.json")
+    state, rcfg = read_finished_run(run, "events", EventsConfig)
     try:
-        state = json.loads(path.read_text())
-        stored = {k: v for k, v in state["config"].items() if k not in ("out", "data_sha256")}
-        rcfg = apply_dict(EventsConfig(), stored)
         scale, n_marks = float(state["protocol"]["scale"]), int(state["data"]["n_marks"])
         if not (scale > 0 and np.isfinite(scale) and n_marks >= 1 and isinstance(state["data"]["has_marks"], bool)):
             raise ValueError(f"time scale {scale}, n_marks {n_marks}")
-        return state, rcfg
-    except (KeyError, TypeError, json.JSONDecodeError, ValueError) as e:
-        raise ValueError(f"{path} is not the results of an `rlts events` run ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{run / 'results.json'} is not the results of an `rlts events` run ({e})") from None
+    return state, rcfg
 
 
 @dataclass

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from rlts.checkpoint import Checkpointer
-from rlts.config import apply_dict, param
+from rlts.config import param
 from rlts.data.timeseries import LONG_COLUMNS, StandardScaler, load_csv, season_length
 from rlts.runtime import select_device
-from rlts.tasks.runner import Command
+from rlts.tasks.runner import Command, read_finished_run
 from rlts.tasks.supervised.forecast import (FUTURE_FILE, PARAMETER_FREE, ForecastConfig, build_model, future_dates,
                                             future_forecast, is_streaming, series_ends, write_future)
 
@@ -54,15 +54,7 @@ class PredictConfig:
 
 
 def _run_config(run: Path) -> tuple[dict, ForecastConfig]:
-    path = run / "results.json"
-    if not path.is_file():
-        raise ValueError(f"--run {run} is not a finished `rlts forecast` run: it has no results.json")
-    try:
-        state = json.loads(path.read_text())
-        stored = {k: v for k, v in state["config"].items() if k not in ("out", "data_sha256")}
-        return state, apply_dict(ForecastConfig(), stored)
-    except (KeyError, TypeError, json.JSONDecodeError, ValueError) as e:
-        raise ValueError(f"{path} is not the results of an `rlts forecast` run ({e})") from None
+    return read_finished_run(run, "forecast", ForecastConfig)
 
 
 def _runs(job: Path) -> List[Path]:
