@@ -1,7 +1,7 @@
 """Benchmark of the sequence layers (rlts.nn backbones), side by side in one run.
 
     python scripts/bench_layers.py [--preset small|full] [--backbones aaren,mamba,mamba2,transformer,gru]
-                                   [--threads N] [--out FILE.md]
+                                   [--threads N] [--device cpu|cuda] [--out FILE.md]
 
 1. Streaming inference, one token at a time, after a context of 1k, 8k and 64k tokens: time
    per token (median over `--steps` steps) and the bytes held by the state. Recurrent
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import Table, fmt_bytes, machine_info, measure, verdict  # noqa: E402
+from _bench import Table, bench_device, fmt_bytes, machine_info, measure, verdict  # noqa: E402
 
 
 from rlts.nn import SequenceModel, count_parameters, state_nbytes  # noqa: E402
@@ -43,8 +43,8 @@ WIDTHS = range(32, 1025, 16)  # candidate d_model: multiples of 16 suit every ba
 # width; Mamba-2 d_inner = 2 d_model divisible by headdim 32)
 
 
-def build(backbone: str, d_model: int, n_layers: int = 4) -> SequenceModel:
-    return SequenceModel(backbone, d_model=d_model, n_layers=n_layers, **OPTIONS[backbone]).eval()
+def build(backbone: str, d_model: int, n_layers: int = 4, device: torch.device | str = "cpu") -> SequenceModel:
+    return SequenceModel(backbone, d_model=d_model, n_layers=n_layers, **OPTIONS[backbone]).to(device).eval()
 
 
 def width_for(backbone: str, params: int) -> int:
@@ -54,36 +54,38 @@ def width_for(backbone: str, params: int) -> int:
 
 @torch.no_grad()
 def context_state(model: SequenceModel, backbone: str, L: int, piece: int = 8192):
-    """State after L tokens (see the module docstring for the Transformer's cache)."""
+    """State after L tokens (see the module docstring for the Transformer's cache), on the
+    model's device."""
+    device = next(model.parameters()).device
     if backbone == "transformer":
         states = []
         for layer in model.layers:
             H, Dh = layer.n_heads, layer.head_dim
-            k, v = torch.randn(1, H, L, Dh), torch.randn(1, H, L, Dh)
-            states.append((k, v, torch.full((1,), L, dtype=torch.long)))
+            k, v = torch.randn(1, H, L, Dh, device=device), torch.randn(1, H, L, Dh, device=device)
+            states.append((k, v, torch.full((1,), L, dtype=torch.long, device=device)))
         return states
     state = None
     for start in range(0, L, piece):
-        _, state = model(torch.randn(1, min(piece, L - start), model.d_model), state)
+        _, state = model(torch.randn(1, min(piece, L - start), model.d_model, device=device), state)
     return state
 
 
 @torch.no_grad()
-def streaming(backbones, contexts, steps, d_model) -> Table:
+def streaming(backbones, contexts, steps, d_model, device: torch.device) -> Table:
     table = Table(f"Streaming inference, one token at a time (d_model {d_model}, 4 layers, batch 1)",
                   ["backbone", "context", "ms / token", "state bytes", "time vs first", "state vs first"])
     for bb in backbones:
         torch.manual_seed(0)
-        model = build(bb, d_model)
+        model = build(bb, d_model, device=device)
         first = None
         for L in contexts:
             state = context_state(model, bb, L)
-            x = torch.randn(1, d_model)
+            x = torch.randn(1, d_model, device=device)
 
             def one_step():
                 model.step(x, state)  # the same state each time: per-token cost at context L
 
-            t = measure(one_step, budget=0.3, max_repeats=steps)
+            t = measure(one_step, device, budget=0.3, max_repeats=steps)
             nbytes = state_nbytes(state)
             first = first or (t.ms, nbytes)
             flat = "" if bb not in ("aaren", "mamba", "mamba2") or L == contexts[0] else \
@@ -93,23 +95,23 @@ def streaming(backbones, contexts, steps, d_model) -> Table:
     return table
 
 
-def training(backbones, lengths, tokens, params) -> tuple[Table, dict]:
+def training(backbones, lengths, tokens, params, device: torch.device) -> tuple[Table, dict]:
     table = Table(f"Training throughput, forward + backward, ~{params:,} parameters each",
                   ["backbone", "d_model", "params", "L", "batch", "ms / step", "tokens/s"])
     rates = {}
     for bb in backbones:
         torch.manual_seed(0)
         d = width_for(bb, params)
-        model = build(bb, d).train()
+        model = build(bb, d, device=device).train()
         for L in lengths:
             B = max(1, tokens // L)
-            x = torch.randn(B, L, d)
+            x = torch.randn(B, L, d, device=device)
 
             def train_step():
                 y, _ = model(x)
                 y.pow(2).mean().backward()
 
-            t = measure(train_step, budget=1.0, min_repeats=2, max_repeats=10)
+            t = measure(train_step, device, budget=1.0, min_repeats=2, max_repeats=10)
             rates[bb, L] = B * L / (t.ms / 1e3)
             table.add(bb, d, count_parameters(model), L, B, f"{t.ms:.1f}", f"{rates[bb, L]:,.0f}")
     return table, rates
@@ -121,18 +123,20 @@ def main(argv=None) -> int:
     p.add_argument("--backbones", default="aaren,mamba,mamba2,transformer,gru")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--d-model", type=int, default=256, help="width for the streaming benchmark")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one)")
     p.add_argument("--out", type=Path, default=None, help="also write the tables as Markdown here")
     args = p.parse_args(argv)
+    device = bench_device(args.device)
     cfg = PRESETS[args.preset]
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    header = machine_info("cpu") + [f"preset {args.preset}: {cfg}"]
+    header = machine_info(device) + [f"preset {args.preset}: {cfg}"]
     print("\n".join(header))
-    stream = streaming(backbones, cfg["contexts"], cfg["steps"], args.d_model)
+    stream = streaming(backbones, cfg["contexts"], cfg["steps"], args.d_model, device)
     print(f"\n{stream}")
-    train, rates = training(backbones, cfg["train_lengths"], cfg["tokens"], cfg["params"])
+    train, rates = training(backbones, cfg["train_lengths"], cfg["tokens"], cfg["params"], device)
     L = cfg["train_lengths"][-1]
     if "transformer" in backbones:
         for bb in ("aaren", "mamba", "mamba2"):
