@@ -170,3 +170,16 @@ def test_replay_actions_continuous():
     for a in actions:
         want, *_ = env.step(a)
     assert np.array_equal(replay_actions(make_env("Hopper-v5"), 3, actions), want)
+
+
+def test_the_atari_path_imports_no_mujoco_sktime_or_stable_baselines():
+    """GPU machines may lack them: the RL loop, the world model and an Atari env need none."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from rlts.tasks.rl import loop; from rlts.tasks.rl.envs import make_env; "
+            "make_env('Pong').close(); "
+            "print(sorted(m for m in ('mujoco', 'sktime', 'stable_baselines3') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

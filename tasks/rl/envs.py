@@ -34,7 +34,6 @@ import gymnasium as gym
 import numpy as np
 
 import ale_py
-import mujoco
 
 from rlts.tasks.rl.games import close_games, find_game
 
@@ -49,8 +48,16 @@ def _mujoco_warning(message: str) -> None:
         warnings.warn(f"MuJoCo: {message.strip()}", RuntimeWarning, stacklevel=2)
 
 
-if mujoco.get_mju_user_warning() is None:  # leave a handler the user installed alone
-    mujoco.set_mju_user_warning(_mujoco_warning)
+def _route_mujoco_warnings() -> None:
+    """Install `_mujoco_warning` as MuJoCo's warning handler (leaving one the user installed
+    alone), when MuJoCo is installed: called for the non-Atari envs only, so that Atari needs
+    no MuJoCo."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_mujoco_warning)
 
 
 def _ale_games() -> List[str]:
@@ -152,6 +159,7 @@ def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
         return LifeLossInfo(env, name, atari=True)
     if name not in gym.registry:
         raise _unknown(name)
+    _route_mujoco_warnings()
     try:
         env = gym.make(name, render_mode=render_mode)
     except gym.error.DependencyNotInstalled as e:
