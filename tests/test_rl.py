@@ -152,3 +152,20 @@ def test_learner_config_is_the_run_config_of_the_learner():
     for f in fields(LearnerConfig):
         assert getattr(learner_cfg, f.name) == getattr(cfg, f.name), f.name
     assert rl.learner_config(RLConfig()) == LearnerConfig()  # the same defaults (Drama's)
+
+
+def test_bf16_autocast_run_through_the_command(tmp_path, capsys):
+    """`rlts rl --autocast bf16`: the learner's option as a run key (in --help, checked, kept
+    in the results); a short run trains under it and records it."""
+    with pytest.raises(SystemExit):
+        main(["rl", "--help"])
+    assert "--autocast" in capsys.readouterr().out
+    assert parse_rl_config(["--config", "debug", "--autocast", "bf16"]).autocast == "bf16"
+    assert main(["rl", "--config", "debug", "--autocast", "fp8", "--out", str(tmp_path / "x")]) == 2
+    assert "autocast" in capsys.readouterr().err
+    out = tmp_path / "bf16"
+    assert main(["rl", "--config", "debug", "--autocast", "bf16", "--steps", "250", "--eval_every", "0",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["finished"] and res["updates"] == 25 and res["config"]["autocast"] == "bf16"
+    assert all(isinstance(r, float) for r in res["eval_returns"])

@@ -239,3 +239,92 @@ def test_open_loop_reads_the_context_then_only_the_actions():
     assert not torch.allclose(run(earlier, action)["recon"][:, 2], base["recon"][:, 2])
     with pytest.raises(ValueError, match=r"context must lie in \[1, 12\]"):
         wm.open_loop(obs, action, 13)
+
+
+def _learner_after_update(obs_shape, **options):
+    """A tiny learner fed a seeded replay buffer, after one update: (learner, metrics, the
+    parameters before it, the dtypes of the outputs of a world-model, an actor and a critic Linear)."""
+    from rlts.world_models.learner import Learner, LearnerConfig
+    from rlts.world_models.replay import ReplayBuffer
+
+    cfg = LearnerConfig(world_model=tiny(), agent=tiny_agent(), batch_size=2, batch_length=8, imagine_batch=4,
+                        imagine_context=4, imagine_horizon=3, wm_lr=1e-3, wm_warmup=1, **options)
+    torch.manual_seed(0)
+    learner = Learner(obs_shape, 3, cfg, torch.device("cpu"))
+    image = len(obs_shape) == 3
+    buffer = ReplayBuffer(64, 1, obs_shape, torch.uint8 if image else torch.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        obs = rng.integers(0, 256, (1, *obs_shape)) if image else rng.normal(size=(1, *obs_shape))
+        buffer.add(obs.astype(np.uint8 if image else np.float32), rng.integers(3, size=1), rng.normal(size=1),
+                   [False])
+    before = {k: v.clone() for k, v in [*learner.wm.state_dict().items(), *learner.ac.state_dict().items()]}
+    dtypes = {"wm": set(), "actor": set(), "critic": set()}
+    hooks = [layer.register_forward_hook(lambda m, i, out, key=key: dtypes[key].add(out.dtype))
+             for key, layer in (("wm", learner.wm.reward_head[0]), ("actor", learner.ac.actor[0]),
+                                ("critic", learner.ac.critic[0]))]
+    metrics = learner.update(buffer)
+    for h in hooks:
+        h.remove()
+    return learner, metrics, before, dtypes
+
+
+@pytest.mark.parametrize("obs_shape", [(64, 64, 3), (5,)], ids=["image", "vector"])
+def test_learner_bf16_autocast_update_on_the_cpu(obs_shape):
+    """autocast="bf16": the forward passes of both losses run in bfloat16 (their Linears give
+    bfloat16 outputs), the losses stay float32 and finite, every model moves, and parameters
+    and optimiser states stay float32; the losses are near the float32 update's."""
+    learner, metrics, before, dtypes = _learner_after_update(obs_shape, autocast="bf16")
+    assert all(torch.bfloat16 in d for d in dtypes.values()), dtypes
+    for k, v in metrics.items():
+        assert v.dtype == torch.float32 and torch.isfinite(v), (k, v)
+    after = {**learner.wm.state_dict(), **learner.ac.state_dict()}
+    for prefix in ("encoder", "sequence", "decoder", "reward_head", "actor", "critic"):
+        assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith(prefix)), prefix
+    assert all(p.dtype == torch.float32 for p in [*learner.wm.parameters(), *learner.ac.parameters()])
+    for opt in (learner.wm_opt, learner.actor_opt, learner.critic_opt):
+        assert all(t.dtype == torch.float32 for s in opt.state.values() for t in s.values())
+    _, fp32, _, fp32_dtypes = _learner_after_update(obs_shape)
+    assert all(d == {torch.float32} for d in fp32_dtypes.values()), fp32_dtypes
+    for k in ("wm/loss", "wm/reconstruction", "wm/reward", "ac/critic_loss"):
+        assert metrics[k].item() == pytest.approx(fp32[k].item(), rel=0.05), k
+
+
+def test_learner_autocast_none_is_the_float32_update():
+    """autocast="none" (the default) leaves the update bit for bit as without the option;
+    "bf16" changes it; an unknown value is refused."""
+    from rlts.world_models.learner import Learner, LearnerConfig
+
+    default, m_default, _, _ = _learner_after_update((5,))
+    none, m_none, _, _ = _learner_after_update((5,), autocast="none")
+    bf16, _, _, _ = _learner_after_update((5,), autocast="bf16")
+    assert LearnerConfig().autocast == "none"
+    for k in m_default:
+        assert torch.equal(m_none[k], m_default[k]), k
+    for a, b in ((none.state_dict(), default.state_dict()),):
+        for part in ("wm", "ac"):
+            for k, v in a[part].items():
+                assert torch.equal(v, b[part][k]), (part, k)
+        for part in ("wm_opt", "actor_opt", "critic_opt"):
+            for i, s in a[part]["state"].items():
+                for k, v in s.items():
+                    assert torch.equal(v, b[part]["state"][i][k]), (part, i, k)
+    assert any(not torch.equal(v, bf16.wm.state_dict()[k]) for k, v in none.wm.state_dict().items())
+    with pytest.raises(ValueError, match="unknown autocast 'fp16'; use one of none, bf16"):
+        Learner((5,), 3, LearnerConfig(world_model=tiny(), agent=tiny_agent(), autocast="fp16"), torch.device("cpu"))
+
+
+def test_latent_log_probabilities_and_returns_are_float32_for_bf16_inputs():
+    """What bf16 autocast hands them (bfloat16 logits, rewards, values) is upcast: the unimix
+    log-probabilities and the lambda-returns come out float32, equal to the float32 computation
+    on the same rounded values."""
+    from rlts.world_models.functions import lambda_returns, unimix
+
+    logits = torch.randn(3, 4, 4).bfloat16()
+    assert unimix(logits).dtype == torch.float32
+    assert torch.equal(unimix(logits), unimix(logits.float()))
+    r, v = torch.randn(2, 50).bfloat16(), (torch.randn(2, 51) * 10).bfloat16()
+    c = (torch.rand(2, 50) > 0.1).bfloat16()
+    out = lambda_returns(r, c, v, 0.985, 0.95)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, lambda_returns(r.float(), c.float(), v.float(), 0.985, 0.95))

@@ -20,7 +20,7 @@ from typing import Dict
 import torch
 from torch import nn
 
-from rlts.world_models.functions import ReturnScale, TwoHot, lambda_returns
+from rlts.world_models.functions import ReturnScale, TwoHot, at_least_float32, lambda_returns
 from rlts.world_models.world_model import mlp
 
 
@@ -90,7 +90,8 @@ class ActorCritic(nn.Module):
             scale = self.return_scale.update(returns)
             advantage = (returns - value[:, :-1]) / scale
 
-        dist = torch.distributions.Categorical(logits=self.actor(feat[:, :-1]))
+        # log-probabilities and entropy in float32 also under bfloat16 autocast
+        dist = torch.distributions.Categorical(logits=at_least_float32(self.actor(feat[:, :-1])))
         entropy = dist.entropy()                                            # (B, H)
         actor_loss = (weight * (-dist.log_prob(action) * advantage - cfg.entropy * entropy)).mean()
         value_logits = critic_logits[:, :-1]

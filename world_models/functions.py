@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """x in float64 if it is float64, else float32 (half / bfloat16 / integer inputs upcast)."""
     return x if x.dtype == torch.float64 else x.float()
 
@@ -60,7 +60,7 @@ class TwoHot(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Two-hot weights (..., n_bins) of symlog(x) (...); each row sums to 1."""
-        x = _wide(x)  # bins of a bfloat16 grid would collide
+        x = at_least_float32(x)  # bins of a bfloat16 grid would collide
         bins = self.bins.to(x.dtype)
         y = symlog(x).clamp(self.low, self.high)  # (...)
         pos = (y - self.low) / (self.high - self.low) * (self.n_bins - 1)
@@ -76,7 +76,7 @@ class TwoHot(nn.Module):
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """Expected value symexp(sum softmax(logits) * bins): (..., n_bins) -> (...)."""
         self._check(logits)
-        probs = torch.softmax(_wide(logits), dim=-1)  # (..., n_bins)
+        probs = torch.softmax(at_least_float32(logits), dim=-1)  # (..., n_bins)
         return symexp((probs * self.bins.to(probs.dtype)).sum(-1))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -87,16 +87,17 @@ class TwoHot(nn.Module):
         if target.shape != logits.shape[:-1]:
             raise ValueError(f"TwoHot.loss: target shape {tuple(target.shape)} does not match "
                              f"logits {tuple(logits.shape)} without the bin dim")
-        logp = torch.log_softmax(_wide(logits), dim=-1)  # (..., n_bins)
+        logp = torch.log_softmax(at_least_float32(logits), dim=-1)  # (..., n_bins)
         weights = self.encode(target.detach()).to(logp.dtype)  # (..., n_bins)
         return -(weights * logp).sum(-1)
 
 
 def unimix(logits: torch.Tensor, mix: float = 0.01) -> torch.Tensor:
-    """Log-probabilities of (1 - mix) * softmax(logits) + mix / K over the last dim (K classes)."""
+    """Log-probabilities of (1 - mix) * softmax(logits) + mix / K over the last dim (K classes),
+    in float32 at least (half-precision logits, e.g. under autocast, are upcast)."""
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"unimix: mix must lie in [0, 1], got {mix}")
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(at_least_float32(logits), dim=-1)
     if mix == 0.0:
         return logp
     k = logits.shape[-1]
@@ -116,7 +117,7 @@ def sample_straight_through(logits: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"sample_straight_through: need a non-empty class dim, got {tuple(logits.shape)}")
     probs = torch.softmax(logits, dim=-1)  # (..., K)
     k = probs.shape[-1]
-    idx = torch.multinomial(_wide(probs.detach()).reshape(-1, k), 1)  # (N, 1)
+    idx = torch.multinomial(at_least_float32(probs.detach()).reshape(-1, k), 1)  # (N, 1)
     one_hot = F.one_hot(idx.squeeze(-1), k).reshape(probs.shape).to(probs.dtype)  # (..., K)
     return one_hot + (probs - probs.detach())  # forward exactly one-hot, gradient through probs
 
@@ -128,8 +129,8 @@ def categorical_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tens
         raise ValueError(f"categorical_kl: shapes differ, {tuple(p_logits.shape)} vs {tuple(q_logits.shape)}")
     if p_logits.dim() < 2:
         raise ValueError(f"categorical_kl: need (..., variables, classes), got {tuple(p_logits.shape)}")
-    logp = torch.log_softmax(_wide(p_logits), dim=-1)  # (..., V, K)
-    logq = torch.log_softmax(_wide(q_logits), dim=-1)
+    logp = torch.log_softmax(at_least_float32(p_logits), dim=-1)  # (..., V, K)
+    logq = torch.log_softmax(at_least_float32(q_logits), dim=-1)
     return (logp.exp() * (logp - logq)).sum((-2, -1))
 
 
@@ -156,7 +157,8 @@ def lambda_returns(rewards: torch.Tensor, continues: torch.Tensor, values: torch
     """TD(lambda) returns of an imagined rollout.
 
     rewards, continues: (B, H); values: (B, H + 1). Returns R: (B, H) with
-    R_t = r_t + gamma c_t ((1 - lam) V_{t+1} + lam R_{t+1}) and R_H = V_H.
+    R_t = r_t + gamma c_t ((1 - lam) V_{t+1} + lam R_{t+1}) and R_H = V_H, accumulated in
+    float32 at least (half-precision inputs are upcast).
     """
     if rewards.dim() != 2 or continues.shape != rewards.shape:
         raise ValueError(f"lambda_returns: rewards and continues must both be (B, H), got "
@@ -167,6 +169,7 @@ def lambda_returns(rewards: torch.Tensor, continues: torch.Tensor, values: torch
                          f"got {tuple(values.shape)}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda_returns: lam must lie in [0, 1], got {lam}")
+    rewards, continues, values = at_least_float32(rewards), at_least_float32(continues), at_least_float32(values)
     disc = gamma * continues  # (B, H)
     # (1 - lam) V_{t+1} + r_t part does not depend on R_{t+1}: compute it for all t at once
     base = rewards + disc * (1.0 - lam) * values[:, 1:]  # (B, H)

@@ -11,11 +11,15 @@ Per update (Drama's schedule):
    `imagine_horizon` imagined steps by the actor inside the world model; one Adam step of the
    actor and one of the critic, then the slow critic's EMA.
 
+With `autocast="bf16"` the forward passes of both losses run under bfloat16 autocast (see
+`LearnerConfig.autocast`); parameters, gradients and optimiser states stay float32.
+
 `state_dict` holds the models, the optimisers and the update count ("wm", "ac", "wm_opt",
 "actor_opt", "critic_opt", "updates").
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -26,6 +30,9 @@ from rlts.world_models.actor_critic import ActorCritic, ActorCriticConfig
 from rlts.world_models.optim import LaProp
 from rlts.world_models.replay import ReplayBuffer
 from rlts.world_models.world_model import WorldModel, WorldModelConfig
+
+AUTOCAST = ("none", "bf16")
+"""The values of `LearnerConfig.autocast`."""
 
 
 @dataclass
@@ -56,6 +63,13 @@ class LearnerConfig:
     """Real frames read by the world model before each rollout."""
     imagine_horizon: int = param(16, result=True, within="[1, inf)")
     """Imagined steps per rollout."""
+    autocast: str = param("none", result=True, choices=AUTOCAST, missing_as="none")
+    """Mixed precision of the updates: none (float32 throughout) or bf16: the world-model loss and
+    the actor-critic losses are computed under torch.autocast(device type, dtype=bfloat16) on
+    the learner's device (CPU or CUDA), so that matmuls and convolutions run in bfloat16, while
+    the losses, two-hot, KL, lambda-returns and the return normaliser stay float32. Parameters,
+    gradients and optimiser states stay float32; imagination rollouts, like acting, run in
+    float32."""
 
 
 class Learner:
@@ -64,6 +78,8 @@ class Learner:
     discrete actions."""
 
     def __init__(self, obs_shape: Tuple[int, ...], n_actions: int, cfg: LearnerConfig, device: torch.device):
+        if cfg.autocast not in AUTOCAST:
+            raise ValueError(f"unknown autocast {cfg.autocast!r}; use one of {', '.join(AUTOCAST)}")
         self.cfg, self.device = cfg, device
         self.wm = WorldModel(obs_shape, n_actions, cfg.world_model).to(device)
         self.ac = ActorCritic(self.wm.d_feat, n_actions, cfg.agent).to(device)
@@ -83,7 +99,8 @@ class Learner:
     def update_world_model(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
         cfg = self.cfg
         batch = buffer.sample(cfg.batch_size, cfg.batch_length, "world_model" if cfg.sampling == "dfs" else "uniform")
-        loss, metrics = self.wm.loss(batch["obs"], batch["action"], batch["reward"], batch["terminated"])
+        with self._autocast():
+            loss, metrics = self.wm.loss(batch["obs"], batch["action"], batch["reward"], batch["terminated"])
         for g in self.wm_opt.param_groups:  # linear warm-up
             g["lr"] = cfg.wm_lr * min(1.0, (self.updates + 1) / max(1, cfg.wm_warmup))
         self.wm_opt.zero_grad(set_to_none=True)
@@ -97,7 +114,8 @@ class Learner:
         cfg = self.cfg
         ctx = buffer.sample(cfg.imagine_batch, cfg.imagine_context, "imagination" if cfg.sampling == "dfs" else "uniform")
         rollout = self.wm.imagine(self.ac.policy, ctx["obs"], ctx["action"], cfg.imagine_horizon)
-        actor_loss, critic_loss, metrics = self.ac.loss(rollout)
+        with self._autocast():
+            actor_loss, critic_loss, metrics = self.ac.loss(rollout)
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
         (actor_loss + critic_loss).backward()
@@ -108,6 +126,13 @@ class Learner:
         self.ac.update_slow_critic()
         self.last_rollout = rollout
         return metrics
+
+    def _autocast(self):
+        """The context of the losses' forward passes: bfloat16 autocast on the learner's device
+        with `autocast="bf16"`, else none."""
+        if self.cfg.autocast == "bf16":
+            return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def images(self) -> Dict[str, torch.Tensor]:

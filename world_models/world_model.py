@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlts.nn import SequenceModel
-from rlts.world_models.functions import TwoHot, kl_losses, sample_straight_through, symexp, symlog, unimix
+from rlts.world_models.functions import TwoHot, at_least_float32, kl_losses, sample_straight_through, symexp, symlog, unimix
 
 
 @dataclass
@@ -218,10 +218,13 @@ class WorldModel(nn.Module):
         z = self.sample(post)                                     # (B, L, d_z)
         recon = self.decode(z)                                    # (B, L, *obs_shape)
         dims = tuple(range(2, recon.dim()))
-        rec_loss = (recon - self.obs_target(obs)).pow(2).sum(dims).mean()
+        target = self.obs_target(obs)                             # in the parameters' dtype
+        # the losses in float32 (float64 for a float64 model) also under bfloat16 autocast
+        rec_loss = (recon.to(target.dtype) - target).pow(2).sum(dims).mean()
         h, _ = self.sequence(self.seq_input(z, action))            # (B, L, D)
         reward_loss = self.twohot.loss(self.reward_head(h), reward.float()).mean()
-        term_loss = F.binary_cross_entropy_with_logits(self.termination_head(h).squeeze(-1), terminated.float())
+        term_logit = at_least_float32(self.termination_head(h).squeeze(-1))  # (B, L)
+        term_loss = F.binary_cross_entropy_with_logits(term_logit, terminated.float())
         dyn, rep, kl = kl_losses(post[:, 1:], self.prior_logits(h[:, :-1]), self.cfg.free_bits)
         loss = rec_loss + reward_loss + term_loss + self.cfg.kl_dynamics * dyn + self.cfg.kl_representation * rep
         metrics = {"wm/loss": loss.detach(), "wm/reconstruction": rec_loss.detach(),
