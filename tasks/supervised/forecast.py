@@ -57,6 +57,8 @@ snaive = last season repeated (the season of MASE: `season`, or from the dates).
 PARAMETER_FREE = ("naive", "snaive")
 """Models with nothing to train."""
 PLOT_WINDOWS = 3
+STREAM_BATCH = 4096
+"""Windows per batch when a model made for streaming is scored (one stream pass per batch)."""
 FUTURE_FILE = "future.json"
 """In each run's folder: the forecast after the file's last row and its intervals' conformal
 half-widths per horizon step and channel, in the file's units (from the errors of the file's
@@ -223,24 +225,25 @@ def window_rows(data) -> np.ndarray:
 
 
 @torch.no_grad()
-def streamed(model: nn.Module, inputs: torch.Tensor, rows: np.ndarray, device: torch.device,
-             chunk: int = 1024) -> torch.Tensor:
-    """Forecasts (N, H, C_out) of a model made for streaming after each of `rows`, from one
-    stream over `inputs` (T, C_in) (all rows from the file's first on), in chunks of rows."""
+def streamed(model: nn.Module, inputs: torch.Tensor, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Forecasts (N, H, C_out) of a model made for streaming after each of `rows` (N >= 1), from
+    one stream over `inputs` (T, C_in) (all rows from the file's first on): one parallel pass
+    per patch phase over the rows up to the last of `rows`."""
     model.eval()
-    last = int(rows.max()) + 1 if len(rows) else 0
-    x = inputs[:last].unsqueeze(0).to(device)
-    parts = [model.forecast_sequence(x, rows[i:i + chunk].tolist())[0] for i in range(0, len(rows), chunk)]
-    return torch.cat(parts) if parts else inputs.new_zeros(0)
+    x = inputs[:int(rows.max()) + 1].unsqueeze(0).to(device)
+    return model.forecast_sequence(x, rows.tolist())[0]
 
 
 def forecast_batches(model: nn.Module, data, batch_size: int, device: torch.device,
                      inputs: Optional[torch.Tensor] = None):
     """(forecast, truth) batches over every window of `data`, in order, on `device`: the model
     on each window, or, for a model made for streaming, its forecasts after each window's last
-    row from one stream over `inputs` (T, C_in), the file's rows from the first."""
+    row from one stream over `inputs` (T, C_in), the file's rows from the first (in batches of
+    at least STREAM_BATCH windows: each batch runs the stream over the rows up to its last)."""
     model.eval()
     rows = window_rows(data) if is_streaming(model) else None
+    if rows is not None:
+        batch_size = max(batch_size, STREAM_BATCH)
     offset = 0
     for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
         y = y.to(device)
