@@ -358,7 +358,9 @@ def selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, stat
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None, HAS_INIT=has_init,
         BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=block_n, CDT=_tl_dtype(compute_dtype),
-        num_warps=4,
+        # 8 warps: with 4, the ~8 live (BLOCK_L, BLOCK_D, BLOCK_N) tiles hit the 255-register cap
+        # and spilled 56-136 B per thread (scripts/gpu_compile.py); 8 warps need 214-232, no spills.
+        num_warps=8,
     )
     return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2),
             dD.sum(0) if D is not None else None, dz,

@@ -151,6 +151,13 @@ def _blocks(L, E):
     return min(64, max(2, triton.next_power_of_2(L))), min(32, max(2, triton.next_power_of_2(E)))
 
 
+def _fwd_warps(block_l, block_e):
+    # The forward scans three (BLOCK_L, BLOCK_E) tiles at once: with 4 warps a 64 x 16 or larger
+    # tile spilled (8 B per thread for sm_80 / sm_90, scripts/gpu_compile.py); 8 warps halve the
+    # tile each thread holds and leave no spills. Smaller tiles keep 4 warps.
+    return 8 if block_l * block_e >= 1024 else 4
+
+
 def softmax_scan_fwd_triton(s, v, m0, u0, w0):
     """s (B, H, L), v (B, H, L, E), state in the accumulation dtype or None; contiguous.
     Returns o (B, H, L, E) in v's dtype, m, u (B, H, L) and w_last (B, H, E) in fp32 (fp64)."""
@@ -168,6 +175,7 @@ def softmax_scan_fwd_triton(s, v, m0, u0, w0):
         m0 if has_state else s, u0 if has_state else s, w0 if has_state else s,
         m, u, w_last, L, E,
         HAS_STATE=has_state, ACC=acc_tl, BLOCK_L=block_l, BLOCK_E=block_e,
+        num_warps=_fwd_warps(block_l, block_e),
     )
     return o, m, u, w_last
 

@@ -22,8 +22,8 @@ back there in the backward.
 tl.dot needs every block dimension >= 16 on GPUs: Q, P and N are padded to powers of two
 (>= 16) and masked. The (Q, Q) tiles live in registers, so the kernels cut chunks to at most
 64 steps (32 when N > 32) whatever `chunk_size` says; that changes only rounding. P is split
-in blocks of 32. Matmuls use tf32 tensor cores for fp32 / bf16 / fp16 input (as mamba-ssm),
-exact fp64 for fp64 input.
+in blocks of 32 (16 in the backward, which runs 8 warps). Matmuls use tf32 tensor cores for
+fp32 / bf16 / fp16 input (as mamba-ssm), exact fp64 for fp64 input.
 """
 from __future__ import annotations
 
@@ -336,6 +336,10 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_sta
     dout = (dout if dout is not None else torch.zeros_like(x)).contiguous()
     dfin = dfinal.to(cdt).contiguous() if dfinal is not None else Ac
 
+    # The backward keeps about twice the forward's live tiles: P blocks of 16 and 8 warps cut its
+    # spills (e.g. 272 -> 32 B per thread at N = 64, 3968 -> 592 B in the Drama bf16 build on
+    # sm_80, scripts/gpu_compile.py), at the price of twice the P-block partials when P > 16.
+    blocks = dict(blocks, BLOCK_P=min(blocks["BLOCK_P"], 16), num_warps=8)
     npb = triton.cdiv(p, blocks["BLOCK_P"])
     dx = torch.empty_like(xc)
     dz = torch.empty_like(zc) if z is not None else xc
