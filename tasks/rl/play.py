@@ -41,7 +41,7 @@ import torch
 from rlts.config import apply_dict, param
 from rlts.runtime import derive_seed, select_device
 from rlts.tasks.runner import Command
-from rlts.tasks.rl.envs import make_env
+from rlts.tasks.rl.envs import is_atari, make_env
 from rlts.tasks.rl.episodes import run_episodes
 from rlts.tasks.rl.record import AgentPolicy, load_run
 
@@ -280,7 +280,7 @@ def play(cfg: PlayConfig) -> dict:
     if cfg.dream and player.world_model is None:
         raise ValueError(f"--dream needs a world-model run (`rlts rl` / `rlts atari`); {cfg.run} is an `rlts "
                          "offline` run")
-    atari = len(_space_shape(player)) == 3
+    atari = is_atari(player.env)                              # image observations
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")         # pygame renders off screen, without sound
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     os.environ.setdefault("MUJOCO_GL", "egl")                  # MuJoCo renders without a display
@@ -333,13 +333,6 @@ def play(cfg: PlayConfig) -> dict:
         print(f"rlts play: wrote {out['video']} ({len(frames)} frames)"
               + (f" and {out['dream_plot']}" if out["dream_plot"] else ""))
     return out
-
-
-def _space_shape(player: Player) -> tuple:
-    env = make_env(player.env, **player.env_kwargs)
-    shape = tuple(env.observation_space.shape)
-    env.close()
-    return shape
 
 
 def _dream(wm, ep: dict, cfg: PlayConfig, device: torch.device) -> dict:
