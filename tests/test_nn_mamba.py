@@ -115,6 +115,29 @@ def test_float32_step_matches_forward(name):
         torch.testing.assert_close(y_t, y[:, t], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", MAMBA_CASES)
+def test_step_under_bfloat16_autocast_matches_forward(name):
+    """Under bfloat16 autocast (bfloat16 projections, float32 weights) a step takes the
+    tokens' dtype through the conv and the scan step, as the forward does, and agrees with
+    the autocast forward and with the float64 model to bfloat16 precision."""
+    m = build(name).float()
+    x = torch.randn(2, L, d_in(m))
+    with torch.no_grad():
+        exact, _ = m.double()(x.double())
+        m.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, _ = m(x)
+            s, steps = None, []
+            for t in range(L):
+                y_t, s = m.step(x[:, t], s)
+                steps.append(y_t)
+    steps = torch.stack(steps, 1)
+    assert steps.dtype == y.dtype
+    scale = exact.abs().max().item()
+    for got in (steps, y):
+        assert (got.double() - exact).abs().max().item() <= 0.05 * scale, name
+
+
 # --------------------------------------------------------------------------- initialisation
 def test_mamba_init():
     dt_min, dt_max = 0.01, 0.05

@@ -67,12 +67,15 @@ def causal_conv(x: torch.Tensor, conv_state: torch.Tensor, conv: nn.Conv1d) -> T
 
 
 def causal_conv_step(x_t: torch.Tensor, conv_state: torch.Tensor, conv: nn.Conv1d) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One token of `causal_conv`: x_t (B, C) -> silu(conv) (B, C) and a new conv_state."""
+    """One token of `causal_conv`: x_t (B, C) -> silu(conv) (B, C) and a new conv_state.
+    The sum runs in the wider of x_t's and the weights' dtypes and comes back in x_t's, as
+    `causal_conv` under autocast gives (bfloat16 tokens, float32 weights)."""
     window = torch.cat([conv_state.to(x_t.dtype), x_t[..., None]], dim=-1)  # (B, C, K)
-    y = (window * conv.weight[:, 0]).sum(-1)                                # (B, C)
+    wide = torch.promote_types(x_t.dtype, conv.weight.dtype)
+    y = (window.to(wide) * conv.weight[:, 0].to(wide)).sum(-1)              # (B, C)
     if conv.bias is not None:
-        y = y + conv.bias
-    return F.silu(y), window[..., 1:]
+        y = y + conv.bias.to(wide)
+    return F.silu(y).to(x_t.dtype), window[..., 1:]
 
 
 # --------------------------------------------------------------------------- the mixer
