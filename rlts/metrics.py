@@ -15,7 +15,7 @@ window): every sum, rank and share here leaves those elements out.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, NamedTuple, Optional
 
 import numpy as np
 
@@ -77,6 +77,14 @@ def point_metrics(y: np.ndarray, y_hat: np.ndarray, scale: Optional[np.ndarray] 
     return sums.values()
 
 
+def _rank_at(ranked: np.ndarray, n: np.ndarray, level: float) -> np.ndarray:
+    """The ceil((n + 1) * level)-th smallest of `ranked` (sorted along axis 0, NaN last), per
+    step and channel, clipped to [1, n]; NaN where n = 0."""
+    k = np.clip(np.ceil((n + 1) * level).astype(int), 1, np.maximum(n, 1))
+    out = np.take_along_axis(ranked, (k - 1)[None], axis=0)[0]
+    return np.where(n > 0, out, np.nan)
+
+
 def conformal_quantiles(abs_residuals: np.ndarray, level: float) -> np.ndarray:
     """Split-conformal half-widths: for each horizon step and channel the
     ceil((n + 1) * level)-th smallest of the n calibration windows' absolute residuals
@@ -89,11 +97,7 @@ def conformal_quantiles(abs_residuals: np.ndarray, level: float) -> np.ndarray:
         raise ValueError(f"expected absolute residuals of shape (N >= 1, H, C), got {r.shape}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"interval level must lie in (0, 1), got {level}")
-    ranked = np.sort(r, axis=0)                     # NaN last
-    n = (~np.isnan(r)).sum(axis=0)                  # (H, C)
-    k = np.minimum(n, np.ceil((n + 1) * level).astype(int))      # 1-based rank
-    out = np.take_along_axis(ranked, np.maximum(k - 1, 0)[None], axis=0)[0]
-    return np.where(n > 0, out, np.nan)
+    return _rank_at(np.sort(r, axis=0), (~np.isnan(r)).sum(axis=0), level)    # NaN sort last
 
 
 def coverage(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
@@ -147,24 +151,63 @@ class QuantileLossSums:
         return out
 
 
+class RollingIntervals(NamedTuple):
+    """What `rolling_conformal` gives."""
+
+    half: np.ndarray
+    """(N, H, C) half-widths of the stream's windows."""
+    next_level: float
+    """The level of the next forecast, once every stream window's error is known (the nominal
+    level without adaptation)."""
+
+
 def rolling_conformal(known: np.ndarray, stream: np.ndarray, level: float, lag: int, size: int,
-                      every: int = 1) -> np.ndarray:
+                      every: int = 1, gamma: float = 0.0) -> RollingIntervals:
     """Split-conformal half-widths that follow a stream of forecasts: for stream window i, the
     `conformal_quantiles` of the latest `size` absolute errors known when it is forecast: those
     of `known` (N0, H, C: windows before the stream), then those of stream windows 0 .. i - lag
-    (a window's error is known once its last target is: lag = H for stride-1 windows).
-    Recomputed every `every` windows (the half-widths of window i are those of the last window
-    before it, or itself, at a multiple of `every`). Returns (N, H, C)."""
+    (a window's error is known once its last target is: lag = H for stride-1 windows). The
+    errors are re-ranked every `every` windows (window i uses the ranking made at the last
+    multiple of `every` at or before it).
+
+    With `gamma` > 0 the level adapts as in adaptive conformal inference with delayed feedback
+    (Gibbs & Candes 2021): the miscoverage target alpha_i starts at 1 - level, and once window
+    j's error is known (at window j + lag), alpha += gamma * ((1 - level) - miss_j), where miss_j
+    is the share of window j's elements outside its half-widths; window i's half-widths are
+    the ranks at level 1 - alpha_i (clipped to [0, 1]: the smallest or the largest error).
+    So a stream that has been missed more than it should widens its intervals, and one that
+    has been covered more narrows them. `next_level` is the level after the feedback of every
+    stream window."""
     known, stream = np.abs(np.asarray(known, dtype=np.float64)), np.abs(np.asarray(stream, dtype=np.float64))
     if known.ndim != 3 or stream.ndim != 3 or known.shape[1:] != stream.shape[1:]:
         raise ValueError(f"expected errors (N, H, C) of one shape, got {known.shape} and {stream.shape}")
     if size < 1 or lag < 1 or every < 1:
         raise ValueError(f"size, lag and every must be at least 1, got {size}, {lag}, {every}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"interval level must lie in (0, 1), got {level}")
+    if gamma < 0:
+        raise ValueError(f"gamma must be at least 0, got {gamma}")
     pool = np.concatenate([known, stream])
     out = np.empty_like(stream)
-    for start in range(0, len(stream), every):
-        end = len(known) + max(0, start - lag + 1)              # errors known at window `start`
-        if end == 0:
-            raise ValueError("no error is known before the first window; give errors of earlier windows")
-        out[start:start + every] = conformal_quantiles(pool[max(0, end - size):end], level)
-    return out
+    target = alpha = 1.0 - level
+    miss = np.full(len(stream), np.nan)                         # share of window i outside its interval
+
+    def feedback(j: int) -> float:
+        return alpha + gamma * (target - miss[j]) if gamma > 0 and not np.isnan(miss[j]) else alpha
+
+    for i in range(len(stream)):
+        if i % every == 0:
+            end = len(known) + max(0, i - lag + 1)              # errors known at window i
+            if end == 0:
+                raise ValueError("no error is known before the first window; give errors of earlier windows")
+            recent = pool[max(0, end - size):end]
+            ranked, n = np.sort(recent, axis=0), (~np.isnan(recent)).sum(axis=0)
+        if i >= lag:
+            alpha = feedback(i - lag)
+        out[i] = _rank_at(ranked, n, min(max(1.0 - alpha, 0.0), 1.0))
+        exists = ~np.isnan(stream[i])
+        if exists.any():
+            miss[i] = float((stream[i][exists] > out[i][exists]).mean())
+    for j in range(max(0, len(stream) - lag), len(stream)):    # the feedback still to come
+        alpha = feedback(j)
+    return RollingIntervals(out, min(max(1.0 - alpha, 0.0), 1.0))

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _intervals import adaptive_conformal_loop
 
 from rlts.tasks.cli import main
 from rlts.tasks.supervised.forecast import parse_forecast_config, run_forecast
@@ -393,13 +394,17 @@ def test_future_forecast_intervals_and_file_unit_metrics_of_the_naive_model(tmp_
     for s in range(lo_val, hi_val - window - horizon + 1):
         res.append([[abs(x[s + window + h, c] - x[s + window - 1, c]) for c in range(2)] for h in range(horizon)])
     res = np.asarray(res)
-    latest = []                                                         # the file's last len(res) windows
-    for s in range(n - window - horizon + 1 - len(res), n - window - horizon + 1):
-        latest.append([[abs(x[s + window + h, c] - x[s + window - 1, c]) for c in range(2)] for h in range(horizon)])
-    latest = np.asarray(latest)
-    assert len(latest) == len(res) and not np.allclose(np.sort(latest, axis=0), np.sort(res, axis=0))
+    tail = []                                                           # the file's last 3 len(res) windows
+    for s in range(max(0, n - window - horizon + 1 - 3 * len(res)), n - window - horizon + 1):
+        tail.append([[abs(x[s + window + h, c] - x[s + window - 1, c]) for c in range(2)] for h in range(horizon)])
+    tail = np.asarray(tail)
+    latest = tail[-len(res):]
+    assert not np.allclose(np.sort(latest, axis=0), np.sort(res, axis=0))
+    start = max(1, len(tail) - 2 * len(res))
     for level in (80, 95):
-        k = min(len(latest), math.ceil((len(latest) + 1) * level / 100))
+        # the level adapted over the 2 len(res) windows before the end (step 0.002, the default)
+        _, adapted = adaptive_conformal_loop(tail[:start], tail[start:], level / 100, horizon, len(res), 24, 0.002)
+        k = min(len(latest), max(1, math.ceil((len(latest) + 1) * adapted)))
         half = np.sort(latest, axis=0)[k - 1]                           # (H, C), file units
         for c, name in enumerate("ab"):
             rows = table[table["unique_id"] == name]
@@ -449,17 +454,9 @@ def test_future_forecast_intervals_and_file_unit_metrics_of_the_naive_model(tmp_
         losses = [2 * np.sum(np.maximum(t * (ty - tf - offsets[t]), (t - 1) * (ty - tf - offsets[t]))) / np.abs(ty).sum()
                   for t in taus]
         assert r[key] == pytest.approx(np.mean(losses), rel=1e-4), key
-    # recent-error intervals: each test window's half-widths from the latest len(e) errors known at its origin
-    pool = np.concatenate([np.abs(e), np.abs(ty - tf)])
-    half = {}
-    for lv in (80, 95):
-        rows = []
-        for i in range(len(ty)):
-            at = i - i % 24                                               # recomputed every 24 windows
-            end = len(e) + max(0, at - horizon + 1)
-            known = np.sort(pool[max(0, end - len(e)):end], axis=0)
-            rows.append(known[min(len(known), math.ceil((len(known) + 1) * lv / 100)) - 1])
-        half[lv] = np.array(rows)
+    # recent-error intervals: each test window's half-widths from the latest len(e) errors known at its
+    # origin, re-ranked every 24 windows, at a level adapted with step 0.002 (the defaults)
+    half = {lv: adaptive_conformal_loop(e, ty - tf, lv / 100, horizon, len(e), 24, 0.002)[0] for lv in (80, 95)}
     recent = {0.5: 0 * tf, 0.1: -half[80], 0.9: half[80], 0.025: -half[95], 0.975: half[95]}
     losses = [2 * np.sum(np.maximum(t * (ty - tf - recent[t]), (t - 1) * (ty - tf - recent[t]))) / np.abs(ty).sum()
               for t in taus]

@@ -110,9 +110,52 @@ def test_rolling_conformal_uses_only_errors_known_at_each_origin():
             pool = list(np.abs(known)) + [np.abs(stream[k]) for k in range(0, max(0, at - lag + 1))]
             pool = np.array(pool[-size:])
             rank = min(len(pool), math.ceil((len(pool) + 1) * 0.8))
-            assert np.array_equal(got[i], np.sort(pool, axis=0)[rank - 1]), (lag, size, every, i)
+            assert np.array_equal(got.half[i], np.sort(pool, axis=0)[rank - 1]), (lag, size, every, i)
+        assert got.next_level == 0.8                             # no adaptation without gamma
     with pytest.raises(ValueError, match="no error is known"):
         rolling_conformal(known[:0], stream, 0.8, 3, 5)
+
+
+@pytest.mark.parametrize("lag, size, every, gamma", [(3, 5, 1, 0.05), (1, 30, 1, 0.2), (4, 6, 3, 0.02), (2, 8, 2, 1.0)])
+def test_adaptive_rolling_conformal_matches_a_loop(lag, size, every, gamma):
+    """Adaptive levels (delayed feedback of each window's miss share) against an element-wise
+    loop, on a stream whose errors grow fourfold midway, so the level must rise; gamma 1 drives
+    the level past 0 and 1 (the smallest and the largest error)."""
+    from _intervals import adaptive_conformal_loop
+
+    from rlts.metrics import rolling_conformal
+
+    rng = np.random.default_rng(5)
+    known = rng.normal(size=(7, 3, 2))
+    stream = rng.normal(size=(41, 3, 2)) * np.where(np.arange(41) < 20, 1.0, 4.0)[:, None, None]
+    for level in (0.8, 0.95):
+        got = rolling_conformal(known, stream, level, lag, size, every, gamma)
+        want, want_next = adaptive_conformal_loop(known, stream, level, lag, size, every, gamma)
+        np.testing.assert_array_equal(got.half, want)
+        assert got.next_level == pytest.approx(want_next, abs=1e-12)
+    # with every error kept, a fixed level under-covers after the jump; the adapted one less so
+    fixed = rolling_conformal(known, stream, 0.8, lag, 100, every)
+    adapted = rolling_conformal(known, stream, 0.8, lag, 100, every, gamma)
+    late = slice(30, None)
+    assert (np.abs(stream[late]) <= adapted.half[late]).mean() > (np.abs(stream[late]) <= fixed.half[late]).mean()
+    assert adapted.next_level > 0.8
+
+
+def test_adaptive_rolling_conformal_skips_windows_without_truth_and_checks_its_arguments():
+    from rlts.metrics import rolling_conformal
+
+    rng = np.random.default_rng(6)
+    known, stream = rng.normal(size=(5, 2, 2)), rng.normal(size=(9, 2, 2))
+    holed = stream.copy()
+    holed[3] = np.nan                                            # a window no series covers: no feedback
+    holed[5, :, 1] = np.nan                                      # a window one series covers: its share
+    got = rolling_conformal(known, holed, 0.8, 1, 20, 1, 0.1)
+    dense = rolling_conformal(known, np.delete(holed, 3, axis=0), 0.8, 1, 20, 1, 0.1)
+    assert got.next_level == pytest.approx(dense.next_level, abs=1e-12) and np.isfinite(got.half).all()
+    for bad, match in (({"gamma": -0.1}, "gamma"), ({"level": 1.0}, "level")):
+        kw = {"level": 0.8, "gamma": 0.0, **bad}
+        with pytest.raises(ValueError, match=match):
+            rolling_conformal(known, stream, kw["level"], 1, 5, 1, kw["gamma"])
 
 
 def test_missing_truth_is_left_out_of_every_metric_rank_and_share():

@@ -61,8 +61,8 @@ STREAM_BATCH = 4096
 """Windows per batch when a model made for streaming is scored (one stream pass per batch)."""
 FUTURE_FILE = "future.json"
 """In each run's folder: the forecast after the file's last row and its intervals' conformal
-half-widths per horizon step and channel, in the file's units (from the errors of the file's
-latest windows, as many as calibrate the validation intervals); forecast.csv gathers them."""
+half-widths per horizon step and channel, in the file's units (`future_half_widths`: from the
+errors of the file's latest windows at an adapted level); forecast.csv gathers them."""
 
 
 @dataclass
@@ -142,8 +142,13 @@ class ForecastConfig:
     write forecast.csv, for users who want the forecast alone."""
     recalibrate_every: int = param(24, within="[1, inf)")
     """The test scores of recent-error intervals (wql_recent, coverage_<L>_recent: conformal
-    half-widths from the latest errors known at each forecast) are recomputed every this many
-    test windows."""
+    half-widths from the latest errors known at each forecast) re-rank those errors every this
+    many test windows."""
+    aci_gamma: float = param(0.002, within="[0, inf)")
+    """Step of the adaptive level of recent-error intervals (adaptive conformal inference,
+    `rlts.metrics.rolling_conformal`): after each window whose truth is known, the level moves
+    by gamma times the gap between its miss rate and the nominal one. Scored as wql_recent and
+    coverage_<L>_recent, and used for forecast.csv's intervals; 0: a fixed level."""
     season: Optional[int] = param(None, within="[1, inf)")
     """Seasonal period of MASE's seasonal naive scale; default from the dates' frequency
     (hourly: 24, 15 minutes: 96, daily: 7, weekly: 52, monthly: 12), 1 without dates."""
@@ -330,20 +335,43 @@ def symmetric_offsets(half: Dict[float, np.ndarray]) -> Dict[float, np.ndarray]:
 
 
 def recent_interval_scores(err_known: np.ndarray, forecast: np.ndarray, truth: np.ndarray, units: Units,
-                           levels: List[float], lag: int, every: int) -> Dict[str, float]:
+                           levels: List[float], lag: int, every: int, gamma: float) -> Dict[str, float]:
     """Coverage and weighted quantile loss of conformal intervals that follow the test stream
     (`forecast`, `truth`: (N, H, C) scaled, in time order): each test window's half-widths come
     from the latest len(err_known) absolute errors known at its origin (the validation
-    windows', then the test windows' whose targets it has seen; `rlts.metrics.rolling_conformal`,
-    recomputed every `every` windows), as a forecaster that recalibrates on its recent errors
-    would have them. Keys: wql_recent, coverage_<L>_recent."""
-    half = {lv: rolling_conformal(err_known, truth - forecast, lv / 100, lag, len(err_known), every) for lv in levels}
+    windows', then the test windows' whose targets it has seen), ranked at a level that adapts
+    to the misses seen so far with step `gamma` (`rlts.metrics.rolling_conformal`, re-ranked
+    every `every` windows), as a forecaster that recalibrates on its recent errors would have
+    them. Keys: wql_recent, coverage_<L>_recent."""
+    half = {lv: rolling_conformal(err_known, truth - forecast, lv / 100, lag, len(err_known), every, gamma).half
+            for lv in levels}
     sums = QuantileLossSums(interval_taus(levels))
     for part in np.array_split(np.arange(len(forecast)), max(1, len(forecast) // 512)):
         f = forecast[part].astype(np.float64)
         offsets = symmetric_offsets({lv: h[part] for lv, h in half.items()})
         sums.add(units(truth[part].astype(np.float64)), {t: units(f + off) for t, off in offsets.items()})
     return {f"{k}_recent": v for k, v in sums.values().items()}
+
+
+def future_half_widths(model: nn.Module, values: torch.Tensor, inputs: torch.Tensor, table, n_rows: int, size: int,
+                       h: int, cfg: ForecastConfig, device: torch.device,
+                       fallback: Dict[float, np.ndarray]) -> Dict[float, np.ndarray]:
+    """The half-widths (H, C_out), scaled, of the intervals of the forecast after the file's
+    end: the conformal rank of the file's latest `size` window errors whose truth is known, at
+    the level the adaptive intervals reach after a stream of the 2 * `size` windows before the
+    end (`rolling_conformal`, step cfg.aci_gamma; the `size` windows before that calibrate its
+    start). A series that ends before these windows keeps its `fallback` half-widths."""
+    latest = WindowDataset(values, cfg.window, h, max(0, n_rows - (3 * size + cfg.window + h - 1)), n_rows,
+                           input_columns=table.input_columns, target_columns=table.target_columns)
+    err = errors(model, latest, cfg.eval_batch_size, device, inputs)
+    start = max(1, len(err) - 2 * size)
+    out = {}
+    for level in cfg.levels:
+        adapted = rolling_conformal(err[:start], err[start:], level / 100, h, size, cfg.recalibrate_every,
+                                    cfg.aci_gamma).next_level
+        q = conformal_quantiles(np.abs(err[-size:]), min(max(adapted, 1e-9), 1 - 1e-9))
+        out[level] = np.where(np.isnan(q), fallback[level], q)
+    return out
 
 
 def errors(model: nn.Module, data, batch_size: int, device: torch.device,
@@ -549,7 +577,7 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
                 samples = {"windows": plot_idx, "forecast": [kept[i][:, target_out].tolist() for i in plot_idx]}
                 (samples_dir / "samples.json").write_text(json.dumps(samples))
             recent = recent_interval_scores(err, *extra["windows"], units, cfg.levels, lag=h,
-                                            every=cfg.recalibrate_every)
+                                            every=cfg.recalibrate_every, gamma=cfg.aci_gamma)
             u, q = extra["units"], extra["quantiles"]
             cov = {k[len("coverage_"):]: v for k, v in q["conformal"].items() if k.startswith("coverage_")}
             scores = {"mse": mse, "mae": mae, "mae_units": u["mae"], "rmse_units": u["rmse"], "smape": u["smape"],
@@ -562,14 +590,7 @@ def run_forecast(cfg: ForecastConfig, log=print) -> dict:
             log(f"[done] {name} h={h}: trained, test split not scored ({train_time:.1f} s" + run.seed_note(seed) + ")")
         run_dir.mkdir(parents=True, exist_ok=True)
         future = future_forecast(model, inputs, cfg.window, series_ends(table, n_rows), device)   # (H, C_out)
-        # The future's intervals: the conformal rank of the latest windows' errors (as many as
-        # calibrate the validation intervals), those nearest the forecast whose truth is known.
-        latest = WindowDataset(values, cfg.window, h, max(0, n_rows - (len(err) + cfg.window + h - 1)), n_rows,
-                               input_columns=table.input_columns, target_columns=table.target_columns)
-        err_latest = np.abs(errors(model, latest, cfg.eval_batch_size, device, inputs))
-        # (a series that ends before these windows keeps its validation half-widths)
-        half_future = {level: np.where(np.isnan(q := conformal_quantiles(err_latest, level / 100)), half[level], q)
-                       for level in cfg.levels}
+        half_future = future_half_widths(model, values, inputs, table, n_rows, len(err), h, cfg, device, half)
         write_json_atomic({"forecast": units(future).tolist(),
                            "half_widths": {f"{k:g}": (v * units.std).tolist() for k, v in half_future.items()}},
                           run_dir / FUTURE_FILE)
