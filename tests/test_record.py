@@ -9,6 +9,7 @@ from rlts.runtime import episode_seed
 from rlts.tasks.cli import main as rlts
 from rlts.tasks.rl.envs import make_env
 from rlts.tasks.rl.record import export_replay, record
+from rlts.world_models.replay import ReplayFiles
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,6 +33,12 @@ def run_dir(tmp_path_factory):
     finally:
         torch.set_num_threads(n)
     return out
+
+
+def replay_checkpoint(run_dir):
+    """last.pt of a run with its replay buffer read back from checkpoints/replay/."""
+    payload = load(run_dir / "checkpoints" / "last.pt")
+    return {**payload, "buffer": ReplayFiles(run_dir / "checkpoints" / "replay").read(payload["buffer"])}
 
 
 def rerun(data):
@@ -137,7 +144,7 @@ def check_replay(data, buf):
 
 
 def test_export_replay(run_dir, tmp_path):
-    buf = load(run_dir / "checkpoints" / "last.pt")["buffer"]
+    buf = replay_checkpoint(run_dir)["buffer"]
     data = export_replay(run_dir, tmp_path / "replay.npz", progress=False)
     back = load_trajectories(tmp_path / "replay.npz")
     check_replay(back, buf)
@@ -164,7 +171,7 @@ def test_export_replay(run_dir, tmp_path):
 
 
 def test_export_replay_fallbacks(run_dir, tmp_path):
-    payload = load(run_dir / "checkpoints" / "last.pt")
+    payload = replay_checkpoint(run_dir)  # the whole buffer in last.pt: a checkpoint export_replay reads too
     # a buffer that wrapped around: the beginnings are gone, only the flags can be used
     wrapped = tmp_path / "wrapped"
     save_atomic({**payload, "buffer": {**payload["buffer"], "steps": payload["buffer"]["steps"] + 10}},

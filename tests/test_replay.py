@@ -1,11 +1,13 @@
-"""rlts.world_models.replay: contiguous windows, ring wrap-around, DFS probabilities, state dicts."""
+"""rlts.world_models.replay: contiguous windows, ring wrap-around, DFS probabilities, state dicts,
+and checkpoints as append-only chunk files that survive a kill at any point."""
 import io
 
 import numpy as np
 import pytest
 import torch
 
-from rlts.world_models.replay import ReplayBuffer, replay_nbytes
+from rlts.checkpoint import load, save_atomic
+from rlts.world_models.replay import ReplayBuffer, ReplayFiles, chunk_name, replay_nbytes
 
 
 def _filled(capacity=20, num_envs=2, steps=13, obs_shape=(3,), dtype=torch.float32):
@@ -199,3 +201,131 @@ def test_memory_estimate():
     assert replay_nbytes(100_000, (64, 64, 3), torch.uint8) == 100_000 * (64 * 64 * 3 + 25)
     buf = ReplayBuffer(1000, 4, (64, 64, 3), torch.uint8)
     assert buf.nbytes == replay_nbytes(1000, (64, 64, 3), torch.uint8)
+
+
+
+def _add(buf, t):
+    """Add step t of the `_filled` pattern (obs (3,) per env)."""
+    n = buf.num_envs
+    obs = np.zeros((n, 3), np.float32)
+    obs[:, 0], obs[:, 1] = t, np.arange(n)
+    buf.add(obs, np.full(n, t), [t + e / 10 for e in range(n)], np.full(n, t % 5 == 4))
+
+
+def _step(buf, t):
+    """Add step t, then draw DFS batches (which change the counters), seeded by t."""
+    _add(buf, t)
+    torch.manual_seed(t)
+    if buf.size >= 2:
+        buf.sample(2, 2, "world_model")
+        buf.sample(2, 2, "imagination")
+
+
+def _run(buf, files, last, start, end, every, written=None):
+    """Steps [start, end) (`_step`); a checkpoint (chunk, last.pt, commit) every `every` steps.
+    Returns the buffer's state at each checkpoint, by step; the chunks written go to `written`."""
+    states = {}
+    for t in range(start, end):
+        _step(buf, t)
+        if (t + 1) % every == 0:
+            index = files.write(buf)
+            save_atomic({"buffer": index}, last)
+            files.commit(index)
+            states[buf.steps] = buf.state_dict()
+            if written is not None:
+                written.append(tuple(index["chunks"][-1]))
+    return states
+
+
+def _restored(path, last):
+    buf = ReplayBuffer(10, 2, (3,), torch.float32)
+    files = ReplayFiles(path)
+    files.restore(buf, load(last)["buffer"])
+    return buf, files
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k], k
+
+
+def _names(path):
+    return sorted(p.name for p in path.iterdir())
+
+
+@pytest.mark.parametrize("every", [3, 7])  # more often than the ring of 5 wraps, and less often
+def test_files_restore_the_buffer_and_write_each_step_once(tmp_path, every):
+    buf = ReplayBuffer(10, 2, (3,), torch.float32)  # a ring of 5 per env, 42 steps: overwrites
+    files, last, written = ReplayFiles(tmp_path / "replay"), tmp_path / "last.pt", []
+    states = _run(buf, files, last, 0, 42, every, written)
+    # each checkpoint wrote the steps added since the previous one that are still in the ring
+    assert written == [(max(s - every, s - 5), s) for s in states]
+    index = load(last)["buffer"]
+    assert _names(tmp_path / "replay") == [chunk_name(a, b) for a, b in index["chunks"]]
+    assert index["chunks"][0][0] <= index["steps"] - 5 < index["chunks"][0][1]  # nothing older left
+    other, _ = _restored(tmp_path / "replay", last)
+    _same(other.state_dict(), states[max(states)])
+    for mode in ("world_model", "imagination", "uniform"):  # the same draws as the original
+        torch.manual_seed(5)
+        a = buf.sample(4, 3, mode)
+        torch.manual_seed(5)
+        b = other.sample(4, 3, mode)
+        assert all(torch.equal(a[k], b[k]) for k in a), mode
+
+
+def test_a_kill_while_checkpointing_leaves_the_last_checkpoint_whole(tmp_path):
+    """Killed after a chunk is written but before last.pt lists it, or after last.pt is saved
+    but before the chunks it no longer lists are deleted (and a temporary file of a write cut
+    short): a restore gives the buffer of the last complete checkpoint, and carrying on from
+    there ends as an uninterrupted run does, without leftover files."""
+    straight = _run(ReplayBuffer(10, 2, (3,), torch.float32), ReplayFiles(tmp_path / "a"), tmp_path / "a.pt",
+                    0, 30, 3)
+    path, last = tmp_path / "b", tmp_path / "b.pt"
+    buf, files = ReplayBuffer(10, 2, (3,), torch.float32), ReplayFiles(path)
+    _run(buf, files, last, 0, 12, 3)
+    for t in range(12, 15):
+        _step(buf, t)
+    files.write(buf)  # killed here: the chunk of steps [12, 15) is on disk, last.pt still says 12
+    (path / f".{chunk_name(15, 18)}.x1y2.tmp").write_bytes(b"cut short")
+    assert chunk_name(12, 15) in _names(path)
+    buf, files = _restored(path, last)
+    assert buf.steps == 12
+    _same(buf.state_dict(), straight[12])
+    _run(buf, files, last, 12, 21, 3)
+    assert not [n for n in _names(path) if n.endswith(".tmp")]
+    _same(buf.state_dict(), straight[21])
+
+    for t in range(21, 24):
+        _step(buf, t)
+    index = files.write(buf)
+    save_atomic({"buffer": index}, last)  # killed here: last.pt says 24, stale chunks are left
+    assert chunk_name(15, 18) in _names(path) and [15, 18] not in index["chunks"]
+    buf, files = _restored(path, last)
+    _same(buf.state_dict(), straight[24])
+    _run(buf, files, last, 24, 30, 3)
+    _same(buf.state_dict(), straight[30])
+    assert _names(path) == _names(tmp_path / "a")
+
+
+def test_files_errors_and_full_states(tmp_path):
+    buf = ReplayBuffer(10, 2, (3,), torch.float32)
+    files, last = ReplayFiles(tmp_path / "replay"), tmp_path / "last.pt"
+    _run(buf, files, last, 0, 8, 4)
+    index = load(last)["buffer"]
+    with pytest.raises(ValueError, match="do not hold the stored steps"):
+        ReplayFiles(tmp_path / "replay").read({**index, "chunks": index["chunks"][1:]})
+    with pytest.raises(ValueError, match="lacks"):
+        ReplayFiles(tmp_path / "replay").read({k: v for k, v in index.items() if k != "n_wm"})
+    with pytest.raises(ValueError, match="replay chunk .* is missing"):
+        ReplayFiles(tmp_path / "elsewhere").read(index)
+    with pytest.raises(ValueError, match="expected"):  # a buffer of other obs
+        ReplayFiles(tmp_path / "replay").read({**index, "obs_shape": [4]})
+    with pytest.raises(ValueError, match="not restored from this folder"):
+        files.write(ReplayBuffer(10, 2, (3,), torch.float32))  # 0 steps, the files hold 8
+    # a checkpoint holding the whole buffer (state_dict) restores too; the next write stores
+    # every step the buffer holds
+    other, files = ReplayBuffer(10, 2, (3,), torch.float32), ReplayFiles(tmp_path / "new")
+    files.restore(other, buf.state_dict())
+    _same(other.state_dict(), buf.state_dict())
+    assert files.write(other)["chunks"] == [[3, 8]]

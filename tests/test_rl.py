@@ -1,16 +1,20 @@
 """The RL loop (rlts.tasks.rl.loop): debug runs end to end through the `rlts` command, and a run killed
 after a checkpoint resumes to exactly the same weights, optimiser states, replay buffer and
-evaluation returns as an uninterrupted one (CartPole and an Atari game)."""
+evaluation returns as an uninterrupted one (CartPole and an Atari game), also when killed in the
+middle of writing a checkpoint; the TensorBoard scalars RL users look for are written."""
 import json
 from dataclasses import fields
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rlts.checkpoint import Checkpointer
 from rlts.tasks.cli import main
 from rlts.tasks.rl import loop as rl
 from rlts.tasks.rl.config import RLConfig, parse_rl_config
 from rlts.world_models.learner import Learner, LearnerConfig
+from rlts.world_models.replay import ReplayFiles, chunk_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +41,20 @@ def run(tmp_path, name, argv, yaml="rl.yaml", kill_after_updates=None, monkeypat
 
 
 def final_state(path):
-    return torch.load(path / "checkpoints" / "last.pt", weights_only=True)
+    """last.pt with the replay buffer read back from its chunk files."""
+    state = torch.load(path / "checkpoints" / "last.pt", weights_only=True)
+    return {**state, "buffer": ReplayFiles(path / "checkpoints" / "replay").read(state["buffer"])}
+
+
+def replay_files(path):
+    return sorted(p.name for p in (path / "checkpoints" / "replay").iterdir())
+
+
+def scalars(path):
+    """{tag: [(step, value), ...]} of a run's TensorBoard events."""
+    acc = EventAccumulator(str(path / "tb"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def assert_same(a, b, where="checkpoint"):
@@ -65,7 +82,17 @@ def test_cartpole_debug_run_through_the_command(tmp_path, capsys):
     assert res["world_model_parameters"] > 0 and len(res["curve"]) == 2  # at 150 and the final one
     for f in ("config.yaml", "eval.csv", "eval.md", "eval.png", "checkpoints/last.pt"):
         assert (out / f).is_file(), f
-    assert list((out / "tb").iterdir())
+    # one replay chunk per checkpoint (every 100 steps), each step written once
+    assert replay_files(out) == [chunk_name(a, a + 100) for a in range(0, 300, 100)]
+    logged = scalars(out)
+    final = {tag: values[-1] for tag, values in logged.items() if tag.startswith("eval/")}
+    assert final["eval/return"] == (300, pytest.approx(res["eval_return"]))
+    assert final["eval/return_std"] == (300, pytest.approx(res["eval_std"]))
+    assert final["eval/return_min"] == (300, pytest.approx(min(res["eval_returns"])))
+    assert final["eval/return_max"] == (300, pytest.approx(max(res["eval_returns"])))
+    assert [step for step, _ in logged["perf/updates_per_s"]][-2:] == [250, 300]
+    assert all(v > 0 for _, v in logged["perf/updates_per_s"])
+    assert not [tag for tag in logged if "human_normalised" in tag]  # CartPole has no human score
     # the same command again: the finished run is reported, not redone
     capsys.readouterr()
     assert main(["rl", "--config", "debug", "--out", str(out)]) == 0
@@ -103,6 +130,49 @@ def test_cartpole_resume_after_a_kill_is_bit_for_bit(tmp_path, monkeypatch, num_
     assert_same(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
 
 
+def test_kills_while_checkpointing_a_wrapped_buffer_resume_exactly(tmp_path, monkeypatch):
+    """A ring of 120 steps (the run has 300) checkpointed every 50 steps: each checkpoint appends
+    one chunk and drops the chunks overwritten in the ring. Killed after the chunk of step 250 is
+    written but before last.pt lists it, the run resumes from step 200; killed after last.pt of
+    step 300 is saved but before the chunks it no longer lists are deleted, it resumes from 300.
+    Both end as an uninterrupted run does, with only the chunks of the stored steps left."""
+    argv = ["--buffer_size", "120", "--checkpoint_every", "50"]
+    straight = run(tmp_path, "a", argv)
+    out = tmp_path / "b"
+    cfg = parse_rl_config(["--config", "debug", "--out", str(out), *argv])
+    save, commit = Checkpointer.save, ReplayFiles.commit
+
+    def killed_save(self, step, payload):
+        if step == 250:
+            raise Killed
+        return save(self, step, payload)
+
+    monkeypatch.setattr(Checkpointer, "save", killed_save)
+    with pytest.raises(Killed):
+        rl.train(cfg)
+    monkeypatch.setattr(Checkpointer, "save", save)
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 200
+    assert chunk_name(200, 250) in replay_files(out)  # written, not listed by last.pt
+
+    def killed_commit(self, index):
+        if index["steps"] == 300:
+            raise Killed
+        return commit(self, index)
+
+    monkeypatch.setattr(ReplayFiles, "commit", killed_commit)
+    with pytest.raises(Killed):
+        rl.train(cfg)
+    monkeypatch.setattr(ReplayFiles, "commit", commit)
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 300
+    assert chunk_name(100, 150) in replay_files(out)  # overwritten in the ring, not yet deleted
+
+    resumed = rl.train(cfg)
+    assert resumed["eval_returns"] == straight["eval_returns"] and resumed["curve"] == straight["curve"]
+    assert_same(final_state(tmp_path / "a"), final_state(out))
+    assert final_state(out)["buffer"]["size"] == 120
+    assert replay_files(out) == replay_files(tmp_path / "a") == [chunk_name(a, a + 50) for a in (150, 200, 250)]
+
+
 def test_atari_train_checkpoint_resume_evaluate(tmp_path, monkeypatch):
     """The CI-sized Atari cycle: a kill at step ~170 (35 updates), a resume from the checkpoint at
     step 150 (the agent acting, 25 updates done) that rebuilds the emulator by replaying the
@@ -113,8 +183,14 @@ def test_atari_train_checkpoint_resume_evaluate(tmp_path, monkeypatch):
     assert resumed["eval_returns"] == straight["eval_returns"]
     assert_same(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
     assert "108000" not in resumed["protocol"] and "frame skip 4" in resumed["protocol"]
-    tags = {p.name for p in (tmp_path / "b" / "tb").iterdir()}
-    assert tags  # event files written
+    # the human-normalised score of Breakout (random 1.7, human 30.5), evaluation and training
+    logged = scalars(tmp_path / "a")
+    hns = lambda score: (score - 1.7) / (30.5 - 1.7)  # noqa: E731
+    assert logged["eval/human_normalised_score"] == [(200, pytest.approx(hns(straight["eval_return"])))]
+    returns = [v for _, v in logged["train/episode_return"]]
+    assert [v for _, v in logged["train/human_normalised_score"]] == pytest.approx([hns(r) for r in returns])
+    for tag in ("eval/return_std", "eval/return_min", "eval/return_max", "perf/updates_per_s"):
+        assert tag in logged, tag
 
 
 @pytest.mark.parametrize("backbone", ["mamba", "aaren", "transformer", "gru"])

@@ -19,17 +19,24 @@ Read top to bottom, per environment step (Drama's schedule):
    `imagine_context` real frames;
 4. every `eval_every` steps: greedy evaluation on full episodes (no life-loss signal), run side by
    side with one batched acting state (rlts.tasks.rl.episodes.run_episodes);
-   every `checkpoint_every` steps: an atomic checkpoint of everything, the replay buffer included.
+   every `checkpoint_every` steps: an atomic checkpoint of everything, the replay buffer included
+   (its steps added since the previous checkpoint appended as one file: rlts.world_models.replay.ReplayFiles).
 
 Exact resume: a checkpoint holds the models, optimisers, buffer, counters, RNG states, the
-recurrent acting states, and for every environment its current episode's seed and actions. On
-resume each environment is reset with that seed and the actions are replayed, which rebuilds
-its state exactly (checked against the stored observation), so a killed run continues as if it
-had never stopped. Evaluation runs on a forked RNG and does not disturb training.
+recurrent acting states, and for every environment its current episode's seed and actions. The
+buffer's transitions live in checkpoints/replay/, one chunk file per checkpoint, and last.pt
+holds its index (pointers, sampling counters, the chunks it needs); a chunk is on disk before
+last.pt lists it, and chunks last.pt no longer lists are deleted only after it is saved, so a
+kill at any point leaves the last checkpoint whole. On resume each environment is reset with
+that seed and the actions are replayed, which rebuilds its state exactly (checked against the
+stored observation), so a killed run continues as if it had never stopped. Evaluation runs on a
+forked RNG and does not disturb training.
 
-Outputs in `out`: config.yaml, checkpoints/last.pt, tb/ (losses, returns, FPS, reconstructions
-and imagined rollouts as images), eval.csv / eval.md / eval.png (the evaluation curve), and
-results.json with the final mean evaluation return as `eval_return`.
+Outputs in `out`: config.yaml, checkpoints/last.pt and checkpoints/replay/, tb/ (losses; returns,
+with the evaluation's spread (std, min, max) and, for Atari100k games, human-normalised scores
+(tasks/data/atari100k_reference_scores.csv); environment steps and learner updates per second;
+reconstructions and imagined rollouts as images), eval.csv / eval.md / eval.png (the evaluation
+curve), and results.json with the final mean evaluation return as `eval_return`.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -51,12 +58,13 @@ from rlts.tracking import RunLogger, write_table
 from rlts.tasks.runner import Command
 from rlts.tasks.runner import load_results, output_folder, write_json_atomic
 from rlts.tasks.rl.config import RLConfig
-from rlts.tasks.rl.envs import env_spec, make_env
+from rlts.tasks.rl.envs import env_spec, is_atari, make_env
+from rlts.tasks.rl.games import find_game
 from rlts.tasks.rl.episodes import EpisodeCollector, run_episodes
 from rlts.world_models.actor_critic import ActorCritic
 from rlts.world_models.agent import Agent
 from rlts.world_models.learner import Learner, LearnerConfig
-from rlts.world_models.replay import ReplayBuffer
+from rlts.world_models.replay import ReplayBuffer, ReplayFiles
 from rlts.world_models.world_model import WorldModel
 
 # Settings a resumed run must share with its checkpoint (`steps` may grow: training continues).
@@ -152,6 +160,22 @@ def evaluate(wm: WorldModel, ac: ActorCritic, cfg: RLConfig, episodes: int, roun
     return result.returns
 
 
+def human_normaliser(env: str) -> Optional[Callable[[float], float]]:
+    """score -> (score - random) / (human - random) for an Atari100k game, with the random and
+    human scores of tasks/data/atari100k_reference_scores.csv; None for other environments."""
+    if not is_atari(env):
+        return None
+    from rlts.tasks.atari100k.report import load_reference  # pandas: imported for Atari runs only
+    from rlts.tasks.atari100k.stats import human_normalized_score
+
+    ref = load_reference()
+    game = find_game(env, ref.index)
+    if game is None:
+        return None
+    random, human = float(ref.loc[game, "random"]), float(ref.loc[game, "human"])
+    return lambda score: human_normalized_score(score, random, human)
+
+
 def log_images(log: RunLogger, step: int, learner: Learner) -> None:
     """Real vs reconstructed frames of one training window, one imagined rollout decoded, and
     the open-loop prediction of a window (`Learner.images`), drawn with a forked RNG: logging
@@ -205,6 +229,7 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
           f"actor-critic {count_parameters(learner.ac):,}; device {device}; out {out}")
 
     ckpt = Checkpointer(out / "checkpoints")
+    replay_files = ReplayFiles(ckpt.dir / "replay")
     env_steps, curve, wall = 0, [], 0.0
     state = ckpt.load_latest(map_location=device, restore_rng=False)
     if state is None:
@@ -212,32 +237,42 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
     else:
         check_resumable(state.get("config", {}), cfg, ckpt.last_path)
         learner.load_state_dict(state["learner"])
-        buffer.load_state_dict(state["buffer"])
+        replay_files.restore(buffer, state["buffer"])
         collector.load_state_dict(state["collector"])
         env_steps, curve, wall = int(state["step"]), list(state["curve"]), float(state["wall"])
         set_rng_state(state["rng"])
         print(f"rlts {task}: resumed at step {env_steps:,} from {ckpt.last_path}")
 
+    normalise = human_normaliser(cfg.env)
+
+    def hns(prefix: str, score: float) -> Dict[str, float]:
+        """The human-normalised score of an Atari100k game as a scalar; none for other envs."""
+        return {f"{prefix}/human_normalised_score": normalise(score)} if normalise else {}
+
     def save(final: Optional[dict] = None) -> None:
-        ckpt.save(env_steps, {"config": to_dict(cfg), "learner": learner.state_dict(), "buffer": buffer.state_dict(),
+        index = replay_files.write(buffer)  # the new steps' chunk, on disk before last.pt lists it
+        ckpt.save(env_steps, {"config": to_dict(cfg), "learner": learner.state_dict(), "buffer": index,
                               "collector": collector.state_dict(), "curve": curve, "wall": wall, "final": final})
+        replay_files.commit(index)  # last.pt is saved: the chunks it does not list can go
 
     def run_eval(episodes: int) -> dict:
         returns = evaluate(learner.wm, learner.ac, cfg, episodes, len(curve), device)
         point = {"step": env_steps, "mean": float(np.mean(returns)), "std": float(np.std(returns)),
                  "episodes": episodes}
         curve.append(point)
-        log.scalars(env_steps, {"eval/return": point["mean"]})
+        spread = {"eval/return_std": point["std"], "eval/return_min": min(returns), "eval/return_max": max(returns)}
+        log.scalars(env_steps, {"eval/return": point["mean"], **spread, **hns("eval", point["mean"])})
         return {**point, "returns": returns}
 
     n = cfg.num_envs
-    t0, steps0 = time.time(), env_steps
+    t0, steps0, updates0 = time.time(), env_steps, learner.updates
     with RunLogger(out, total=cfg.steps, initial=env_steps, desc=f"{task} {cfg.env}", progress=cfg.progress) as log:
         metrics: Dict[str, torch.Tensor] = {}
         while env_steps < cfg.steps:
             actions = collector.act(env_steps < cfg.random_steps)
             for ret, length in collector.step(actions, buffer):
-                log.scalars(env_steps, {"train/episode_return": ret, "train/episode_length": length})
+                log.scalars(env_steps, {"train/episode_return": ret, "train/episode_length": length,
+                                        **hns("train", ret)})
             env_steps += n
             log.advance(n)
             if env_steps >= cfg.random_steps:
@@ -245,8 +280,9 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
                 while learner.updates < due:
                     metrics = learner.update(buffer)
             if env_steps % cfg.log_every < n and metrics:
-                elapsed = time.time() - t0
-                log.scalars(env_steps, {**metrics, "perf/env_steps_per_s": (env_steps - steps0) / max(elapsed, 1e-9)},
+                elapsed = max(time.time() - t0, 1e-9)
+                log.scalars(env_steps, {**metrics, "perf/env_steps_per_s": (env_steps - steps0) / elapsed,
+                                        "perf/updates_per_s": (learner.updates - updates0) / elapsed},
                             show=("wm/loss", "ac/return"))
             if cfg.image_every and env_steps % cfg.image_every < n:
                 log_images(log, env_steps, learner)
@@ -254,7 +290,7 @@ def train(cfg: RLConfig, task: str = "rl") -> dict:
                 run_eval(cfg.eval_episodes)
             if env_steps % cfg.checkpoint_every < n or env_steps >= cfg.steps:
                 wall += time.time() - t0
-                t0, steps0 = time.time(), env_steps
+                t0, steps0, updates0 = time.time(), env_steps, learner.updates
                 save()
         stored = state.get("final") if state is not None and int(state["step"]) == env_steps else None
         if stored is not None and stored["episodes"] == cfg.final_eval_episodes:

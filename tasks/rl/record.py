@@ -58,6 +58,7 @@ from rlts.tasks.rl.sac import BehaviourPolicy, is_behaviour_path
 from rlts.world_models.actor_critic import ActorCriticConfig
 from rlts.world_models.agent import Agent
 from rlts.world_models.learner import Learner, LearnerConfig
+from rlts.world_models.replay import ReplayFiles
 from rlts.world_models.world_model import WorldModelConfig
 
 Policy = Union[str, Path, Callable]
@@ -299,6 +300,8 @@ def export_replay(run_dir: str | Path, out: Optional[str | Path] = None, reconst
         check_out(out)
     cfg, payload = load_run(run_dir)
     buf = payload.get("buffer")
+    if isinstance(buf, dict) and "chunks" in buf:  # the index of the run's files in checkpoints/replay/
+        buf = ReplayFiles(Path(run_dir) / "checkpoints" / "replay").read(buf)
     if not isinstance(buf, dict) or any(k not in buf for k in ("obs", "action", "reward", "terminated", "size", "steps")):
         raise ValueError(f"{run_dir}: the checkpoint has no replay buffer state")
     obs = buf["obs"].numpy()                                # (N_envs, size, *obs_shape)
