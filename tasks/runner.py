@@ -228,7 +228,7 @@ def json_float(v: Optional[float]) -> Optional[float]:
     return float(v) if v is not None and math.isfinite(v) else None
 
 
-def _defaults(section) -> dict:
+def section_defaults(section) -> dict:
     """The field defaults of a nested config dataclass as plain data ({} if it has no
     argument-free constructor)."""
     try:
@@ -263,7 +263,7 @@ def load_results(path: Path, cfg, data_keys: Optional[Sequence[str]] = None, leg
     for k, value in old.items():
         section = getattr(cfg, k, None)
         if isinstance(value, dict) and dataclasses.is_dataclass(section):
-            old[k] = {**_defaults(section), **value}
+            old[k] = {**section_defaults(section), **value}
 
     def compared(k: str, a: dict, b: dict) -> List[str]:
         """The keys of nested section `k` (train) that define a result, of those both have."""

@@ -208,6 +208,20 @@ def test_resume_refuses_other_settings(tmp_path):
         rl.train(cfg)
 
 
+def test_a_checkpoint_config_without_newer_section_keys_resumes_with_their_defaults(tmp_path):
+    """A key an older checkpoint's agent or world_model section lacks counts as its default, so
+    the run continues; a different value is still refused."""
+    from rlts.config import to_dict
+
+    cfg = parse_rl_config(["--config", "debug"])
+    old = json.loads(json.dumps(to_dict(cfg)))
+    del old["agent"]["acting"], old["world_model"]["image_norm"]
+    rl.check_resumable(old, cfg, tmp_path / "last.pt")
+    drama = parse_rl_config(["--config", "debug", "--agent.acting", "drama"])
+    with pytest.raises(ValueError, match="different setup.*agent"):
+        rl.check_resumable(old, drama, tmp_path / "last.pt")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["atari", "--game", "Pongg", "--config", "debug"], "'Pongg'; did you mean Pong?"),
     (["rl", "--env", "Pendulum-v1", "--config", "debug"], "Discrete action space"),

@@ -270,6 +270,49 @@ def test_lambda_returns_validation():
         lambda_returns(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 3), 0.99, 0.95)
     with pytest.raises(ValueError, match="continues"):
         lambda_returns(torch.zeros(2, 3), torch.ones(2, 4), torch.zeros(2, 4), 0.99, 0.95)
+    with pytest.raises(ValueError, match="unknown bootstrap 'last'; use one of next, current"):
+        lambda_returns(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 4), 0.99, 0.95, "last")
+
+
+def naive_current_bootstrap_returns(r, c, v, gamma, lam):
+    """Drama's calc_lambda_return as a plain float64 loop: G_H = V_H, then backwards
+    G_t = r_t + gamma c_t (1 - lam) V_t + gamma c_t lam G_{t+1}."""
+    b, h = r.shape
+    out = torch.zeros(b, h, dtype=F64)
+    for i in range(b):
+        g = v[i, h].item()
+        for t in reversed(range(h)):
+            ct = c[i, t].item()
+            g = r[i, t].item() + gamma * ct * (1 - lam) * v[i, t].item() + gamma * ct * lam * g
+            out[i, t] = g
+    return out
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.95, 1.0])
+def test_lambda_returns_current_bootstrap_vs_naive(lam):
+    """bootstrap="current": the one-step bootstrap reads V_t, not V_{t+1}; R_H = V_H either way,
+    and lam = 1 (no one-step bootstrap) gives the same returns as "next"."""
+    b, h, gamma = 3, 6, 0.97
+    torch.manual_seed(0)
+    r, v = torch.randn(b, h, dtype=F64), torch.randn(b, h + 1, dtype=F64)
+    c = torch.ones(b, h, dtype=F64)
+    c[0, 2] = 0.0
+    c[1, 4] = 0.3
+    got = lambda_returns(r, c, v, gamma, lam, "current")
+    torch.testing.assert_close(got, naive_current_bootstrap_returns(r, c, v, gamma, lam), rtol=1e-12, atol=1e-12)
+    if lam == 0.0:
+        torch.testing.assert_close(got, r + gamma * c * v[:, :-1])
+    if lam == 1.0:
+        torch.testing.assert_close(got, lambda_returns(r, c, v, gamma, lam, "next"))
+    else:
+        assert not torch.allclose(got, lambda_returns(r, c, v, gamma, lam, "next"))
+    # hand example: r = (1, 2), V = (10, 20, 30), gamma = lam = 0.5, no termination
+    r2 = torch.tensor([[1.0, 2.0]], dtype=F64)
+    v2 = torch.tensor([[10.0, 20.0, 30.0]], dtype=F64)
+    g1 = 2 + 0.5 * (0.5 * 20 + 0.5 * 30)            # 14.5
+    g0 = 1 + 0.5 * (0.5 * 10 + 0.5 * g1)            # 7.125
+    torch.testing.assert_close(lambda_returns(r2, torch.ones(1, 2, dtype=F64), v2, 0.5, 0.5, "current"),
+                               torch.tensor([[g0, g1]], dtype=F64))
 
 
 # ---------------------------------------------------------------- return scale
@@ -369,9 +412,105 @@ def test_laprop_state_dict_resumes_identically():
         assert torch.equal(a, b)
 
 
+def laprop_lr_in_momentum_reference(p0, grads, lrs, b1, b2, eps):
+    """The reference implementation's LaProp update (lr_in_momentum=True), a plain float64 loop
+    over scalars with the learning rate `lrs[t]` at step t."""
+    p = list(p0)
+    m = [0.0] * len(p)
+    v = [0.0] * len(p)
+    lr_avg = [0.0] * len(p)
+    for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+        for i in range(len(p)):
+            v[i] = b2 * v[i] + (1 - b2) * g[i] ** 2
+            lr_avg[i] = b1 * lr_avg[i] + (1 - b1) * lr
+            m[i] = b1 * m[i] + (1 - b1) * lr * g[i] / (math.sqrt(v[i] / (1 - b2 ** t)) + eps)
+            p[i] -= m[i] / (lr_avg[i] / lr)
+    return p
+
+
+def test_laprop_lr_in_momentum_matches_its_reference_loop_under_a_warm_up():
+    """lr_in_momentum=True follows the reference update step by step while the learning rate
+    rises (a warm-up), where it differs from the default; under a constant learning rate the
+    two updates agree."""
+    torch.manual_seed(0)
+    p0 = [0.5, -1.0, 2.0, 0.0]
+    grads = torch.randn(6, 4, dtype=F64).tolist()
+    lrs = [0.01 * min(1.0, (k + 1) / 4) for k in range(6)]
+
+    def run(lr_in_momentum, schedule):
+        w = torch.tensor(p0, dtype=F64, requires_grad=True)
+        opt = LaProp([w], lr=schedule[0], betas=(0.9, 0.99), eps=1e-8, lr_in_momentum=lr_in_momentum)
+        for g, lr in zip(grads, schedule):
+            opt.param_groups[0]["lr"] = lr
+            w.grad = torch.tensor(g, dtype=F64)
+            opt.step()
+        return w.detach(), opt
+
+    got, opt = run(True, lrs)
+    want = laprop_lr_in_momentum_reference(p0, grads, lrs, 0.9, 0.99, 1e-8)
+    torch.testing.assert_close(got, torch.tensor(want, dtype=F64), rtol=1e-12, atol=1e-14)
+    assert isinstance(next(iter(opt.state.values()))["exp_avg_lr"], float)
+    assert not torch.allclose(got, run(False, lrs)[0], rtol=1e-6, atol=0)
+    constant = [0.01] * 6
+    torch.testing.assert_close(run(True, constant)[0], run(False, constant)[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(run(True, constant)[0],
+                               torch.tensor(laprop_reference(p0, grads, 0.01, 0.9, 0.99, 1e-8), dtype=F64),
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("lr_in_momentum", [False, True])
+def test_laprop_without_momentum_is_bias_corrected_rmsprop(lr_in_momentum):
+    """beta1 = 0: p <- p - lr g / (sqrt(v_hat) + eps), RMSProp with DreamerV3's bias correction,
+    which is also Adam with betas (0, beta2)."""
+    torch.manual_seed(1)
+    grads = torch.randn(5, 3, dtype=F64)
+    w = torch.tensor([0.3, -0.2, 1.0], dtype=F64, requires_grad=True)
+    a = w.detach().clone().requires_grad_(True)
+    opt = LaProp([w], lr=0.02, betas=(0.0, 0.9), eps=1e-6, lr_in_momentum=lr_in_momentum)
+    adam = torch.optim.Adam([a], lr=0.02, betas=(0.0, 0.9), eps=1e-6)
+    p, v = w.detach().clone(), torch.zeros(3, dtype=F64)
+    for t, g in enumerate(grads, start=1):
+        w.grad, a.grad = g.clone(), g.clone()
+        opt.step()
+        adam.step()
+        v = 0.9 * v + 0.1 * g ** 2
+        p = p - 0.02 * g / ((v / (1 - 0.9 ** t)).sqrt() + 1e-6)
+    torch.testing.assert_close(w.detach(), p, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(w.detach(), a.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_laprop_lr_in_momentum_state_dict_resumes_identically():
+    torch.manual_seed(2)
+    model = torch.nn.Linear(4, 2)
+    data = [(torch.randn(8, 4), torch.randn(8, 2)) for _ in range(6)]
+
+    def train(m, opt, batches, first):
+        for k, (x, y) in enumerate(batches, start=first):
+            opt.param_groups[0]["lr"] = 1e-2 * min(1.0, (k + 1) / 10)   # a warm-up
+            opt.zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            opt.step()
+
+    opt = LaProp(model.parameters(), lr=1e-2, lr_in_momentum=True)
+    train(model, opt, data[:3], 0)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    train(model, opt, data[3:], 3)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    model2 = torch.nn.Linear(4, 2)
+    model2.load_state_dict(ckpt["model"])
+    opt2 = LaProp(model2.parameters(), lr=1e-2, lr_in_momentum=True)
+    opt2.load_state_dict(ckpt["opt"])
+    train(model2, opt2, data[3:], 3)
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("kwargs, match", [({"lr": -1.0}, "lr"), ({"betas": (0.9, 1.0)}, "betas"),
                                            ({"betas": (-0.1, 0.9)}, "betas"), ({"eps": -1e-8}, "eps"),
-                                           ({"weight_decay": -0.1}, "weight_decay")])
+                                           ({"weight_decay": -0.1}, "weight_decay"),
+                                           ({"lr_in_momentum": 1}, "lr_in_momentum")])
 def test_laprop_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LaProp([torch.zeros(2, requires_grad=True)], **kwargs)

@@ -6,9 +6,10 @@
     replay.ReplayBuffer        uint8 frames per env stream, Drama's DFS sampling
     functions                  symlog two-hot, unimix, straight-through, KL with free bits,
                                lambda-returns, return scale
-    optim.LaProp               the world model's optimiser
+    optim.LaProp               the world model's optimiser (and the actor-critic's, as Drama)
     learner.Learner            both models, their optimisers and one update of each (LearnerConfig)
-    agent.Agent                the world model and the actor acting, one recurrent step per action
+    agent.Agent                the world model and the actor acting: one recurrent step per action,
+                               or (acting="drama") a prior read from a window of recent frames
 
 The training loop that drives them is tasks/rl/loop.py (`rlts rl`, `rlts atari`).
 """

@@ -10,6 +10,11 @@
 
 Steps after a predicted termination carry no weight (weights are the cumulative product of
 the predicted continuation flags), as in DreamerV3.
+
+Drama's code as published differs in choices that are options here: the lambda-return's
+bootstrap (`return_bootstrap`), the slow critic's target (`slow_target`), the loss weights
+(`loss_weighting`), the optimiser and its clipping (`optimizer`, `warmup`, `grad_clip_scope`,
+applied by rlts.world_models.learner) and how the agent acts (`acting`, rlts.world_models.agent).
 """
 from __future__ import annotations
 
@@ -20,8 +25,21 @@ from typing import Dict
 import torch
 from torch import nn
 
-from rlts.world_models.functions import ReturnScale, TwoHot, at_least_float32, lambda_returns
+from rlts.config import check_ranges, param
+from rlts.world_models.functions import RETURN_BOOTSTRAPS, ReturnScale, TwoHot, at_least_float32, lambda_returns
 from rlts.world_models.world_model import mlp
+
+
+OPTIMIZERS = ("adam", "laprop")
+"""The values of `ActorCriticConfig.optimizer`."""
+GRAD_CLIP_SCOPES = ("separate", "joint")
+"""The values of `ActorCriticConfig.grad_clip_scope`."""
+SLOW_TARGETS = ("value", "return")
+"""The values of `ActorCriticConfig.slow_target`."""
+LOSS_WEIGHTINGS = ("continuation", "none")
+"""The values of `ActorCriticConfig.loss_weighting`."""
+ACTING = ("recurrent", "drama")
+"""The values of `ActorCriticConfig.acting`."""
 
 
 @dataclass
@@ -48,18 +66,53 @@ class ActorCriticConfig:
     """EMA decay of the slow critic (a regulariser target)."""
     return_scale_decay: float = 0.99
     """EMA decay of the return percentiles P5 and P95."""
-    lr: float = 3e-5
-    """Adam learning rate (actor and critic)."""
-    eps: float = 1e-5
-    """Adam epsilon."""
+    return_bootstrap: str = param("next", choices=RETURN_BOOTSTRAPS, missing_as="next")
+    """One-step bootstrap of the lambda-returns (rlts.world_models.functions.lambda_returns):
+    next, R_t = r_t + gamma c_t ((1 - lambda) V(s_{t+1}) + lambda R_{t+1}) (TD(lambda), DreamerV3),
+    or current, the same with V(s_t) in place of V(s_{t+1}) (Drama's calc_lambda_return);
+    both end with R_H = V(s_H)."""
+    slow_target: str = param("value", choices=SLOW_TARGETS, missing_as="value")
+    """The critic's second target: value, the slow critic's V_slow(s_t) (DreamerV3), or return,
+    the lambda-return computed with the slow critic's values (Drama's slow_lambda_return)."""
+    loss_weighting: str = param("continuation", choices=LOSS_WEIGHTINGS, missing_as="continuation")
+    """Weights of the steps in the actor and critic losses: continuation, the cumulative
+    product of the predicted continuation flags before each step (DreamerV3), or none, a plain
+    mean over all imagined steps (Drama)."""
+    optimizer: str = param("adam", choices=OPTIMIZERS, missing_as="adam")
+    """Optimiser of the actor and of the critic: adam (STORM's) or laprop (Drama's,
+    rlts.world_models.optim.LaProp, betas 0.9, 0.999)."""
+    lr: float = param(3e-5, within="(0, inf)")
+    """Learning rate (actor and critic)."""
+    eps: float = param(1e-5, within="[0, inf)")
+    """Optimiser epsilon."""
+    warmup: int = param(0, within="[0, inf)", missing_as=0)
+    """Updates of linear learning-rate warm-up: update k (from 0) uses lr * min(1, (k + 1) /
+    warmup), as the world model's warm-up (0: none)."""
     grad_clip: float = 100.0
-    """Largest gradient norm of the actor and of the critic."""
+    """Largest gradient norm (see `grad_clip_scope`)."""
+    grad_clip_scope: str = param("separate", choices=GRAD_CLIP_SCOPES, missing_as="separate")
+    """What `grad_clip` bounds: separate, the norm of the actor's and of the critic's gradients
+    each, or joint, the norm of both together (Drama: one clip over all the agent's
+    parameters)."""
+    acting: str = param("recurrent", choices=ACTING, missing_as="recurrent")
+    """How the agent acts (rlts.world_models.agent.Agent). recurrent: on s_t = [z_t, h_{t-1}]
+    with z_t sampled from the posterior of the current frame and the sequence model's state
+    carried from the episode start, one recurrent step per action (constant time and memory per
+    step). drama (Drama's train.py and eval.py): from a window of the last `acting_context`
+    frames before the current one and their actions, read afresh by the sequence model's
+    parallel forward at every step; s_t = [z, h], with h the output after the window's last
+    step and z a sample of the prior from h (the current frame itself is not read: it enters
+    the window after its action is chosen); the first action of an episode, with the window
+    still empty, is uniformly random (greedy or not)."""
+    acting_context: int = param(16, within="[1, inf)", missing_as=16)
+    """acting="drama": the frames of the window (Drama's RealityContextLength)."""
 
 
 class ActorCritic(nn.Module):
     def __init__(self, d_feat: int, n_actions: int, cfg: ActorCriticConfig | None = None):
         super().__init__()
         cfg = cfg or ActorCriticConfig()
+        check_ranges(cfg)
         self.cfg, self.n_actions = cfg, n_actions
         self.actor = mlp(d_feat, cfg.actor_units, n_actions, cfg.actor_layers)
         self.critic = mlp(d_feat, cfg.critic_units, cfg.value_bins, cfg.critic_layers)
@@ -84,9 +137,16 @@ class ActorCritic(nn.Module):
         with torch.no_grad():
             value = self.twohot.decode(critic_logits)                       # (B, H+1)
             slow_value = self.twohot.decode(self.slow_critic(feat))         # (B, H+1)
-            returns = lambda_returns(reward, cont, value, cfg.gamma, cfg.lam)  # (B, H)
-            # step t counts if no termination was predicted before it
-            weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
+            returns = lambda_returns(reward, cont, value, cfg.gamma, cfg.lam, cfg.return_bootstrap)  # (B, H)
+            if cfg.slow_target == "return":
+                slow_target = lambda_returns(reward, cont, slow_value, cfg.gamma, cfg.lam, cfg.return_bootstrap)
+            else:
+                slow_target = slow_value[:, :-1]                            # (B, H)
+            if cfg.loss_weighting == "continuation":
+                # step t counts if no termination was predicted before it
+                weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
+            else:
+                weight = torch.ones_like(returns)                           # (B, H)
             scale = self.return_scale.update(returns)
             advantage = (returns - value[:, :-1]) / scale
 
@@ -96,7 +156,7 @@ class ActorCritic(nn.Module):
         actor_loss = (weight * (-dist.log_prob(action) * advantage - cfg.entropy * entropy)).mean()
         value_logits = critic_logits[:, :-1]
         critic_loss = (weight * (self.twohot.loss(value_logits, returns)
-                                 + self.twohot.loss(value_logits, slow_value[:, :-1]))).mean()
+                                 + self.twohot.loss(value_logits, slow_target))).mean()
         metrics = {"ac/actor_loss": actor_loss.detach(), "ac/critic_loss": critic_loss.detach(),
                    "ac/entropy": entropy.mean().detach(), "ac/return": returns.mean(),
                    "ac/value": value.mean(), "ac/return_scale": scale,

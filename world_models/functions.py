@@ -152,13 +152,19 @@ def kl_losses(post_logits: torch.Tensor, prior_logits: torch.Tensor, free_bits: 
     return dyn.clamp(min=free_bits), rep.clamp(min=free_bits), kl
 
 
+RETURN_BOOTSTRAPS = ("next", "current")
+"""The values of `lambda_returns`' `bootstrap`."""
+
+
 def lambda_returns(rewards: torch.Tensor, continues: torch.Tensor, values: torch.Tensor,
-                   gamma: float, lam: float) -> torch.Tensor:
+                   gamma: float, lam: float, bootstrap: str = "next") -> torch.Tensor:
     """TD(lambda) returns of an imagined rollout.
 
-    rewards, continues: (B, H); values: (B, H + 1). Returns R: (B, H) with
-    R_t = r_t + gamma c_t ((1 - lam) V_{t+1} + lam R_{t+1}) and R_H = V_H, accumulated in
-    float32 at least (half-precision inputs are upcast).
+    rewards, continues: (B, H); values: (B, H + 1). Returns R: (B, H), accumulated in float32
+    at least (half-precision inputs are upcast), with R_H = V_H and, by `bootstrap`,
+      next:    R_t = r_t + gamma c_t ((1 - lam) V_{t+1} + lam R_{t+1})   (TD(lambda), DreamerV3)
+      current: R_t = r_t + gamma c_t ((1 - lam) V_t + lam R_{t+1})       (Drama's and STORM's
+               calc_lambda_return: the one-step bootstrap reads the value of step t itself).
     """
     if rewards.dim() != 2 or continues.shape != rewards.shape:
         raise ValueError(f"lambda_returns: rewards and continues must both be (B, H), got "
@@ -169,10 +175,13 @@ def lambda_returns(rewards: torch.Tensor, continues: torch.Tensor, values: torch
                          f"got {tuple(values.shape)}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda_returns: lam must lie in [0, 1], got {lam}")
+    if bootstrap not in RETURN_BOOTSTRAPS:
+        raise ValueError(f"lambda_returns: unknown bootstrap {bootstrap!r}; use one of {', '.join(RETURN_BOOTSTRAPS)}")
     rewards, continues, values = at_least_float32(rewards), at_least_float32(continues), at_least_float32(values)
     disc = gamma * continues  # (B, H)
-    # (1 - lam) V_{t+1} + r_t part does not depend on R_{t+1}: compute it for all t at once
-    base = rewards + disc * (1.0 - lam) * values[:, 1:]  # (B, H)
+    # (1 - lam) V + r_t part does not depend on R_{t+1}: compute it for all t at once
+    boot = values[:, 1:] if bootstrap == "next" else values[:, :-1]  # (B, H)
+    base = rewards + disc * (1.0 - lam) * boot  # (B, H)
     ret = values[:, -1]  # (B,) R_H
     out = []
     for t in reversed(range(h)):

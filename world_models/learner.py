@@ -8,8 +8,15 @@ Per update (Drama's schedule):
    or uniform), its loss, a LaProp step with linear learning-rate warm-up over `wm_warmup` updates
    and gradient clipping;
 2. actor-critic: `imagine_batch` contexts of `imagine_context` real steps, rolled out for
-   `imagine_horizon` imagined steps by the actor inside the world model; one Adam step of the
-   actor and one of the critic, then the slow critic's EMA.
+   `imagine_horizon` imagined steps by the actor inside the world model; one step of the
+   actor's and of the critic's optimiser (`agent.optimizer`: Adam, or LaProp as Drama; optional
+   linear warm-up `agent.warmup`; gradient clipping of each or of both together,
+   `agent.grad_clip_scope`), then the slow critic's EMA.
+
+Metrics of an update (TensorBoard scalars in the RL loop): the losses' own, `wm/grad_norm` and
+`wm/lr` (the world model's gradient norm before clipping and the learning rate of its step),
+`ac/grad_norm` (the norm of the actor's and critic's gradients together, before clipping),
+with separate clipping also `ac/actor_grad_norm` and `ac/critic_grad_norm`, and `ac/lr`.
 
 With `autocast="bf16"` the forward passes of both losses run under bfloat16 autocast (see
 `LearnerConfig.autocast`); parameters, gradients and optimiser states stay float32.
@@ -42,7 +49,8 @@ class LearnerConfig:
     world_model: WorldModelConfig = param(default_factory=WorldModelConfig, result=True)
     """The world model."""
     agent: ActorCriticConfig = param(default_factory=ActorCriticConfig, result=True)
-    """The actor-critic, its Adam settings (lr, eps) and gradient clipping included."""
+    """The actor-critic: its optimiser (optimizer, lr, eps, warmup), gradient clipping, targets
+    and losses, and how the agent acts."""
     batch_size: int = param(16, result=True, within="[1, inf)")
     """World-model batch: windows per update."""
     batch_length: int = param(128, result=True, within="[1, inf)")
@@ -57,6 +65,12 @@ class LearnerConfig:
     """Updates of linear learning-rate warm-up for the world model."""
     wm_grad_clip: float = 1000.0
     """Largest world-model gradient norm."""
+    laprop_lr_in_momentum: bool = param(False, result=True, missing_as=False)
+    """LaProp (the world model's, and the actor-critic's with agent.optimizer=laprop) as its
+    reference implementation, which Drama uses: the learning rate of each step enters the
+    momentum and the bias correction is the EMA of the learning rates
+    (rlts.world_models.optim.LaProp, lr_in_momentum). The same update as the default under a
+    constant learning rate; they differ during the warm-ups."""
     imagine_batch: int = param(1024, result=True, within="[1, inf)")
     """Imagined rollouts per actor-critic update."""
     imagine_context: int = param(8, result=True, within="[1, inf)")
@@ -83,11 +97,19 @@ class Learner:
         self.cfg, self.device = cfg, device
         self.wm = WorldModel(obs_shape, n_actions, cfg.world_model).to(device)
         self.ac = ActorCritic(self.wm.d_feat, n_actions, cfg.agent).to(device)
-        self.wm_opt = LaProp(self.wm.parameters(), lr=cfg.wm_lr, eps=cfg.wm_eps)
-        a = cfg.agent
-        self.actor_opt = torch.optim.Adam(self.ac.actor.parameters(), lr=a.lr, eps=a.eps)
-        self.critic_opt = torch.optim.Adam(self.ac.critic.parameters(), lr=a.lr, eps=a.eps)
+        self.wm_opt = LaProp(self.wm.parameters(), lr=cfg.wm_lr, eps=cfg.wm_eps,
+                             lr_in_momentum=cfg.laprop_lr_in_momentum)
+        self.actor_opt = self._agent_optimizer(self.ac.actor.parameters())
+        self.critic_opt = self._agent_optimizer(self.ac.critic.parameters())
         self.updates = 0
+
+    def _agent_optimizer(self, params) -> torch.optim.Optimizer:
+        """The actor's or the critic's optimiser (`agent.optimizer`). One optimiser over both, as
+        Drama's code has, makes the same steps: each parameter's update reads its own state."""
+        a = self.cfg.agent
+        if a.optimizer == "laprop":
+            return LaProp(params, lr=a.lr, eps=a.eps, lr_in_momentum=self.cfg.laprop_lr_in_momentum)
+        return torch.optim.Adam(params, lr=a.lr, eps=a.eps)
 
     def update(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
         """One world-model update, then one actor-critic update; their metrics."""
@@ -101,11 +123,13 @@ class Learner:
         batch = buffer.sample(cfg.batch_size, cfg.batch_length, "world_model" if cfg.sampling == "dfs" else "uniform")
         with self._autocast():
             loss, metrics = self.wm.loss(batch["obs"], batch["action"], batch["reward"], batch["terminated"])
-        for g in self.wm_opt.param_groups:  # linear warm-up
-            g["lr"] = cfg.wm_lr * min(1.0, (self.updates + 1) / max(1, cfg.wm_warmup))
+        lr = warmed_up(cfg.wm_lr, cfg.wm_warmup, self.updates)
+        for g in self.wm_opt.param_groups:
+            g["lr"] = lr
         self.wm_opt.zero_grad(set_to_none=True)
         loss.backward()
         metrics["wm/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.wm.parameters(), cfg.wm_grad_clip)
+        metrics["wm/lr"] = torch.tensor(lr, dtype=torch.float32)
         self.wm_opt.step()
         self.last_batch = batch
         return metrics
@@ -116,11 +140,23 @@ class Learner:
         rollout = self.wm.imagine(self.ac.policy, ctx["obs"], ctx["action"], cfg.imagine_horizon)
         with self._autocast():
             actor_loss, critic_loss, metrics = self.ac.loss(rollout)
+        a = cfg.agent
+        lr = warmed_up(a.lr, a.warmup, self.updates)
+        for opt in (self.actor_opt, self.critic_opt):
+            for g in opt.param_groups:
+                g["lr"] = lr
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
         (actor_loss + critic_loss).backward()
-        torch.nn.utils.clip_grad_norm_(self.ac.actor.parameters(), cfg.agent.grad_clip)
-        torch.nn.utils.clip_grad_norm_(self.ac.critic.parameters(), cfg.agent.grad_clip)
+        if a.grad_clip_scope == "joint":
+            params = [*self.ac.actor.parameters(), *self.ac.critic.parameters()]
+            metrics["ac/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, a.grad_clip)
+        else:
+            actor_norm = torch.nn.utils.clip_grad_norm_(self.ac.actor.parameters(), a.grad_clip)
+            critic_norm = torch.nn.utils.clip_grad_norm_(self.ac.critic.parameters(), a.grad_clip)
+            metrics["ac/actor_grad_norm"], metrics["ac/critic_grad_norm"] = actor_norm, critic_norm
+            metrics["ac/grad_norm"] = torch.hypot(actor_norm, critic_norm)
+        metrics["ac/lr"] = torch.tensor(lr, dtype=torch.float32)
         self.actor_opt.step()
         self.critic_opt.step()
         self.ac.update_slow_critic()
@@ -146,8 +182,9 @@ class Learner:
         if batch is None or not wm.is_image:
             return {}
         real = batch["obs"][0, :8].float() / 255.0                                   # (8, H, W, 3)
-        recon = wm.decode(wm.sample(wm.encode(batch["obs"][0, :8])))
-        imagined = wm.decode(self.last_rollout["feat"][0, :, : wm.d_z])                # (H+1, H, W, 3)
+        with wm.running_norm_stats():
+            recon = wm.decode(wm.sample(wm.encode(batch["obs"][0, :8])))
+            imagined = wm.decode(self.last_rollout["feat"][0, :, : wm.d_z])            # (H+1, H, W, 3)
         steps = min(batch["obs"].shape[1], self.cfg.imagine_context + 2 * self.cfg.imagine_horizon)
         context = min(self.cfg.imagine_context, steps)
         dream = wm.open_loop(batch["obs"][:1, :steps], batch["action"][:1, :steps], context)["recon"][0]
@@ -168,6 +205,12 @@ class Learner:
         self.actor_opt.load_state_dict(d["actor_opt"])
         self.critic_opt.load_state_dict(d["critic_opt"])
         self.updates = int(d["updates"])
+
+
+def warmed_up(lr: float, warmup: int, update: int) -> float:
+    """The learning rate of update `update` (from 0) under linear warm-up over `warmup` updates:
+    lr * min(1, (update + 1) / warmup); lr itself for warmup 0 (as Drama's LinearWarmup)."""
+    return lr * min(1.0, (update + 1) / max(1, warmup))
 
 
 def open_loop_frames(real: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:

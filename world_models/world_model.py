@@ -17,9 +17,14 @@ in the real environment (z_t from the posterior) and in imagination (z_t from th
 
 Images are 64x64x3 uint8 (conv encoder 16/32/48/64/64 channels, strides 1,2,2,2,2 -> 64x4x4);
 vector observations go through an MLP on symlog(obs) and are reconstructed in symlog space.
+
+Drama's code as published differs in a few choices that are options here (`image_norm`,
+`head_layers`, `imagine_heads`); the `drama` overlay of tasks/configs/atari.yaml sets them, and
+docs/ARCHITECTURE.md lists what still differs.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -27,8 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlts.config import check_ranges, param
 from rlts.nn import SequenceModel
 from rlts.world_models.functions import TwoHot, at_least_float32, kl_losses, sample_straight_through, symexp, symlog, unimix
+
+
+IMAGE_NORMS = ("group", "batch")
+"""The values of `WorldModelConfig.image_norm`."""
+IMAGINE_HEADS = ("next", "current")
+"""The values of `WorldModelConfig.imagine_heads`."""
 
 
 @dataclass
@@ -75,6 +87,25 @@ class WorldModelConfig:
     soft_continuation: bool = False
     """Imagination: continuation flag 1 - P(termination) instead of Drama's hard 1[logit <= 0]
     (a graded signal where terminations are rare, e.g. CartPole)."""
+    image_norm: str = param("group", choices=IMAGE_NORMS, missing_as="group")
+    """Image encoder and decoder normalisation: group (GroupNorm with one group, i.e. LayerNorm
+    over channels and pixels of each frame, after every conv) or batch (Drama's code:
+    BatchNorm2d after every conv of the encoder and every transposed conv of the decoder, whose
+    linear stem is then followed by BatchNorm2d and SiLU too: 2 x 64 more parameters). BatchNorm
+    normalises with the statistics of the batch in the world-model loss (when the model is in
+    training mode; momentum 0.1 running statistics are updated there) and with the running
+    statistics everywhere else: acting, imagination, open-loop prediction and logged images, as
+    Drama's code does by switching the world model to eval() outside its update. Vector
+    observations (MLP encoder) are unaffected."""
+    head_layers: int = param(2, within="[1, inf)", missing_as=2)
+    """Hidden layers of the reward and termination MLPs (Drama's code: 1)."""
+    imagine_heads: str = param("next", choices=IMAGINE_HEADS, missing_as="next")
+    """Imagination: which sequence output the reward and termination heads read for step i
+    (action a_i in state s_i = [z_i, h_{i-1}]). next: h_i, the output after (z_i, a_i), the
+    alignment the heads are trained with (reward_t from h_t). current: h_{i-1}, the output s_i
+    carries, before a_i (Drama's Mamba imagination, imagine_data2, decodes reward and
+    termination from the outputs of the steps before each action, so step i gets the reward and
+    termination predicted for the transition into s_i)."""
 
 
 def backbone_options(cfg: WorldModelConfig) -> dict:
@@ -96,16 +127,21 @@ def mlp(d_in: int, units: int, d_out: int, layers: int = 2) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+def norm2d(kind: str, channels: int) -> nn.Module:
+    """The normalisation of an image encoder or decoder layer (`WorldModelConfig.image_norm`)."""
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(1, channels)
+
+
 class ImageEncoder(nn.Module):
     """(N, H, W, 3) uint8 -> (N, C_last * 4 * 4) for 64x64 frames."""
 
-    def __init__(self, channels: Tuple[int, ...]):
+    def __init__(self, channels: Tuple[int, ...], norm: str = "group"):
         super().__init__()
         layers: List[nn.Module] = []
         c_in = 3
         for i, c in enumerate(channels):
             layers += [nn.Conv2d(c_in, c, 5, stride=1 if i == 0 else 2, padding=2, bias=False),
-                       nn.GroupNorm(1, c), nn.SiLU()]
+                       norm2d(norm, c), nn.SiLU()]
             c_in = c
         self.net = nn.Sequential(*layers)
 
@@ -115,22 +151,24 @@ class ImageEncoder(nn.Module):
 
 
 class ImageDecoder(nn.Module):
-    """(N, d_latent) -> (N, H, W, 3) in [0, 1] (sigmoid), mirroring ImageEncoder."""
+    """(N, d_latent) -> (N, H, W, 3) in [0, 1] (sigmoid), mirroring ImageEncoder. With
+    norm="batch" the linear stem is followed by BatchNorm2d and SiLU (Drama's decoder)."""
 
-    def __init__(self, d_latent: int, channels: Tuple[int, ...], image_size: int):
+    def __init__(self, d_latent: int, channels: Tuple[int, ...], image_size: int, norm: str = "group"):
         super().__init__()
         self.c0, self.s0 = channels[-1], image_size // 2 ** (len(channels) - 1)
         self.fc = nn.Linear(d_latent, self.c0 * self.s0 * self.s0)
+        self.stem = nn.Sequential(nn.BatchNorm2d(self.c0), nn.SiLU()) if norm == "batch" else nn.Identity()
         layers: List[nn.Module] = []
         rev = list(channels[::-1])  # 64, 64, 48, 32, 16
         for c_in, c_out in zip(rev[:-1], rev[1:]):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
-                       nn.GroupNorm(1, c_out), nn.SiLU()]
+                       norm2d(norm, c_out), nn.SiLU()]
         layers.append(nn.Conv2d(rev[-1], 3, 5, padding=2))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.fc(z).view(-1, self.c0, self.s0, self.s0)
+        x = self.stem(self.fc(z).view(-1, self.c0, self.s0, self.s0))
         return torch.sigmoid(self.net(x)).permute(0, 2, 3, 1)  # (N, H, W, 3)
 
 
@@ -138,6 +176,7 @@ class WorldModel(nn.Module):
     def __init__(self, obs_shape: Tuple[int, ...], n_actions: int, cfg: Optional[WorldModelConfig] = None):
         super().__init__()
         cfg = cfg or WorldModelConfig()
+        check_ranges(cfg)
         self.cfg, self.obs_shape, self.n_actions = cfg, tuple(obs_shape), n_actions
         self.is_image = len(self.obs_shape) == 3
         d_z = cfg.n_latents * cfg.n_classes
@@ -147,9 +186,9 @@ class WorldModel(nn.Module):
             if C != 3 or H != W or H % 2 ** (len(cfg.channels) - 1):
                 raise ValueError(f"WorldModel: image observations must be (S, S, 3) with S divisible by "
                                  f"{2 ** (len(cfg.channels) - 1)}, got {self.obs_shape}")
-            self.encoder = ImageEncoder(cfg.channels)
+            self.encoder = ImageEncoder(cfg.channels, cfg.image_norm)
             d_embed = cfg.channels[-1] * (H // 2 ** (len(cfg.channels) - 1)) ** 2
-            self.decoder = ImageDecoder(d_z, cfg.channels, H)
+            self.decoder = ImageDecoder(d_z, cfg.channels, H, cfg.image_norm)
         elif len(self.obs_shape) == 1:
             self.encoder = mlp(self.obs_shape[0], cfg.mlp_units, cfg.mlp_units)
             d_embed = cfg.mlp_units
@@ -162,8 +201,8 @@ class WorldModel(nn.Module):
                                       nn.RMSNorm(cfg.d_model), nn.SiLU())
         self.sequence = SequenceModel(cfg.backbone, d_model=cfg.d_model, n_layers=cfg.n_layers,
                                       **backbone_options(cfg))
-        self.reward_head = mlp(cfg.d_model, cfg.head_units, cfg.reward_bins)
-        self.termination_head = mlp(cfg.d_model, cfg.head_units, 1)
+        self.reward_head = mlp(cfg.d_model, cfg.head_units, cfg.reward_bins, cfg.head_layers)
+        self.termination_head = mlp(cfg.d_model, cfg.head_units, 1, cfg.head_layers)
         self.twohot = TwoHot(cfg.reward_bins, -20.0, 20.0)
 
     # ---- pieces ------------------------------------------------------------------------
@@ -233,6 +272,22 @@ class WorldModel(nn.Module):
         return loss, metrics
 
     # ---- acting and imagination ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def running_norm_stats(self):
+        """Inside: every BatchNorm layer (`image_norm="batch"`) normalises with its running
+        statistics and leaves them unchanged, whatever the model's mode; its mode is restored
+        after. Acting, imagination, open-loop prediction and logged images run inside (Drama's
+        code switches its world model to eval() for them). Nothing to do without BatchNorm."""
+        norms = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d) and m.training] \
+            if self.cfg.image_norm == "batch" else []
+        for m in norms:
+            m.train(False)
+        try:
+            yield
+        finally:
+            for m in norms:
+                m.train(True)
+
     def initial_state(self, batch_size: int, device: torch.device) -> Tuple[torch.Tensor, list]:
         """(h_prev, sequence state) at an episode start: h_{-1} = 0 and an empty sequence state."""
         dtype = next(self.parameters()).dtype
@@ -242,7 +297,22 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def observe(self, obs: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         """Features s_t = [z_t, h_{t-1}] of real observations: obs (N, *obs_shape) -> (N, d_feat)."""
-        return torch.cat([self.sample(self.encode(obs)), h_prev], dim=-1)
+        with self.running_norm_stats():
+            return torch.cat([self.sample(self.encode(obs)), h_prev], dim=-1)
+
+    @torch.no_grad()
+    def predict_features(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Drama's acting features from the last k real steps: obs (N, k, *obs_shape) and their
+        actions (N, k), k >= 1, are read from an empty sequence state with the parallel forward;
+        with h the output after the last step, -> (N, d_feat) = [z ~ prior(h), h]: the latent of
+        the next (not yet read) frame sampled from the prior, beside h."""
+        if action.dim() != 2 or action.shape[1] < 1 or obs.shape[:2] != action.shape:
+            raise ValueError(f"predict_features: need obs (N, k, *obs_shape) and action (N, k) with k >= 1, "
+                             f"got {tuple(obs.shape)} and {tuple(action.shape)}")
+        with self.running_norm_stats():
+            z = self.sample(self.encode(obs))                                # (N, k, d_z)
+            h = self.sequence(self.seq_input(z, action))[0][:, -1]           # (N, D)
+            return torch.cat([self.sample(self.prior_logits(h)), h], dim=-1)
 
     @torch.no_grad()
     def advance(self, feat: torch.Tensor, action: torch.Tensor, seq_state: list) -> Tuple[torch.Tensor, list]:
@@ -257,20 +327,26 @@ class WorldModel(nn.Module):
         parallel forward, the rollout runs with the recurrent `step` (constant memory per step).
 
         Returns feat (B, H+1, d_feat), action (B, H), reward (B, H), cont (B, H); step i's
-        reward and continuation result from action i taken in state feat i."""
-        z_ctx = self.sample(self.encode(obs))                     # (B, C, d_z)
+        reward and continuation result from action i taken in state feat i (the heads read the
+        sequence output after it); with `imagine_heads="current"` the heads read feat i's own
+        output h_{i-1} instead (Drama's alignment)."""
+        with self.running_norm_stats():
+            z_ctx = self.sample(self.encode(obs))                 # (B, C, d_z)
         h, state = self.sequence(self.seq_input(z_ctx, action))   # (B, C, D)
         h_prev = h[:, -1]
         z = self.sample(self.prior_logits(h_prev))                # (B, d_z): the frame after the context
         feats, actions, rewards, conts = [], [], [], []
+        current = self.cfg.imagine_heads == "current"
         for _ in range(horizon):
             feat = torch.cat([z, h_prev], dim=-1)
             a = policy(feat)
+            h_feat = h_prev
             h_prev, state = self.sequence.step(self.seq_input(z, a), state)
+            h_heads = h_feat if current else h_prev
             feats.append(feat)
             actions.append(a)
-            rewards.append(self.reward(h_prev))
-            conts.append(self.continues(h_prev))
+            rewards.append(self.reward(h_heads))
+            conts.append(self.continues(h_heads))
             z = self.sample(self.prior_logits(h_prev))
         feats.append(torch.cat([z, h_prev], dim=-1))
         return {"feat": torch.stack(feats, 1), "action": torch.stack(actions, 1),
@@ -288,7 +364,8 @@ class WorldModel(nn.Module):
         B, T = action.shape
         if not 1 <= context <= T:
             raise ValueError(f"open_loop: context must lie in [1, {T}] (the steps given), got {context}")
-        z_ctx = self.sample(self.encode(obs[:, :context]))                       # (B, C, d_z)
+        with self.running_norm_stats():
+            z_ctx = self.sample(self.encode(obs[:, :context]))                   # (B, C, d_z)
         h, state = self.sequence(self.seq_input(z_ctx, action[:, :context]))     # (B, C, D)
         zs, hs = list(z_ctx.unbind(1)), list(h.unbind(1))
         for t in range(context, T):
@@ -297,7 +374,8 @@ class WorldModel(nn.Module):
             zs.append(z)
             hs.append(h_t)
         z, h = torch.stack(zs, 1), torch.stack(hs, 1)                            # (B, T, d_z), (B, T, D)
-        recon = self.decode(z)
+        with self.running_norm_stats():
+            recon = self.decode(z)
         if not self.is_image:
             recon = symexp(recon)
         return {"recon": recon, "reward": self.reward(h), "cont": self.continues(h)}

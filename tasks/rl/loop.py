@@ -9,7 +9,7 @@ Read top to bottom, per environment step (Drama's schedule):
 1. act: the first `random_steps` steps uniformly at random, then the actor on s_t = [z_t, h_{t-1}]
    (posterior latent of the frame, the sequence model's recurrent state): one `step` of the
    sequence model per action, constant memory per step (rlts.world_models.agent.Agent, one
-   acting state per environment);
+   acting state per environment; `agent.acting: drama` reads a window of recent frames instead);
 2. store (obs_t, a_t, r_t, terminated_t or life lost) in the replay buffer; finished episodes are
    reset with their own seed (episode k of env i: rlts.runtime.episode_seed(seed, i, k), the
    environments of a rlts.tasks.rl.episodes.EpisodeCollector);
@@ -56,7 +56,7 @@ from rlts.nn import count_parameters
 from rlts.runtime import derive_seed, seed_everything, select_device
 from rlts.tracking import RunLogger, write_table
 from rlts.tasks.runner import Command
-from rlts.tasks.runner import load_results, output_folder, write_json_atomic
+from rlts.tasks.runner import load_results, output_folder, section_defaults, write_json_atomic
 from rlts.tasks.rl.config import RLConfig
 from rlts.tasks.rl.envs import env_spec, is_atari, make_env
 from rlts.tasks.rl.games import find_game
@@ -133,8 +133,12 @@ class Collector:
 
 def check_resumable(old: dict, cfg: RLConfig, path: Path) -> None:
     """A checkpoint made with other settings cannot be continued: a clear error, not a shape
-    mismatch deep inside load_state_dict."""
+    mismatch deep inside load_state_dict. A key a nested section (agent, world_model) of the
+    checkpoint's config lacks was run with its default."""
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(to_dict(cfg)))  # tuples as lists
+    for k, value in old.items():
+        if isinstance(value, dict) and dataclasses.is_dataclass(getattr(cfg, k, None)):
+            old[k] = {**section_defaults(getattr(cfg, k)), **value}
     changed = [k for k in result_keys(RLConfig) if k in old and old[k] != new[k]]
     if changed:
         diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
