@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build is on local disk here; an unpinned torch is a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0 triton==3.7.1
-	$(PY) -m pip install -q -e '.[dev]'
+	# the cluster engines of `rlts atari100k run --launcher slurm|ray` too, so that their tests run
+	$(PY) -m pip install -q -e '.[dev,slurm,ray]'
 	touch $(STAMP)
 
 # The main job: forecast the shipped ETTh1 file (look-back 96, horizon 96; Aaren, DLinear,

@@ -3,18 +3,34 @@
     rlts atari100k run --games all --seeds 5 --out runs/a100k                 # 26 games x 5 seeds
     rlts atari100k run --games Pong,Breakout --seeds 1 --config debug --out runs/a100k-debug --jobs 2
     rlts atari100k run --games Pong --out runs/a100k-ev --job.eval_every 5000 --job.world_model.d_model 256
+    rlts atari100k run --games all --out runs/a100k --gpus 0,1,2,3 --jobs_per_gpu 2   # 8 at a time
+    rlts atari100k run --games all --out runs/a100k --launcher slurm --slurm.partition gpu --slurm.time 720
+    rlts atari100k run --games all --out runs/a100k --launcher ray --ray.address auto --jobs_per_gpu 2
     rlts atari100k report runs/a100k
 
 `run` makes one job per (game, seed): an `rlts atari` run in `OUT/<Game>/seed<k>/` with its own
 config, checkpoints (replay buffer included), TensorBoard log, `log.txt` and, once finished,
-`results.json`. Each job is a separate process (`python -m rlts.tasks.cli atari ...`), up to `--jobs`
-at a time, each with an equal share of the CPU threads. `--config NAME` is the overlay of
-tasks/configs/atari.yaml every job runs with, and `--job.KEY value` any other `rlts atari` key
-(rlts.tasks.rl.config.RLConfig) for every job. Jobs already finished are skipped, and a job that
-was stopped resumes from its last checkpoint, so running the same command again completes a
-benchmark on machines lent for short periods. A job's final score is the mean return of
-`final_eval_episodes` (100 by default) greedy evaluation episodes after its last training step
-(no life-loss signal, 108k-frame cap); `results.json` records the protocol and the episode count.
+`results.json`. Each job is a separate process (`python -m rlts.tasks.cli atari ...`), the same
+command line wherever it runs; `--launcher` chooses where (rlts.tasks.atari100k.launch):
+
+- local (the default): on this machine, `--jobs_per_gpu` jobs on each GPU of `--gpus` (every
+  visible GPU by default; each job sees only its own, through CUDA_VISIBLE_DEVICES), or, without
+  a GPU, `--jobs` at a time on the CPU; the CPU cores are shared out equally as threads;
+- slurm: one Slurm job per job through submitit (pip install 'rlts[slurm]'), `--slurm.KEY value`
+  for the partition, time limit, GPUs, CPUs and array parallelism; a preempted or timed-out job
+  is requeued and resumes from its checkpoint;
+- ray: one task per job on a Ray cluster (pip install 'rlts[ray]'; `--ray.address`, or a Ray
+  started here), each with 1/jobs_per_gpu of a GPU where the cluster has GPUs; a job whose
+  worker died is retried and resumes from its checkpoint.
+
+`--config NAME` is the overlay of tasks/configs/atari.yaml every job runs with, and `--job.KEY
+value` any other `rlts atari` key (rlts.tasks.rl.config.RLConfig) for every job. Jobs already
+finished are skipped, and a job that was stopped resumes from its last checkpoint, so running the
+same command again completes a benchmark on machines lent for short periods (not while jobs of an
+earlier submission still run: two processes would write to one job folder). A job's final score
+is the mean return of `final_eval_episodes` (100 by default) greedy evaluation episodes after its
+last training step (no life-loss signal, 108k-frame cap); `results.json` records the protocol and
+the episode count.
 
 `report` aggregates whatever has finished (rlts.tasks.atari100k.report): per-game tables against the
 random, human and published agents' scores, human-normalised aggregates with stratified
@@ -23,15 +39,14 @@ bootstrap confidence intervals, and plots; partial benchmarks are labelled as su
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from rlts.config import check_ranges, param
+from rlts.tasks.atari100k import launch
+from rlts.tasks.atari100k.launch import LAUNCHERS, Job, RayConfig, SlurmConfig
 from rlts.tasks.runner import Command, write_json_atomic
 from rlts.tasks.rl.config import parse_rl_config
 from rlts.tasks.rl.games import ATARI100K_GAMES, close_games, find_game
@@ -60,10 +75,24 @@ class Atari100kRunConfig:
     The keys this command sets for each job are refused here (env, seed, out, progress), as are
     those it has a key for (config, steps, device, world_model.backbone: --config, --steps,
     --device, --backbone)."""
+    launcher: str = param("local", choices=LAUNCHERS)
+    """Where the jobs run: local (processes on this machine), slurm (one Slurm job each, through
+    submitit: pip install 'rlts[slurm]') or ray (one Ray task each: pip install 'rlts[ray]')."""
     jobs: int = param(1, within="[1, inf)")
-    """Jobs run at a time, each a process with an equal share of the CPU cores."""
+    """Local jobs on the CPU: jobs run at a time, each a process with an equal share of the CPU
+    cores (with GPUs: --gpus and --jobs_per_gpu)."""
+    gpus: Optional[List[int]] = param(None, within="[0, inf)")
+    """Local jobs on GPUs: the GPUs they run on, as indices of the visible GPUs (0,1,2,3; those of
+    an already-set CUDA_VISIBLE_DEVICES); none: every visible GPU. Each job sees only its own GPU."""
+    jobs_per_gpu: int = param(1, within="[1, inf)")
+    """Jobs sharing one GPU at a time (local and ray)."""
     device: str = "auto"
-    """Device of every job: auto, cpu, cuda or cuda:N."""
+    """Device of every job: auto (a GPU where the job is given one, else the CPU), cpu or cuda.
+    Each job sees only the GPU it is given, as cuda:0."""
+    slurm: SlurmConfig = param(default_factory=SlurmConfig)
+    """--launcher slurm: where and how long each Slurm job runs."""
+    ray: RayConfig = param(default_factory=RayConfig)
+    """--launcher ray: the cluster and each task's share of it."""
     out: Optional[str] = None
     """The benchmark folder (required): <Game>/seed<k>/ per job and atari100k.json; running the
     same command again resumes it."""
@@ -172,7 +201,7 @@ def job_command(game: str, seed: int, cfg: Atari100kRunConfig, folder: Path) -> 
 
 
 def run_jobs(cfg: Atari100kRunConfig) -> int:
-    """Start every unfinished job, at most `jobs` at a time; 0 if all finished, else 1."""
+    """Run every unfinished job through the launcher of `cfg`; 0 if all finished, else 1."""
     if not cfg.out:
         raise ValueError("give --out DIR: the benchmark folder (running the same command again resumes it)")
     if not isinstance(cfg.job, dict):
@@ -188,6 +217,7 @@ def run_jobs(cfg: Atari100kRunConfig) -> int:
         check_ranges(parse_rl_config(job_command(games[0], 0, cfg, job_dir(out, games[0], 0))[4:], "atari.yaml"))
     except ValueError as e:
         raise ValueError(f"the jobs' `rlts atari` settings (--config, --job.KEY): {e}") from e
+    where, start = plan_launch(cfg, out)
     overrides = job_args(cfg.job)
     manifest = merge_manifest(out, {"games": games, "seeds": cfg.seeds, "steps": cfg.steps,
                                     "backbone": cfg.backbone, "config": cfg.overlay, "overrides": overrides})
@@ -196,39 +226,11 @@ def run_jobs(cfg: Atari100kRunConfig) -> int:
     todo = [(g, s) for g in games for s in range(cfg.seeds) if not job_finished(job_dir(out, g, s), cfg.steps)]
     done = len(games) * cfg.seeds - len(todo)
     print(f"rlts atari100k: {len(games)} games x {cfg.seeds} seeds = {len(games) * cfg.seeds} jobs; "
-          f"{done} finished, {len(todo)} to run, {cfg.jobs} at a time -> {out}")
-    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    running: List[tuple] = []
-    failed: List[str] = []
-
-    def reap(block: bool) -> None:
-        while running and (block or any(p.poll() is not None for p, *_ in running)):
-            for item in list(running):
-                proc, name, folder, start, log = item
-                if proc.poll() is None:
-                    continue
-                running.remove(item)
-                log.close()
-                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {folder / 'log.txt'})"
-                if proc.returncode != 0:
-                    failed.append(name)
-                print(f"[{status}] {name} in {(time.time() - start) / 60:.1f} min")
-            if block and running:
-                time.sleep(1)
-
-    for game, seed in todo:
-        while len(running) >= cfg.jobs:
-            reap(block=False)
-            time.sleep(1)
-        folder = job_dir(out, game, seed)
-        folder.mkdir(parents=True, exist_ok=True)
-        # the job copies what it prints into its log.txt itself; its errors are added there too
-        log = open(folder / "log.txt", "a")
-        proc = subprocess.Popen(job_command(game, seed, cfg, folder), stdout=subprocess.DEVNULL, stderr=log, env=env)
-        running.append((proc, f"{game} seed {seed}", folder, time.time(), log))
-        print(f"[start] {game} seed {seed}")
-    reap(block=True)
+          f"{done} finished, {len(todo)} to run, {where} -> {out}")
+    root = out.resolve()  # absolute folders: a job runs the same from whichever folder a node starts it in
+    jobs = [Job(f"{game} seed {seed}", job_dir(root, game, seed),
+                tuple(job_command(game, seed, cfg, job_dir(root, game, seed)))) for game, seed in todo]
+    failed = start(jobs) if jobs else []
     if failed:
         print(f"rlts atari100k: {len(failed)} job(s) failed: {', '.join(failed)}; run the same command again "
               "to retry them (finished jobs are skipped)", file=sys.stderr)
@@ -236,8 +238,36 @@ def run_jobs(cfg: Atari100kRunConfig) -> int:
     return 0
 
 
-COMMANDS = (Command("atari100k run", Atari100kRunConfig, None, run_jobs, aliases={"--config": "--overlay"},
+def plan_launch(cfg: Atari100kRunConfig, out: Path) -> Tuple[str, Callable[[List[Job]], List[str]]]:
+    """Where the jobs of `cfg` run, checked before anything is written: (the words that say so,
+    the function that runs a list of jobs there and returns the names of the failed ones)."""
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        hint = f"; choose the GPU with --gpus {cfg.device[5:]}" if cfg.device.startswith("cuda:") else ""
+        raise ValueError(f"--device {cfg.device}: give auto, cpu or cuda (each job sees only the GPU it is "
+                         f"given, as cuda:0){hint}")
+    if cfg.launcher != "local":
+        if cfg.gpus is not None:
+            raise ValueError(f"--gpus places local jobs; with --launcher {cfg.launcher} the cluster gives each job "
+                             + ("its GPUs (--slurm.gpus)" if cfg.launcher == "slurm" else
+                                "a share of a GPU (--jobs_per_gpu)"))
+        launch.import_engine(cfg.launcher)
+    if cfg.launcher == "slurm":
+        gpus = 0 if cfg.device == "cpu" else cfg.slurm.gpus
+        return (f"as Slurm jobs ({gpus} GPU(s), {cfg.slurm.cpus} CPUs each)",
+                lambda jobs: launch.run_slurm(jobs, cfg.slurm, out.resolve() / "slurm", gpus))
+    if cfg.launcher == "ray":
+        return (f"as Ray tasks ({cfg.ray.address or 'a Ray started here'})",
+                lambda jobs: launch.run_ray(jobs, cfg.ray, cfg.jobs_per_gpu, cfg.device))
+    gpus = launch.local_gpus(cfg.gpus, cfg.device)
+    if gpus:
+        return (f"{cfg.jobs_per_gpu} at a time on each GPU ({','.join(gpus)})",
+                lambda jobs: launch.run_local(jobs, gpus, cfg.jobs_per_gpu))
+    return f"{cfg.jobs} at a time", lambda jobs: launch.run_local(jobs, [], cfg.jobs)
+
+
+COMMANDS = (Command("atari100k run", Atari100kRunConfig, None, run_jobs,
+                    aliases={"--config": "--overlay", "--address": "--ray.address"},
                     lists=("games",), trains=False,
                     help="run (or resume) the 26-game Atari100k benchmark as one job per game and seed",
                     usage="rlts atari100k run --out DIR [--games G1,G2] [--seeds N] [--config NAME] "
-                          "[--job.KEY value ...]"),)
+                          "[--job.KEY value ...] [--gpus 0,1 --jobs_per_gpu K] [--launcher NAME]"),)
