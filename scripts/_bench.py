@@ -18,6 +18,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -210,6 +211,15 @@ def machine_info(device: torch.device | str = "cpu") -> List[str]:
         props = torch.cuda.get_device_properties(device)
         lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}")
     return lines
+
+
+def write_report(header: List[str], table: "Table", out: Optional[str]) -> None:
+    """Print the machine lines `header` and `table`; with `out`, also write them to that file
+    as Markdown (the header as a list above the table)."""
+    print("\n".join(header))
+    print(table)
+    if out:
+        Path(out).write_text("\n".join([*[f"- {h}" for h in header], "", table.markdown()]))
 
 
 # --------------------------------------------------------------------------- tables

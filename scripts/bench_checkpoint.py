@@ -42,7 +42,7 @@ if str(HERE) not in sys.path:
 if importlib.util.find_spec("tasks") is None:  # not installed: run from the checkout
     sys.path.insert(0, str(HERE.parent))
 
-from _bench import Table, fmt_bytes, machine_info  # noqa: E402
+from _bench import Table, fmt_bytes, machine_info, write_report  # noqa: E402
 
 from rlts.tasks.rl.config import parse_rl_config  # noqa: E402
 from rlts.tasks.rl.envs import env_spec, make_env  # noqa: E402
@@ -152,11 +152,7 @@ def main(argv=None) -> int:
                        "schemes, not counted above")
     table.notes.append("at the run's capacity: " + "; ".join(verdicts))
     table.notes.append(f"whole benchmark {time.perf_counter() - wall:.0f} s")
-    info = machine_info("cpu")
-    print("\n".join(info))
-    print(table)
-    if args.out:
-        Path(args.out).write_text("\n".join([*[f"- {h}" for h in info], "", table.markdown()]))
+    write_report(machine_info("cpu"), table, args.out)
     return 0
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import Table, fmt_bytes, machine_info  # noqa: E402
+from _bench import Table, fmt_bytes, machine_info, write_report  # noqa: E402
 
 from rlts.data.timeseries import StandardScaler, load_csv  # noqa: E402
 from rlts.heads.forecast import SequenceForecaster  # noqa: E402
@@ -131,11 +131,7 @@ def main(argv=None) -> int:
                     verdicts.append((backbone, patch, speed, first == last))
     out.notes.append(f"at look-back {max(preset['lookbacks'])}, the update against recomputing: " + ", ".join(
         f"{b} patch {p} {s:.1f}x{'' if const else ' (its state grew)'}" for b, p, s, const in verdicts))
-    info = machine_info("cpu")
-    print("\n".join(info))
-    print(out)
-    if args.out:
-        Path(args.out).write_text("\n".join([*[f"- {h}" for h in info], "", out.markdown()]))
+    write_report(machine_info("cpu"), out, args.out)
     return 0
 
 
