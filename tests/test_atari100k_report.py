@@ -160,16 +160,42 @@ def test_reference_table_is_the_shared_file_unchanged():
     assert ar.REFERENCE_CSV.read_bytes() == SHARED.read_bytes()
 
 
+def test_shipped_protocols_cover_every_published_agent():
+    protocols, ref = ar.load_protocols(), ar.load_reference()
+    published = [c for c in ref.columns if c not in ("random", "human")]
+    assert sorted(protocols.index) == sorted(published)
+    raw = pd.read_csv(ar.PROTOCOL_CSV)                      # plain pandas reads it too
+    assert list(raw.columns[:6]) == ["agent", *ar.PROTOCOL_COLUMNS]
+    for agent, row in protocols.iterrows():
+        assert row["sticky_actions"] == "unknown" or 0.0 <= float(row["sticky_actions"]) <= 1.0, agent
+        assert row["noop_max"] == "unknown" or int(row["noop_max"]) >= 0, agent
+        assert row["action_set"] in ("minimal", "full", "unknown"), agent
+        assert row["eval_episodes"] == "unknown" or int(row["eval_episodes"]) >= 1, agent
+        assert row["source"].startswith("github.com/"), agent
+    assert protocols.at["storm", "sticky_actions"] == "0.25" and protocols.at["storm", "eval_episodes"] == "20"
+    assert protocols.at["dreamerv3", "noop_max"] == "unknown"   # its versions disagree: not guessed
+    assert "atari100k_protocols.csv" in (ROOT / "tasks" / "data" / "ATARI100K_SOURCES.md").read_text()
+
+
+def test_load_protocols_errors(tmp_path):
+    with pytest.raises(ValueError, match="agent protocols not found"):
+        ar.load_protocols(tmp_path / "nope.csv")
+    (tmp_path / "p.csv").write_text("agent,sticky_actions,noop_max\nstorm,0.25,0\n")
+    with pytest.raises(ValueError, match="lack the column.*action_set"):
+        ar.load_protocols(tmp_path / "p.csv")
+
+
 # ---------------------------------------------------------------- report on a synthetic tree
 
-def _job(root, game, seed, ret=None, steps=100_000, episodes=100, backbone="mamba2", budget=None, env=None):
+def _job(root, game, seed, ret=None, steps=100_000, episodes=100, backbone="mamba2", budget=None, env=None,
+         noop_max=0):
     d = root / game / f"seed{seed}"
     d.mkdir(parents=True)
     if ret is None:
         return d
     res = {"env": env or game, "backbone": backbone,
            "config": {"seed": seed, "steps": budget or steps, "final_eval_episodes": episodes,
-                      "world_model": {"backbone": backbone}},
+                      "world_model": {"backbone": backbone}, **({} if noop_max is None else {"noop_max": noop_max})},
            "eval_return": ret, "eval_episodes": episodes, "eval_returns": [ret] * episodes, "steps": steps,
            "train_wall_s": 3600.0, "device": "cuda", "protocol": "greedy policy, full episodes", "finished": True}
     (d / "results.json").write_text(json.dumps(res))
@@ -320,3 +346,28 @@ def test_scores_plot_keeps_the_highest_point_inside(tmp_path):
     low, high = ax.get_ylim()
     assert high >= 4.54 * 1.25 and low <= 0 and (tmp_path / "scores.png").stat().st_size > 0
     assert ax.get_legend().get_bbox_to_anchor().x0 >= ax.get_window_extent().x1  # the legend is beside the axes
+
+
+def test_report_lists_every_protocol_beside_ours(tree):
+    """report.md's protocol table: ours from the runs' results.json (one row per protocol, with its
+    runs), the published agents from the shipped table, "unknown" for an agent without a row."""
+    _job(tree, "Boxing", 0, 6.1, noop_max=30, episodes=100)
+    _job(tree, "Boxing", 1, 6.1, noop_max=None, episodes=100)         # an older results.json: no noop_max
+    res = ar.report(tree, reps=20)
+    table = {(p["agent"], p["noop_max"]): p for p in res["protocol_table"]}
+    assert table[("ours", "0")]["runs"] == 4 and table[("ours", "30")]["runs"] == 1
+    assert table[("ours", "unknown")]["runs"] == 1
+    ours = table[("ours", "0")]
+    assert (ours["sticky_actions"], ours["action_set"], ours["eval_episodes"], ours["seeds"]) == \
+        ("0", "minimal", "100", "2")
+    storm = table[("STORM", "0")]
+    assert (storm["sticky_actions"], storm["eval_episodes"]) == ("0.25", "20")
+    assert json.loads((tree / "report.json").read_text())["protocol_table"] == res["protocol_table"]
+    md = (tree / "report.md").read_text().split("## Evaluation protocols")[1].split("## Per game")[0]
+    assert "| agent | sticky actions | no-op starts (max) | action set | evaluation episodes | seeds |" in md
+    assert "| ours (4 runs) | 0 | 0 | minimal | 100 | 2 |" in md
+    assert "| STORM | 0.25 | 0 | minimal | 20 | 5 |" in md
+    assert "| DreamerV3 | 0 | unknown | unknown | unknown | 5 |" in md
+    partial = ar.report(tree, reps=20, protocols=ar.load_protocols().drop(index="twm"))
+    twm = [p for p in partial["protocol_table"] if p["agent"] == "TWM"][0]
+    assert all(twm[c] == "unknown" for c in ar.PROTOCOL_COLUMNS)

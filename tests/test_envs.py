@@ -1,9 +1,11 @@
-"""rlts.tasks.rl.envs: Atari100k protocol, error messages, determinism given reset seed + actions."""
+"""rlts.tasks.rl.envs: Atari100k protocol, error messages, determinism given reset seed + actions,
+Gymnasium's env checker, and ale_py's vector env against make_env."""
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from rlts.tasks.rl.envs import EnvSpec, env_spec, is_atari, make_env, rebuild_env, replay_actions
+from rlts.tasks.rl.envs import (AtariVector, EnvSpec, env_spec, is_atari, make_env, make_envs, rebuild_env,
+                                 replay_actions)
 from rlts.tasks.rl.games import ATARI100K_GAMES
 
 
@@ -183,3 +185,167 @@ def test_the_atari_path_imports_no_mujoco_sktime_or_stable_baselines():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------- Gymnasium's env checker
+
+class _Grid(gym.Env):
+    """A 2-D float64 observation and a Box action in [0, 2]: every wrapper make_env adds to a
+    non-Atari env (flatten, float32, rescaled actions)."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Box(-5.0, 5.0, (2, 3), np.float64)
+        self.action_space = gym.spaces.Box(0.0, 2.0, (2,), np.float32)
+        self._x = np.zeros((2, 3))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._x = self.np_random.uniform(-1, 1, (2, 3))
+        return self._x.copy(), {}
+
+    def step(self, action):
+        self._x = np.clip(self._x + 0.1 * float(np.sum(action)) - 0.1, -5.0, 5.0)
+        return self._x.copy(), float(self._x.sum()), bool(np.abs(self._x).max() >= 5.0), False, {}
+
+
+@pytest.fixture
+def grid_env():
+    gym.register("RltsTest/Grid-v0", entry_point=_Grid, max_episode_steps=30)
+    yield "RltsTest/Grid-v0"
+    gym.registry.pop("RltsTest/Grid-v0")
+
+
+# Warnings of the checker that are no fault of the env: it is wrapped (make_env's wrappers are the
+# point), and some tasks' observations are unbounded (CartPole's velocities, MuJoCo's states).
+_HARMLESS = ("is different from the unwrapped version", "observation space minimum value is -infinity",
+             "observation space maximum value is infinity")
+
+
+def _mujoco_installed() -> bool:
+    try:
+        import mujoco  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("Pong", {}),                                   # Atari, no lives
+    ("Breakout", {}),                               # Atari with lives: life_loss
+    ("Breakout", {"noop_max": 30, "image_size": 84}),
+    ("CartPole-v1", {}),                            # Discrete actions, float32 vectors
+    ("MountainCarContinuous-v0", {}),               # Box actions already in [-1, 1]
+    ("Pendulum-v1", {}),                            # Box actions rescaled to [-1, 1]
+    pytest.param("HalfCheetah-v5", {}, marks=pytest.mark.skipif(not _mujoco_installed(), reason="no MuJoCo")),
+    ("grid", {}),                                   # 2-D float64 observations: flattened, cast
+])
+def test_every_env_passes_gymnasiums_env_checker(name, kw, request):
+    import warnings
+
+    from gymnasium.utils.env_checker import check_env, env_render_passive_checker
+
+    name = request.getfixturevalue("grid_env") if name == "grid" else name
+    env = make_env(name, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)     # "human" rendering needs a display
+    problems = [str(w.message) for w in caught if not any(h in str(w.message) for h in _HARMLESS)]
+    assert not problems
+    assert env.spec.make().observation_space == env.observation_space  # rebuilt from its spec
+    if is_atari(name) or name == "CartPole-v1":  # rlts play renders these (MuJoCo would need OpenGL)
+        env = make_env(name, render_mode="rgb_array", **kw)
+        env.reset(seed=0)
+        env_render_passive_checker(env)
+    env.close()
+
+
+# ---------------------------------------------------------------- ale_py's vector env
+
+def _vector_vs_single(game, seeds, steps, **kw):
+    """Step an AtariVector and len(seeds) make_env envs with the same seeds and random actions;
+    assert every frame, reward, flag and life loss identical. An env whose episode ended stays at
+    its end (final frame and flags, reward 0) for 3 steps, then is reset alone (a partial reset)
+    and goes on beside the others. Returns how each episode ended: (terminated, truncated)."""
+    n = len(seeds)
+    vec = AtariVector(game, n, envs_per_thread=1 if n > 2 else 0, **kw)
+    singles = [make_env(game, **kw) for _ in range(n)]
+    assert vec.single_observation_space == singles[0].observation_space
+    assert vec.single_action_space == singles[0].action_space
+    obs, info = vec.reset(seed=seeds)
+    want = [env.reset(seed=s)[0] for env, s in zip(singles, seeds)]
+    assert np.array_equal(obs, np.stack(want)) and not info["life_loss"].any()
+    rng, ended, ends = np.random.default_rng(0), {}, []      # ended: env -> (steps idle, its last step)
+    for _ in range(steps):
+        reset = [i for i, (idle, _) in ended.items() if idle == 3]
+        if reset:
+            mask = np.isin(np.arange(n), reset)
+            obs, _ = vec.reset(seed=seeds, options={"reset_mask": mask})
+            for i in reset:
+                assert np.array_equal(obs[i], singles[i].reset(seed=seeds[i])[0]), (game, i)
+                del ended[i]
+        actions = rng.integers(vec.single_action_space.n, size=n)
+        obs, reward, term, trunc, info = vec.step(actions)
+        assert obs.dtype == np.uint8 and reward.dtype == np.float64
+        for i, env in enumerate(singles):
+            if i in ended:                                    # at its end: not stepped
+                idle, (o, r, te, tr, inf) = ended[i]
+                ended[i] = (idle + 1, (o, 0.0, te, tr, {"life_loss": False}))
+                r, inf = 0.0, {"life_loss": False}
+            else:
+                o, r, te, tr, inf = env.step(int(actions[i]))
+                if te or tr:
+                    ends.append((te, tr))
+                    ended[i] = (0, (o, r, te, tr, inf))
+            assert np.array_equal(obs[i], o), (game, i)
+            assert (reward[i], term[i], trunc[i], info["life_loss"][i]) == (r, te, tr, inf["life_loss"]), (game, i)
+    vec.close()
+    return ends
+
+
+@pytest.mark.parametrize("game,kw", [
+    ("Pong", {"max_episode_frames": 802}),               # no lives; the cap ends it mid frame skip
+    ("Breakout", {"max_episode_frames": 2002}),          # lives, life losses, game over
+    ("MsPacman", {"max_episode_frames": 1000, "image_size": 84}),
+    ("Seaquest", {"max_episode_frames": 1000, "image_size": 96}),
+])
+def test_atari_vector_matches_make_env_bit_for_bit(game, kw):
+    ends = _vector_vs_single(game, [3, 2**32 - 5, 11], 520, **kw)
+    assert len(ends) > 3                                # episodes ended, and others began after them
+    if game == "Pong":
+        assert all(tr and not te for te, tr in ends)
+    if game == "Breakout":
+        assert any(te for te, _ in ends)
+
+
+def test_atari_vector_partial_reset_and_make_envs():
+    vec = make_envs("Breakout", 3)
+    assert isinstance(vec, AtariVector) and env_spec(vec) == env_spec(make_env("Breakout"))
+    first, _ = vec.reset(seed=[1, 2, 3])
+    for _ in range(20):
+        moved, *_ = vec.step(np.array([2, 2, 3]))          # paddles moved away from the start
+    obs, info = vec.reset(seed=[1, 5, 3], options={"reset_mask": np.array([False, True, False])})
+    assert np.array_equal(obs[1], first[1]) and not np.array_equal(moved[1], first[1])
+    assert np.array_equal(obs[[0, 2]], moved[[0, 2]]) and not np.array_equal(obs[0], first[0])
+    with pytest.raises(ValueError, match="one seed per env"):
+        vec.reset(seed=[1, 2])
+    with pytest.raises(ValueError, match="reset_mask must have shape"):
+        vec.reset(options={"reset_mask": np.array([True, False])})
+    vec.close()
+    # no-op starts and rendering: make_env's envs held together (AtariVector cannot draw the same no-ops)
+    for kw in ({"noop_max": 30}, {"render_mode": "rgb_array"}):
+        vec = make_envs("Pong", 2, **kw)
+        assert isinstance(vec, gym.vector.SyncVectorEnv) and env_spec(vec).name == "Pong"
+        vec.close()
+    assert isinstance(make_envs("CartPole-v1", 2), gym.vector.SyncVectorEnv)
+    assert isinstance(make_envs("Pong", 1), gym.vector.SyncVectorEnv)       # one env: no threads
+    with pytest.raises(ValueError, match="unknown make_env setting"):
+        make_envs("Pong", 2, sticky=0.25)
+    with pytest.raises(ValueError, match="num_envs must be >= 1"):
+        make_envs("Pong", 0)
+    with pytest.raises(ValueError, match="unknown game"):
+        AtariVector("Pongg", 2)
+    with pytest.raises(ValueError, match="'CartPole-v1' is not an Atari game"):
+        AtariVector("CartPole-v1", 2)

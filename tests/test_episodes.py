@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlts.runtime import derive_seed, episode_seed
-from rlts.tasks.rl.envs import make_env
+from rlts.tasks.rl.envs import make_env, make_envs
 from rlts.tasks.rl.episodes import EpisodeCollector, run_episodes
 from rlts.tasks.rl.games import ATARI100K_GAMES, close_games, find_game
 
@@ -89,6 +89,51 @@ def test_side_by_side_matches_a_batched_loop_with_a_shrinking_state():
     # the same episodes one at a time: the same returns (the policy's state is per episode)
     one = run_episodes([make_env("CartPole-v1")], seeds, policy, start=policy.start, keep=policy.keep)
     assert one.returns == got.returns and one.lengths == got.lengths
+
+
+class PerEpisode:
+    """A deterministic batched policy whose actions depend on the episode (its index in the run),
+    its step and its frame: the episodes of a run differ even where the env does not depend on the
+    reset seed (Atari without no-op starts), as a greedy agent's would through its own state.
+    Counts its calls: one per batch step."""
+
+    def __init__(self, n_actions: int):
+        self.n_actions, self.next, self.calls = n_actions, 0, 0
+
+    def start(self, n):
+        self.ids, self.t = np.arange(self.next, self.next + n), np.zeros(n, np.int64)
+        self.next += n
+
+    def keep(self, rows):
+        self.ids, self.t = self.ids[rows], self.t[rows]
+
+    def __call__(self, obs):
+        self.calls += 1
+        pixels = obs.reshape(len(obs), -1).astype(np.int64).sum(1)
+        actions = (pixels + 3 * self.ids + self.t // (5 + self.ids)) % self.n_actions
+        self.t += 1
+        return actions.tolist()
+
+
+@pytest.mark.parametrize("name,kw", [("CartPole-v1", {}), ("Breakout", {}),
+                                     ("Breakout", {"noop_max": 30})])
+def test_returns_do_not_depend_on_the_number_of_envs(name, kw):
+    """4 episodes one after another, 4 side by side (make_env envs and make_envs' vector env: an
+    AtariVector for Breakout without no-op starts), and 3 + 1: the same returns and lengths, one
+    policy call per batch step."""
+    seeds = [derive_seed(0, 1, 2, k) for k in range(4)]
+    n_actions = make_env(name).action_space.n
+    runs = {}
+    for label, envs in [("1 env", [make_env(name, **kw)]), ("4 envs", [make_env(name, **kw) for _ in range(4)]),
+                        ("vector 4", make_envs(name, 4, **kw)), ("vector 3", make_envs(name, 3, **kw))]:
+        policy = PerEpisode(n_actions)
+        runs[label] = run_episodes(envs, seeds, policy, start=policy.start, keep=policy.keep)
+        size, lengths = {"1 env": 1, "4 envs": 4, "vector 4": 4, "vector 3": 3}[label], runs[label].lengths
+        assert policy.calls == sum(max(lengths[i:i + size]) for i in range(0, len(lengths), size))
+    want = runs["1 env"]
+    assert len(set(want.returns)) > 1 or len(set(want.lengths)) > 1     # the episodes differ
+    for label, got in runs.items():
+        assert (got.returns, got.lengths, got.seeds) == (want.returns, want.lengths, seeds), label
 
 
 def test_step_budget_cuts_the_running_episode_like_record():

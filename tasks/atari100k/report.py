@@ -17,6 +17,14 @@ Scores. The score of a run is the mean return of its final evaluation (`eval_ret
 normalised: HNS = (score - random) / (human - random), with the random and human scores of
 `tasks/data/atari100k_reference_scores.csv` (sources: tasks/data/ATARI100K_SOURCES.md).
 
+Protocols. Published scores come from different evaluation protocols: report.md (and
+`protocol_table` in report.json) lists, for rlts's runs and every published agent, the sticky-action
+probability, the most no-op actions at a reset, the action set (minimal or full) and the number of
+evaluation episodes per seed. The published agents' come from `tasks/data/atari100k_protocols.csv`
+("unknown" where their code and papers leave it open); rlts's from its runs' results.json
+(`config.noop_max`, `eval_episodes`) and the fixed settings of its Atari envs (sticky actions off,
+minimal action set: rlts.tasks.rl.games).
+
 Aggregates: mean, median, IQM and optimality gap of the runs' HNS, each with a 95 % stratified
 bootstrap percentile interval (strata = games), and performance profiles with 95 % bands: the
 definitions of Agarwal et al. 2021 (`rliable`), computed by rlts.tasks.atari100k.stats. Games
@@ -45,6 +53,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -55,10 +64,15 @@ import pandas as pd
 from rlts.config import param
 from rlts.tasks.atari100k.stats import (AGGREGATES, human_normalized_score, performance_profile,
                                         stratified_bootstrap_ci)
-from rlts.tasks.rl.games import close_games, find_game
+from rlts.tasks.rl.games import ATARI_ACTION_SET, ATARI_STICKY_ACTIONS, close_games, find_game
 from rlts.tasks.runner import DATA_DIR, Command
 
 REFERENCE_CSV = DATA_DIR / "atari100k_reference_scores.csv"
+PROTOCOL_CSV = DATA_DIR / "atari100k_protocols.csv"
+PROTOCOL_COLUMNS = ["sticky_actions", "noop_max", "action_set", "eval_episodes", "seeds"]
+PROTOCOL_LABELS = {"sticky_actions": "sticky actions", "noop_max": "no-op starts (max)", "action_set": "action set",
+                   "eval_episodes": "evaluation episodes", "seeds": "seeds"}
+UNKNOWN = "unknown"
 N_GAMES = 26
 FULL_STEPS = 100_000
 FULL_EVAL_EPISODES = 100
@@ -68,7 +82,7 @@ PUBLISHED_NAMES = {"dreamerv3": "DreamerV3", "storm": "STORM", "iris": "IRIS", "
 PUBLISHED_AGGREGATES = {"dreamerv3": (1.25, 0.49), "storm": (1.22, 0.43), "iris": (1.05, 0.29),
                         "diamond": (1.46, 0.37), "twm": (0.96, 0.51)}
 RUN_COLUMNS = ["game", "seed", "finished", "eval_return", "eval_episodes", "steps", "backbone", "train_wall_s",
-               "device", "budget", "protocol", "path", "problem"]
+               "device", "budget", "protocol", "noop_max", "path", "problem"]
 AGGREGATE_LABELS = {"mean": "Mean", "median": "Median", "iqm": "IQM", "optimality_gap": "Optimality gap"}
 
 
@@ -85,6 +99,20 @@ def load_reference(path: Optional[Union[str, Path]] = None) -> pd.DataFrame:
     if missing:
         raise ValueError(f"reference scores {path} lack the column(s) {', '.join(sorted(missing))}")
     return ref.astype(float)
+
+
+def load_protocols(path: Optional[Union[str, Path]] = None) -> pd.DataFrame:
+    """The published agents' evaluation protocols, indexed by agent (the score columns of the
+    reference table): PROTOCOL_COLUMNS, `source` and `notes`, all as text ("unknown" where not
+    documented)."""
+    path = Path(path) if path is not None else PROTOCOL_CSV
+    if not path.exists():
+        raise ValueError(f"agent protocols not found: {path}")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("agent")
+    missing = set(PROTOCOL_COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(f"agent protocols {path} lack the column(s) {', '.join(sorted(missing))}")
+    return table
 
 
 def resolve_game(name: str, ref: pd.DataFrame) -> str:
@@ -154,7 +182,8 @@ def _job_row(job: Path, folder_game: str, ref: pd.DataFrame) -> dict:
     row.update(seed=int(cfg.get("seed", row["seed"])),
                backbone=str(res.get("backbone") or wm.get("backbone") or "unknown"),
                budget=int(cfg.get("steps") or res.get("steps") or 0), protocol=res.get("protocol"), device=res.get("device"),
-               train_wall_s=res.get("train_wall_s"), steps=res.get("steps"))
+               train_wall_s=res.get("train_wall_s"), steps=res.get("steps"),
+               noop_max=int(cfg["noop_max"]) if cfg.get("noop_max") is not None else UNKNOWN)
     if not res.get("finished"):
         row["problem"] = "results.json without finished: true"
         return row
@@ -193,14 +222,48 @@ def _fmt_ci(a: dict) -> str:
     return f"{a['estimate']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
 
 
+def _number(x) -> str:
+    """A protocol value as text: 0.25, 30, 100; other text as it is."""
+    if isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool):
+        return f"{float(x):g}"
+    return str(x)
+
+
+def protocol_table(finished: pd.DataFrame, published: List[str], protocols: pd.DataFrame) -> List[dict]:
+    """One row per evaluation protocol: rlts's (one per distinct protocol among the finished runs
+    used, with its number of runs) and then each published agent's (all "unknown" if the
+    protocol file has no row for it)."""
+    rows = []
+    if len(finished):
+        seeds = finished.groupby("game")["seed"].count()
+        seed_text = _number(seeds.iloc[0]) if seeds.nunique() == 1 else f"{seeds.min()}-{seeds.max()} per game"
+        counts = Counter(zip(finished["noop_max"], finished["eval_episodes"]))
+        for (noop, episodes), n in sorted(counts.items(), key=str):
+            rows.append({"agent": AGENT, "runs": n, "sticky_actions": _number(ATARI_STICKY_ACTIONS),
+                         "noop_max": _number(noop), "action_set": ATARI_ACTION_SET,
+                         "eval_episodes": _number(episodes), "seeds": seed_text, "source": "results.json",
+                         "notes": ""})
+    for a in published:
+        row = protocols.loc[a] if a in protocols.index else None
+        rows.append({"agent": PUBLISHED_NAMES.get(a, a), "runs": None,
+                     **{c: UNKNOWN if row is None or not str(row[c]).strip() else str(row[c]).strip()
+                        for c in PROTOCOL_COLUMNS},
+                     "source": "" if row is None else str(row.get("source", "")),
+                     "notes": "" if row is None else str(row.get("notes", ""))})
+    return rows
+
+
 def report(out_dir: Union[str, Path], reps: int = 2000, backbone: Optional[str] = None,
-           steps: Optional[int] = None, seed: int = 0, ref: Optional[pd.DataFrame] = None) -> dict:
+           steps: Optional[int] = None, seed: int = 0, ref: Optional[pd.DataFrame] = None,
+           protocols: Optional[pd.DataFrame] = None) -> dict:
     """Write report.md, report.csv, aggregates.csv, report.json, scores.png and profile.png into
-    `out_dir`; return the report as a dict (see the module docstring)."""
+    `out_dir`; return the report as a dict (see the module docstring). `ref` and `protocols`
+    default to the shipped tables (`load_reference`, `load_protocols`)."""
     if reps < 1:
         raise ValueError(f"--reps (bootstrap resamples) must be at least 1, got {reps}")
     out = Path(out_dir)
     ref = load_reference() if ref is None else ref
+    protocols = load_protocols() if protocols is None else protocols
     runs = collect_runs(out, ref)
     published = [c for c in ref.columns if c not in ("random", "human")]
     finished_all = runs[runs["finished"]]
@@ -264,9 +327,9 @@ def report(out_dir: Union[str, Path], reps: int = 2000, backbone: Optional[str] 
     if len(excluded):
         reasons.append(f"{len(excluded)} finished run(s) of other configurations left out: "
                        + "; ".join(f"{_describe(k)} ({c} runs)" for k, c in groups.items() if k != chosen_key))
-    protocols = sorted({p for p in finished["protocol"] if p is not None})
-    if len(protocols) > 1:
-        reasons.append("runs differ in their evaluation protocol: " + " | ".join(protocols))
+    run_protocols = sorted({p for p in finished["protocol"] if p is not None})
+    if len(run_protocols) > 1:
+        reasons.append("runs differ in their evaluation protocol: " + " | ".join(run_protocols))
     if n and int(seeds_per_game.max()) == 1:
         notes.append("one finished seed per game: the bootstrap intervals collapse to the point estimates "
                      "and say nothing about uncertainty")
@@ -343,7 +406,8 @@ def report(out_dir: Union[str, Path], reps: int = 2000, backbone: Optional[str] 
         "excluded": [{"game": g, "seed": int(s), "backbone": b, "steps": None if k is None else int(k), "path": p}
                      for g, s, b, k, p in zip(excluded["game"], excluded["seed"], excluded["backbone"],
                                               excluded["budget"], excluded["path"])],
-        "protocols": protocols,
+        "protocols": run_protocols,
+        "protocol_table": protocol_table(finished, published, protocols),
         "devices": sorted({str(d) for d in finished["device"] if d is not None}),
         "train_wall_s_total": float(finished["train_wall_s"].astype(float).sum()) if n else 0.0,
         "aggregates": _jsonable(agg_df.to_dict(orient="records")),
@@ -419,6 +483,18 @@ def _markdown(result: dict, per_game: pd.DataFrame, agg: pd.DataFrame, published
               f"{result['bootstrap']['reps']} replicates]. Optimality gap: lower is better (gamma = 1). "
               "Published agents: point aggregates of their published per-game means (no per-seed scores, no "
               "intervals; their IQM here is over per-game means, not runs)."]
+    lines += ["", "## Evaluation protocols", ""]
+    rows = []
+    for p in result["protocol_table"]:
+        name = f"ours ({p['runs']} runs)" if p["agent"] == AGENT else p["agent"]
+        rows.append([name] + [p[c] for c in PROTOCOL_COLUMNS])
+    lines += [_table(["agent"] + [PROTOCOL_LABELS[c] for c in PROTOCOL_COLUMNS], rows), ""]
+    lines += ["Sticky actions: the probability that the emulator repeats the previous action; no-op starts: "
+              "the most no-op actions at a reset (0: none); evaluation episodes: per seed. Scores of different "
+              "protocols are not strictly comparable. Sources: tasks/data/atari100k_protocols.csv and "
+              "tasks/data/ATARI100K_SOURCES.md.", ""]
+    lines += [f"- {p['agent']}: {p['notes']}" for p in result["protocol_table"]
+              if p["agent"] != AGENT and p["notes"]]
     lines += ["", "## Per game", ""]
     header = ["game", "seeds", "mean ± std", "HNS", "random", "human"] + [PUBLISHED_NAMES.get(a, a) for a in published]
     rows = []

@@ -17,6 +17,17 @@ Every env made here reports `info["life_loss"]`: True when the number of lives d
 the step and the episode did not terminate (always False for non-Atari envs). The training
 loop stores `terminated or life_loss` as the world model's termination target.
 
+Several episodes side by side: `make_envs(name, n)` gives `n` envs as one Gymnasium vector env, for
+`rlts.tasks.rl.episodes.run_episodes`. For an Atari game without no-op starts that is an
+`AtariVector`: ale_py's C++ vector env (`ale_py.vector_env.AtariVectorEnv`, which steps, max-pools
+and resizes with OpenCV's INTER_AREA in its own threads), set up to give the frames, rewards, flags
+and life losses of `make_env` bit for bit (checked on all 26 Atari100k games, episode ends and the
+frame cap included; tests/test_envs.py keeps four of them checked). It cannot reproduce no-op
+starts: ale_py draws their number from its own generator and range (0..noop_max-1 frames;
+Gymnasium's AtariPreprocessing 1..noop_max from the env's np_random), so with noop_max > 0, for a
+single env (faster without the threads) and for every other env, `make_envs` holds `make_env` envs
+in a `gym.vector.SyncVectorEnv`.
+
 Determinism and rebuilding. With sticky actions off, an ALE env is a deterministic function of
 its reset seed and the actions taken (also with noop_max > 0); so are the classic-control and
 MuJoCo envs. The commands seed every episode explicitly and record its actions
@@ -26,6 +37,9 @@ exact state it had: reset with the episode's seed, then stepped through that epi
 from __future__ import annotations
 
 import difflib
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -35,7 +49,7 @@ import numpy as np
 
 import ale_py
 
-from rlts.tasks.rl.games import close_games, find_game
+from rlts.tasks.rl.games import ATARI_ACTION_SET, ATARI_STICKY_ACTIONS, close_games, find_game
 
 gym.register_envs(ale_py)  # registers the ALE/<Game>-v5 ids
 
@@ -106,12 +120,14 @@ def _unknown(name: str) -> ValueError:
     return ValueError(f"unknown game or environment id {name!r}{hint}")
 
 
-class LifeLossInfo(gym.Wrapper):
+class LifeLossInfo(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Adds `info["life_loss"]` (lives dropped this step and the episode did not terminate)
-    and remembers the name the env was made from (`rlts_name`)."""
+    and remembers the name the env was made from (`rlts_name`). Records its arguments, so that
+    `env.spec.make()` rebuilds the whole env (as Gymnasium's env checker does)."""
 
     def __init__(self, env: gym.Env, name: str, atari: bool):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, name=name, atari=atari)
+        gym.Wrapper.__init__(self, env)
         self.rlts_name = name
         self._atari = atari
         self._lives = 0
@@ -133,6 +149,21 @@ class LifeLossInfo(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class Float32Observation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Observations cast to float32, and a float32 Box space whose bounds are cast too (Gymnasium's
+    `DtypeObservation` keeps float64 bounds, and warns about the cast each time the env is built)."""
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
+        space = env.observation_space
+        self.observation_space = gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32),
+                                                space.shape, np.float32)
+
+    def observation(self, observation):
+        return np.asarray(observation, dtype=np.float32)
+
+
 def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
              max_episode_frames: int = 108_000, render_mode: Optional[str] = None) -> gym.Env:
     """One environment: an Atari game (Atari100k protocol, see the module docstring) or any
@@ -150,8 +181,8 @@ def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
     """
     game = _atari_game(name)
     if game is not None:
-        env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0,
-                       full_action_space=False, max_num_frames_per_episode=max_episode_frames,
+        env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=ATARI_STICKY_ACTIONS,
+                       full_action_space=ATARI_ACTION_SET == "full", max_num_frames_per_episode=max_episode_frames,
                        render_mode=render_mode)
         env = gym.wrappers.AtariPreprocessing(
             env, frame_skip=4, screen_size=image_size, grayscale_obs=False, noop_max=noop_max,
@@ -183,10 +214,140 @@ def make_env(name: str, *, image_size: int = 64, noop_max: int = 0,
     if len(space.shape) != 1:
         env = gym.wrappers.FlattenObservation(env)
     if env.observation_space.dtype != np.float32:
-        with warnings.catch_warnings():  # float64 bounds (MuJoCo's +-inf) cast to float32: intended
-            warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32")
-            env = gym.wrappers.DtypeObservation(env, np.float32)
+        env = Float32Observation(env)
     return LifeLossInfo(env, name, atari=False)
+
+
+class AtariVector(gym.vector.VectorEnv):
+    """`num_envs` copies of the Atari game `make_env(name, image_size=..., max_episode_frames=...)`
+    makes (no no-op starts), stepped together by ale_py's C++ vector env: frames (N, S, S, 3) uint8,
+    rewards (N,) float64, terminated / truncated (N,) bool and `info["life_loss"]` (N,) bool, bit for
+    bit those of `make_env` given the same actions (tests/test_envs.py).
+
+    The envs run in groups of `envs_per_thread` (0: up to 4, fewer where that leaves CPUs idle),
+    each group one ale_py vector env with its own thread; a step sends every group its actions
+    before collecting any result, so the groups emulate in parallel.
+
+    reset(seed=[s_0, ..., s_{N-1}]) resets every env, or with options={"reset_mask": mask} the
+    masked ones (the seeds of the others are ignored; an int s stands for s, s+1, ...). As
+    `make_env`'s reset with a seed, a reset with a seed reloads the ROM (the emulator seeded with
+    s_i reduced to 31 bits), so the episode starts as the seed's episode of `make_env`, whatever
+    the env went through before; a reset without a seed resets the game in place, which carries
+    some emulator state over from the episodes before (as `make_env`'s does). The groups reset in
+    parallel (a reload takes about 0.1 s).
+    step(actions) steps the envs whose episode is running. An env whose episode ended stays at its
+    end until it is reset (Gymnasium's AutoresetMode.DISABLED): its row repeats the final frame and
+    flags, with reward 0. It costs nothing once every env of its group has ended (before, it steps
+    along, unseen).
+    """
+
+    metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
+
+    def __init__(self, name: str, num_envs: int, *, image_size: int = 64, max_episode_frames: int = 108_000,
+                 envs_per_thread: int = 0):
+        from ale_py import roms
+        from ale_py.vector_env import AtariVectorEnv
+
+        game = _atari_game(name)
+        if game is None:
+            raise ValueError(f"{name!r} is not an Atari game") if name in gym.registry else _unknown(name)
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if envs_per_thread < 0:
+            raise ValueError(f"envs_per_thread must be >= 0, got {envs_per_thread}")
+        rom = find_game(game, roms.get_all_rom_ids())
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        size = envs_per_thread or min(4, -(-num_envs // cpus))
+        self._starts = list(range(0, num_envs, size))
+        self._groups = [AtariVectorEnv(
+            rom, min(size, num_envs - start), img_height=image_size, img_width=image_size, grayscale=False,
+            stack_num=1, frameskip=4, maxpool=True, noop_max=0, use_fire_reset=False, episodic_life=False,
+            life_loss_info=False, reward_clipping=False, repeat_action_probability=ATARI_STICKY_ACTIONS,
+            full_action_space=ATARI_ACTION_SET == "full",
+            max_num_frames_per_episode=max_episode_frames if max_episode_frames > 0 else 2**31 - 1,
+            num_threads=1, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP) for start in self._starts]
+        self.rlts_name = name
+        self.num_envs = num_envs
+        self.single_observation_space = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        self.single_action_space = gym.spaces.Discrete(int(self._groups[0].single_action_space.n))
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self._obs = np.zeros((num_envs, image_size, image_size, 3), np.uint8)
+        self._lives = np.zeros(num_envs, np.int64)
+        self._terminated = np.zeros(num_envs, bool)
+        self._truncated = np.zeros(num_envs, bool)
+        self._idle = np.ones(num_envs, bool)          # ended, or never reset: not stepped
+        for group in self._groups:                     # partial resets need a full one first
+            group.reset()
+
+    def _slices(self):
+        return [(g, slice(s, s + g.num_envs)) for g, s in zip(self._groups, self._starts)]
+
+    def reset(self, *, seed=None, options: Optional[dict] = None):
+        mask = np.ones(self.num_envs, bool) if options is None or options.get("reset_mask") is None \
+            else np.asarray(options["reset_mask"], bool)
+        if mask.shape != (self.num_envs,):
+            raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
+        if seed is not None:
+            seed = int(seed) + np.arange(self.num_envs) if np.ndim(seed) == 0 else np.asarray(seed, np.int64)
+            if seed.shape != (self.num_envs,):
+                raise ValueError(f"reset needs one seed per env ({self.num_envs}), got {len(seed)}")
+            seed = seed % 2**31
+
+        def reset_group(group, rows):
+            m = mask[rows]
+            obs, info = group.reset(seed=None if seed is None else seed[rows][m],
+                                    options=None if m.all() else {"reset_mask": m})
+            self._obs[rows][m] = obs[m, 0]
+            self._lives[rows][m] = info["lives"][m]
+
+        todo = [(group, rows) for group, rows in self._slices() if mask[rows].any()]
+        if todo:
+            with ThreadPoolExecutor(len(todo)) as pool:   # ale_py releases the GIL while resetting
+                list(pool.map(lambda job: reset_group(*job), todo))
+        self._terminated[mask] = self._truncated[mask] = self._idle[mask] = False
+        return self._obs.copy(), {"lives": self._lives.copy(), "life_loss": np.zeros(self.num_envs, bool)}
+
+    def step(self, actions):
+        actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+        running = ~self._idle
+        active = [(group, rows) for group, rows in self._slices() if running[rows].any()]
+        for group, rows in active:                     # all groups emulate at once
+            group.send(np.where(running[rows], actions[rows], 0))
+        reward, life_loss = np.zeros(self.num_envs), np.zeros(self.num_envs, bool)
+        for group, rows in active:
+            obs, r, terminated, truncated, info = group.recv()
+            idx = rows.start + np.flatnonzero(running[rows])
+            m = running[rows]
+            lives = info["lives"][m].astype(np.int64)
+            self._obs[idx], reward[idx] = obs[m, 0], r[m]
+            life_loss[idx] = (lives < self._lives[idx]) & ~terminated[m]
+            self._lives[idx], self._terminated[idx], self._truncated[idx] = lives, terminated[m], truncated[m]
+            self._idle[idx] = terminated[m] | truncated[m]
+        return (self._obs.copy(), reward, self._terminated.copy(), self._truncated.copy(),
+                {"lives": self._lives.copy(), "life_loss": life_loss})
+
+    def close_extras(self, **kwargs):
+        self._groups = []
+
+
+def make_envs(name: str, num_envs: int, **make_env_kwargs) -> gym.vector.VectorEnv:
+    """`num_envs` envs `make_env(name, **make_env_kwargs)` as one vector env, for
+    `rlts.tasks.rl.episodes.run_episodes`: an `AtariVector` for two or more envs of an Atari game
+    without no-op starts or a render mode (its episodes are those of `make_env`, stepped in C++
+    threads), else a `gym.vector.SyncVectorEnv` of `make_env` envs (autoreset off; one env alone
+    steps faster there than through the threads). Same ValueErrors as `make_env`."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    unknown = set(make_env_kwargs) - {"image_size", "noop_max", "max_episode_frames", "render_mode"}
+    if unknown:
+        raise ValueError(f"unknown make_env setting(s): {', '.join(sorted(unknown))}")
+    if (num_envs > 1 and is_atari(name) and not make_env_kwargs.get("noop_max", 0)
+            and make_env_kwargs.get("render_mode") is None):
+        return AtariVector(name, num_envs, image_size=make_env_kwargs.get("image_size", 64),
+                           max_episode_frames=make_env_kwargs.get("max_episode_frames", 108_000))
+    return gym.vector.SyncVectorEnv([functools.partial(make_env, name, **make_env_kwargs)] * num_envs,
+                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 
 
 @dataclass(frozen=True)
@@ -208,7 +369,7 @@ def env_spec(env: gym.Env | gym.vector.VectorEnv) -> EnvSpec:
         inner = env.envs[0] if hasattr(env, "envs") else None
     else:
         obs_space, act_space, inner = env.observation_space, env.action_space, env
-    name = getattr(inner, "rlts_name", None)
+    name = getattr(env, "rlts_name", None) or getattr(inner, "rlts_name", None)
     if name is None:
         name = inner.spec.id if inner is not None and inner.spec is not None else "?"
     if not isinstance(act_space, gym.spaces.Discrete):

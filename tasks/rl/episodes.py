@@ -5,6 +5,7 @@ step.
     result = run_episodes([env], seeds, lambda obs: [policy(obs[0])])    # one episode after another
     result.returns, result.lengths                                       # per episode, in seed order
     result = run_episodes(envs, seeds, act, start=..., keep=...)         # len(envs) side by side
+    result = run_episodes(make_envs("Pong", 100), seeds, act, ...)     # a vector env: the same, batched
 
     collector = EpisodeCollector("CartPole-v1", num_envs=2, seed=0)
     collector.start()                              # episode 0 of every env
@@ -14,8 +15,13 @@ step.
 
 `run_episodes` runs one episode per seed. With one env the episodes run one after another; with
 several, in groups of len(envs) side by side, so that a batched policy (one recurrent state for
-the group) acts on all of them at once. The policy sees only observations; rewards and flags
-reach it, where it needs them, through `on_step`.
+the group) acts on all of them at once: one policy call per step for all running episodes. The
+policy sees only observations; rewards and flags reach it, where it needs them, through
+`on_step`. Episode k is reset with seeds[k] whatever the number of envs, so with a policy whose
+actions in an episode depend on that episode only (no random draws shared across the batch), the
+returns do not depend on how many envs run side by side. The envs may also come as a vector env
+(`rlts.tasks.rl.envs.make_envs`): a `SyncVectorEnv` runs as the list of its envs, an `AtariVector`
+steps all its running envs in one call (in C++ threads), with the same episodes.
 
 `EpisodeCollector` steps `num_envs` envs together; episode k of env i is reset with
 `rlts.runtime.episode_seed(seed, i, k)`, and the actions of each env's running episode are kept.
@@ -75,12 +81,54 @@ class Episodes:
     """True where the step budget ended the episode before the env did."""
 
 
-def run_episodes(envs: Sequence[gym.Env], seeds: Iterable[int], policy: Callable[[np.ndarray], Sequence], *,
-                 start: Optional[Callable[[int], None]] = None, keep: Optional[Callable[[List[int]], None]] = None,
-                 on_step: Optional[Callable[[Step], None]] = None, max_steps: Optional[int] = None) -> Episodes:
+class _EnvList:
+    """Envs stepped one by one, only those of running episodes."""
+
+    def __init__(self, envs: Sequence[gym.Env]):
+        if not len(envs):
+            raise ValueError("run_episodes needs at least one env")
+        self.envs, self.size = envs, len(envs)
+
+    def reset(self, seeds: List[int]) -> list:
+        return [self.envs[j].reset(seed=s)[0] for j, s in enumerate(seeds)]
+
+    def step(self, slots: List[int], actions: Sequence) -> list:
+        return [self.envs[j].step(actions[row]) for row, j in enumerate(slots)]
+
+
+class _Vector:
+    """A vector env stepped as a whole: the envs of finished episodes, and those a short last group
+    leaves free (not reset again), take action 0 and their results are dropped."""
+
+    def __init__(self, vec: gym.vector.VectorEnv):
+        self.vec, self.size, self.started = vec, vec.num_envs, False
+
+    def reset(self, seeds: List[int]) -> list:
+        padded = seeds + [seeds[-1]] * (self.size - len(seeds))
+        options = None
+        if self.started and len(seeds) < self.size:
+            options = {"reset_mask": np.arange(self.size) < len(seeds)}
+        obs, _ = self.vec.reset(seed=padded, options=options)
+        self.started = True
+        return list(obs[:len(seeds)])
+
+    def step(self, slots: List[int], actions: Sequence) -> list:
+        actions = np.asarray(actions)
+        full = np.zeros((self.size, *actions.shape[1:]), actions.dtype)
+        full[slots] = actions
+        obs, reward, terminated, truncated, info = self.vec.step(full)
+        return [(obs[j], reward[j].item(), bool(terminated[j]), bool(truncated[j]),
+                 {k: v[j].item() if isinstance(v, np.ndarray) else v for k, v in info.items()}) for j in slots]
+
+
+def run_episodes(envs: Sequence[gym.Env] | gym.vector.VectorEnv, seeds: Iterable[int],
+                 policy: Callable[[np.ndarray], Sequence], *, start: Optional[Callable[[int], None]] = None,
+                 keep: Optional[Callable[[List[int]], None]] = None, on_step: Optional[Callable[[Step], None]] = None,
+                 max_steps: Optional[int] = None) -> Episodes:
     """Run one episode per seed (a finite or endless iterable), len(envs) side by side: the seeds
     are taken in order, a group of len(envs) at a time, and episode j of a group runs in envs[j],
-    reset with its seed. Then `start(n)` is called for the group's n episodes.
+    reset with its seed. Then `start(n)` is called for the group's n episodes. `envs` may be a
+    vector env (its `num_envs` side by side; see the module docstring).
 
     Per step, `policy` maps the observations of the group's running episodes, stacked
     (B, *obs_shape) in group order, to B actions (action b goes to the env of row b as it is);
@@ -91,15 +139,19 @@ def run_episodes(envs: Sequence[gym.Env], seeds: Iterable[int], policy: Callable
     and the batch step that reaches it is the last one, the episodes it does not end being cut
     (`Step.cut`, `Episodes.cut`). Torch's RNG is not touched here: seed or fork it around the call.
     """
+    if isinstance(envs, gym.vector.VectorEnv):
+        batch = _EnvList(envs.envs) if hasattr(envs, "envs") else _Vector(envs)
+    else:
+        batch = _EnvList(envs)
     seeds = iter(seeds)
     out = Episodes()
     total = 0
     while max_steps is None or total < max_steps:
-        group = [int(s) for s in itertools.islice(seeds, len(envs))]
+        group = [int(s) for s in itertools.islice(seeds, batch.size)]
         if not group:
             break
         first = len(out.seeds)
-        obs = [envs[j].reset(seed=s)[0] for j, s in enumerate(group)]
+        obs = batch.reset(group)
         out.seeds += group
         out.returns += [0.0] * len(group)
         out.lengths += [0] * len(group)
@@ -111,9 +163,10 @@ def run_episodes(envs: Sequence[gym.Env], seeds: Iterable[int], policy: Callable
             actions = policy(np.stack([obs[j] for j in running]))
             last = max_steps is not None and total + len(running) >= max_steps
             going = []                                   # rows of this batch that go on
+            results = batch.step(running, actions)
             for row, j in enumerate(running):
                 k = first + j
-                nxt, reward, terminated, truncated, info = envs[j].step(actions[row])
+                nxt, reward, terminated, truncated, info = results[row]
                 done = terminated or truncated
                 out.returns[k] += float(reward)
                 out.lengths[k] += 1

@@ -1,5 +1,7 @@
 """Atari game names: the 26 Atari100k games, and the one resolver of every spelling of a game
-that rlts accepts (`make_env`, `rlts atari100k run --games`, the Atari100k report).
+that rlts accepts (`make_env`, `rlts atari100k run --games`, the Atari100k report); and the two
+fixed settings of rlts's Atari envs that the report lists beside the published agents' protocols
+(`ATARI_STICKY_ACTIONS`, `ATARI_ACTION_SET`).
 
     find_game("ms_pacman", ATARI100K_GAMES)             # 'MsPacman'
     find_game("ALE/Pong-v5", ATARI100K_GAMES)           # 'Pong'
@@ -25,6 +27,13 @@ ATARI100K_GAMES = (
     "RoadRunner", "Seaquest", "UpNDown",
 )
 """The 26 games of the Atari100k benchmark, as ALE names them (ALE/<Game>-v5)."""
+
+ATARI_STICKY_ACTIONS = 0.0
+"""Probability that the emulator repeats the previous action instead of the new one (sticky
+actions) in every Atari env of rlts (`rlts.tasks.rl.envs`): 0, off."""
+
+ATARI_ACTION_SET = "minimal"
+"""The action set of every Atari env of rlts: the game's minimal set ("full" would be all 18)."""
 
 
 def game_key(name: str) -> str:
