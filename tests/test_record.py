@@ -102,6 +102,19 @@ def test_record_callable_policy_and_atari_frames():
     assert pong.final_observations.dtype == np.uint8 and pong.life_losses.shape == (20,)
 
 
+def test_rlts_record_atari_writes_the_world_models_frames(tmp_path):
+    """`rlts record --env Pong --policy random --steps N` writes the frames `rlts atari` trains
+    on (`--dataset`): image_size x image_size x 3 uint8 of the atari config, with life losses."""
+    from rlts.tasks.rl.config import parse_rl_config
+
+    out = tmp_path / "pong.npz"
+    assert main(["--env", "Pong", "--policy", "random", "--steps", "30", "--out", str(out), "--no-progress"]) == 0
+    data = load_trajectories(out)
+    size = parse_rl_config([], "atari.yaml").image_size
+    assert data.observations.shape == (30, size, size, 3) == (30, 64, 64, 3) and data.observations.dtype == np.uint8
+    assert data.metadata["env"] == "Pong" and data.life_losses.shape == (30,) and data.truncations[-1]
+
+
 def test_record_errors(tmp_path):
     with pytest.raises(ValueError, match="exactly one of episodes and steps"):
         record("CartPole-v1", "random")

@@ -28,10 +28,10 @@ def run(tmp_path, name, argv, yaml="rl.yaml", kill_after_updates=None, monkeypat
     if kill_after_updates is not None:
         original = Learner.update
 
-        def update(self, buffer):
+        def update(self, buffer, **kwargs):
             if self.updates == kill_after_updates:
                 raise Killed
-            return original(self, buffer)
+            return original(self, buffer, **kwargs)
 
         monkeypatch.setattr(Learner, "update", update)
         with pytest.raises(Killed):
@@ -215,11 +215,15 @@ def test_a_checkpoint_config_without_newer_section_keys_resumes_with_their_defau
 
     cfg = parse_rl_config(["--config", "debug"])
     old = json.loads(json.dumps(to_dict(cfg)))
-    del old["agent"]["acting"], old["world_model"]["image_norm"]
+    del old["agent"]["acting"], old["world_model"]["image_norm"], old["train"], old["dataset"]
     rl.check_resumable(old, cfg, tmp_path / "last.pt")
     drama = parse_rl_config(["--config", "debug", "--agent.acting", "drama"])
     with pytest.raises(ValueError, match="different setup.*agent"):
         rl.check_resumable(old, drama, tmp_path / "last.pt")
+    # a top-level key it lacks was run with its `missing_as`: an agent collecting its own data
+    wm_only = parse_rl_config(["--config", "debug", "--train", "world_model"])
+    with pytest.raises(ValueError, match="different setup.*train: 'agent' -> 'world_model'"):
+        rl.check_resumable(old, wm_only, tmp_path / "last.pt")
 
 
 @pytest.mark.parametrize("argv, message", [

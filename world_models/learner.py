@@ -2,6 +2,7 @@
 
     learner = Learner(obs_shape, n_actions, LearnerConfig(...), device)
     metrics = learner.update(buffer)      # one world-model update, then one actor-critic update
+    metrics = learner.update(buffer, actor_critic=False)   # the world model alone
 
 Per update (Drama's schedule):
 1. world model: `batch_size` windows of `batch_length` steps from the replay buffer (DFS sampling
@@ -111,10 +112,12 @@ class Learner:
             return LaProp(params, lr=a.lr, eps=a.eps, lr_in_momentum=self.cfg.laprop_lr_in_momentum)
         return torch.optim.Adam(params, lr=a.lr, eps=a.eps)
 
-    def update(self, buffer: ReplayBuffer) -> Dict[str, torch.Tensor]:
-        """One world-model update, then one actor-critic update; their metrics."""
+    def update(self, buffer: ReplayBuffer, actor_critic: bool = True) -> Dict[str, torch.Tensor]:
+        """One world-model update, then one actor-critic update (none with `actor_critic=False`:
+        the world model is trained alone); their metrics. Counts one update either way."""
         metrics = self.update_world_model(buffer)
-        metrics.update(self.update_actor_critic(buffer))
+        if actor_critic:
+            metrics.update(self.update_actor_critic(buffer))
         self.updates += 1
         return metrics
 
@@ -173,25 +176,38 @@ class Learner:
     @torch.no_grad()
     def images(self) -> Dict[str, torch.Tensor]:
         """(3, H, W) images in [0, 1] of the last updates, for image observations: real frames
-        above their reconstructions (one training window), one imagined rollout decoded, and the
-        open-loop prediction of a training window (real frames above the world model's, which
-        reads `imagine_context` of them and then only the actions; `open_loop_frames`, as
-        `rlts play --dream` shows it). {} before the first update or for vector observations.
-        Samples latents (torch RNG)."""
+        above their reconstructions (one training window), one imagined rollout decoded (after
+        an actor-critic update), and the open-loop prediction of a training window
+        (`open_loop_image`). {} before the first update or for vector observations. Samples
+        latents (torch RNG)."""
         wm, batch = self.wm, getattr(self, "last_batch", None)
         if batch is None or not wm.is_image:
             return {}
         real = batch["obs"][0, :8].float() / 255.0                                   # (8, H, W, 3)
         with wm.running_norm_stats():
             recon = wm.decode(wm.sample(wm.encode(batch["obs"][0, :8])))
-            imagined = wm.decode(self.last_rollout["feat"][0, :, : wm.d_z])            # (H+1, H, W, 3)
-        steps = min(batch["obs"].shape[1], self.cfg.imagine_context + 2 * self.cfg.imagine_horizon)
+        images = {"wm/real_vs_reconstruction": torch.cat([torch.cat(list(real), 1),
+                                                          torch.cat(list(recon), 1)], 0).permute(2, 0, 1)}
+        rollout = getattr(self, "last_rollout", None)
+        if rollout is not None:
+            with wm.running_norm_stats():
+                imagined = wm.decode(rollout["feat"][0, :, : wm.d_z])                  # (H+1, H, W, 3)
+            images["wm/imagined_rollout"] = torch.cat(list(imagined), 1).permute(2, 0, 1)
+        images["wm/open_loop"] = self.open_loop_image(batch["obs"][0], batch["action"][0])
+        return images
+
+    @torch.no_grad()
+    def open_loop_image(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The open-loop prediction of one window, obs (T, H, W, 3) uint8 and its actions (T,):
+        its first `imagine_context + 2 * imagine_horizon` steps (at most T), real frames above
+        the world model's, which reads `imagine_context` of them and then only the actions
+        (`WorldModel.open_loop`; `open_loop_frames`, as `rlts play --dream` shows it).
+        Returns (3, 2H, steps * W) in [0, 1]. Samples latents (torch RNG)."""
+        steps = min(obs.shape[0], self.cfg.imagine_context + 2 * self.cfg.imagine_horizon)
         context = min(self.cfg.imagine_context, steps)
-        dream = wm.open_loop(batch["obs"][:1, :steps], batch["action"][:1, :steps], context)["recon"][0]
-        return {"wm/real_vs_reconstruction": torch.cat([torch.cat(list(real), 1),
-                                                        torch.cat(list(recon), 1)], 0).permute(2, 0, 1),
-                "wm/imagined_rollout": torch.cat(list(imagined), 1).permute(2, 0, 1),
-                "wm/open_loop": torch.cat(list(open_loop_frames(batch["obs"][0, :steps], dream)), 1).permute(2, 0, 1)}
+        obs, action = obs[:steps].to(self.device), action[:steps].to(self.device)
+        dream = self.wm.open_loop(obs[None], action[None], context)["recon"][0]      # (steps, H, W, 3)
+        return torch.cat(list(open_loop_frames(obs, dream)), 1).permute(2, 0, 1)
 
     def state_dict(self) -> dict:
         return {"wm": self.wm.state_dict(), "ac": self.ac.state_dict(), "wm_opt": self.wm_opt.state_dict(),

@@ -2,6 +2,7 @@
 loop (tasks/rl/loop.py) and by `rlts atari100k run`, which checks the keys it passes to every job.
 
     cfg = parse_rl_config(["--config", "debug", "--game", "Pong"], "atari.yaml")
+    cfg = parse_rl_config(["--config", "wm_cpu", "--dataset", "pong.npz"], "atari.yaml")  # world model only
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from rlts.world_models.learner import LearnerConfig
 
 RL_ALIASES = {"--game": "--env"}
 """Short spellings of `rlts rl` / `rlts atari`."""
+TRAIN = ("agent", "world_model")
+"""The values of `RLConfig.train`."""
 
 
 @dataclass
@@ -26,7 +29,19 @@ class RLConfig(LearnerConfig):
     """Gymnasium id (Box observations, Discrete actions: the world model is built for those) or an Atari
     game name (Pong, ALE/Pong-v5)."""
     steps: int = param(100_000, within="[1, inf)")
-    """Environment steps in all (summed over the environments); training stops there."""
+    """Environment steps in all (summed over the environments); training stops there. With a
+    dataset: updates (one per step)."""
+    train: str = param("agent", result=True, choices=TRAIN, missing_as="agent")
+    """What the updates train: agent (the world model, then the actor-critic) or world_model (the
+    world model alone, on a dataset; no evaluation, the run reports its losses)."""
+    dataset: Optional[str] = param(None, result=True, missing_as=None)
+    """A recorded dataset (.npz of `rlts record`, rlts.data.trajectories) that fills the replay
+    buffer instead of collecting: every transition, in the file's order, as one stream
+    (num_envs, buffer_size and random_steps are then unused). Its observations must have the
+    env's shape (Atari: image_size x image_size x 3 uint8) and its env must be `env`."""
+    minutes: float = param(0.0, within="[0, inf)")
+    """Wall-clock budget of training in minutes, summed over resumes (0: none): once spent, the
+    run is checkpointed and ends at the step it reached."""
     num_envs: int = param(1, result=True, within="[1, inf)")
     """Environments stepped together (one acting batch)."""
     seed: int = param(0, result=True)

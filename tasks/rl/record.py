@@ -432,8 +432,8 @@ def run_record(cfg: RecordConfig) -> Trajectories:
     except FileNotFoundError as e:
         raise ValueError(str(e)) from e
     returns = data.episode_returns()
-    print(f"rlts record: wrote {len(data):,} transitions in {data.n_episodes} episodes (mean return "
-          f"{returns.mean():.2f}) to {cfg.out}")
+    episodes = f"{data.n_episodes} episode{'s' * (data.n_episodes != 1)}"
+    print(f"rlts record: wrote {len(data):,} transitions in {episodes} (mean return {returns.mean():.2f}) to {cfg.out}")
     return data
 
 
