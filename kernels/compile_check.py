@@ -202,11 +202,12 @@ def units(cases: Sequence[Case] = CASES, dtypes: Optional[Iterable[str]] = None,
 
 # --------------------------------------------------------------------------- recording launches
 # The kernels each module launches (helpers they call, e.g. _affine_combine, stay as they are).
+# Every JIT function of a module named *_kernel must be listed (checked when the module loads).
 _KERNELS = {
     "_linear_triton": ("_linear_scan_kernel",),
     "_softmax_triton": ("_softmax_scan_fwd_kernel", "_softmax_scan_bwd_kernel"),
     "_selective_triton": ("_selective_scan_fwd_kernel", "_selective_scan_bwd_kernel", "_state_update_kernel"),
-    "_ssd_triton": ("_ssd_fwd_kernel", "_ssd_bwd_kernel", "_ssd_step_kernel"),
+    "_ssd_triton": ("_ssd_fwd_kernel", "_ssd_bwd_state_kernel", "_ssd_bwd_chunk_kernel", "_ssd_step_kernel"),
 }
 
 
@@ -254,6 +255,11 @@ def _module(name: str):
                 del os.environ["TRITON_INTERPRET"]
             else:
                 os.environ["TRITON_INTERPRET"] = saved
+        unlisted = sorted(k for k, v in vars(mod).items()
+                          if isinstance(v, JITFunction) and k.endswith("_kernel") and k not in _KERNELS[name])
+        if unlisted:
+            raise RuntimeError(f"rlts.kernels.{name} has kernels that compile_check._KERNELS does not list: "
+                               f"{', '.join(unlisted)}")
         for kname in _KERNELS[name]:
             kernel = getattr(mod, kname)
             if not isinstance(kernel, JITFunction):

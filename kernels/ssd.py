@@ -236,8 +236,9 @@ def _ssd_chunked_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states
 
 
 class _SSDScanTriton(torch.autograd.Function):
-    """Forward: one fused kernel, saving the state at the start of every chunk.
-    Backward: one fused kernel walking the chunks in reverse (kernels/_ssd_triton.py)."""
+    """Forward: one fused kernel, saving the state at the start of every chunk. Backward: a
+    state-passing kernel walking the chunks in reverse, then a kernel over all chunks in
+    parallel (kernels/_ssd_triton.py)."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus):

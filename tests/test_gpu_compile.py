@@ -57,12 +57,14 @@ def test_every_specialisation_compiles_within_the_targets_limits(rows):
 
 @needs_tools
 def test_compiled_kernels_keep_the_launch_settings(rows):
-    # one row per (op call, target), each checked against its own target's limit
-    n_units = len(cc.units(cc.CASES if os.environ.get("RLTS_GPU_COMPILE_ALL") == "1" else cc.representative_cases()))
-    assert len(rows) == n_units * len(cc.TARGETS)
+    # one row per (kernel launch of an op call, target), each checked against its own target's limit
+    cases = cc.CASES if os.environ.get("RLTS_GPU_COMPILE_ALL") == "1" else cc.representative_cases()
+    by_name = {c.name: c for c in cases}
+    n_launches = sum(len(cc.launches(by_name[u.case], u.dtype, u.direction, u.length)) for u in cc.units(cases))
+    assert len(rows) == n_launches * len(cc.TARGETS)
     assert all(r.smem_limit == cc.TARGETS[r.target].smem_limit for r in rows)
-    # the launch code's num_warps reaches the compiled kernel (the SSD chunk of 64 uses 8 warps)
-    ssd = [r for r in rows if r.kernel == "_ssd_bwd_kernel" and r.case == "mamba2 drama"]
+    # the launch code's num_warps reaches the compiled kernel (the SSD backward's chunk kernel uses 8 warps)
+    ssd = [r for r in rows if r.kernel == "_ssd_bwd_chunk_kernel" and r.case == "mamba2 drama"]
     assert ssd and all(r.num_warps == 8 for r in ssd)
 
 
@@ -86,9 +88,14 @@ def test_launches_follow_the_ops_launch_code():
     (lin,) = cc.launches(cc.case_named("linear d64"), "fp32", "backward", 37)
     kw = lin.kwargs
     assert kw["A_SHIFT"] == 1 and kw["COMPUTE_DA"] and (kw["BLOCK_L"], kw["BLOCK_D"]) == (64, 32)
-    for case in cc.CASES:  # every (case, direction) launches exactly one kernel
+    state, chunk = cc.launches(drama, "fp32", "backward", 4096)  # the SSD backward: two kernels
+    assert (state.name, chunk.name) == ("_ssd_bwd_state_kernel", "_ssd_bwd_chunk_kernel")
+    assert (state.kwargs["BLOCK_P"], state.kwargs["num_warps"], state.kwargs["num_stages"]) == (32, 4, 2)
+    assert (chunk.kwargs["BLOCK_Q"], chunk.kwargs["BLOCK_P"], chunk.kwargs["num_warps"]) == (64, 16, 8)
+    for case in cc.CASES:  # every (case, direction) launches one kernel, the SSD backward two
         for d in case.directions:
-            assert len(cc.launches(case, case.dtypes[0], d, None if d == "step" else case.lengths[0])) == 1, (case, d)
+            n = 2 if (case.op, d) == ("ssd", "backward") else 1
+            assert len(cc.launches(case, case.dtypes[0], d, None if d == "step" else case.lengths[0])) == n, (case, d)
     assert len(cc.units()) == sum(len(c.dtypes) * sum(1 if d == "step" else len(c.lengths) for d in c.directions)
                                   for c in cc.CASES)
     with pytest.raises(ValueError, match="no 'step' direction"):
@@ -118,7 +125,8 @@ def test_script_writes_the_table(tmp_path, capsys):
                         "--jobs", "1", "--out", str(out)]) == 0
     md = out.read_text()
     assert "| ssd | mamba2 rl | forward | ssd_fwd_kernel | bf16 | B16 L37 H8 P16 N16 Q256 |" in md
+    assert "| ssd | mamba2 rl | backward | ssd_bwd_chunk_kernel | bf16 | B16 L37 H8 P16 N16 Q256 |" in md
     assert "| ssd | mamba2 rl | step | ssd_step_kernel | bf16 |" in md
-    assert "3 specialisations x 1 targets" in capsys.readouterr().out
+    assert "4 specialisations x 1 targets" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         script.main(["--targets", "sm_75"])
