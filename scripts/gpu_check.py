@@ -27,6 +27,8 @@ Steps, each a subprocess with its own time limit, its output kept in `<out>/<ste
   pong        `rlts atari --game Pong` for --pong-steps steps; its world-model loss must fall
               (the mean of the last fifth of the logged wm/loss below that of the first fifth;
               a dry run only reads them)
+  pixels      scripts/wm_pixels.py: the full-size world model alone on 20k recorded Pong frames
+              for 2 minutes; its losses at the start and the end
 report.md lists every step: its command, exit code, wall time and result, with the benchmark
 tables. The exit code is 0 when every step passed. `--dry-run` runs the same steps on tiny sizes
 (no wheels, the CPU if there is no GPU): a check that the script still works, not a result.
@@ -131,6 +133,10 @@ def steps(out: Path, dry: bool, pong_steps: int) -> List[Step]:
                                                   *(["--random_steps", "20", "--log_every", "2"] if dry
                                                     else ["--log_every", "100"]),
                                                   "--out", str(out / "pong")], 600 if dry else 1800),
+        Step("pixels", "World model alone on recorded Pong frames", [
+            py, str(scripts / "wm_pixels.py"), "--games", "Pong", "--device", device, "--no-progress",
+            *(["--dry-run"] if dry else ["--frames", "20000", "--minutes", "2"]), "--out", str(out / "pixels")],
+            300 if dry else 600, [out / "pixels" / "summary.md"]),
     ]
     return run
 

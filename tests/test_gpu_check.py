@@ -15,7 +15,7 @@ def test_dry_run_writes_the_report(tmp_path):
     report = (out / "report.md").read_text()
     assert done.returncode == 0, done.stdout[-3000:] + report[-3000:]
     for title in ("Machine", "CUDA tests", "Scan kernels", "Sequence layers", "Drama agent speed",
-                  "Pong, world-model losses"):
+                  "Pong, world-model losses", "World model alone on recorded Pong frames"):
         assert f"| {title} | passed" in report, title
     assert "wm/loss" in report and "tokens/s" in report
     # The linked tree is the package where rlts is not installed (here: without the editable
