@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from _compare import assert_same
 import torch
 
 from rlts.checkpoint import load
@@ -33,21 +34,6 @@ def run_dir(tmp_path_factory):
         torch.set_num_threads(n)
     return out
 
-
-def assert_same(a, b, where="") -> None:
-    """Bit-for-bit equality of nested dicts / lists of tensors and plain values."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where
 
 
 def assert_same_run(a, b) -> None:

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from _compare import assert_same
 import torch
 from _scripts import load_script
 from rlts.tasks.cli import main
@@ -43,21 +44,6 @@ def config(out, dataset, *argv):
 def last(out) -> dict:
     return torch.load(out / "checkpoints" / "last.pt", weights_only=True)
 
-
-def assert_same(a, b, where):
-    """Nested dicts / lists of tensors and numbers, equal exactly."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def losses(out) -> list:
